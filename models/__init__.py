@@ -1,0 +1,1 @@
+"""Engines behind small interfaces: audio conversion, VAD, STT, LLM, TTS."""

@@ -1,0 +1,118 @@
+"""Audio conversion: resampling, G.711 mu-law / A-law, wire formats <-> PCM16 24 kHz.
+
+All PCM is mono, signed 16-bit little-endian.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+WIRE_RATE_HZ = 24_000
+G711_RATE_HZ = 8_000
+
+_I16 = npt.NDArray[np.int16]
+
+
+def _ulaw_decode_table() -> _I16:
+    codes = ~np.arange(256, dtype=np.int32) & 0xFF
+    sign = codes & 0x80
+    exponent = (codes >> 4) & 0x07
+    mantissa = codes & 0x0F
+    magnitude = ((mantissa << 3) + 0x84) << exponent
+    values = np.where(sign != 0, 0x84 - magnitude, magnitude - 0x84)
+    return values.astype(np.int16)
+
+
+def _alaw_decode_table() -> _I16:
+    codes = np.arange(256, dtype=np.int32) ^ 0x55
+    sign = codes & 0x80
+    exponent = (codes >> 4) & 0x07
+    mantissa = codes & 0x0F
+    magnitude = np.where(
+        exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << np.maximum(exponent - 1, 0)
+    )
+    values = np.where(sign != 0, magnitude, -magnitude)
+    return values.astype(np.int16)
+
+
+_ULAW_DECODE = _ulaw_decode_table()
+_ALAW_DECODE = _alaw_decode_table()
+
+
+def _encode_table(decode: _I16) -> npt.NDArray[np.uint8]:
+    # Nearest code for every 16-bit value: built once (64 Ki entries).
+    order = np.argsort(decode, kind="stable")
+    sorted_values = decode[order].astype(np.int32)
+    samples = np.arange(-32768, 32768, dtype=np.int32)
+    index = np.clip(np.searchsorted(sorted_values, samples), 1, 255)
+    left = sorted_values[index - 1]
+    right = sorted_values[index]
+    nearest = np.where(samples - left <= right - samples, index - 1, index)
+    return order[nearest].astype(np.uint8)
+
+
+_ULAW_ENCODE = _encode_table(_ULAW_DECODE)
+_ALAW_ENCODE = _encode_table(_ALAW_DECODE)
+
+
+def pcm16_to_array(pcm16: bytes) -> _I16:
+    usable = len(pcm16) - len(pcm16) % 2
+    return np.frombuffer(pcm16[:usable], dtype="<i2").astype(np.int16)
+
+
+def ulaw_decode(data: bytes) -> bytes:
+    return _ULAW_DECODE[np.frombuffer(data, dtype=np.uint8)].astype("<i2").tobytes()
+
+
+def alaw_decode(data: bytes) -> bytes:
+    return _ALAW_DECODE[np.frombuffer(data, dtype=np.uint8)].astype("<i2").tobytes()
+
+
+def ulaw_encode(pcm16: bytes) -> bytes:
+    samples = pcm16_to_array(pcm16).astype(np.int32) + 32768
+    return _ULAW_ENCODE[samples].tobytes()
+
+
+def alaw_encode(pcm16: bytes) -> bytes:
+    samples = pcm16_to_array(pcm16).astype(np.int32) + 32768
+    return _ALAW_ENCODE[samples].tobytes()
+
+
+def resample(pcm16: bytes, src_rate_hz: int, dst_rate_hz: int) -> bytes:
+    """Linear-interpolation resampling; exact for integer down-ratios (24 k -> 8 k)."""
+    if src_rate_hz == dst_rate_hz or not pcm16:
+        return pcm16[: len(pcm16) - len(pcm16) % 2]
+    samples = pcm16_to_array(pcm16).astype(np.float32)
+    if src_rate_hz % dst_rate_hz == 0:
+        step = src_rate_hz // dst_rate_hz
+        usable = len(samples) - len(samples) % step
+        out = samples[:usable].reshape(-1, step).mean(axis=1)
+    else:
+        n_out = int(round(len(samples) * dst_rate_hz / src_rate_hz))
+        positions = np.arange(n_out, dtype=np.float64) * (src_rate_hz / dst_rate_hz)
+        out = np.interp(positions, np.arange(len(samples)), samples)
+    return np.clip(np.round(out), -32768, 32767).astype("<i2").tobytes()
+
+
+def to_pcm16(data: bytes, audio_format: str, rate_hz: int = WIRE_RATE_HZ) -> bytes:
+    """Decode a wire format (``audio/pcm``, ``audio/pcmu``, ``audio/pcma``) to PCM16 at ``rate_hz``."""
+    if audio_format == "audio/pcmu":
+        return resample(ulaw_decode(data), G711_RATE_HZ, rate_hz)
+    if audio_format == "audio/pcma":
+        return resample(alaw_decode(data), G711_RATE_HZ, rate_hz)
+    return resample(data, WIRE_RATE_HZ, rate_hz)
+
+
+def from_pcm16(pcm16: bytes, audio_format: str, rate_hz: int = WIRE_RATE_HZ) -> bytes:
+    """Encode PCM16 at ``rate_hz`` to a wire format."""
+    if audio_format == "audio/pcmu":
+        return ulaw_encode(resample(pcm16, rate_hz, G711_RATE_HZ))
+    if audio_format == "audio/pcma":
+        return alaw_encode(resample(pcm16, rate_hz, G711_RATE_HZ))
+    return resample(pcm16, rate_hz, WIRE_RATE_HZ)
+
+
+def rms(pcm16: bytes) -> float:
+    samples = pcm16_to_array(pcm16).astype(np.float64)
+    return float(np.sqrt(np.mean(samples * samples))) if len(samples) else 0.0

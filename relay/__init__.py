@@ -1,0 +1,1 @@
+"""The thin, stateless edge: auth, WebSocket (and WebRTC) clients, placement on transceivers."""

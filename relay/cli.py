@@ -1,0 +1,146 @@
+"""The ``realtime-relay`` command: ``serve``, ``relay`` and ``transceiver``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from typing import Any
+
+import uvicorn
+
+from relay.app import create_app
+from relay.settings import RelaySettings
+from relay.supervisor import Supervisor, TransceiverProcess, free_port
+
+log = logging.getLogger("relay")
+
+_RELAY_FLAGS = ("host", "port", "api_keys", "max_frame_bytes", "log_level")
+
+
+def _add_relay_options(parser: argparse.ArgumentParser, with_transceiver: bool) -> None:
+    for name, field in RelaySettings.model_fields.items():
+        if name == "transceiver" and not with_transceiver:
+            continue
+        env = "RELAY_" + name.upper()
+        help_text = f"{field.description} [env {env}]"
+        flag = "--" + name.replace("_", "-")
+        if name in ("transceiver", "api_keys"):
+            parser.add_argument(flag, dest=name, action="append", default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, default=None,
+                                help=f"{help_text} (default {field.default!r})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="realtime-relay",
+        description="A self-hostable server that speaks the OpenAI Realtime API. Every option "
+        "can also be set as an environment variable RELAY_<NAME>.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve", help="Start the relay and N transceivers, supervised.",
+        description="Start the relay and N transceiver processes and supervise them. Options "
+        "not listed here are passed to each transceiver (see 'realtime-relay transceiver "
+        "--help'), e.g. --mock-script FILE.",
+    )
+    _add_relay_options(serve, with_transceiver=False)
+    serve.add_argument("--backend", default=os.environ.get("RELAY_BACKEND", "local"),
+                       choices=["mock", "local", "openai"],
+                       help="Backend of the transceivers [env RELAY_BACKEND] (default 'local').")
+    serve.add_argument("--transceivers", type=int,
+                       default=int(os.environ.get("RELAY_TRANSCEIVERS", "1")),
+                       help="Number of transceiver processes [env RELAY_TRANSCEIVERS] (default 1).")
+    serve.add_argument("--health-timeout", type=float, default=600.0,
+                       help="Seconds to wait for transceivers to load their models (default 600).")
+    relay = commands.add_parser(
+        "relay", help="Run the relay alone, in front of running transceivers."
+    )
+    _add_relay_options(relay, with_transceiver=True)
+    commands.add_parser(
+        "transceiver", help="Run one transceiver alone ('realtime-relay transceiver --help').",
+        add_help=False,
+    )
+    return parser
+
+
+def _relay_settings(args: argparse.Namespace, **extra: Any) -> RelaySettings:
+    given = {k: getattr(args, k) for k in RelaySettings.model_fields if getattr(args, k, None)}
+    for name in ("transceiver", "api_keys"):
+        if name in given:  # repeated flags and comma lists both work
+            given[name] = [p for v in given[name] for p in v.split(",") if p]
+    given.update(extra)
+    return RelaySettings(**given)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+async def _run_relay(settings: RelaySettings, banner: bool) -> None:
+    config = uvicorn.Config(
+        create_app(settings), host=settings.host, port=settings.port,
+        ws_max_size=settings.max_frame_bytes, ws_ping_interval=None, log_level=settings.log_level,
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+
+    async def announce() -> None:
+        while not server.started:
+            await asyncio.sleep(0.05)
+        if banner:
+            url = f"http://{settings.host}:{settings.port}/v1"
+            sys.stdout.write(f"realtime-relay ready: base_url={url}\n")
+            sys.stdout.flush()
+
+    announcer = asyncio.create_task(announce())
+    try:
+        await server.serve()
+    finally:
+        announcer.cancel()
+
+
+async def _serve(args: argparse.Namespace, passthrough: list[str]) -> None:
+    host = "127.0.0.1"
+    processes = [
+        TransceiverProcess(host, free_port(host), ["--backend", args.backend, *passthrough])
+        for _ in range(max(1, args.transceivers))
+    ]
+    supervisor = Supervisor(processes)
+    try:
+        await supervisor.start(args.health_timeout)
+        settings = _relay_settings(args, transceiver=[p.url for p in processes])
+        await _run_relay(settings, banner=True)
+    finally:
+        await supervisor.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "transceiver":
+        os.execv(sys.executable, [sys.executable, "-m", "transceiver", *argv[1:]])
+    parser = build_parser()
+    args, passthrough = parser.parse_known_args(argv)
+    if args.command == "relay":
+        if passthrough:
+            parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
+        settings = _relay_settings(args)
+        if not settings.transceiver:
+            parser.error("relay needs at least one --transceiver URL")
+        _configure_logging(settings.log_level)
+        asyncio.run(_run_relay(settings, banner=True))
+        return
+    _configure_logging(args.log_level or os.environ.get("RELAY_LOG_LEVEL", "info"))
+    try:
+        asyncio.run(_serve(args, passthrough))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Relay configuration: CLI flags and ``RELAY_*`` environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+from pydantic import field_validator
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class RelaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address the relay listens on.")
+    port: int = Field(8000, description="Port the relay listens on.")
+    transceiver: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Transceiver URL(s), ws://HOST:PORT (comma-separated in the env var).",
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Accepted API keys (comma-separated). Empty: no auth required.",
+    )
+    max_frame_bytes: int = Field(32 * 1024 * 1024, description="Largest WebSocket frame.")
+    log_level: str = Field("info", description="Log level.")
+
+    @field_validator("transceiver", "api_keys", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        return _split(value)

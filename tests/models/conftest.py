@@ -1,0 +1,28 @@
+"""Session-scoped fixtures: each bundled model is loaded once for the whole suite."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from models.llm import LlamaCppLlm
+from models.stt import WhisperStt
+from models.tts import PiperTts
+
+
+@pytest.fixture(scope="session")
+def whisper_stt() -> WhisperStt:
+    return WhisperStt()
+
+
+@pytest.fixture(scope="session")
+def piper_tts() -> PiperTts:
+    return PiperTts()
+
+
+@pytest.fixture(scope="session")
+def llama_llm() -> Iterator[LlamaCppLlm]:
+    llm = LlamaCppLlm(n_ctx=1024)
+    yield llm
+    llm.close()

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from models.errors import SttError
+from models.stt import (
+    WhisperStt,
+    bundled_whisper_path,
+    pcm16_to_float32,
+    resample_linear,
+)
+from models.tts import PiperTts
+
+SENTENCE = "The quick brown fox jumps over the lazy dog."
+KEY_WORDS = {"quick", "brown", "fox", "lazy", "dog"}
+
+
+def _words(text: str) -> set[str]:
+    return set(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split())
+
+
+def _to_pcm16(audio: np.ndarray) -> bytes:
+    return (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+
+@pytest.fixture(scope="module")
+def speech_22k(piper_tts: PiperTts) -> bytes:
+    return piper_tts.synthesize(SENTENCE)
+
+
+@pytest.fixture(scope="module")
+def speech_16k(speech_22k: bytes, piper_tts: PiperTts) -> bytes:
+    audio = pcm16_to_float32(speech_22k)
+    return _to_pcm16(resample_linear(audio, piper_tts.sample_rate_hz, 16000))
+
+
+def test_bundled_model_path_has_model_bin() -> None:
+    with open(f"{bundled_whisper_path()}/model.bin", "rb"):
+        pass
+
+
+def test_pcm16_to_float32_scaling() -> None:
+    pcm = np.array([0, 16384, -32768, 32767], dtype="<i2").tobytes()
+    audio = pcm16_to_float32(pcm + b"\x01")  # dangling odd byte is ignored
+    assert audio.dtype == np.float32
+    assert audio.tolist() == pytest.approx([0.0, 0.5, -1.0, 32767 / 32768])
+
+
+def test_resample_linear_length_and_shape() -> None:
+    t = np.arange(24000) / 24000
+    audio = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    out = resample_linear(audio, 24000, 16000)
+    assert out.dtype == np.float32
+    assert out.size == 16000
+    expected = np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)
+    assert np.max(np.abs(out - expected)) < 0.05
+    assert resample_linear(audio, 16000, 16000) is audio
+
+
+def test_transcribes_synthesized_speech(whisper_stt: WhisperStt, speech_16k: bytes) -> None:
+    result = whisper_stt.transcribe(speech_16k)
+    assert KEY_WORDS <= _words(result.text), result.text
+    assert result.language == "en"
+    assert result.duration_s == pytest.approx(len(speech_16k) / 2 / 16000)
+
+
+def test_resamples_other_rates_itself(
+    whisper_stt: WhisperStt, speech_22k: bytes, piper_tts: PiperTts
+) -> None:
+    result = whisper_stt.transcribe(speech_22k, sample_rate_hz=piper_tts.sample_rate_hz)
+    assert KEY_WORDS <= _words(result.text), result.text
+    assert result.duration_s == pytest.approx(len(speech_22k) / 2 / piper_tts.sample_rate_hz)
+
+
+def test_silence_gives_empty_text(whisper_stt: WhisperStt) -> None:
+    assert whisper_stt.transcribe(bytes(2 * 32000)).text == ""
+    hiss = np.random.default_rng(0).normal(0.0, 30.0, 32000).astype("<i2").tobytes()
+    assert len(whisper_stt.transcribe(hiss).text) <= 10
+
+
+@pytest.mark.parametrize("pcm", [b"", b"\x00", b"\x10\x00" * 800])
+def test_empty_or_very_short_audio(whisper_stt: WhisperStt, pcm: bytes) -> None:
+    assert whisper_stt.transcribe(pcm).text == ""
+
+
+def test_concurrent_calls_share_one_model(whisper_stt: WhisperStt, speech_16k: bytes) -> None:
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda _: whisper_stt.transcribe(speech_16k), range(3)))
+    assert len({r.text for r in results}) == 1
+    assert KEY_WORDS <= _words(results[0].text)
+
+
+def test_invalid_sample_rate_raises(whisper_stt: WhisperStt, speech_16k: bytes) -> None:
+    with pytest.raises(SttError):
+        whisper_stt.transcribe(speech_16k, sample_rate_hz=-1)
+
+
+def test_missing_model_raises_stt_error(tmp_path: object) -> None:
+    with pytest.raises(SttError):
+        WhisperStt(f"{tmp_path}")

@@ -1,0 +1,1 @@
+"""The stateful process: holds Realtime sessions and runs a backend."""

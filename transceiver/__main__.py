@@ -1,0 +1,57 @@
+"""``python -m transceiver``: run one transceiver process (``realtime-relay transceiver``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from typing import Any
+
+from transceiver.server import run_transceiver
+from transceiver.settings import TransceiverSettings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="realtime-relay transceiver",
+        description="Run one transceiver: holds sessions and runs a backend. Every option "
+        "can also be set as an environment variable RELAY_<NAME> (e.g. RELAY_BACKEND=mock).",
+    )
+    for name, field in TransceiverSettings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        env = "RELAY_" + name.upper()
+        help_text = f"{field.description} [env {env}; default {field.default!r}]"
+        if field.annotation is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, default=None, help=help_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    given: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
+    settings = TransceiverSettings(**given)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    async def runner() -> None:
+        task = asyncio.create_task(run_transceiver(settings))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(runner())
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Backends: ``mock`` (deterministic), ``local`` (VAD -> STT -> LLM -> TTS), ``openai`` (proxy)."""

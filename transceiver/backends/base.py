@@ -1,0 +1,50 @@
+"""The interface between the session shell and a backend."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from transceiver.protocol.effects import ResponseRequest, Transcribe
+
+
+class BackendError(Exception):
+    """A backend could not produce its output; the response fails, the session goes on."""
+
+
+class ResponseSink(Protocol):
+    """Where a backend writes one response. Each call may wait (backpressure)."""
+
+    output_format: str
+
+    async def text(self, delta: str) -> None: ...
+    async def transcript(self, delta: str) -> None: ...
+    async def audio(self, pcm16: bytes, sample_rate_hz: int = 24000) -> None: ...
+    async def function_call(self, name: str, arguments: str, call_id: str | None = None) -> None: ...
+    def mark(self, stage: str) -> None: ...
+
+
+class TranscriptSink(Protocol):
+    async def delta(self, text: str) -> None: ...
+
+
+class Backend(Protocol):
+    name: str
+
+    def model_ids(self) -> list[str]: ...
+
+    async def respond(
+        self, request: ResponseRequest, sink: ResponseSink, state: dict[str, Any]
+    ) -> str | None:
+        """Write the response; return ``None``, or an incomplete reason.
+
+        ``state`` is a dict the shell keeps per session for the backend's use.
+        """
+        ...
+
+    async def transcribe(
+        self, job: Transcribe, sink: TranscriptSink, state: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        """Return the transcript and its ``usage`` object."""
+        ...
+
+    async def aclose(self) -> None: ...

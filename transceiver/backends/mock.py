@@ -1,0 +1,208 @@
+"""The deterministic mock backend: a product feature for testing and load testing clients.
+
+Replies follow a script (turns matched on the user's text) or, without one, echo
+text input and describe audio input. Output audio is speech-like (a pitched,
+syllable-modulated tone per word), as long as the text takes to say, streamed
+with its transcript.
+
+Script format (YAML or JSON)::
+
+    turns:
+      - match: "weather"            # regular expression, case-insensitive
+        reply: "Let me check."      # optional text before a call
+        function_call: {name: get_weather, arguments: {city: Paris}}
+      - match: "."
+        reply: "I am a mock."
+    after_function_call: "The tool said: {output}"
+    transcripts: ["what is the weather in Paris"]   # given, in order, for audio turns
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transceiver.backends.base import ResponseSink, TranscriptSink
+from transceiver.protocol.config import BYTES_PER_MS
+from transceiver.protocol.effects import ContextItem, ResponseRequest, Transcribe
+from transceiver.protocol.items import item_text
+
+RATE_HZ = 24_000
+CHUNK_MS = 100  # output audio delta size
+
+
+@dataclass(frozen=True)
+class ScriptTurn:
+    pattern: re.Pattern[str]
+    reply: str | None
+    function_call: dict[str, Any] | None
+
+
+@dataclass
+class MockScript:
+    turns: list[ScriptTurn] = field(default_factory=list)
+    after_function_call: str = "The function returned: {output}"
+    transcripts: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: str) -> MockScript:
+        text = Path(path).read_text(encoding="utf-8")
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a mock script is a mapping with 'turns'")
+        turns = [
+            ScriptTurn(
+                re.compile(str(turn.get("match", ".")), re.IGNORECASE),
+                turn.get("reply"),
+                turn.get("function_call"),
+            )
+            for turn in data.get("turns", [])
+        ]
+        return cls(
+            turns=turns,
+            after_function_call=data.get("after_function_call", cls.after_function_call),
+            transcripts=[str(t) for t in data.get("transcripts", [])],
+        )
+
+
+@functools.lru_cache(maxsize=4096)
+def word_audio(word: str, duration_ms: int) -> bytes:
+    """A deterministic speech-like sound for one word: PCM16 24 kHz."""
+    seed = int.from_bytes(hashlib.blake2s(word.lower().encode()).digest()[:4], "little")
+    f0 = 110 + seed % 110  # a speaking pitch, 110-220 Hz
+    n = RATE_HZ * duration_ms // 1000
+    t = np.arange(n) / RATE_HZ
+    glide = f0 * (1 + 0.08 * np.sin(2 * np.pi * 1.5 * t))
+    phase = 2 * np.pi * np.cumsum(glide) / RATE_HZ
+    voice = np.sin(phase) + 0.5 * np.sin(2 * phase) + 0.25 * np.sin(3 * phase)
+    syllables = max(1, min(4, len(word) // 3))
+    envelope = np.sin(np.pi * syllables * t / max(t[-1], 1e-3)) ** 2 if n else t
+    gap = int(n * 0.85)  # a short pause between words
+    envelope[gap:] = 0
+    pcm = np.clip(voice * envelope * 6000, -32768, 32767).astype("<i2")
+    return pcm.tobytes()
+
+
+@dataclass
+class MockOptions:
+    script: MockScript | None = None
+    first_delta_ms: int = 150
+    words_per_minute: int = 170
+    realtime: bool = True
+
+
+class MockBackend:
+    name = "mock"
+
+    def __init__(self, options: MockOptions) -> None:
+        self.options = options
+
+    def model_ids(self) -> list[str]:
+        return ["gpt-realtime", "gpt-realtime-mini", "gpt-4o-realtime-preview", "mock"]
+
+    def _audio_seconds(self, item: ContextItem) -> float:
+        if item.audio is None or item.audio_format is None:
+            return 0.0
+        return len(item.audio) / BYTES_PER_MS[item.audio_format] / 1000
+
+    def _reply(self, request: ResponseRequest) -> tuple[str, dict[str, Any] | None]:
+        last = request.context[-1] if request.context else None
+        if last is None:
+            return "Hello! How can I help you?", None
+        if last.item.get("type") == "function_call_output":
+            template = self.options.script.after_function_call if self.options.script else (
+                MockScript.after_function_call
+            )
+            return template.format(output=last.item.get("output", "")), None
+        user = next(
+            (c for c in reversed(request.context) if c.item.get("role") == "user"), None
+        )
+        text = item_text(user.item) if user else ""
+        script = self.options.script
+        if script is not None:
+            for turn in script.turns:
+                if turn.pattern.search(text):
+                    return turn.reply or "", turn.function_call
+        if user is not None and user.audio is not None:
+            return f"I heard {self._audio_seconds(user):.1f} seconds of audio.", None
+        return text or "Hello! How can I help you?", None
+
+    async def respond(
+        self, request: ResponseRequest, sink: ResponseSink, state: dict[str, Any]
+    ) -> str | None:
+        reply, call = self._reply(request)
+        if self.options.first_delta_ms:
+            await asyncio.sleep(self.options.first_delta_ms / 1000)
+        sink.mark("first_token")
+        limit = request.max_output_tokens
+        words = reply.split()
+        truncated = limit is not None and len(words) > limit
+        if limit is not None and truncated:
+            words = words[:limit]
+            call = None
+        if "audio" in request.output_modalities:
+            await self._speak(words, request.speed, sink)
+        else:
+            for index, word in enumerate(words):
+                await sink.text(word if index == 0 else " " + word)
+        if call is not None:
+            args = call.get("arguments", {})
+            arguments = args if isinstance(args, str) else json.dumps(args)
+            await sink.function_call(str(call["name"]), arguments)
+        return "max_output_tokens" if truncated else None
+
+    async def _speak(self, words: list[str], speed: float, sink: ResponseSink) -> None:
+        word_ms = int(60_000 / self.options.words_per_minute / max(speed, 0.25))
+        started = time.monotonic()
+        sent_ms = 0.0
+        pending = b""
+        for index, word in enumerate(words):
+            await sink.transcript(word if index == 0 else " " + word)
+            pending += word_audio(word, word_ms)
+            chunk_bytes = CHUNK_MS * 48
+            while len(pending) >= chunk_bytes:
+                chunk, pending = pending[:chunk_bytes], pending[chunk_bytes:]
+                sent_ms = await self._send(sink, chunk, started, sent_ms)
+        if pending:
+            await self._send(sink, pending, started, sent_ms)
+
+    async def _send(self, sink: ResponseSink, chunk: bytes, started: float, sent_ms: float) -> float:
+        if self.options.realtime:
+            # Stay no more than one chunk ahead of real time.
+            ahead = (sent_ms - CHUNK_MS) / 1000 - (time.monotonic() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+        await sink.audio(chunk, RATE_HZ)
+        return sent_ms + len(chunk) / 48
+
+    async def transcribe(
+        self, job: Transcribe, sink: TranscriptSink, state: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        seconds = len(job.audio) / BYTES_PER_MS[job.audio_format] / 1000
+        script = self.options.script
+        index = state.get("mock_transcripts", 0)
+        if script is not None and index < len(script.transcripts):
+            text = script.transcripts[index]
+            state["mock_transcripts"] = index + 1
+        else:
+            text = f"{seconds:.1f} seconds of audio"
+        for index, word in enumerate(text.split()):
+            await sink.delta(word if index == 0 else " " + word)
+        return text, {"type": "duration", "seconds": round(seconds, 3)}
+
+    async def aclose(self) -> None:
+        return None

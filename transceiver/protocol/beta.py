@@ -1,0 +1,234 @@
+"""The beta dialect as a shim over GA (LESSONS.md 5: GA is primary, beta is a translation).
+
+Inbound beta events are rewritten to GA before the session sees them; outbound GA
+events are rewritten to beta names and flat shapes (PROTOCOL.md sections 6.3-6.5, 11).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transceiver.protocol.errors import ClientError
+
+_FORMAT_TO_GA = {
+    "pcm16": {"type": "audio/pcm", "rate": 24000},
+    "g711_ulaw": {"type": "audio/pcmu"},
+    "g711_alaw": {"type": "audio/pcma"},
+}
+_FORMAT_TO_BETA = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}
+
+_RENAMES = {
+    "response.output_text.delta": "response.text.delta",
+    "response.output_text.done": "response.text.done",
+    "response.output_audio.delta": "response.audio.delta",
+    "response.output_audio.done": "response.audio.done",
+    "response.output_audio_transcript.delta": "response.audio_transcript.delta",
+    "response.output_audio_transcript.done": "response.audio_transcript.done",
+    "conversation.item.added": "conversation.item.created",
+}
+_DROPPED = {"conversation.item.done", "input_audio_buffer.timeout_triggered"}
+_CONTENT_TO_BETA = {"output_text": "text", "output_audio": "audio"}
+_CONTENT_TO_GA = {"text": "output_text", "audio": "output_audio"}
+DEFAULT_TEMPERATURE = 0.8
+
+
+def _format_to_ga(value: Any, param: str) -> dict[str, Any]:
+    if value not in _FORMAT_TO_GA:
+        raise ClientError(
+            f"Invalid value: '{value}'. Supported values are: 'pcm16', 'g711_ulaw', and "
+            "'g711_alaw'.",
+            param=param,
+        )
+    return dict(_FORMAT_TO_GA[value])
+
+
+class BetaDialect:
+    """Per-session translation state (beta's ``temperature`` has no GA field)."""
+
+    def __init__(self) -> None:
+        self.temperature = DEFAULT_TEMPERATURE
+
+    # -- client -> GA --------------------------------------------------------------
+
+    def session_to_ga(self, session: Any, kind: str) -> Any:
+        if not isinstance(session, dict):
+            return session
+        flat = dict(session)
+        out: dict[str, Any] = {"type": kind}
+        audio_in: dict[str, Any] = {}
+        audio_out: dict[str, Any] = {}
+        if "modalities" in flat:
+            modalities = flat.pop("modalities")
+            if kind == "realtime":
+                out["output_modalities"] = (
+                    ["audio"] if isinstance(modalities, list) and "audio" in modalities else ["text"]
+                )
+        if "temperature" in flat:
+            temperature = flat.pop("temperature")
+            if not isinstance(temperature, int | float) or not 0.6 <= temperature <= 1.2:
+                raise ClientError(
+                    f"Invalid value: '{temperature}'. Expected a number from 0.6 to 1.2.",
+                    param="session.temperature",
+                )
+            self.temperature = float(temperature)
+        if "max_response_output_tokens" in flat:
+            out["max_output_tokens"] = flat.pop("max_response_output_tokens")
+        if "input_audio_format" in flat:
+            audio_in["format"] = _format_to_ga(
+                flat.pop("input_audio_format"), "session.input_audio_format"
+            )
+        if "output_audio_format" in flat:
+            audio_out["format"] = _format_to_ga(
+                flat.pop("output_audio_format"), "session.output_audio_format"
+            )
+        for beta_key, ga_key in (
+            ("input_audio_transcription", "transcription"),
+            ("input_audio_noise_reduction", "noise_reduction"),
+            ("turn_detection", "turn_detection"),
+        ):
+            if beta_key in flat:
+                audio_in[ga_key] = flat.pop(beta_key)
+        for key in ("voice", "speed"):
+            if key in flat:
+                audio_out[key] = flat.pop(key)
+        flat.pop("client_secret", None)
+        out.update(flat)
+        if audio_in or audio_out:
+            out["audio"] = {}
+            if audio_in:
+                out["audio"]["input"] = audio_in
+            if audio_out:
+                out["audio"]["output"] = audio_out
+        return out
+
+    def response_to_ga(self, params: Any) -> Any:
+        if not isinstance(params, dict):
+            return params
+        params = dict(params)
+        if "modalities" in params:
+            modalities = params.pop("modalities")
+            params["output_modalities"] = (
+                ["audio"] if isinstance(modalities, list) and "audio" in modalities else ["text"]
+            )
+        params.pop("temperature", None)
+        if "max_response_output_tokens" in params:
+            params["max_output_tokens"] = params.pop("max_response_output_tokens")
+        output: dict[str, Any] = {}
+        if "voice" in params:
+            output["voice"] = params.pop("voice")
+        if "output_audio_format" in params:
+            output["format"] = _format_to_ga(
+                params.pop("output_audio_format"), "response.output_audio_format"
+            )
+        if output:
+            params["audio"] = {"output": output}
+        if isinstance(params.get("input"), list):
+            params["input"] = [_item_to_ga(item) for item in params["input"]]
+        return params
+
+    def client_event_to_ga(self, event: dict[str, Any], kind: str) -> dict[str, Any]:
+        etype = event.get("type")
+        if etype == "transcription_session.update":
+            return {**event, "type": "session.update",
+                    "session": self.session_to_ga(event.get("session"), "transcription")}
+        if etype == "session.update":
+            return {**event, "session": self.session_to_ga(event.get("session"), kind)}
+        if etype == "response.create" and "response" in event:
+            return {**event, "response": self.response_to_ga(event["response"])}
+        if etype == "conversation.item.create" and "item" in event:
+            return {**event, "item": _item_to_ga(event["item"])}
+        return event
+
+    # -- GA -> client ------------------------------------------------------------------
+
+    def session_to_beta(self, session: dict[str, Any], kind: str) -> dict[str, Any]:
+        audio_in = session["audio"]["input"]
+        flat: dict[str, Any] = {"object": session.get("object"), "id": session.get("id")}
+        if kind == "realtime":
+            audio_out = session["audio"]["output"]
+            flat.update(
+                model=session["model"],
+                modalities=(
+                    ["audio", "text"] if session["output_modalities"] == ["audio"] else ["text"]
+                ),
+                instructions=session["instructions"],
+                voice=audio_out["voice"],
+                output_audio_format=_FORMAT_TO_BETA[audio_out["format"]["type"]],
+                tools=session["tools"],
+                tool_choice=session["tool_choice"],
+                temperature=self.temperature,
+                max_response_output_tokens=session["max_output_tokens"],
+                speed=audio_out["speed"],
+                tracing=session["tracing"],
+                truncation=session["truncation"],
+                prompt=session["prompt"],
+            )
+        else:
+            flat["modalities"] = ["text"]
+        flat.update(
+            expires_at=session.get("expires_at"),
+            turn_detection=audio_in["turn_detection"],
+            input_audio_noise_reduction=audio_in["noise_reduction"],
+            input_audio_format=_FORMAT_TO_BETA[audio_in["format"]["type"]],
+            input_audio_transcription=audio_in["transcription"],
+            client_secret=None,
+            include=session.get("include"),
+        )
+        return flat
+
+    def _response_to_beta(self, response: dict[str, Any]) -> dict[str, Any]:
+        out = dict(response)
+        modalities = out.pop("output_modalities", ["audio"])
+        audio = out.pop("audio", {}).get("output", {})
+        out["modalities"] = ["audio", "text"] if modalities == ["audio"] else ["text"]
+        out["voice"] = audio.get("voice")
+        out["output_audio_format"] = _FORMAT_TO_BETA.get(
+            audio.get("format", {}).get("type", "audio/pcm"), "pcm16"
+        )
+        out["temperature"] = self.temperature
+        out["output"] = [_item_to_beta(item) for item in out.get("output", [])]
+        return out
+
+    def server_event_to_beta(self, event: dict[str, Any], kind: str) -> dict[str, Any] | None:
+        etype = event["type"]
+        if etype in _DROPPED:
+            return None
+        if etype in ("session.created", "session.updated"):
+            if kind == "transcription":
+                etype = "transcription_session." + etype.split(".")[1]
+            return {**event, "type": etype, "session": self.session_to_beta(event["session"], kind)}
+        event = {**event, "type": _RENAMES.get(etype, etype)}
+        if "item" in event:
+            event["item"] = _item_to_beta(event["item"])
+        if "response" in event:
+            event["response"] = self._response_to_beta(event["response"])
+        if etype == "conversation.item.input_audio_transcription.completed":
+            event.pop("languages", None)
+        return event
+
+
+def _item_to_beta(item: dict[str, Any]) -> dict[str, Any]:
+    out = {"object": "realtime.item", **item}
+    if "content" in out:
+        out["content"] = [
+            {**part, "type": _CONTENT_TO_BETA.get(part.get("type"), part.get("type"))}
+            for part in out["content"]
+        ]
+    return out
+
+
+def _item_to_ga(item: Any) -> Any:
+    if not isinstance(item, dict) or item.get("role") != "assistant":
+        return item
+    content = item.get("content")
+    if not isinstance(content, list):
+        return item
+    return {
+        **item,
+        "content": [
+            {**part, "type": _CONTENT_TO_GA.get(part.get("type"), part.get("type"))}
+            if isinstance(part, dict)
+            else part
+            for part in content
+        ],
+    }

@@ -1,0 +1,131 @@
+"""The default conversation: ordered items with their audio (PROTOCOL.md section 7.1)."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Any
+
+from transceiver.protocol.config import BYTES_PER_MS
+from transceiver.protocol.errors import ClientError
+
+
+@dataclass
+class StoredItem:
+    item: dict[str, Any]
+    audio: bytearray = field(default_factory=bytearray)
+    audio_format: str | None = None
+    # For assistant audio: (audio bytes sent, transcript chars sent) at the start of
+    # each transcript delta, so a truncation keeps the transcript the user heard.
+    marks: list[tuple[int, int]] = field(default_factory=list)
+
+    def audio_ms(self) -> float:
+        if not self.audio_format:
+            return 0.0
+        return len(self.audio) / BYTES_PER_MS[self.audio_format]
+
+
+class Conversation:
+    def __init__(self, conversation_id: str) -> None:
+        self.id = conversation_id
+        self._order: list[str] = []
+        self._items: dict[str, StoredItem] = {}
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._items
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def last_id(self) -> str | None:
+        return self._order[-1] if self._order else None
+
+    def previous_of(self, item_id: str) -> str | None:
+        index = self._order.index(item_id)
+        return self._order[index - 1] if index else None
+
+    def items(self) -> list[StoredItem]:
+        return [self._items[i] for i in self._order]
+
+    def get(self, item_id: Any, param: str = "item_id") -> StoredItem:
+        stored = self._items.get(item_id) if isinstance(item_id, str) else None
+        if stored is None:
+            raise ClientError(
+                f"Item with item_id '{item_id}' not found.", code="item_not_found", param=param
+            )
+        return stored
+
+    def add(
+        self,
+        item: dict[str, Any],
+        *,
+        previous_item_id: str | None = None,
+        after_given: bool = False,
+        audio: bytes | None = None,
+        audio_format: str | None = None,
+    ) -> str | None:
+        """Insert ``item``; return the id of the item before it (``None`` at the start).
+
+        With ``after_given``, ``previous_item_id`` names the item to insert after
+        (``"root"`` or ``None`` means the start); otherwise the item is appended.
+        """
+        item_id = item["id"]
+        if item_id in self._items:
+            raise ClientError(
+                f"Item with id '{item_id}' already exists.", code="item_already_exists",
+                param="item.id",
+            )
+        if after_given and previous_item_id not in (None, "root"):
+            self.get(previous_item_id, "previous_item_id")
+        stored = StoredItem(item=item, audio=bytearray(audio or b""), audio_format=audio_format)
+        if not after_given:
+            previous = self.last_id()
+            self._order.append(item_id)
+        elif previous_item_id in (None, "root"):
+            previous = None
+            self._order.insert(0, item_id)
+        else:
+            previous = previous_item_id
+            self._order.insert(self._order.index(previous_item_id) + 1, item_id)
+        self._items[item_id] = stored
+        return previous
+
+    def delete(self, item_id: Any) -> None:
+        self.get(item_id)
+        del self._items[item_id]
+        self._order.remove(item_id)
+
+    def truncate_audio(self, stored: StoredItem, audio_end_ms: int) -> None:
+        """Cut assistant audio at ``audio_end_ms`` and keep only the transcript heard."""
+        assert stored.audio_format is not None
+        keep = int(audio_end_ms * BYTES_PER_MS[stored.audio_format])
+        if stored.audio_format == "audio/pcm":
+            keep -= keep % 2
+        del stored.audio[keep:]
+        total = len(stored.audio)
+        del stored.audio[keep:]
+        for part in stored.item.get("content", []):
+            if part.get("type") == "output_audio" and part.get("transcript") is not None:
+                part["transcript"] = heard_transcript(part["transcript"], stored.marks, keep, total)
+        stored.marks = [m for m in stored.marks if m[0] < keep]
+
+
+def heard_transcript(transcript: str, marks: list[tuple[int, int]], keep: int, total: int) -> str:
+    """The part of ``transcript`` spoken in the first ``keep`` of ``total`` audio bytes.
+
+    Within the clause being spoken at the cut, the share of its characters is
+    the share of its audio played, backed off to a word boundary.
+    """
+    if keep >= total:
+        return transcript
+    index = bisect.bisect_right([m[0] for m in marks], keep) - 1
+    if index < 0:
+        return ""
+    start_audio, start_chars = marks[index]
+    end_audio, end_chars = marks[index + 1] if index + 1 < len(marks) else (total, len(transcript))
+    fraction = (keep - start_audio) / (end_audio - start_audio) if end_audio > start_audio else 1.0
+    heard = start_chars + int(fraction * (end_chars - start_chars))
+    if heard >= end_chars:
+        return transcript[:end_chars]
+    cut = transcript.rfind(" ", start_chars, heard + 1)
+    return transcript[: max(cut, start_chars)].rstrip()

@@ -1,0 +1,77 @@
+"""Commands the core hands to its shell, drained with ``RealtimeSession.effects()``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ContextItem:
+    """One conversation item as the backend sees it (GA shape, plus its audio)."""
+
+    item: dict[str, Any]
+    audio: bytes | None = None  # input or output audio, in ``audio_format``
+    audio_format: str | None = None
+
+
+@dataclass(frozen=True)
+class ResponseRequest:
+    """What a backend needs to generate one response."""
+
+    response_id: str
+    in_conversation: bool
+    context: tuple[ContextItem, ...]
+    instructions: str
+    tools: tuple[dict[str, Any], ...]
+    tool_choice: Any
+    output_modalities: tuple[str, ...]
+    output_format: str
+    voice: Any
+    speed: float
+    max_output_tokens: int | None
+    metadata: dict[str, Any] | None
+    model: str
+
+
+@dataclass(frozen=True)
+class StartResponse:
+    request: ResponseRequest
+
+
+@dataclass(frozen=True)
+class CancelResponse:
+    response_id: str
+    reason: str  # "client_cancelled" | "turn_detected"
+
+
+@dataclass(frozen=True)
+class FeedVad:
+    """Audio for the turn detector; ``start_ms`` is its place in session audio time."""
+
+    audio: bytes
+    audio_format: str
+    start_ms: float
+    turn_detection: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ResetVad:
+    """Turn detection state must restart (buffer cleared or config changed)."""
+
+
+@dataclass(frozen=True)
+class Transcribe:
+    item_id: str
+    audio: bytes
+    audio_format: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Close:
+    code: int
+    reason: str
+
+
+Effect = StartResponse | CancelResponse | FeedVad | ResetVad | Transcribe | Close

@@ -1,0 +1,44 @@
+"""Errors of the protocol core.
+
+``ClientError`` is bad input from the client: it becomes a Realtime ``error``
+event and the session goes on. ``ProtocolMisuse`` is a bug in our own shell.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ProtocolError(Exception):
+    """Base of this package's exceptions."""
+
+
+class ProtocolMisuse(ProtocolError):
+    """The shell called the core in a way it must not (a bug, never client input)."""
+
+
+class ClientError(ProtocolError):
+    """A client event could not be honoured; reported as an ``error`` event."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = "invalid_value",
+        param: str | None = None,
+        type: str = "invalid_request_error",
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.param = param
+        self.type = type
+
+    def to_error(self, client_event_id: str | None) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "code": self.code,
+            "message": self.message,
+            "param": self.param,
+            "event_id": client_event_id,
+        }

@@ -1,0 +1,116 @@
+"""Conversation items from clients: validation and normalisation (PROTOCOL.md section 7.1)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+from typing import Any
+
+from transceiver.protocol.errors import ClientError
+
+_CONTENT_BY_ROLE = {
+    "system": {"input_text"},
+    "user": {"input_text", "input_audio", "input_image"},
+    "assistant": {"output_text", "output_audio"},
+}
+
+
+def decode_base64(value: Any, param: str) -> bytes:
+    if not isinstance(value, str):
+        raise ClientError(f"Invalid value for '{param}': expected a base64 string.", param=param)
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ClientError(
+            f"Invalid value for '{param}': not valid base64-encoded audio.",
+            code="invalid_value",
+            param=param,
+        ) from None
+
+
+def _str_field(item: dict[str, Any], key: str, param: str) -> str:
+    value = item.get(key)
+    if not isinstance(value, str):
+        raise ClientError(
+            f"Missing required parameter: '{param}.{key}'.",
+            code="missing_required_parameter",
+            param=f"{param}.{key}",
+        )
+    return value
+
+
+def normalize_item(raw: Any, param: str = "item") -> tuple[dict[str, Any], bytes | None]:
+    """Return the GA item (audio bytes removed) and any input audio it carried."""
+    if not isinstance(raw, dict):
+        raise ClientError(f"'{param}' must be an object.", param=param)
+    item = copy.deepcopy(raw)
+    item_type = item.get("type")
+    item.pop("object", None)
+    if item_type == "function_call":
+        _str_field(item, "name", param)
+        _str_field(item, "call_id", param)
+        args = item.get("arguments", "")
+        if not isinstance(args, str):
+            raise ClientError(f"'{param}.arguments' must be a string.", param=f"{param}.arguments")
+        item["arguments"] = args
+        item.setdefault("status", "completed")
+        return item, None
+    if item_type == "function_call_output":
+        _str_field(item, "call_id", param)
+        _str_field(item, "output", param)
+        item.setdefault("status", "completed")
+        return item, None
+    if item_type != "message":
+        raise ClientError(
+            f"Invalid value: '{item_type}'. Supported values are: 'message', "
+            "'function_call', and 'function_call_output'.",
+            param=f"{param}.type",
+        )
+    role = item.get("role")
+    allowed = _CONTENT_BY_ROLE.get(role) if isinstance(role, str) else None
+    if allowed is None:
+        raise ClientError(
+            f"Invalid value: '{role}'. Supported values are: 'system', 'user', and 'assistant'.",
+            param=f"{param}.role",
+        )
+    content = item.get("content")
+    if not isinstance(content, list):
+        raise ClientError(f"'{param}.content' must be an array.", param=f"{param}.content")
+    audio: bytes | None = None
+    for index, part in enumerate(content):
+        part_param = f"{param}.content[{index}]"
+        ptype = part.get("type") if isinstance(part, dict) else None
+        if ptype not in allowed:
+            raise ClientError(
+                f"Invalid value: '{ptype}'. Supported values for a {role} message are: "
+                + ", ".join(f"'{t}'" for t in sorted(allowed))
+                + ".",
+                param=f"{part_param}.type",
+            )
+        assert isinstance(part, dict)
+        if ptype in ("input_text", "output_text"):
+            _str_field(part, "text", part_param)
+        elif ptype == "input_audio":
+            if "audio" in part and part["audio"] is not None:
+                audio = (audio or b"") + decode_base64(part.pop("audio"), f"{part_param}.audio")
+            part.setdefault("transcript", None)
+        elif ptype == "output_audio":
+            raise ClientError(
+                "Assistant audio items cannot be created by the client; use 'output_text'.",
+                param=f"{part_param}.type",
+            )
+    item.setdefault("status", "completed")
+    return item, audio
+
+
+def item_text(item: dict[str, Any]) -> str:
+    """Text of a message item: its text parts and audio transcripts, joined."""
+    pieces = []
+    for part in item.get("content", []):
+        text = part.get("text")
+        if text is None:
+            text = part.get("transcript")
+        if text:
+            pieces.append(str(text))
+    return " ".join(pieces)

@@ -1,0 +1,573 @@
+"""The Realtime session state machine (sans-I/O, in the manner of python-websockets).
+
+Push in: ``receive_client_event``, ``vad_speech_started/stopped``, ``transcription_*``,
+``response_*`` (backend output, tagged with its response id) and ``tick``. Drain out:
+``events_to_send()`` (server events, already in the client's GA or beta dialect) and
+``effects()`` (commands for the shell). Bad client input never raises: it becomes an
+``error`` event with the client's ``event_id`` and the session goes on.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import json
+from collections.abc import Callable
+from typing import Any
+
+from transceiver.protocol.beta import BetaDialect
+from transceiver.protocol.config import BYTES_PER_MS, apply_session_update, default_session
+from transceiver.protocol.conversation import Conversation
+from transceiver.protocol.effects import (
+    CancelResponse,
+    Close,
+    Effect,
+    FeedVad,
+    ResetVad,
+    StartResponse,
+    Transcribe,
+)
+from transceiver.protocol.errors import ClientError
+from transceiver.protocol.ids import IdFactory
+from transceiver.protocol.items import decode_base64, normalize_item
+from transceiver.protocol.requests import build_response
+from transceiver.protocol.responses import Response, ResponseWriter
+
+SESSION_MAX_MS = 60 * 60 * 1000  # DOC-CONV: "The maximum duration of a Realtime session is 60 minutes"
+MIN_COMMIT_MS = 100
+# With turn detection on and nobody speaking, keep only this much buffered audio.
+IDLE_BUFFER_KEEP_MS = 10_000
+
+
+class SessionKind(enum.Enum):
+    REALTIME = "realtime"
+    TRANSCRIPTION = "transcription"
+
+
+class RealtimeSession:
+    def __init__(
+        self,
+        *,
+        kind: SessionKind = SessionKind.REALTIME,
+        model: str | None = None,
+        beta: bool = False,
+        now_ms: float = 0.0,
+        ids: IdFactory | None = None,
+        media: bool = False,
+        session_overrides: dict[str, Any] | None = None,
+        max_duration_ms: int = SESSION_MAX_MS,
+    ) -> None:
+        self.kind = kind
+        self.beta = beta
+        self._dialect = BetaDialect() if beta else None
+        self.media = media  # WebRTC/SIP: output audio goes on a media track
+        self.ids = ids or IdFactory()
+        self.id = self.ids.new("sess")
+        self.conversation = Conversation(self.ids.new("conv"))
+        self.config = default_session(kind.value, model)
+        if session_overrides:
+            self.config = apply_session_update(self.config, session_overrides)
+        self.created_ms = now_ms
+        self.expires_ms = now_ms + max_duration_ms
+        self.closed = False
+        self._events: list[dict[str, Any]] = []
+        self._effects: list[Effect] = []
+        self._writer = ResponseWriter(self._emit, self.ids)
+        # Input audio buffer, in the session's input format.
+        self._buffer = bytearray()
+        self._buffer_start_ms = 0.0
+        self._audio_ms = 0.0  # session audio time: all audio appended so far
+        self._speech_item: str | None = None
+        self._speech_start_ms = 0.0
+        self._last_activity_ms = now_ms
+        self._responses: dict[str, Response] = {}
+        self._default_response: str | None = None
+        self._transcribing: set[str] = set()
+        self._handlers: dict[str, Callable[[dict[str, Any], float], None]] = {
+            "session.update": self._on_session_update,
+            "input_audio_buffer.append": self._on_append,
+            "input_audio_buffer.commit": self._on_commit,
+            "input_audio_buffer.clear": self._on_clear,
+            "output_audio_buffer.clear": self._on_output_clear,
+            "conversation.item.create": self._on_item_create,
+            "conversation.item.retrieve": self._on_item_retrieve,
+            "conversation.item.delete": self._on_item_delete,
+            "conversation.item.truncate": self._on_item_truncate,
+            "response.create": self._on_response_create,
+            "response.cancel": self._on_response_cancel,
+        }
+        self._emit("session.created", session=self.session_object())
+        if beta:
+            self._emit(
+                "conversation.created",
+                conversation={"id": self.conversation.id, "object": "realtime.conversation"},
+            )
+
+    # -- output ------------------------------------------------------------------
+
+    def _emit(self, type: str, **fields: Any) -> None:
+        event = {"type": type, "event_id": self.ids.event_id(), **fields}
+        if self._dialect is not None:
+            translated = self._dialect.server_event_to_beta(event, self.kind.value)
+            if translated is not None:
+                self._events.append(translated)
+        else:
+            self._events.append(event)
+
+    def _error(self, error: ClientError, client_event_id: str | None) -> None:
+        self._emit("error", error=error.to_error(client_event_id))
+
+    def events_to_send(self) -> list[dict[str, Any]]:
+        events, self._events = self._events, []
+        return events
+
+    def effects(self) -> list[Effect]:
+        effects, self._effects = self._effects, []
+        return effects
+
+    def session_object(self) -> dict[str, Any]:
+        obj = {
+            "object": (
+                "realtime.transcription_session"
+                if self.kind is SessionKind.TRANSCRIPTION
+                else "realtime.session"
+            ),
+            "id": self.id,
+            **self.config,
+            "expires_at": int(self.expires_ms // 1000),
+        }
+        return obj
+
+    @property
+    def turn_detection(self) -> dict[str, Any] | None:
+        td: dict[str, Any] | None = self.config["audio"]["input"]["turn_detection"]
+        return td
+
+    @property
+    def input_format(self) -> str:
+        return str(self.config["audio"]["input"]["format"]["type"])
+
+    # -- client events -----------------------------------------------------------
+
+    def receive_client_event(self, raw: str | bytes | dict[str, Any], now_ms: float) -> None:
+        if self.closed:
+            return
+        event: Any = raw
+        if not isinstance(raw, dict):
+            try:
+                event = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                self._error(ClientError("The event is not valid JSON.", code="invalid_json"), None)
+                return
+        if not isinstance(event, dict):
+            self._error(ClientError("An event must be a JSON object.", code="invalid_event"), None)
+            return
+        client_event_id = event.get("event_id")
+        if not isinstance(client_event_id, str):
+            client_event_id = None
+        try:
+            if "type" not in event:
+                raise ClientError("The 'type' field is missing.", code="invalid_event")
+            if self._dialect is not None:
+                event = self._dialect.client_event_to_ga(event, self.kind.value)
+            handler = self._handlers.get(event["type"]) if isinstance(event["type"], str) else None
+            if handler is None:
+                raise ClientError(
+                    f"Invalid value: '{event['type']}'. Supported values are: "
+                    + ", ".join(f"'{name}'" for name in self._handlers)
+                    + ".",
+                    param="type",
+                )
+            handler(event, now_ms)
+        except ClientError as exc:
+            self._error(exc, client_event_id)
+
+    def _on_session_update(self, event: dict[str, Any], now_ms: float) -> None:
+        old_td = self.turn_detection
+        self.config = apply_session_update(self.config, event.get("session"))
+        if self.turn_detection != old_td:
+            self._reset_turn()
+        self._emit("session.updated", session=self.session_object())
+
+    def _on_append(self, event: dict[str, Any], now_ms: float) -> None:
+        audio = decode_base64(event.get("audio"), "audio")
+        self.append_audio(audio)
+
+    def append_audio(self, audio: bytes) -> None:
+        """Audio into the input buffer (client appends, or decoded media on WebRTC)."""
+        fmt = self.input_format
+        start_ms = self._audio_ms
+        self._buffer += audio
+        self._audio_ms += len(audio) / BYTES_PER_MS[fmt]
+        td = self.turn_detection
+        if td is None:
+            return
+        self._effects.append(FeedVad(audio, fmt, start_ms, td))
+        if self._speech_item is None and self._buffer_ms() > 2 * IDLE_BUFFER_KEEP_MS:
+            drop = len(self._buffer) - IDLE_BUFFER_KEEP_MS * BYTES_PER_MS[fmt]
+            drop -= drop % 2
+            del self._buffer[:drop]
+            self._buffer_start_ms += drop / BYTES_PER_MS[fmt]
+
+    def _buffer_ms(self) -> float:
+        return len(self._buffer) / BYTES_PER_MS[self.input_format]
+
+    def _on_commit(self, event: dict[str, Any], now_ms: float) -> None:
+        buffered = self._buffer_ms()
+        if buffered < MIN_COMMIT_MS:
+            raise ClientError(
+                "Error committing input audio buffer: buffer too small. Expected at least "
+                f"100ms of audio, but buffer only has {buffered:.2f}ms of audio.",
+                code="input_audio_buffer_commit_empty",
+            )
+        self._commit(self._speech_item or self.ids.new("item"), self._buffer_start_ms)
+        self._reset_turn()
+
+    def _on_clear(self, event: dict[str, Any], now_ms: float) -> None:
+        self._buffer.clear()
+        self._buffer_start_ms = self._audio_ms
+        self._reset_turn()
+        self._emit("input_audio_buffer.cleared")
+
+    def _reset_turn(self) -> None:
+        self._speech_item = None
+        self._effects.append(ResetVad())
+
+    def _commit(self, item_id: str, from_ms: float) -> None:
+        fmt = self.input_format
+        skip = int(max(0.0, from_ms - self._buffer_start_ms) * BYTES_PER_MS[fmt])
+        skip -= skip % 2
+        audio = bytes(self._buffer[skip:])
+        self._buffer.clear()
+        self._buffer_start_ms = self._audio_ms
+        item = {
+            "id": item_id,
+            "type": "message",
+            "status": "completed",
+            "role": "user",
+            "content": [{"type": "input_audio", "transcript": None}],
+        }
+        previous = self.conversation.add(item, audio=audio, audio_format=fmt)
+        self._emit("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
+        self._emit("conversation.item.added", previous_item_id=previous, item=_item_copy(item))
+        self._emit("conversation.item.done", previous_item_id=previous, item=_item_copy(item))
+        transcription = self.config["audio"]["input"]["transcription"]
+        if transcription is not None or self.kind is SessionKind.TRANSCRIPTION:
+            self._transcribing.add(item_id)
+            self._effects.append(Transcribe(item_id, audio, fmt, dict(transcription or {})))
+
+    def _on_output_clear(self, event: dict[str, Any], now_ms: float) -> None:
+        if not self.media:
+            raise ClientError(
+                "output_audio_buffer.clear is only supported on WebRTC and SIP connections.",
+                param="type",
+            )
+        self.output_audio_cleared(self._default_response)
+
+    def output_audio_cleared(self, response_id: str | None) -> None:
+        """The media shell stopped playback (barge-in or ``output_audio_buffer.clear``)."""
+        self._emit("output_audio_buffer.cleared", response_id=response_id)
+
+    def _on_item_create(self, event: dict[str, Any], now_ms: float) -> None:
+        item, audio = normalize_item(event.get("item"))
+        if not isinstance(item.get("id"), str) or not item["id"]:
+            item["id"] = self.ids.new("item")
+        if item["type"] == "function_call_output" and not any(
+            stored.item.get("type") == "function_call"
+            and stored.item.get("call_id") == item["call_id"]
+            for stored in self.conversation.items()
+        ):
+            raise ClientError(
+                f"No function call with call_id '{item['call_id']}' found in the conversation.",
+                param="item.call_id",
+            )
+        fmt = self.input_format if audio is not None else None
+        previous = self.conversation.add(
+            item,
+            previous_item_id=event.get("previous_item_id"),
+            after_given="previous_item_id" in event,
+            audio=audio,
+            audio_format=fmt,
+        )
+        self._emit("conversation.item.added", previous_item_id=previous, item=_item_copy(item))
+        self._emit("conversation.item.done", previous_item_id=previous, item=_item_copy(item))
+
+    def _on_item_retrieve(self, event: dict[str, Any], now_ms: float) -> None:
+        stored = self.conversation.get(event.get("item_id"))
+        item = _item_copy(stored.item)
+        if stored.audio_format is not None:
+            for part in item.get("content", []):
+                if part.get("type") in ("input_audio", "output_audio"):
+                    part["audio"] = base64.b64encode(bytes(stored.audio)).decode("ascii")
+        self._emit("conversation.item.retrieved", item=item)
+
+    def _on_item_delete(self, event: dict[str, Any], now_ms: float) -> None:
+        item_id = event.get("item_id")
+        self.conversation.delete(item_id)
+        self._emit("conversation.item.deleted", item_id=item_id)
+
+    def _on_item_truncate(self, event: dict[str, Any], now_ms: float) -> None:
+        item_id = event.get("item_id")
+        stored = self.conversation.get(item_id)
+        content_index = event.get("content_index", 0)
+        audio_end_ms = event.get("audio_end_ms")
+        is_audio = stored.item.get("role") == "assistant" and any(
+            part.get("type") == "output_audio" for part in stored.item.get("content", [])
+        )
+        if not is_audio or stored.audio_format is None:
+            raise ClientError(
+                "Only assistant messages with audio content can be truncated.", param="item_id"
+            )
+        if content_index != 0:
+            raise ClientError(
+                f"Invalid value: '{content_index}'. The item has one content part.",
+                param="content_index",
+            )
+        if isinstance(audio_end_ms, bool) or not isinstance(audio_end_ms, int) or audio_end_ms < 0:
+            raise ClientError(
+                "'audio_end_ms' must be a non-negative integer.", param="audio_end_ms"
+            )
+        have_ms = stored.audio_ms()
+        if audio_end_ms > have_ms + 1:
+            raise ClientError(
+                f"Audio content of {have_ms:.0f}ms is already shorter than {audio_end_ms}ms",
+                param="audio_end_ms",
+            )
+        self.conversation.truncate_audio(stored, audio_end_ms)
+        self._emit(
+            "conversation.item.truncated", item_id=item_id, content_index=0,
+            audio_end_ms=audio_end_ms,
+        )
+
+    def _on_response_create(self, event: dict[str, Any], now_ms: float) -> None:
+        if self.kind is SessionKind.TRANSCRIPTION:
+            raise ClientError("Transcription sessions do not create responses.", param="type")
+        params = event.get("response")
+        in_conversation = not (isinstance(params, dict) and params.get("conversation") == "none")
+        if in_conversation and self._default_response is not None:
+            raise ClientError(
+                "Conversation already has an active response in progress: "
+                f"{self._default_response}. Wait until the response is finished before "
+                "creating a new one.",
+                code="conversation_already_has_active_response",
+            )
+        self._start_response(params)
+
+    def _start_response(self, params: Any) -> None:
+        resp, request = build_response(params, self.config, self.conversation, self.ids)
+        self._responses[resp.id] = resp
+        if resp.in_conversation:
+            self._default_response = resp.id
+        self._emit("response.created", response=resp.wire("in_progress"))
+        self._effects.append(StartResponse(request))
+
+    def _on_response_cancel(self, event: dict[str, Any], now_ms: float) -> None:
+        response_id = event.get("response_id") or self._default_response
+        resp = self._responses.get(response_id) if isinstance(response_id, str) else None
+        if resp is None:
+            raise ClientError(
+                "Cancellation failed: no active response found",
+                code="response_cancel_not_active",
+            )
+        self._cancel(resp, "client_cancelled", now_ms)
+
+    def _cancel(self, resp: Response, reason: str, now_ms: float) -> None:
+        self._effects.append(CancelResponse(resp.id, reason))
+        self._finish(resp, "cancelled", {"type": "cancelled", "reason": reason}, now_ms)
+
+    def _finish(
+        self, resp: Response, status: str, details: dict[str, Any] | None, now_ms: float
+    ) -> None:
+        self._writer.finish(resp, status, details)
+        del self._responses[resp.id]
+        if self._default_response == resp.id:
+            self._default_response = None
+        self._last_activity_ms = now_ms
+
+    # -- turn detection (the shell runs the VAD) ------------------------------------
+
+    def vad_speech_started(self, audio_start_ms: float, now_ms: float) -> None:
+        td = self.turn_detection
+        if self.closed or td is None or self._speech_item is not None:
+            return
+        self._speech_item = self.ids.new("item")
+        self._speech_start_ms = max(audio_start_ms, self._buffer_start_ms)
+        self._last_activity_ms = now_ms
+        self._emit(
+            "input_audio_buffer.speech_started", audio_start_ms=int(self._speech_start_ms),
+            item_id=self._speech_item,
+        )
+        if td.get("interrupt_response", True) and self._default_response is not None:
+            self._cancel(self._responses[self._default_response], "turn_detected", now_ms)
+
+    def vad_speech_stopped(self, audio_end_ms: float, now_ms: float) -> None:
+        td = self.turn_detection
+        item_id = self._speech_item
+        if self.closed or td is None or item_id is None:
+            return
+        self._speech_item = None
+        self._last_activity_ms = now_ms
+        self._emit("input_audio_buffer.speech_stopped", audio_end_ms=int(audio_end_ms), item_id=item_id)
+        self._commit(item_id, self._speech_start_ms)
+        if td.get("create_response", True) and self.kind is SessionKind.REALTIME:
+            if self._default_response is None:
+                self._start_response(None)
+
+    # -- input transcription --------------------------------------------------------
+
+    def transcription_delta(self, item_id: str, delta: str) -> None:
+        if item_id in self._transcribing and delta:
+            self._emit(
+                "conversation.item.input_audio_transcription.delta", item_id=item_id,
+                content_index=0, delta=delta,
+            )
+
+    def transcription_completed(
+        self, item_id: str, transcript: str, usage: dict[str, Any], language: str | None = None
+    ) -> None:
+        if item_id not in self._transcribing:
+            return
+        self._transcribing.discard(item_id)
+        if item_id in self.conversation:
+            for part in self.conversation.get(item_id).item.get("content", []):
+                if part.get("type") == "input_audio":
+                    part["transcript"] = transcript
+        fields: dict[str, Any] = {"transcript": transcript, "usage": usage}
+        if language:
+            fields["languages"] = [{"code": language}]
+        self._emit(
+            "conversation.item.input_audio_transcription.completed", item_id=item_id,
+            content_index=0, **fields,
+        )
+
+    def transcription_failed(self, item_id: str, message: str, code: str = "audio_unintelligible") -> None:
+        if item_id not in self._transcribing:
+            return
+        self._transcribing.discard(item_id)
+        self._emit(
+            "conversation.item.input_audio_transcription.failed", item_id=item_id,
+            content_index=0,
+            error={"type": "transcription_error", "code": code, "message": message, "param": None},
+        )
+
+    # -- backend output, tagged with the response id (stale output is dropped) -------
+
+    def _active(self, response_id: str) -> Response | None:
+        return None if self.closed else self._responses.get(response_id)
+
+    def response_text_delta(self, response_id: str, delta: str) -> bool:
+        resp = self._active(response_id)
+        if resp is not None and delta:
+            self._writer.text(resp, delta)
+        return resp is not None
+
+    def response_transcript_delta(self, response_id: str, delta: str) -> bool:
+        resp = self._active(response_id)
+        if resp is not None and delta:
+            self._writer.transcript(resp, delta)
+        return resp is not None
+
+    def response_audio_delta(self, response_id: str, audio: bytes) -> bool:
+        resp = self._active(response_id)
+        if resp is not None and audio:
+            self._writer.audio(resp, audio)
+        return resp is not None
+
+    def response_function_call(
+        self, response_id: str, name: str, arguments: str = "", call_id: str | None = None
+    ) -> str | None:
+        resp = self._active(response_id)
+        if resp is None:
+            return None
+        call_id = self._writer.function_call(resp, name, call_id)
+        if arguments:
+            self._writer.arguments(resp, arguments)
+        return call_id
+
+    def response_arguments_delta(self, response_id: str, delta: str) -> bool:
+        resp = self._active(response_id)
+        if resp is not None and delta:
+            self._writer.arguments(resp, delta)
+        return resp is not None
+
+    def response_finished(self, response_id: str, now_ms: float, reason: str | None = None) -> None:
+        """Normal end; ``reason`` (e.g. ``max_output_tokens``) marks it incomplete."""
+        resp = self._active(response_id)
+        if resp is None:
+            return
+        if reason is None:
+            self._finish(resp, "completed", None, now_ms)
+        else:
+            self._finish(resp, "incomplete", {"type": "incomplete", "reason": reason}, now_ms)
+
+    def response_failed(
+        self, response_id: str, message: str, now_ms: float, code: str = "server_error"
+    ) -> None:
+        resp = self._active(response_id)
+        if resp is None:
+            return
+        error = {"type": "server_error", "code": code, "message": message}
+        self._finish(resp, "failed", {"type": "failed", "error": error}, now_ms)
+        self._emit("error", error={**error, "param": None, "event_id": None})
+
+    def active_response_ids(self) -> list[str]:
+        return list(self._responses)
+
+    # -- time -----------------------------------------------------------------------
+
+    def next_deadline_ms(self) -> float:
+        deadline = self.expires_ms
+        idle = self._idle_deadline()
+        return min(deadline, idle) if idle is not None else deadline
+
+    def _idle_deadline(self) -> float | None:
+        td = self.turn_detection
+        timeout = td.get("idle_timeout_ms") if td else None
+        if not timeout or self._speech_item is not None or self._default_response is not None:
+            return None
+        return self._last_activity_ms + float(timeout)
+
+    def tick(self, now_ms: float) -> None:
+        if self.closed:
+            return
+        if now_ms >= self.expires_ms:
+            minutes = int((self.expires_ms - self.created_ms) // 60_000)
+            self._error(
+                ClientError(
+                    f"Your session hit the maximum duration of {minutes} minutes.",
+                    code="session_expired",
+                ),
+                None,
+            )
+            self.close(now_ms)
+            self._effects.append(Close(1000, "session expired"))
+            return
+        idle = self._idle_deadline()
+        if idle is not None and now_ms >= idle:
+            item_id = self.ids.new("item")
+            self._last_activity_ms = now_ms
+            self._emit(
+                "input_audio_buffer.timeout_triggered", item_id=item_id,
+                audio_start_ms=int(self._buffer_start_ms), audio_end_ms=int(self._audio_ms),
+            )
+            self._commit(item_id, self._buffer_start_ms)
+            td = self.turn_detection or {}
+            if td.get("create_response", True) and self.kind is SessionKind.REALTIME:
+                self._start_response(None)
+
+    def close(self, now_ms: float) -> None:
+        """Idempotent teardown: cancel what runs; nothing is emitted afterwards."""
+        if self.closed:
+            return
+        for resp in list(self._responses.values()):
+            self._effects.append(CancelResponse(resp.id, "client_cancelled"))
+        self._responses.clear()
+        self._default_response = None
+        self.closed = True
+
+
+def _item_copy(item: dict[str, Any]) -> dict[str, Any]:
+    copied = dict(item)
+    if "content" in copied:
+        copied["content"] = [dict(part) for part in copied["content"]]
+    return copied

@@ -1,0 +1,335 @@
+"""The session shell: read -> ``receive_*`` -> drain -> write, one handler per effect.
+
+One writer task sends events in the order the core produced them; backends run as
+tasks tagged with their response id, and barge-in cancels them (the core has
+already closed the response, so any late output is dropped there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import AsyncIterable, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from models.audio import from_pcm16, to_pcm16
+from models.vad import VAD_RATE_HZ, ServerVad, SpeechStarted
+from transceiver.backends.base import Backend
+from transceiver.protocol.effects import (
+    CancelResponse,
+    Close,
+    ContextItem,
+    FeedVad,
+    ResetVad,
+    ResponseRequest,
+    StartResponse,
+    Transcribe,
+)
+from transceiver.protocol.session import RealtimeSession
+
+log = logging.getLogger(__name__)
+
+HIGH_WATER = 64  # queued frames before a producer waits for the client
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Fault knobs for testing clients (mock backend)."""
+
+    error_after: int | None = None
+    close_after: int | None = None
+    stall_after: int | None = None
+
+
+@dataclass(frozen=True)
+class _CloseMarker:
+    code: int
+    reason: str
+
+
+class _ResponseSink:
+    def __init__(self, runner: SessionRunner, response_id: str, output_format: str) -> None:
+        self._runner = runner
+        self._id = response_id
+        self.output_format = output_format
+        self.marks: dict[str, float] = {}
+
+    def mark(self, stage: str) -> None:
+        self.marks.setdefault(stage, self._runner.now_ms())
+
+    async def _after(self, alive: bool) -> None:
+        if not alive:
+            raise asyncio.CancelledError  # the response ended under us (barge-in)
+        self._runner.pump()
+        await self._runner.backpressure()
+
+    async def text(self, delta: str) -> None:
+        await self._after(self._runner.session.response_text_delta(self._id, delta))
+
+    async def transcript(self, delta: str) -> None:
+        await self._after(self._runner.session.response_transcript_delta(self._id, delta))
+
+    async def audio(self, pcm16: bytes, sample_rate_hz: int = 24000) -> None:
+        self.mark("first_audio")
+        wire = from_pcm16(pcm16, self.output_format, sample_rate_hz)
+        await self._after(self._runner.session.response_audio_delta(self._id, wire))
+
+    async def function_call(self, name: str, arguments: str, call_id: str | None = None) -> None:
+        alive = self._runner.session.response_function_call(self._id, name, arguments, call_id)
+        await self._after(alive is not None)
+
+
+class _TranscriptSink:
+    def __init__(self, runner: SessionRunner, item_id: str | None) -> None:
+        self._runner = runner
+        self._item_id = item_id
+
+    async def delta(self, text: str) -> None:
+        if self._item_id is not None:
+            self._runner.session.transcription_delta(self._item_id, text)
+            self._runner.pump()
+
+
+class SessionRunner:
+    def __init__(
+        self,
+        session: RealtimeSession,
+        backend: Backend,
+        send: Callable[[str], Awaitable[None]],
+        close: Callable[[int, str], Awaitable[None]],
+        *,
+        faults: Faults | None = None,
+        t0: float | None = None,
+    ) -> None:
+        self.session = session
+        self.backend = backend
+        self.state: dict[str, Any] = {}
+        self._send = send
+        self._close = close
+        self._faults = faults or Faults()
+        self._t0 = time.monotonic() if t0 is None else t0
+        self._queue: asyncio.Queue[str | _CloseMarker | None] = asyncio.Queue()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._transcripts: dict[str, asyncio.Future[str]] = {}
+        self._vad: ServerVad | None = None
+        self._vad_config: dict[str, Any] | None = None
+        self._speech_end_ms: float | None = None
+        self._sent = 0
+        self.closed = asyncio.Event()
+
+    def now_ms(self) -> float:
+        return (time.monotonic() - self._t0) * 1000
+
+    # -- the loop -------------------------------------------------------------------
+
+    async def run(self, incoming: AsyncIterable[str | bytes]) -> None:
+        writer = asyncio.create_task(self._writer())
+        timer = asyncio.create_task(self._timer())
+        self.pump()
+        try:
+            async for frame in incoming:
+                self.session.receive_client_event(frame, self.now_ms())
+                self.pump()
+                if self.closed.is_set():
+                    break
+        finally:
+            self.session.close(self.now_ms())
+            for task in [*self._tasks.values(), timer]:
+                task.cancel()
+            self._queue.put_nowait(None)
+            await asyncio.gather(writer, timer, *self._tasks.values(), return_exceptions=True)
+
+    def pump(self) -> None:
+        """Handle effects until none are left, then queue the events for the writer."""
+        session = self.session
+        while True:
+            effects = session.effects()
+            if not effects:
+                break
+            for effect in effects:
+                self._handle(effect)
+        for event in session.events_to_send():
+            self._queue.put_nowait(json.dumps(event, separators=(",", ":")))
+        if self._queue.qsize() > HIGH_WATER:
+            self._drained.clear()
+
+    async def backpressure(self) -> None:
+        await self._drained.wait()
+
+    async def _writer(self) -> None:
+        faults = self._faults
+        while True:
+            message = await self._queue.get()
+            if self._queue.qsize() <= HIGH_WATER // 2:
+                self._drained.set()
+            if message is None:
+                return
+            if isinstance(message, _CloseMarker):
+                await self._close(message.code, message.reason)
+                self.closed.set()
+                return
+            if faults.stall_after is not None and self._sent >= faults.stall_after:
+                continue  # stalled: swallow everything from now on
+            await self._send(message)
+            self._sent += 1
+            if faults.error_after is not None and self._sent == faults.error_after:
+                await self._send(json.dumps(_injected_error(self.session)))
+            if faults.close_after is not None and self._sent >= faults.close_after:
+                await self._close(1011, "injected fault")
+                self.closed.set()
+                return
+
+    async def _timer(self) -> None:
+        while True:
+            delay = (self.session.next_deadline_ms() - self.now_ms()) / 1000
+            await asyncio.sleep(min(max(delay, 0.005), 1.0))
+            self.session.tick(self.now_ms())
+            self.pump()
+
+    # -- effects --------------------------------------------------------------------
+
+    def _handle(self, effect: object) -> None:
+        if isinstance(effect, FeedVad):
+            self._feed_vad(effect)
+        elif isinstance(effect, ResetVad):
+            if self._vad is not None:
+                self._vad.reset()
+        elif isinstance(effect, StartResponse):
+            rid = effect.request.response_id
+            self._tasks[rid] = asyncio.create_task(self._respond(effect.request))
+        elif isinstance(effect, CancelResponse):
+            task = self._tasks.pop(effect.response_id, None)
+            if task is not None:
+                task.cancel()
+        elif isinstance(effect, Transcribe):
+            future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            self._transcripts[effect.item_id] = future
+            self._tasks["trx_" + effect.item_id] = asyncio.create_task(
+                self._transcribe(effect, future)
+            )
+        elif isinstance(effect, Close):
+            self._queue.put_nowait(_CloseMarker(effect.code, effect.reason))
+
+    def _feed_vad(self, effect: FeedVad) -> None:
+        if self._vad is None or self._vad_config != effect.turn_detection:
+            td = effect.turn_detection
+            self._vad = ServerVad(
+                threshold=float(td.get("threshold", 0.5)),
+                prefix_padding_ms=int(td.get("prefix_padding_ms", 300)),
+                silence_duration_ms=int(td.get("silence_duration_ms", 500)),
+            )
+            self._vad_config = effect.turn_detection
+        pcm = to_pcm16(effect.audio, effect.audio_format, VAD_RATE_HZ)
+        for event in self._vad.feed(pcm, effect.start_ms):
+            now = self.now_ms()
+            if isinstance(event, SpeechStarted):
+                self.session.vad_speech_started(event.audio_start_ms, now)
+            else:
+                # Audio arrives in real time, so speech ended this long before now.
+                behind = effect.start_ms + len(effect.audio) / _bytes_per_ms(effect.audio_format)
+                self._speech_end_ms = now - max(0.0, behind - event.audio_end_ms)
+                self.session.vad_speech_stopped(event.audio_end_ms, now)
+
+    async def _respond(self, request: ResponseRequest) -> None:
+        rid = request.response_id
+        sink = _ResponseSink(self, rid, request.output_format)
+        speech_end, self._speech_end_ms = self._speech_end_ms, None
+        try:
+            request = await self._with_transcripts(request)
+            sink.mark("stt_done")
+            reason = await self.backend.respond(request, sink, self.state)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("session %s: backend failed on %s", self.session.id, rid)
+            self.session.response_failed(rid, "The backend failed to generate a response.", self.now_ms())
+        else:
+            self.session.response_finished(rid, self.now_ms(), reason)
+        finally:
+            self._tasks.pop(rid, None)
+            self.pump()
+            self._log_turn(rid, speech_end, sink.marks)
+
+    def _log_turn(self, rid: str, speech_end: float | None, marks: dict[str, float]) -> None:
+        base = speech_end if speech_end is not None else None
+        parts = [f"{stage}={marks[stage] - base:.0f}ms" for stage in marks if base is not None]
+        log.info(
+            "turn session=%s response=%s %s", self.session.id, rid,
+            " ".join(parts) if parts else "(no speech end)",
+        )
+
+    async def _with_transcripts(self, request: ResponseRequest) -> ResponseRequest:
+        """Give every user audio item in the context its transcript (waiting for STT)."""
+        context = list(request.context)
+        for index, ctx in enumerate(context):
+            parts = ctx.item.get("content", [])
+            if ctx.audio is None or not any(
+                p.get("type") == "input_audio" and p.get("transcript") is None for p in parts
+            ):
+                continue
+            text = await self._transcript_of(ctx)
+            item = dict(ctx.item)
+            item["content"] = [
+                {**p, "transcript": text} if p.get("type") == "input_audio" else p for p in parts
+            ]
+            context[index] = dataclasses.replace(ctx, item=item)
+        return dataclasses.replace(request, context=tuple(context))
+
+    async def _transcript_of(self, ctx: ContextItem) -> str:
+        item_id = str(ctx.item.get("id"))
+        future = self._transcripts.get(item_id)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._transcripts[item_id] = future
+            job = Transcribe(item_id, ctx.audio or b"", ctx.audio_format or "audio/pcm")
+            try:
+                text, _ = await self.backend.transcribe(job, _TranscriptSink(self, None), self.state)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("session %s: transcription failed", self.session.id)
+                text = ""
+            if not future.done():
+                future.set_result(text)
+        return await asyncio.shield(future)
+
+    async def _transcribe(self, job: Transcribe, future: asyncio.Future[str]) -> None:
+        try:
+            text, usage = await self.backend.transcribe(job, _TranscriptSink(self, job.item_id), self.state)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("session %s: transcription failed", self.session.id)
+            self.session.transcription_failed(job.item_id, "The audio could not be transcribed.")
+            text = ""
+        else:
+            self.session.transcription_completed(job.item_id, text, usage)
+        finally:
+            self._tasks.pop("trx_" + job.item_id, None)
+            if not future.done():
+                future.set_result(text)
+            self.pump()
+
+
+def _bytes_per_ms(audio_format: str) -> float:
+    return 48.0 if audio_format == "audio/pcm" else 8.0
+
+
+def _injected_error(session: RealtimeSession) -> dict[str, Any]:
+    return {
+        "type": "error",
+        "event_id": session.ids.event_id(),
+        "error": {
+            "type": "server_error",
+            "code": "injected_fault",
+            "message": "An error injected by the mock's fault knobs.",
+            "param": None,
+            "event_id": None,
+        },
+    }
