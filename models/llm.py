@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
@@ -282,38 +282,28 @@ class LlamaCppLlm:
         tools: list[dict[str, Any]] | None = None,
         max_tokens: int | None = None,
         temperature: float = 0.7,
-    ) -> Iterator[LlmChunk]:
+    ) -> Generator[LlmChunk, None, None]:
         prompt = to_embedded_messages(messages, tools)
-        names = {str(t.get("name") or t.get("function", {}).get("name")) for t in tools or []}
-        return self._generate(prompt, names, max_tokens, temperature)
-
-    def _generate(
-        self, prompt: list[dict[str, str]], names: set[str], max_tokens: int | None,
-        temperature: float,
-    ) -> Iterator[LlmChunk]:
+        names = {str(to_chat_tool(t)["function"].get("name")) for t in tools or []}
         parser = ToolCallStreamParser(names) if names else None
-        with self._lock:  # released when the generator finishes or is closed
+        with self._lock:  # held only while generating: released on finish or close()
             try:
                 chunks: Any = self._llama.create_chat_completion(
                     messages=prompt,  # type: ignore[arg-type]
-                    stream=True, max_tokens=max_tokens, temperature=temperature,
+                    stream=True,
+                    max_tokens=max_tokens,
+                    temperature=temperature,
                     stop=[TOOL_CALL_END] if names else [],
                 )
+                try:
+                    for chunk in chunks:
+                        piece = (chunk["choices"][0].get("delta") or {}).get("content")
+                        if piece:
+                            yield from parser.feed(piece) if parser else [TextDelta(piece)]
+                finally:
+                    chunks.close()
             except Exception as exc:
                 raise LlmError(f"llama.cpp generation failed: {exc}") from exc
-            try:
-                for chunk in chunks:
-                    piece = (chunk["choices"][0].get("delta") or {}).get("content")
-                    if not piece:
-                        continue
-                    if parser is None:
-                        yield TextDelta(piece)
-                    else:
-                        yield from parser.feed(piece)
-            except Exception as exc:
-                raise LlmError(f"llama.cpp generation failed: {exc}") from exc
-            finally:
-                chunks.close()
         if parser is not None:
             yield from parser.finish()
 
@@ -347,7 +337,8 @@ def iter_sse_chunks(lines: Iterable[str]) -> Iterator[LlmChunk]:
             if delta.get("content"):
                 yield TextDelta(str(delta["content"]))
             for tc in delta.get("tool_calls") or []:
-                acc = calls.setdefault(int(tc.get("index", 0)), {"id": "", "name": "", "arguments": ""})
+                empty = {"id": "", "name": "", "arguments": ""}
+                acc = calls.setdefault(int(tc.get("index", 0)), empty)
                 acc["id"] = tc.get("id") or acc["id"]
                 fn = tc.get("function") or {}
                 acc["name"] += fn.get("name") or ""
@@ -383,8 +374,8 @@ class OpenAICompatLlm:
         self._client.close()
 
     def count_tokens(self, messages: list[Message]) -> int:
-        """Approximation: characters / 4 plus 4 per message."""
-        return sum(4 + len(_text(m.get("content"))) // 4 + len(json.dumps(m.get("tool_calls") or "")) // 4
+        """Approximation: characters / 4, plus 4 per message."""
+        return sum(4 + (len(_text(m.get("content"))) + len(str(m.get("tool_calls", "")))) // 4
                    for m in messages)
 
     def stream(
@@ -394,26 +385,20 @@ class OpenAICompatLlm:
         tools: list[dict[str, Any]] | None = None,
         max_tokens: int | None = None,
         temperature: float = 0.7,
-    ) -> Iterator[LlmChunk]:
-        body: dict[str, Any] = {
-            "model": self.model, "messages": messages, "stream": True, "temperature": temperature,
-        }
+    ) -> Generator[LlmChunk, None, None]:
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True,
+                                "temperature": temperature}
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
         if tools:
             body["tools"] = [to_chat_tool(t) for t in tools]
-        return self._post(body)
-
-    def _post(self, body: dict[str, Any]) -> Iterator[LlmChunk]:
         try:
             with self._client.stream("POST", self._url, json=body) as resp:
                 if resp.status_code >= 400:
                     detail = resp.read().decode("utf-8", "replace").strip()[:300]
-                    raise LlmError(
-                        f"LLM server {self._display_url} returned HTTP {resp.status_code}: {detail}"
-                    )
+                    raise LlmError(f"LLM server {self._display_url} returned "
+                                   f"HTTP {resp.status_code}: {detail}")
                 yield from iter_sse_chunks(resp.iter_lines())
         except httpx.HTTPError as exc:
-            raise LlmError(
-                f"LLM request to {self._display_url} failed: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise LlmError(f"LLM request to {self._display_url} failed: "
+                           f"{type(exc).__name__}: {exc}") from exc

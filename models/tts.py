@@ -13,7 +13,7 @@ one :class:`PiperTts` can serve concurrent sessions without a lock of ours.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 from models.errors import TtsError
@@ -44,7 +44,7 @@ class PiperTts:
         try:
             from piper import PiperVoice
         except ImportError as exc:
-            raise TtsError("piper-tts (>= 1.3, PiperVoice.load API) is not installed") from exc
+            raise TtsError("piper-tts 1.x (PiperVoice.load API) is not installed") from exc
         self.voice_path = voice or bundled_voice_path()
         self.speaker_id = speaker_id
         try:
@@ -70,13 +70,18 @@ class PiperTts:
             length_scale=self._voice.config.length_scale / speed,
         )
 
-    def synthesize_stream(self, text: str, *, speed: float = 1.0) -> Iterator[bytes]:
-        """Yield PCM16 chunks, one per sentence, as each one is synthesised."""
-        if not text.strip():
-            return iter(())
+    def synthesize_stream(
+        self, text: str, *, speed: float = 1.0
+    ) -> Generator[bytes, None, None]:
+        """Yield PCM16 chunks, one per sentence, as each one is synthesised.
+
+        Stopping early is cheap: ``close()`` the generator (or just drop it).
+        """
         return self._stream(text, self._config(speed))
 
-    def _stream(self, text: str, config: SynthesisConfig) -> Iterator[bytes]:
+    def _stream(self, text: str, config: SynthesisConfig) -> Generator[bytes, None, None]:
+        if not text.strip():
+            return
         try:
             for chunk in self._voice.synthesize(text, syn_config=config):
                 data = chunk.audio_int16_bytes

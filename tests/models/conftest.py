@@ -26,3 +26,13 @@ def llama_llm() -> Iterator[LlamaCppLlm]:
     llm = LlamaCppLlm(n_ctx=1024)
     yield llm
     llm.close()
+
+
+_MODEL_FIXTURES = {"whisper_stt", "piper_tts", "llama_llm"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tag tests that load a real model with ``models`` (deselect: ``-m "not models"``)."""
+    for item in items:
+        if _MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.models)

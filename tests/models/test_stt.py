@@ -4,6 +4,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from models.errors import SttError
@@ -23,8 +24,8 @@ def _words(text: str) -> set[str]:
     return set(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split())
 
 
-def _to_pcm16(audio: np.ndarray) -> bytes:
-    return (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+def _to_pcm16(audio: npt.NDArray[np.float32]) -> bytes:
+    return bytes((np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes())
 
 
 @pytest.fixture(scope="module")

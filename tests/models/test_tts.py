@@ -50,7 +50,7 @@ def test_stream_yields_chunks_of_similar_total_length(piper_tts: PiperTts) -> No
 def test_stream_can_be_abandoned_early(piper_tts: PiperTts) -> None:
     stream = piper_tts.synthesize_stream("First sentence. Second sentence. Third sentence.")
     assert next(stream)
-    stream.close()  # type: ignore[attr-defined]
+    stream.close()
     assert piper_tts.synthesize("Still working.")
 
 

@@ -101,7 +101,6 @@ class Conversation:
         keep = int(audio_end_ms * BYTES_PER_MS[stored.audio_format])
         if stored.audio_format == "audio/pcm":
             keep -= keep % 2
-        del stored.audio[keep:]
         total = len(stored.audio)
         del stored.audio[keep:]
         for part in stored.item.get("content", []):

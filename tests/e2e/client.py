@@ -1,0 +1,62 @@
+"""A recorder around the official SDK connection: raw events, waits with timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+from tests.invariants import check_stream, validate_with_sdk
+from transceiver.backends.mock import word_audio
+
+
+class Recorder:
+    def __init__(self, connection: Any, *, beta: bool = False) -> None:
+        self.conn = connection
+        self.beta = beta
+        self.events: list[dict[str, Any]] = []
+
+    async def send(self, event: dict[str, Any]) -> None:
+        await self.conn.send(event)
+
+    async def next(self, timeout_s: float = 15.0) -> dict[str, Any]:
+        raw = await asyncio.wait_for(self.conn.recv_bytes(), timeout_s)
+        event: dict[str, Any] = json.loads(raw)
+        validate_with_sdk(event, beta=self.beta)
+        self.events.append(event)
+        return event
+
+    async def until(self, event_type: str, timeout_s: float = 15.0) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            event = await self.next(max(0.01, deadline - loop.time()))
+            if event["type"] == event_type:
+                return event
+
+    def of_type(self, event_type: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == event_type]
+
+    def check(self) -> None:
+        check_stream(self.events, beta=self.beta)
+
+
+def speech(words: str, word_ms: int = 320) -> bytes:
+    """Speech-like PCM16 24 kHz that the server VAD detects as speech (deterministic)."""
+    return b"".join(word_audio(word, word_ms) for word in words.split())
+
+
+def silence(ms: int) -> bytes:
+    return b"\x00\x00" * (24 * ms)
+
+
+async def append_audio(rec: Recorder, pcm16: bytes, chunk_ms: int = 20) -> None:
+    step = 48 * chunk_ms
+    for offset in range(0, len(pcm16), step):
+        chunk = base64.b64encode(pcm16[offset : offset + step]).decode()
+        await rec.send({"type": "input_audio_buffer.append", "audio": chunk})
+
+
+def decode_audio(events: list[dict[str, Any]], delta_type: str = "response.output_audio.delta") -> bytes:
+    return b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] == delta_type)

@@ -1,0 +1,319 @@
+"""The official ``openai`` SDK against ``realtime-relay serve --backend mock`` on loopback.
+
+Every received event is validated against the SDK's types, and each recorded stream
+is checked against PROTOCOL.md section 12.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+from openai import AsyncOpenAI
+
+from models.audio import pcm16_to_array, rms
+from tests.e2e.client import Recorder, append_audio, decode_audio, silence, speech
+from tests.servers import RunningServer
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def client_for(server: RunningServer) -> AsyncOpenAI:
+    return AsyncOpenAI(api_key="sk-test", base_url=server.base_url)
+
+
+async def text_message(rec: Recorder, text: str) -> None:
+    await rec.send({
+        "type": "conversation.item.create",
+        "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
+    })
+
+
+async def test_text_turn(mock_server: RunningServer) -> None:
+    async with client_for(mock_server).realtime.connect(model="gpt-realtime") as conn:
+        rec = Recorder(conn)
+        created = await rec.until("session.created")
+        assert created["session"]["type"] == "realtime"
+        assert created["session"]["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 24000}
+        await rec.send({"type": "session.update",
+                        "session": {"type": "realtime", "output_modalities": ["text"]}})
+        updated = await rec.until("session.updated")
+        assert updated["session"]["output_modalities"] == ["text"]
+        await text_message(rec, "hello relay")
+        await rec.send({"type": "response.create"})
+        done = await rec.until("response.done")
+        assert done["response"]["status"] == "completed"
+        text = "".join(e["delta"] for e in rec.of_type("response.output_text.delta"))
+        assert text == "hello relay"
+        assert done["response"]["usage"]["output_tokens"] > 0
+        rec.check()
+
+
+async def test_audio_turn_with_server_vad(mock_server: RunningServer) -> None:
+    async with client_for(mock_server).realtime.connect(model="gpt-realtime") as conn:
+        rec = Recorder(conn)
+        await rec.until("session.created")
+        await rec.send({"type": "session.update", "session": {"type": "realtime", "audio": {
+            "input": {"transcription": {"model": "whisper-1"}}}}})
+        await rec.until("session.updated")
+        await append_audio(rec, silence(400) + speech("hello there how are you today") + silence(800))
+        started = await rec.until("input_audio_buffer.speech_started")
+        stopped = await rec.until("input_audio_buffer.speech_stopped")
+        committed = await rec.until("input_audio_buffer.committed")
+        assert started["item_id"] == stopped["item_id"] == committed["item_id"]
+        assert 0 <= started["audio_start_ms"] < stopped["audio_end_ms"]
+        done = await rec.until("response.done")
+        assert done["response"]["status"] == "completed"
+        audio = decode_audio(rec.events)
+        assert len(audio) % 2 == 0 and rms(audio) > 500
+        transcript = "".join(e["delta"] for e in rec.of_type("response.output_audio_transcript.delta"))
+        assert transcript.startswith("I heard ") and transcript.endswith("seconds of audio.")
+        if not rec.of_type("conversation.item.input_audio_transcription.completed"):
+            await rec.until("conversation.item.input_audio_transcription.completed")
+        completed = rec.of_type("conversation.item.input_audio_transcription.completed")[0]
+        assert completed["item_id"] == committed["item_id"]
+        assert completed["usage"]["type"] == "duration"
+        rec.check()
+
+
+async def test_manual_commit(mock_server: RunningServer) -> None:
+    async with client_for(mock_server).realtime.connect(model="gpt-realtime") as conn:
+        rec = Recorder(conn)
+        await rec.send({"type": "session.update", "session": {
+            "type": "realtime", "audio": {"input": {"turn_detection": None}}}})
+        updated = await rec.until("session.updated")
+        assert updated["session"]["audio"]["input"]["turn_detection"] is None
+        await append_audio(rec, speech("one two three"))
+        await rec.send({"type": "input_audio_buffer.commit"})
+        committed = await rec.until("input_audio_buffer.committed")
+        assert committed["previous_item_id"] is None
+        await rec.send({"type": "response.create"})
+        done = await rec.until("response.done")
+        assert done["response"]["status"] == "completed"
+        assert not rec.of_type("input_audio_buffer.speech_started")
+        await rec.send({"type": "input_audio_buffer.commit", "event_id": "evt_empty"})
+        error = await rec.until("error")
+        assert error["error"]["code"] == "input_audio_buffer_commit_empty"
+        assert error["error"]["event_id"] == "evt_empty"
+        rec.check()
+
+
+async def long_audio_response(rec: Recorder) -> dict[str, Any]:
+    await text_message(rec, "tell me a long story")
+    await rec.send({"type": "response.create"})
+    await rec.until("response.output_audio.delta")
+    return rec.of_type("response.created")[-1]
+
+
+async def test_response_cancel(mock_server: RunningServer) -> None:
+    async with client_for(mock_server).realtime.connect(model="gpt-realtime") as conn:
+        rec = Recorder(conn)
+        created = await long_audio_response(rec)
+        await rec.send({"type": "response.cancel"})
+        done = await rec.until("response.done")
+        assert done["response"]["id"] == created["response"]["id"]
+        assert done["response"]["status"] == "cancelled"
+        assert done["response"]["status_details"]["reason"] == "client_cancelled"
+        await rec.send({"type": "response.cancel", "event_id": "evt_c"})
+        error = await rec.until("error")
+        assert error["error"]["code"] == "response_cancel_not_active"
+        rec.check()
+
+
+async def test_barge_in(mock_server: RunningServer) -> None:
+    async with client_for(mock_server).realtime.connect(model="gpt-realtime") as conn:
+        rec = Recorder(conn)
+        created = await long_audio_response(rec)
+        await append_audio(rec, speech("wait stop please"))
+        await rec.until("input_audio_buffer.speech_started")
+        done = await rec.until("response.done")
+        assert done["response"]["id"] == created["response"]["id"]
+        assert done["response"]["status"] == "cancelled"
+        assert done["response"]["status_details"]["reason"] == "turn_detected"
+        await append_audio(rec, silence(800))
+        await rec.until("input_audio_buffer.committed")
+        second = await rec.until("response.done")
+        assert second["response"]["status"] == "completed"
+        rec.check()
+
+
+async def test_truncate_retrieve_delete(mock_server: RunningServer) -> None:
+    async with client_for(mock_server).realtime.connect(model="gpt-realtime") as conn:
+        rec = Recorder(conn)
+        await text_message(rec, "tell me a long story")
+        await rec.send({"type": "response.create"})
+        done = await rec.until("response.done")
+        item = done["response"]["output"][0]
+        full = item["content"][0]["transcript"]
+        await rec.send({"type": "conversation.item.truncate", "item_id": item["id"],
+                        "content_index": 0, "audio_end_ms": 1500})
+        truncated = await rec.until("conversation.item.truncated")
+        assert truncated["audio_end_ms"] == 1500
+        await rec.send({"type": "conversation.item.retrieve", "item_id": item["id"]})
+        retrieved = (await rec.until("conversation.item.retrieved"))["item"]
+        part = retrieved["content"][0]
+        assert len(base64.b64decode(part["audio"])) == 1500 * 48
+        assert 0 < len(part["transcript"]) < len(full) and full.startswith(part["transcript"])
+        await rec.send({"type": "conversation.item.truncate", "item_id": item["id"],
+                        "content_index": 0, "audio_end_ms": 999_999, "event_id": "evt_t"})
+        assert (await rec.until("error"))["error"]["event_id"] == "evt_t"
+        await rec.send({"type": "conversation.item.delete", "item_id": item["id"]})
+        assert (await rec.until("conversation.item.deleted"))["item_id"] == item["id"]
+        await rec.send({"type": "conversation.item.retrieve", "item_id": item["id"], "event_id": "r2"})
+        error = await rec.until("error")
+        assert error["error"]["event_id"] == "r2"
+        rec.check()
+
+
+async def test_out_of_band_response(mock_server: RunningServer) -> None:
+    async with client_for(mock_server).realtime.connect(model="gpt-realtime") as conn:
+        rec = Recorder(conn)
+        await rec.until("session.created")
+        await rec.send({"type": "response.create", "response": {
+            "conversation": "none", "metadata": {"topic": "classification"},
+            "output_modalities": ["text"], "instructions": "Classify.",
+            "input": [{"type": "message", "role": "user",
+                       "content": [{"type": "input_text", "text": "classify this"}]}],
+        }})
+        done = await rec.until("response.done")
+        assert done["response"]["conversation_id"] is None
+        assert done["response"]["metadata"] == {"topic": "classification"}
+        assert not [e for e in rec.events if e["type"].startswith("conversation.item.")]
+        rec.check()
+
+
+async def test_transcription_session(mock_server: RunningServer) -> None:
+    client = client_for(mock_server)
+    async with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
+        rec = Recorder(conn)
+        created = await rec.until("session.created")
+        assert created["session"]["type"] == "transcription"
+        await rec.send({"type": "session.update", "session": {"type": "transcription", "audio": {
+            "input": {"transcription": {"model": "gpt-4o-transcribe", "language": "en"}}}}})
+        await rec.until("session.updated")
+        await append_audio(rec, speech("transcribe these words") + silence(800))
+        committed = await rec.until("input_audio_buffer.committed")
+        completed = await rec.until("conversation.item.input_audio_transcription.completed")
+        assert completed["item_id"] == committed["item_id"]
+        assert completed["usage"]["seconds"] > 0.5
+        assert not [e for e in rec.events if e["type"].startswith("response.")]
+        rec.check()
+
+
+async def test_function_call_round_trip(mock_server: RunningServer) -> None:
+    async with client_for(mock_server).realtime.connect(model="gpt-realtime") as conn:
+        rec = Recorder(conn)
+        await rec.send({"type": "session.update", "session": {
+            "type": "realtime", "output_modalities": ["text"],
+            "tools": [{"type": "function", "name": "get_weather", "description": "Weather",
+                       "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}],
+        }})
+        await rec.until("session.updated")
+        await text_message(rec, "what is the weather in Paris?")
+        await rec.send({"type": "response.create"})
+        done = await rec.until("response.done")
+        call = done["response"]["output"][-1]
+        assert call["type"] == "function_call" and call["name"] == "get_weather"
+        assert call["call_id"].startswith("call_")
+        args_done = rec.of_type("response.function_call_arguments.done")[0]
+        assert args_done["arguments"] == '{"city": "Paris"}' and args_done["name"] == "get_weather"
+        await rec.send({"type": "conversation.item.create", "item": {
+            "type": "function_call_output", "call_id": call["call_id"], "output": "sunny, 21 C"}})
+        await rec.until("conversation.item.done")
+        await rec.send({"type": "response.create"})
+        second = await rec.until("response.done")
+        text = second["response"]["output"][0]["content"][0]["text"]
+        assert text == "The weather tool said: sunny, 21 C"
+        rec.check()
+
+
+async def test_beta_mode(mock_server: RunningServer) -> None:
+    client = client_for(mock_server)
+    # The beta client always uses wss unless websocket_base_url is set (PROTOCOL.md 2.1).
+    beta_client = client.with_options(websocket_base_url=mock_server.ws_base_url)
+    async with beta_client.beta.realtime.connect(model="gpt-4o-realtime-preview") as conn:
+        rec = Recorder(conn, beta=True)
+        created = await rec.until("session.created")
+        assert created["session"]["modalities"] == ["audio", "text"]
+        assert created["session"]["input_audio_format"] == "pcm16"
+        await rec.until("conversation.created")
+        await rec.send({"type": "session.update", "session": {"modalities": ["text"],
+                                                              "temperature": 0.7}})
+        updated = await rec.until("session.updated")
+        assert updated["session"]["modalities"] == ["text"]
+        assert updated["session"]["temperature"] == 0.7
+        await rec.send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi beta"}]}})
+        await rec.until("conversation.item.created")
+        await rec.send({"type": "response.create"})
+        done = await rec.until("response.done")
+        assert done["response"]["output"][0]["content"][0] == {"type": "text", "text": "hi beta"}
+        assert rec.of_type("response.text.delta")
+        assert not rec.of_type("conversation.item.done")
+        rec.check()
+
+
+async def test_bad_input_keeps_session(mock_server: RunningServer) -> None:
+    async with client_for(mock_server).realtime.connect(model="gpt-realtime") as conn:
+        rec = Recorder(conn)
+        await rec.until("session.created")
+        await conn.send_raw('{"type": "scooby.dooby.doo", "event_id": "e1"}')
+        error = await rec.until("error")
+        assert error["error"] == {"type": "invalid_request_error", "code": "invalid_value",
+                                  "message": error["error"]["message"], "param": "type",
+                                  "event_id": "e1"}
+        await conn.send_raw('{"type": "input_audio_buffer.append", "audio": "%%%", "event_id": "e2"}')
+        error = await rec.until("error")
+        assert error["error"]["event_id"] == "e2" and error["error"]["param"] == "audio"
+        await conn.send_raw('{"type": "session.update", "event_id": "e3", "session": {"type": '
+                            '"realtime", "audio": {"output": {"speed": 9}}}}')
+        error = await rec.until("error")
+        assert error["error"]["param"] == "session.audio.output.speed"
+        assert error["error"]["code"] == "invalid_value"
+        await conn.send_raw("not json at all")
+        await rec.until("error")
+        await conn.send_raw('{"event_id": "e5"}')
+        assert (await rec.until("error"))["error"]["code"] == "invalid_event"
+        await text_message(rec, "still alive")
+        await rec.send({"type": "response.create",
+                        "response": {"output_modalities": ["text"]}})
+        done = await rec.until("response.done")
+        assert done["response"]["output"][0]["content"][0]["text"] == "still alive"
+        assert not rec.of_type("session.updated")
+        rec.check()
+
+
+async def test_g711_output(mock_server: RunningServer) -> None:
+    async with client_for(mock_server).realtime.connect(model="gpt-realtime") as conn:
+        rec = Recorder(conn)
+        await rec.send({"type": "session.update", "session": {"type": "realtime", "audio": {
+            "output": {"format": {"type": "audio/pcmu"}}}}})
+        await rec.until("session.updated")
+        await text_message(rec, "say this in mu law")
+        await rec.send({"type": "response.create"})
+        done = await rec.until("response.done")
+        assert done["response"]["audio"]["output"]["format"]["type"] == "audio/pcmu"
+        ulaw = decode_audio(rec.events)
+        words = len("say this in mu law".split())
+        # 8 bytes per ms; the mock speaks at 900 words a minute (about 66 ms a word).
+        assert abs(len(ulaw) / 8 - words * 66) < 100
+        from models.audio import ulaw_decode
+
+        assert rms(ulaw_decode(ulaw)) > 500
+        assert pcm16_to_array(ulaw_decode(ulaw)).size == len(ulaw)
+        rec.check()
+
+
+async def test_large_frame(mock_server: RunningServer) -> None:
+    async with client_for(mock_server).realtime.connect(model="gpt-realtime") as conn:
+        rec = Recorder(conn)
+        await rec.send({"type": "session.update", "session": {
+            "type": "realtime", "audio": {"input": {"turn_detection": None}}}})
+        await rec.until("session.updated")
+        pcm = speech("a big frame") * 80  # about 11 MiB of PCM, 15 MiB of base64
+        await rec.send({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()})
+        await rec.send({"type": "input_audio_buffer.commit"})
+        committed = await rec.until("input_audio_buffer.committed", timeout_s=60)
+        assert committed["item_id"].startswith("item_")
+        rec.check()
