@@ -62,7 +62,9 @@ LlmChunk: TypeAlias = TextDelta | ToolCall
 
 
 class Llm(Protocol):
-    context_tokens: int
+    """A chat model. Both engines return generators: ``getattr(it, "close")()`` on barge-in."""
+
+    context_tokens: int  # the model's context window, in tokens
 
     def count_tokens(self, messages: list[Message]) -> int: ...
 

@@ -134,10 +134,9 @@ async def _forward(websocket: WebSocket, upstream: ClientConnection, ids: IdFact
     await asyncio.gather(to_up, to_client, return_exceptions=True)
     if to_up in done:
         return  # the client left; the caller closes upstream
-    close_code = upstream.close_code
-    rcvd = upstream.close_rcvd
+    rcvd = upstream.protocol.close_rcvd
     with contextlib.suppress(WebSocketDisconnect, RuntimeError, ConnectionClosed):
-        if rcvd is None or close_code in (1006, None):
+        if rcvd is None:
             # The transceiver died mid-session (PROTOCOL.md 2.5: 1011 lets SDKs reconnect).
             log.warning("transceiver connection lost mid-session")
             await websocket.send_text(_error_event(

@@ -12,6 +12,7 @@ import http
 import json
 import logging
 import os
+import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -110,6 +111,7 @@ class TransceiverServer:
                 beta=arg("beta") == "1",
                 media=arg("media") == "1",
                 session_overrides=overrides,
+                created_at_s=time.time(),
             )
         except ClientError as exc:
             await connection.send(json.dumps({"type": "error", "event_id": "event_0",

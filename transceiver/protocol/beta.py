@@ -33,7 +33,7 @@ DEFAULT_TEMPERATURE = 0.8
 
 
 def _format_to_ga(value: Any, param: str) -> dict[str, Any]:
-    if value not in _FORMAT_TO_GA:
+    if not isinstance(value, str) or value not in _FORMAT_TO_GA:
         raise ClientError(
             f"Invalid value: '{value}'. Supported values are: 'pcm16', 'g711_ulaw', and "
             "'g711_alaw'.",
@@ -226,8 +226,8 @@ def _item_to_ga(item: Any) -> Any:
     return {
         **item,
         "content": [
-            {**part, "type": _CONTENT_TO_GA.get(part.get("type"), part.get("type"))}
-            if isinstance(part, dict)
+            {**part, "type": _CONTENT_TO_GA.get(part["type"], part["type"])}
+            if isinstance(part, dict) and isinstance(part.get("type"), str)
             else part
             for part in content
         ],

@@ -81,7 +81,7 @@ def normalize_item(raw: Any, param: str = "item") -> tuple[dict[str, Any], bytes
     for index, part in enumerate(content):
         part_param = f"{param}.content[{index}]"
         ptype = part.get("type") if isinstance(part, dict) else None
-        if ptype not in allowed:
+        if not isinstance(ptype, str) or ptype not in allowed:
             raise ClientError(
                 f"Invalid value: '{ptype}'. Supported values for a {role} message are: "
                 + ", ".join(f"'{t}'" for t in sorted(allowed))

@@ -13,6 +13,7 @@ from typing import Any
 
 from transceiver.protocol.config import BYTES_PER_MS
 from transceiver.protocol.conversation import Conversation, StoredItem
+from transceiver.protocol.errors import ProtocolMisuse
 from transceiver.protocol.ids import IdFactory
 
 Emit = Callable[..., None]
@@ -53,7 +54,8 @@ class Response:
             "id": self.id,
             "status": status,
             "status_details": details,
-            "output": [dict(item) for item in self.output] if final else [],
+            # Copies down to the parts: a later truncation must not rewrite sent events.
+            "output": [_copy_item(item) for item in self.output] if final else [],
             "conversation_id": self.conversation.id if self.in_conversation else None,
             "output_modalities": list(self.output_modalities),
             "max_output_tokens": self.max_output_tokens,
@@ -171,7 +173,7 @@ class ResponseWriter:
     def arguments(self, resp: Response, delta: str) -> None:
         opened = resp.open
         if opened is None or opened.kind != "function_call":
-            raise ValueError("no function call is open")
+            raise ProtocolMisuse("arguments delta without an open function call")
         opened.text += delta
         resp.text_chars += len(delta)
         self._emit(

@@ -37,6 +37,9 @@ SESSION_MAX_MS = 60 * 60 * 1000  # DOC-CONV: "The maximum duration of a Realtime
 MIN_COMMIT_MS = 100
 # With turn detection on and nobody speaking, keep only this much buffered audio.
 IDLE_BUFFER_KEEP_MS = 10_000
+# Deeper client JSON is refused up front: copying or validating it would hit Python's
+# recursion limit (a RecursionError is not a client error).
+MAX_EVENT_DEPTH = 100
 
 
 class SessionKind(enum.Enum):
@@ -52,6 +55,7 @@ class RealtimeSession:
         model: str | None = None,
         beta: bool = False,
         now_ms: float = 0.0,
+        created_at_s: float = 0.0,
         ids: IdFactory | None = None,
         media: bool = False,
         session_overrides: dict[str, Any] | None = None,
@@ -69,6 +73,7 @@ class RealtimeSession:
             self.config = apply_session_update(self.config, session_overrides)
         self.created_ms = now_ms
         self.expires_ms = now_ms + max_duration_ms
+        self.expires_at_s = int(created_at_s + max_duration_ms / 1000)
         self.closed = False
         self._events: list[dict[str, Any]] = []
         self._effects: list[Effect] = []
@@ -134,7 +139,7 @@ class RealtimeSession:
             ),
             "id": self.id,
             **self.config,
-            "expires_at": int(self.expires_ms // 1000),
+            "expires_at": self.expires_at_s,
         }
         return obj
 
@@ -156,7 +161,7 @@ class RealtimeSession:
         if not isinstance(raw, dict):
             try:
                 event = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 self._error(ClientError("The event is not valid JSON.", code="invalid_json"), None)
                 return
         if not isinstance(event, dict):
@@ -166,6 +171,11 @@ class RealtimeSession:
         if not isinstance(client_event_id, str):
             client_event_id = None
         try:
+            if _nested_deeper_than(event, MAX_EVENT_DEPTH):
+                raise ClientError(
+                    f"The event nests objects and arrays deeper than {MAX_EVENT_DEPTH} levels.",
+                    code="invalid_event",
+                )
             if "type" not in event:
                 raise ClientError("The 'type' field is missing.", code="invalid_event")
             if self._dialect is not None:
@@ -285,7 +295,8 @@ class RealtimeSession:
         previous = self.conversation.add(
             item,
             previous_item_id=event.get("previous_item_id"),
-            after_given="previous_item_id" in event,
+            # SDK docstring: "If not set, the new item will be appended"; clients send null.
+            after_given=event.get("previous_item_id") is not None,
             audio=audio,
             audio_format=fmt,
         )
@@ -564,6 +575,23 @@ class RealtimeSession:
         self._responses.clear()
         self._default_response = None
         self.closed = True
+
+
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests dicts and lists more than ``limit`` levels (no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _item_copy(item: dict[str, Any]) -> dict[str, Any]:
