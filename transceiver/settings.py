@@ -18,6 +18,41 @@ class TransceiverSettings(BaseSettings):
     max_frame_bytes: int = Field(32 * 1024 * 1024, description="Largest WebSocket frame.")
     log_level: str = Field("info", description="Log level.")
 
+    # Local backend: STT
+    stt_model: str | None = Field(
+        None, description="faster-whisper model name or path (default: bundled tiny.en)."
+    )
+    stt_device: str = Field("cpu", description="STT device: cpu, cuda or auto.")
+    stt_compute_type: str = Field("int8", description="STT compute type (int8, float16...).")
+    stt_language: str | None = Field("en", description="Default transcription language.")
+    stt_threads: int = Field(0, description="STT CPU threads (0: library default).")
+    speculative_stt: bool = Field(
+        True, description="Start transcribing when silence begins, before the turn ends."
+    )
+    # Local backend: LLM
+    llm_url: str | None = Field(
+        None, description="OpenAI-compatible chat-completions base URL (e.g. Ollama's "
+        "http://127.0.0.1:11434/v1). Unset: the embedded llama.cpp model.",
+    )
+    llm_model: str = Field("default", description="Model name sent to the LLM URL.")
+    llm_api_key: str | None = Field(None, description="API key for the LLM URL.")
+    llm_gguf: str | None = Field(
+        None, description="GGUF file for the embedded LLM (default: bundled SmolLM2-135M)."
+    )
+    llm_context_tokens: int = Field(2048, description="LLM context window, in tokens.")
+    llm_threads: int | None = Field(None, description="llama.cpp threads (default: all).")
+    llm_max_tokens: int = Field(200, description="Most tokens in a reply when unlimited.")
+    llm_temperature: float = Field(0.7, description="LLM sampling temperature.")
+    # Local backend: TTS
+    tts_voice: str | None = Field(
+        None, description="Piper voice .onnx path (default: bundled en_US-joe-medium)."
+    )
+    tts_speaker: int | None = Field(None, description="Speaker id for multi-speaker voices.")
+    tts_lead_ms: int = Field(
+        500, description="How far output audio may run ahead of real time."
+    )
+    workers: int = Field(4, description="Worker threads for model calls.")
+
     # Mock backend
     mock_script: str | None = Field(None, description="Mock reply script (YAML or JSON).")
     mock_first_delta_ms: int = Field(150, description="Mock: delay before the first output.")

@@ -175,7 +175,9 @@ def test_update_clears_fields(make_session, kit, session, key, cleared) -> None:
         ({"audio": {"output": {"speed": 3}}}, "session.audio.output.speed"),
         ({"output_modalities": ["audio", "text"]}, "session.output_modalities"),
         ({"max_output_tokens": 0}, "session.max_output_tokens"),
-        ({"tools": [{"type": "function"}]}, "session.tools[0].name"),
+        ({"tools": [{"type": "function", "name": ""}]}, "session.tools[0].name"),
+        ({"tool_choice": 5}, "session.tool_choice"),
+        ({"audio": {"output": {"voice": 5}}}, "session.audio.output.voice"),
         ({"model": "gpt-realtime-2"}, "session.model"),
         ({"type": "transcription"}, "session.type"),
     ],
@@ -202,6 +204,13 @@ def test_unknown_field_is_unknown_parameter(make_session, kit, session, param) -
     error = kit.error_of(update(h, {"type": "realtime", **session}, event_id="u1"))
     assert error["code"] == "unknown_parameter" and error["param"] == param
     assert error["event_id"] == "u1"
+
+
+def test_missing_required_field(make_session, kit) -> None:
+    h = make_session()
+    error = kit.error_of(update(h, {"tools": [{"type": "mcp"}]}))
+    assert error["code"] == "missing_required_parameter"
+    assert error["param"] == "session.tools[0].server_label"
 
 
 def test_session_must_be_an_object(make_session, kit) -> None:

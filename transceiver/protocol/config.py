@@ -190,22 +190,38 @@ def _merge(base: dict[str, Any], update: dict[str, Any], path: tuple[str, ...]) 
     return out
 
 
-def _param(loc: tuple[int | str, ...], prefix: str) -> str:
+def _param(loc: tuple[int | str, ...], prefix: str, data: Any, error_type: str) -> str:
+    """The JSON path of an error in ``data``.
+
+    pydantic puts union member labels in ``loc`` (a discriminator tag such as
+    ``server_vad``, or ``constrained-int``, ``literal['inf']``, ``str``...); only the
+    parts that are places in the input (or a missing field, last) belong in ``param``.
+    """
     parts = [prefix]
-    for part in loc:
-        # pydantic puts the discriminator tag in loc for tagged unions; skip it.
-        if isinstance(part, str) and part in ("server_vad", "semantic_vad", "function", "mcp"):
+    node = data
+    for index, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif not (index == len(loc) - 1 and error_type == "missing"):
             continue
         parts.append(f"[{part}]" if isinstance(part, int) else f".{part}")
     return "".join(parts).replace(".[", "[")
 
 
-def validation_to_client_error(exc: ValidationError, prefix: str) -> ClientError:
+def validation_to_client_error(exc: ValidationError, prefix: str, data: Any) -> ClientError:
     first = exc.errors()[0]
-    param = _param(tuple(first["loc"]), prefix)
+    param = _param(tuple(first["loc"]), prefix, data, first["type"])
     if first["type"] == "extra_forbidden":
         return ClientError(
             f"Unknown parameter: '{param}'.", code="unknown_parameter", param=param
+        )
+    if first["type"] == "missing":
+        return ClientError(
+            f"Missing required parameter: '{param}'.",
+            code="missing_required_parameter",
+            param=param,
         )
     value = first.get("input")
     shown = value if isinstance(value, str | int | float | bool) or value is None else "…"
@@ -240,7 +256,7 @@ def apply_session_update(current: dict[str, Any], update: Any) -> dict[str, Any]
     try:
         validated = model_cls.model_validate(merged)
     except ValidationError as exc:
-        raise validation_to_client_error(exc, "session") from None
+        raise validation_to_client_error(exc, "session", merged) from None
     if kind == "realtime" and update.get("model") not in (None, current.get("model")):
         raise ClientError(
             "The model of a session cannot be changed.", code="invalid_value", param="session.model"
@@ -255,7 +271,7 @@ def validate_tools(tools: Any, prefix: str) -> list[dict[str, Any]]:
     try:
         parsed = _Tools.model_validate({"tools": tools})
     except ValidationError as exc:
-        raise validation_to_client_error(exc, prefix.rsplit(".", 1)[0]) from None
+        raise validation_to_client_error(exc, prefix.rsplit(".", 1)[0], {"tools": tools}) from None
     return [tool.model_dump(mode="json", exclude_none=True) for tool in parsed.tools]
 
 
@@ -263,7 +279,7 @@ def validate_audio_format(value: Any, param: str) -> dict[str, Any]:
     try:
         return AudioFormat.model_validate(value).model_dump(mode="json", exclude_none=True)
     except ValidationError as exc:
-        raise validation_to_client_error(exc, param) from None
+        raise validation_to_client_error(exc, param, value) from None
 
 
 def format_type(fmt: dict[str, Any]) -> str:

@@ -87,6 +87,7 @@ class RealtimeSession:
         self._last_activity_ms = now_ms
         self._responses: dict[str, Response] = {}
         self._default_response: str | None = None
+        self._last_default_response: str | None = None
         self._transcribing: set[str] = set()
         self._handlers: dict[str, Callable[[dict[str, Any], float], None]] = {
             "session.update": self._on_session_update,
@@ -272,9 +273,13 @@ class RealtimeSession:
                 "output_audio_buffer.clear is only supported on WebRTC and SIP connections.",
                 param="type",
             )
-        self.output_audio_cleared(self._default_response)
+        # Playback can outlast response.done: name the response whose audio was playing.
+        response_id = self._default_response or self._last_default_response
+        if response_id is None:
+            raise ClientError("There is no output audio to clear.", code="invalid_value")
+        self.output_audio_cleared(response_id)
 
-    def output_audio_cleared(self, response_id: str | None) -> None:
+    def output_audio_cleared(self, response_id: str) -> None:
         """The media shell stopped playback (barge-in or ``output_audio_buffer.clear``)."""
         self._emit("output_audio_buffer.cleared", response_id=response_id)
 
@@ -368,7 +373,7 @@ class RealtimeSession:
         resp, request = build_response(params, self.config, self.conversation, self.ids)
         self._responses[resp.id] = resp
         if resp.in_conversation:
-            self._default_response = resp.id
+            self._default_response = self._last_default_response = resp.id
         self._emit("response.created", response=resp.wire("in_progress"))
         self._effects.append(StartResponse(request))
 

@@ -1,0 +1,283 @@
+"""The ``local`` backend: faster-whisper -> LLM (llama.cpp or any chat-completions URL) -> piper.
+
+Each model is loaded once per transceiver process and shared by its sessions;
+blocking calls run on worker threads. The reply is spoken clause by clause as the
+LLM streams, and transcript deltas follow the audio actually sent, word by word.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from models.audio import to_pcm16
+from models.errors import ModelError
+from models.llm import LlamaCppLlm, Llm, LlmChunk, OpenAICompatLlm, TextDelta, trim_history
+from models.stt import WhisperStt
+from models.tts import PiperTts
+from transceiver.backends.base import BackendError, ResponseSink, TranscriptSink
+from transceiver.backends.conversation import chat_messages
+from transceiver.protocol.config import BYTES_PER_MS
+from transceiver.protocol.effects import ResponseRequest, Transcribe
+from transceiver.settings import TransceiverSettings
+
+log = logging.getLogger(__name__)
+
+STT_RATE_HZ = 16_000
+CHUNK_MS = 100
+_END = object()
+# A clause ends at . ! ? ; : (or a comma once the clause is long enough to speak).
+_SENTENCE_END = re.compile(r"[.!?;:](?=\s)|\n")
+_COMMA = re.compile(r",(?=\s)")
+_WORDS = re.compile(r"\s*\S+")
+
+
+def split_clause(buffer: str, first: bool) -> tuple[str, str] | None:
+    """Return ``(clause, rest)`` when ``buffer`` holds a complete clause to speak."""
+    match = _SENTENCE_END.search(buffer)
+    if match is not None and match.end() >= 2:
+        return buffer[: match.end()], buffer[match.end() :]
+    min_chars = 12 if first else 60  # the first clause is short: first audio sooner
+    for comma in _COMMA.finditer(buffer):
+        if comma.end() >= min_chars:
+            return buffer[: comma.end()], buffer[comma.end() :]
+    return None
+
+
+class LocalBackend:
+    name = "local"
+    speculative_stt: bool
+
+    def __init__(
+        self,
+        stt: WhisperStt,
+        llm: Llm,
+        tts: PiperTts,
+        *,
+        workers: int = 4,
+        language: str | None = "en",
+        max_tokens: int = 200,
+        temperature: float = 0.7,
+        lead_ms: int = 500,
+        speculative_stt: bool = True,
+    ) -> None:
+        self.stt = stt
+        self.llm = llm
+        self.tts = tts
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model")
+        self._language = language
+        self._max_tokens = max_tokens
+        self._temperature = temperature
+        self._lead_ms = lead_ms
+        self.speculative_stt = speculative_stt
+
+    @classmethod
+    def from_settings(cls, settings: TransceiverSettings) -> LocalBackend:
+        started = time.monotonic()
+        stt = WhisperStt(
+            settings.stt_model, device=settings.stt_device,
+            compute_type=settings.stt_compute_type, language=settings.stt_language,
+            cpu_threads=settings.stt_threads,
+        )
+        llm: Llm
+        if settings.llm_url:
+            llm = OpenAICompatLlm(
+                settings.llm_url, settings.llm_model, api_key=settings.llm_api_key,
+                context_tokens=settings.llm_context_tokens,
+            )
+        else:
+            llm = LlamaCppLlm(
+                settings.llm_gguf, n_ctx=settings.llm_context_tokens, n_threads=settings.llm_threads
+            )
+        tts = PiperTts(settings.tts_voice, speaker_id=settings.tts_speaker)
+        backend = cls(
+            stt, llm, tts, workers=settings.workers, language=settings.stt_language,
+            max_tokens=settings.llm_max_tokens, temperature=settings.llm_temperature,
+            lead_ms=settings.tts_lead_ms, speculative_stt=settings.speculative_stt,
+        )
+        backend.warm_up(embedded=not settings.llm_url)
+        log.info("local backend ready in %.1f s", time.monotonic() - started)
+        return backend
+
+    def warm_up(self, embedded: bool) -> None:
+        """Run each model once so the first user turn is not the slow one."""
+        speech = self.tts.synthesize("Hello there.")
+        self.stt.transcribe(speech, sample_rate_hz=self.tts.sample_rate_hz)
+        if embedded:
+            for _ in self.llm.stream([{"role": "user", "content": "Hi"}], max_tokens=1):
+                pass
+
+    def model_ids(self) -> list[str]:
+        return ["gpt-realtime", "gpt-realtime-mini", "gpt-4o-realtime-preview", "local"]
+
+    async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    # -- speech to text -------------------------------------------------------------
+
+    async def transcribe(
+        self, job: Transcribe, sink: TranscriptSink, state: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        pcm = to_pcm16(job.audio, job.audio_format, STT_RATE_HZ)
+        seconds = len(job.audio) / BYTES_PER_MS[job.audio_format] / 1000
+        language = job.config.get("language") or self._language
+        prompt = job.config.get("prompt") or None
+        try:
+            result = await self._run(
+                self.stt.transcribe, pcm, sample_rate_hz=STT_RATE_HZ, language=language,
+                prompt=prompt,
+            )
+        except ModelError as exc:
+            raise BackendError(str(exc)) from exc
+        text = result.text.strip()
+        if text:
+            await sink.delta(text)  # whisper is not streaming: one delta, the whole text
+        return text, {"type": "duration", "seconds": round(seconds, 3)}
+
+    # -- responses ----------------------------------------------------------------------
+
+    async def respond(
+        self, request: ResponseRequest, sink: ResponseSink, state: dict[str, Any]
+    ) -> str | None:
+        max_tokens = request.max_output_tokens or self._max_tokens
+        messages = await self._run(self._prompt, request, max_tokens)
+        tools = [t for t in request.tools if t.get("type") == "function"]
+        if request.tool_choice == "none":
+            tools = []
+        speak = "audio" in request.output_modalities
+        speaker = _Speaker(self, sink, request.speed) if speak else None
+        buffer = ""
+        first = True
+        async for chunk in self._stream(messages, tools, max_tokens):
+            sink.mark("llm_first_token")
+            if isinstance(chunk, TextDelta):
+                if speaker is None:
+                    await sink.text(chunk.text)
+                    continue
+                buffer += chunk.text
+                while (split := split_clause(buffer, first)) is not None:
+                    clause, buffer = split
+                    first = False
+                    await speaker.say(clause)
+            else:
+                if speaker is not None and buffer.strip():
+                    await speaker.say(buffer)
+                buffer = ""
+                await sink.function_call(chunk.name, chunk.arguments, chunk.call_id)
+        if speaker is not None and buffer.strip():
+            await speaker.say(buffer)
+        return None
+
+    def _prompt(self, request: ResponseRequest, max_tokens: int) -> list[dict[str, Any]]:
+        messages = chat_messages(request)
+        budget = max(256, self.llm.context_tokens - max_tokens - 32)
+        return trim_history(messages, max_tokens=budget, count=self.llm.count_tokens)
+
+    async def _stream(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_tokens: int
+    ) -> AsyncIterator[LlmChunk]:
+        """The LLM's chunks, produced on a worker thread; stops it when we stop."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        stop = threading.Event()
+
+        def post(item: object) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is gone: nobody is listening
+                stop.set()
+
+        def work() -> None:
+            stream = self.llm.stream(
+                messages, tools=tools or None, max_tokens=max_tokens,
+                temperature=self._temperature,
+            )
+            try:
+                for chunk in stream:
+                    if stop.is_set():
+                        break
+                    post(chunk)
+            except Exception as exc:
+                post(exc)
+            finally:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()
+                post(_END)
+
+        loop.run_in_executor(self._executor, work)
+        try:
+            while (item := await queue.get()) is not _END:
+                if isinstance(item, Exception):
+                    raise BackendError(f"the LLM failed: {item}") from item
+                yield item  # type: ignore[misc]
+        finally:
+            stop.set()
+
+    async def aclose(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        for engine in (self.llm,):
+            close = getattr(engine, "close", None)
+            if close is not None:
+                close()
+
+
+class _Speaker:
+    """Speaks clauses: TTS on a worker, audio paced a little ahead of real time,
+    each word's transcript delta sent just before the audio where it starts."""
+
+    def __init__(self, backend: LocalBackend, sink: ResponseSink, speed: float) -> None:
+        self._backend = backend
+        self._sink = sink
+        self._speed = speed
+        self._started: float | None = None
+        self._sent_ms = 0.0
+
+    async def say(self, clause: str) -> None:
+        text = clause.strip()
+        if not text:
+            await self._sink.transcript(clause)
+            return
+        backend = self._backend
+        try:
+            pcm: bytes = await backend._run(backend.tts.synthesize, text, speed=self._speed)
+        except ModelError as exc:
+            raise BackendError(str(exc)) from exc
+        self._sink.mark("tts_first_audio")
+        rate = backend.tts.sample_rate_hz
+        words = _WORDS.findall(clause) or [clause]
+        trailing = clause[sum(len(w) for w in words):]
+        starts, total, acc = [], max(1, len(clause.strip())), 0
+        for word in words:
+            starts.append(int(len(pcm) * acc / total) & ~1)
+            acc += len(word.strip()) + 1
+        step = rate * 2 * CHUNK_MS // 1000
+        next_word = 0
+        for offset in range(0, max(len(pcm), 1), step):
+            while next_word < len(words) and starts[next_word] < offset + step:
+                await self._sink.transcript(words[next_word])
+                next_word += 1
+            await self._pace()
+            chunk = pcm[offset : offset + step]
+            await self._sink.audio(chunk, rate)
+            self._sent_ms += len(chunk) / (rate * 2) * 1000
+        for word in words[next_word:]:
+            await self._sink.transcript(word)
+        if trailing:
+            await self._sink.transcript(trailing)
+
+    async def _pace(self) -> None:
+        now = time.monotonic()
+        if self._started is None:
+            self._started = now
+            return
+        ahead_ms = self._sent_ms - (now - self._started) * 1000 - self._backend._lead_ms
+        if ahead_ms > 0:
+            await asyncio.sleep(ahead_ms / 1000)
