@@ -32,7 +32,21 @@ class SpeechStopped:
     audio_end_ms: float
 
 
-VadEvent = SpeechStarted | SpeechStopped
+@dataclass(frozen=True)
+class SilenceStarted:
+    """Speech paused long enough that the turn may be ending (for speculative STT)."""
+
+    audio_ms: float
+
+
+@dataclass(frozen=True)
+class SpeechResumed:
+    """Speech came back after ``SilenceStarted``: the turn goes on."""
+
+
+VadEvent = SpeechStarted | SpeechStopped | SilenceStarted | SpeechResumed
+# Unvoiced frames after speech before ``SilenceStarted`` (160 ms).
+SPECULATE_FRAMES = 8
 
 
 class ServerVad:
@@ -54,6 +68,7 @@ class ServerVad:
         self._min_rms = 32768 * 10 ** ((-54 + 18 * threshold) / 20)
         self._padding_ms = prefix_padding_ms
         self._silence_frames = max(1, -(-silence_duration_ms // FRAME_MS))
+        self._speculate_frames = min(SPECULATE_FRAMES, self._silence_frames - 1) or -1
         self._carry = b""
         self._clock_ms = 0.0  # session time of the start of ``_carry``
         self._recent: deque[tuple[float, bool]] = deque(maxlen=START_WINDOW)
@@ -100,10 +115,13 @@ class ServerVad:
                 return SpeechStarted(max(0.0, first - self._padding_ms))
             return None
         if voiced:
+            resumed = self._unvoiced_run >= self._speculate_frames
             self._unvoiced_run = 0
             self._last_voiced_end_ms = frame_start_ms + FRAME_MS
-            return None
+            return SpeechResumed() if resumed else None
         self._unvoiced_run += 1
+        if self._unvoiced_run == self._speculate_frames:
+            return SilenceStarted(self._last_voiced_end_ms)
         if self._unvoiced_run >= self._silence_frames:
             self._speaking = False
             self._recent.clear()

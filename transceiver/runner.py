@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.audio import from_pcm16, to_pcm16
-from models.vad import VAD_RATE_HZ, ServerVad, SpeechStarted
+from models.vad import (
+    VAD_RATE_HZ,
+    ServerVad,
+    SilenceStarted,
+    SpeechResumed,
+    SpeechStarted,
+    SpeechStopped,
+)
 from transceiver.backends.base import Backend
 from transceiver.protocol.effects import (
     CancelResponse,
@@ -34,6 +41,7 @@ from transceiver.protocol.session import RealtimeSession
 log = logging.getLogger(__name__)
 
 HIGH_WATER = 64  # queued frames before a producer waits for the client
+RECENT_AUDIO_MS = 30_000  # input audio kept for speculative transcription
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,12 @@ class SessionRunner:
         self._vad: ServerVad | None = None
         self._vad_config: dict[str, Any] | None = None
         self._speech_end_ms: float | None = None
+        # Speculative STT: transcribe when silence begins, reuse it if the turn ends.
+        self._recent = bytearray()
+        self._recent_start_ms = 0.0
+        self._speech_start_ms = 0.0
+        self._speculation: asyncio.Task[tuple[str, dict[str, Any]]] | None = None
+        self._speculation_item: str | None = None
         self._sent = 0
         self.closed = asyncio.Event()
 
@@ -200,6 +214,8 @@ class SessionRunner:
         elif isinstance(effect, ResetVad):
             if self._vad is not None:
                 self._vad.reset()
+            if self._speculation_item is None:
+                self._drop_speculation()
         elif isinstance(effect, StartResponse):
             rid = effect.request.response_id
             self._tasks[rid] = asyncio.create_task(self._respond(effect.request))
@@ -225,16 +241,75 @@ class SessionRunner:
                 silence_duration_ms=int(td.get("silence_duration_ms", 500)),
             )
             self._vad_config = effect.turn_detection
+        self._remember(effect)
         pcm = to_pcm16(effect.audio, effect.audio_format, VAD_RATE_HZ)
         for event in self._vad.feed(pcm, effect.start_ms):
             now = self.now_ms()
             if isinstance(event, SpeechStarted):
+                self._speech_start_ms = event.audio_start_ms
                 self.session.vad_speech_started(event.audio_start_ms, now)
-            else:
+            elif isinstance(event, SilenceStarted):
+                self._speculate(effect.audio_format, event.audio_ms)
+            elif isinstance(event, SpeechResumed):
+                self._drop_speculation()
+            elif isinstance(event, SpeechStopped):
                 # Audio arrives in real time, so speech ended this long before now.
                 behind = effect.start_ms + len(effect.audio) / _bytes_per_ms(effect.audio_format)
                 self._speech_end_ms = now - max(0.0, behind - event.audio_end_ms)
+                if self._speculation is not None:
+                    self._speculation_item = self.session.speech_item_id
                 self.session.vad_speech_stopped(event.audio_end_ms, now)
+
+    def _remember(self, effect: FeedVad) -> None:
+        """Keep the last ``RECENT_AUDIO_MS`` of input audio, in its wire format."""
+        per_ms = _bytes_per_ms(effect.audio_format)
+        if abs(effect.start_ms - (self._recent_start_ms + len(self._recent) / per_ms)) > 1:
+            self._recent.clear()
+            self._recent_start_ms = effect.start_ms
+        self._recent += effect.audio
+        excess = len(self._recent) - int(RECENT_AUDIO_MS * per_ms)
+        if excess > 0:
+            excess += excess % 2
+            del self._recent[:excess]
+            self._recent_start_ms += excess / per_ms
+
+    def _speculate(self, audio_format: str, until_ms: float) -> None:
+        if not getattr(self.backend, "speculative_stt", False):
+            return
+        self._drop_speculation()
+        per_ms = _bytes_per_ms(audio_format)
+        start = int(max(0.0, self._speech_start_ms - self._recent_start_ms) * per_ms) & ~1
+        end = int(max(0.0, until_ms - self._recent_start_ms) * per_ms) & ~1
+        job = Transcribe("speculation", bytes(self._recent[start:end]), audio_format,
+                         dict(self.session.config["audio"]["input"]["transcription"] or {}))
+        self._speculation = asyncio.create_task(
+            self.backend.transcribe(job, _TranscriptSink(self, None), self.state)
+        )
+
+    def _drop_speculation(self) -> None:
+        if self._speculation is not None:
+            self._speculation.cancel()
+        self._speculation = None
+        self._speculation_item = None
+
+    def _take_speculation(self, item_id: str) -> asyncio.Task[tuple[str, dict[str, Any]]] | None:
+        """The speculative transcription of ``item_id``'s speech, if there is one."""
+        task = self._speculation if self._speculation_item == item_id else None
+        if task is not None:
+            self._speculation = None
+            self._speculation_item = None
+        return task
+
+    async def _stt(self, job: Transcribe, item_id: str | None) -> tuple[str, dict[str, Any]]:
+        speculation = self._take_speculation(job.item_id)
+        if speculation is not None:
+            text, usage = await speculation
+            if "seconds" in usage:  # bill the whole committed audio, not the speculated part
+                usage = {**usage, "seconds": round(len(job.audio) / _bytes_per_ms(job.audio_format) / 1000, 3)}
+            if item_id is not None and text:
+                await _TranscriptSink(self, item_id).delta(text)
+            return text, usage
+        return await self.backend.transcribe(job, _TranscriptSink(self, item_id), self.state)
 
     async def _respond(self, request: ResponseRequest) -> None:
         rid = request.response_id
@@ -289,7 +364,7 @@ class SessionRunner:
             self._transcripts[item_id] = future
             job = Transcribe(item_id, ctx.audio or b"", ctx.audio_format or "audio/pcm")
             try:
-                text, _ = await self.backend.transcribe(job, _TranscriptSink(self, None), self.state)
+                text, _ = await self._stt(job, None)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -301,7 +376,7 @@ class SessionRunner:
 
     async def _transcribe(self, job: Transcribe, future: asyncio.Future[str]) -> None:
         try:
-            text, usage = await self.backend.transcribe(job, _TranscriptSink(self, job.item_id), self.state)
+            text, usage = await self._stt(job, job.item_id)
         except asyncio.CancelledError:
             raise
         except Exception:

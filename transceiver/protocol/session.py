@@ -150,6 +150,11 @@ class RealtimeSession:
         return td
 
     @property
+    def speech_item_id(self) -> str | None:
+        """The id the user item will have if the current speech is committed."""
+        return self._speech_item
+
+    @property
     def input_format(self) -> str:
         return str(self.config["audio"]["input"]["format"]["type"])
 

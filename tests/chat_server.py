@@ -1,0 +1,103 @@
+"""A scripted OpenAI-compatible chat-completions server on loopback, for the URL LLM engine.
+
+Only the LLM on the other side is scripted; the relay's own code is real. It records
+every request body, and streams SSE:
+- a tool call (in fragments) when tools are offered and the user asks about weather,
+- a fixed answer after a tool result,
+- otherwise a long story, word by word.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+STORY = (
+    "Once upon a time, in a quiet valley, there lived a patient dragon who loved to count "
+    "the stars. Every night he climbed the tallest hill, and every night he lost count "
+    "somewhere past a thousand. The villagers brought him lanterns, and maps, and songs, "
+    "but nothing helped him finish. One winter a small girl sat beside him and began to "
+    "count the dark spaces instead, and together they laughed until the sun came up."
+)
+TOOL_ANSWER = "It is sunny in Paris today."
+
+
+class ChatServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.requests: list[dict[str, Any]] = []
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    body = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "scripted",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ChatServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        return
+
+    def do_POST(self) -> None:  # noqa: N802
+        length = int(self.headers.get("Content-Length", "0"))
+        body = json.loads(self.rfile.read(length))
+        self.server.requests.append(body)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        messages = body["messages"]
+        last = messages[-1]
+        try:
+            if last["role"] == "tool":
+                self._words(TOOL_ANSWER)
+            elif body.get("tools") and "weather" in str(last.get("content", "")).lower():
+                self._tool_call()
+            else:
+                self._words(STORY)
+            self.wfile.write(b"data: [DONE]\n\n")
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the relay stopped reading (barge-in)
+
+    def _words(self, text: str) -> None:
+        for index, word in enumerate(text.split(" ")):
+            self.wfile.write(_chunk({"content": word if index == 0 else " " + word}))
+            self.wfile.flush()
+            time.sleep(0.005)
+        self.wfile.write(_chunk({}, "stop"))
+
+    def _tool_call(self) -> None:
+        fragments = ['{"ci', 'ty": "Pa', 'ris"}']
+        self.wfile.write(_chunk({"tool_calls": [{"index": 0, "id": "call_scripted0001",
+                                                 "type": "function",
+                                                 "function": {"name": "get_weather",
+                                                              "arguments": ""}}]}))
+        for fragment in fragments:
+            self.wfile.write(_chunk({"tool_calls": [{"index": 0,
+                                                     "function": {"arguments": fragment}}]}))
+        self.wfile.write(_chunk({}, "tool_calls"))
+
+
+@contextmanager
+def chat_server() -> Iterator[ChatServer]:
+    server = ChatServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -1,0 +1,238 @@
+"""Turn detection, barge-in, idle timeout and session expiry (PROTOCOL.md 8.2, 8.6, 8.9, 12.9)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from transceiver.protocol.effects import CancelResponse, Close, StartResponse
+
+MINUTE_MS = 60_000
+
+
+def vad(**fields: Any) -> dict[str, Any]:
+    return {"audio": {"input": {"turn_detection": {"type": "server_vad", **fields}}}}
+
+
+def speak(h: Any, start_ms: int = 200, end_ms: int = 900) -> list[dict[str, Any]]:
+    h.session.vad_speech_started(start_ms, h.now_ms)
+    events = list(h.drain())
+    h.append_ms(end_ms - start_ms, byte=7)
+    h.session.vad_speech_stopped(end_ms, h.now_ms)
+    return events + list(h.drain())
+
+
+@pytest.mark.parametrize("semantic", [False, True])
+def test_voice_turn(make_session, kit, semantic) -> None:
+    overrides = {"audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}}
+    h = make_session(session_overrides=overrides if semantic else None)
+    h.append_ms(200, byte=0)
+    h.session.vad_speech_started(200, 0)
+    started = h.drain()
+    assert kit.types(started) == ["input_audio_buffer.speech_started"]
+    item_id = started[0]["item_id"]
+    assert item_id.startswith("item_") and started[0]["audio_start_ms"] == 200
+    h.append_ms(700, byte=7)
+    h.session.vad_speech_stopped(900, 0)
+    events = h.drain()
+    assert kit.types(events) == [
+        "input_audio_buffer.speech_stopped", "input_audio_buffer.committed",
+        "conversation.item.added", "conversation.item.done", "response.created",
+    ]
+    stopped, committed, added, done, created = events
+    assert stopped["item_id"] == committed["item_id"] == item_id
+    assert added["item"]["id"] == done["item"]["id"] == item_id
+    assert stopped["audio_end_ms"] == 900 and committed["previous_item_id"] is None
+    assert created["response"]["status"] == "in_progress"
+    (start,) = [e for e in h.effects() if isinstance(e, StartResponse)]
+    (context,) = start.request.context
+    assert context.item["id"] == item_id and context.audio == b"\x07" * (700 * 48)
+
+
+def test_beta_voice_turn(make_session, kit) -> None:
+    h = make_session(beta=True)
+    assert kit.types(speak(h)) == [
+        "input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed", "conversation.item.created", "response.created",
+    ]
+
+
+def test_create_response_false_commits_without_a_response(make_session, kit) -> None:
+    h = make_session(session_overrides=vad(create_response=False))
+    events = speak(h)
+    assert kit.types(events)[-1] == "conversation.item.done"
+    assert not any(isinstance(e, StartResponse) for e in h.effects())
+
+
+def test_second_turn_chains_previous_item_id(make_session, kit) -> None:
+    h = make_session(session_overrides=vad(create_response=False))
+    first = speak(h)[1]["item_id"]
+    second = speak(h, 1000, 1500)
+    assert second[0]["item_id"] != first and second[2]["previous_item_id"] == first
+
+
+@pytest.mark.parametrize("beta", [False, True])
+def test_barge_in_cancels_the_response(make_session, kit, beta) -> None:
+    h = make_session(beta=beta)
+    speak(h)
+    (start,) = [e for e in h.effects() if isinstance(e, StartResponse)]
+    rid = start.request.response_id
+    h.session.response_transcript_delta(rid, "Well, you see")
+    h.session.response_audio_delta(rid, b"\x00\x00" * 4800)
+    h.drain()
+    h.session.vad_speech_started(1500, 0)
+    events = h.drain()
+    assert kit.types(events)[0] == "input_audio_buffer.speech_started"
+    assert kit.types(events)[-1] == "response.done"
+    response = events[-1]["response"]
+    assert response["id"] == rid and response["status"] == "cancelled"
+    assert response["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
+    assert CancelResponse(rid, "turn_detected") in h.effects()
+    assert h.session.response_audio_delta(rid, b"\x00\x00") is False
+    h.append_ms(400)
+    h.session.vad_speech_stopped(1900, 0)
+    assert kit.types(h.drain())[-1] == "response.created"  # the new turn
+
+
+def test_no_barge_in_with_interrupt_response_false(make_session, kit) -> None:
+    h = make_session(session_overrides=vad(interrupt_response=False))
+    speak(h)
+    rid = next(e for e in h.effects() if isinstance(e, StartResponse)).request.response_id
+    h.session.response_text_delta(rid, "still talking")
+    h.drain()
+    events = speak(h, 1000, 1400)
+    assert "response.done" not in kit.types(events) and "error" not in kit.types(events)
+    assert kit.types(events)[-1] == "conversation.item.done"  # committed, no new response
+    assert h.session.active_response_ids() == [rid]
+    assert not any(isinstance(e, CancelResponse | StartResponse) for e in h.effects())
+
+
+def test_out_of_band_responses_survive_barge_in(make_session, kit) -> None:
+    h = make_session()
+    oob = h.start(conversation="none")
+    h.session.vad_speech_started(0, 0)
+    assert kit.types(h.drain()) == ["input_audio_buffer.speech_started"]
+    assert h.session.active_response_ids() == [oob]
+
+
+def test_clear_during_speech_resets_the_turn(make_session, kit) -> None:
+    h = make_session()
+    h.session.vad_speech_started(0, 0)
+    h.drain()
+    h.append_ms(300)
+    h.send({"type": "input_audio_buffer.clear"})
+    h.session.vad_speech_stopped(300, 0)  # the turn is gone
+    assert h.drain() == []
+    assert kit.types(speak(h, 400, 800))[0] == "input_audio_buffer.speech_started"
+
+
+def test_vad_calls_are_ignored_without_turn_detection_or_out_of_order(make_session, kit) -> None:
+    h = make_session(session_overrides={"audio": {"input": {"turn_detection": None}}})
+    h.session.vad_speech_started(0, 0)
+    h.session.vad_speech_stopped(100, 0)
+    assert h.drain() == []
+    h = make_session()
+    h.session.vad_speech_stopped(100, 0)
+    assert h.drain() == []
+    h.session.vad_speech_started(0, 0)
+    h.session.vad_speech_started(50, 0)
+    assert kit.types(h.drain()) == ["input_audio_buffer.speech_started"]
+
+
+def test_speech_start_is_clamped_to_the_buffer(make_session, kit) -> None:
+    h = make_session()
+    h.append_ms(300)
+    h.send({"type": "input_audio_buffer.clear"})
+    h.session.vad_speech_started(100, 0)
+    assert h.drain()[0]["audio_start_ms"] == 300
+
+
+def test_manual_commit_during_speech_uses_the_speech_item(make_session, kit) -> None:
+    h = make_session()
+    h.session.vad_speech_started(0, 0)
+    item_id = h.drain()[0]["item_id"]
+    h.append_ms(200)
+    assert h.send({"type": "input_audio_buffer.commit"})[0]["item_id"] == item_id
+    h.session.vad_speech_stopped(200, 0)
+    assert h.drain() == []
+
+
+# -- idle timeout --------------------------------------------------------------------
+
+
+def test_idle_timeout_commits_and_responds(make_session, kit) -> None:
+    h = make_session(session_overrides=vad(idle_timeout_ms=5000))
+    h.append_ms(1000, byte=0)
+    assert h.session.next_deadline_ms() == 5000
+    h.session.tick(4999)
+    assert h.drain() == []
+    h.session.tick(5000)
+    events = h.drain()
+    assert kit.types(events) == [
+        "input_audio_buffer.timeout_triggered", "input_audio_buffer.committed",
+        "conversation.item.added", "conversation.item.done", "response.created",
+    ]
+    timeout = events[0]
+    assert timeout["item_id"] == events[1]["item_id"]
+    assert timeout["audio_start_ms"] == 0 and timeout["audio_end_ms"] == 1000
+    rid = events[-1]["response"]["id"]
+    h.session.tick(20_000)  # no idle timeout while a response runs
+    assert h.drain() == []
+    h.session.response_finished(rid, 21_000)
+    h.drain()
+    assert h.session.next_deadline_ms() == 26_000
+    h.session.vad_speech_started(1000, 23_000)  # speech holds the timer off
+    h.session.tick(40_000)
+    assert kit.types(h.drain()) == ["input_audio_buffer.speech_started"]
+
+
+def test_beta_idle_timeout_has_no_timeout_triggered(make_session, kit) -> None:
+    h = make_session(beta=True, session_overrides=vad(idle_timeout_ms=5000))
+    h.session.tick(5000)
+    assert kit.types(h.drain())[:2] == ["input_audio_buffer.committed",
+                                        "conversation.item.created"]
+
+
+def test_no_idle_timeout_by_default(make_session) -> None:
+    h = make_session()
+    h.session.tick(59 * MINUTE_MS)
+    assert h.drain() == [] and h.effects() == []
+
+
+# -- expiry -----------------------------------------------------------------------
+
+
+def test_session_expires_after_60_minutes(make_session, kit) -> None:
+    h = make_session(now_ms=1000)
+    assert h.session.next_deadline_ms() == 1000 + 60 * MINUTE_MS
+    h.session.tick(60 * MINUTE_MS + 999)
+    assert h.drain() == []
+    rid = h.start()
+    h.effects()
+    h.session.tick(60 * MINUTE_MS + 1000)
+    error = kit.error_of(h.drain())
+    assert error["code"] == "session_expired" and error["event_id"] is None
+    assert "60 minutes" in error["message"]
+    effects = h.effects()
+    assert Close(1000, "session expired") in effects
+    assert CancelResponse(rid, "client_cancelled") in effects
+    assert h.session.closed
+    # Nothing is emitted afterwards.
+    h.send({"type": "response.create"})
+    h.send("garbage")
+    h.session.tick(61 * MINUTE_MS)
+    h.session.vad_speech_started(0, 0)
+    assert h.session.response_text_delta(rid, "late") is False
+    h.session.transcription_failed("item_x", "late")
+    assert h.drain() == [] and h.effects() == []
+
+
+def test_close_is_idempotent(make_session) -> None:
+    h = make_session()
+    rid = h.start()
+    h.effects()
+    h.session.close(0)
+    h.session.close(0)
+    assert h.effects() == [CancelResponse(rid, "client_cancelled")]
+    assert h.drain() == []
