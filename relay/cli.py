@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_relay_options(serve, with_transceiver=False)
     serve.add_argument("--backend", default=os.environ.get("RELAY_BACKEND", "local"),
-                       choices=["mock", "local", "openai"],
+                       choices=["mock", "local"],
                        help="Backend of the transceivers [env RELAY_BACKEND] (default 'local').")
     serve.add_argument("--transceivers", type=int,
                        default=int(os.environ.get("RELAY_TRANSCEIVERS", "1")),
@@ -107,8 +107,9 @@ async def _run_relay(settings: RelaySettings, banner: bool) -> None:
 
 async def _serve(args: argparse.Namespace, passthrough: list[str]) -> None:
     host = "127.0.0.1"
+    extra = ["--log-level", args.log_level] if args.log_level else []
     processes = [
-        TransceiverProcess(host, free_port(host), ["--backend", args.backend, *passthrough])
+        TransceiverProcess(host, free_port(host), ["--backend", args.backend, *extra, *passthrough])
         for _ in range(max(1, args.transceivers))
     ]
     supervisor = Supervisor(processes)

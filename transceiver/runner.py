@@ -282,12 +282,14 @@ class SessionRunner:
         end = int(max(0.0, until_ms - self._recent_start_ms) * per_ms) & ~1
         job = Transcribe("speculation", bytes(self._recent[start:end]), audio_format,
                          dict(self.session.config["audio"]["input"]["transcription"] or {}))
+        log.debug("session %s: speculative STT at %.0f ms", self.session.id, until_ms)
         self._speculation = asyncio.create_task(
             self.backend.transcribe(job, _TranscriptSink(self, None), self.state)
         )
 
     def _drop_speculation(self) -> None:
         if self._speculation is not None:
+            log.debug("session %s: speculation dropped", self.session.id)
             self._speculation.cancel()
         self._speculation = None
         self._speculation_item = None

@@ -43,11 +43,9 @@ def build_backend(settings: TransceiverSettings) -> Backend:
                 realtime=settings.mock_realtime,
             )
         )
-    if settings.backend == "local":
-        from transceiver.backends.local import LocalBackend
+    from transceiver.backends.local import LocalBackend
 
-        return LocalBackend.from_settings(settings)
-    raise SystemExit(f"backend {settings.backend!r} is not available in this build")
+    return LocalBackend.from_settings(settings)
 
 
 def _json_response(status: http.HTTPStatus, body: dict[str, Any]) -> Response:

@@ -13,7 +13,7 @@ class TransceiverSettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address the transceiver listens on.")
     port: int = Field(8100, description="Port the transceiver listens on.")
-    backend: Literal["mock", "local", "openai"] = Field("local", description="Backend to run.")
+    backend: Literal["mock", "local"] = Field("local", description="Backend to run.")
     max_sessions: int = Field(1000, description="Sessions this transceiver accepts at once.")
     max_frame_bytes: int = Field(32 * 1024 * 1024, description="Largest WebSocket frame.")
     log_level: str = Field("info", description="Log level.")

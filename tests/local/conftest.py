@@ -35,7 +35,7 @@ def url_llm_server(scripted_llm: ChatServer) -> Iterator[RunningServer]:
 
 
 @pytest.fixture(scope="session")
-def speak() -> "Speaker":
+def speak() -> Speaker:
     return Speaker(PiperTts())
 
 

@@ -36,8 +36,10 @@ _BETA_TO_GA = {
 }
 _DELTA_DONE = {
     "response.output_text.delta": ("response.output_text.done", "text"),
-    "response.output_audio_transcript.delta": ("response.output_audio_transcript.done", "transcript"),
-    "response.function_call_arguments.delta": ("response.function_call_arguments.done", "arguments"),
+    "response.output_audio_transcript.delta": (
+        "response.output_audio_transcript.done", "transcript"),
+    "response.function_call_arguments.delta": (
+        "response.function_call_arguments.done", "arguments"),
 }
 _DONE_FIELD = {done: (delta, name) for delta, (done, name) in _DELTA_DONE.items()}
 
@@ -210,7 +212,8 @@ class Harness:
         return audio
 
     def user_text(self, text: str = "hello", **extra: Any) -> str:
-        item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+        content = [{"type": "input_text", "text": text}]
+        item = {"type": "message", "role": "user", "content": content}
         events = self.send({"type": "conversation.item.create", "item": item, **extra})
         return str(one(events, "conversation.item.done")["item"]["id"])
 

@@ -1,9 +1,8 @@
-"""Responses: create, overrides, out-of-band, cancel, output events (PROTOCOL.md 4, 7.2, 8.2-8.7)."""
+"""Responses: create, overrides, out-of-band, cancel, output (PROTOCOL.md 4, 7.2, 8.2-8.7)."""
 
 from __future__ import annotations
 
 import base64
-from typing import Any
 
 import pytest
 
@@ -242,7 +241,8 @@ def test_text_response_events(make_session, kit, beta) -> None:
     assert kit.one(events, "response.content_part.done")["part"] == {
         "type": "text", "text": "Bonjour, monde"}
     item = kit.one(events, "response.output_item.done")["item"]
-    assert item["content"] == [{"type": "text" if beta else "output_text", "text": "Bonjour, monde"}]
+    part_type = "text" if beta else "output_text"
+    assert item["content"] == [{"type": part_type, "text": "Bonjour, monde"}]
 
 
 def test_function_call_output(make_session, kit) -> None:

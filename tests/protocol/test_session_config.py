@@ -132,8 +132,16 @@ def test_update_without_type_keeps_the_session_type(make_session, kit) -> None:
     [
         ({"instructions": ""}, ("instructions",), ""),
         ({"tools": []}, ("tools",), []),
-        ({"audio": {"input": {"turn_detection": None}}}, ("audio", "input", "turn_detection"), None),
-        ({"audio": {"input": {"transcription": None}}}, ("audio", "input", "transcription"), None),
+        (
+            {"audio": {"input": {"turn_detection": None}}},
+            ("audio", "input", "turn_detection"),
+            None,
+        ),
+        (
+            {"audio": {"input": {"transcription": None}}},
+            ("audio", "input", "transcription"),
+            None,
+        ),
         (
             {"audio": {"input": {"noise_reduction": None}}},
             ("audio", "input", "noise_reduction"),

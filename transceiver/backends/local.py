@@ -129,6 +129,7 @@ class LocalBackend:
         seconds = len(job.audio) / BYTES_PER_MS[job.audio_format] / 1000
         language = job.config.get("language") or self._language
         prompt = job.config.get("prompt") or None
+        started = time.monotonic()
         try:
             result = await self._run(
                 self.stt.transcribe, pcm, sample_rate_hz=STT_RATE_HZ, language=language,
@@ -136,6 +137,7 @@ class LocalBackend:
             )
         except ModelError as exc:
             raise BackendError(str(exc)) from exc
+        log.debug("STT of %.2f s took %.0f ms", seconds, (time.monotonic() - started) * 1000)
         text = result.text.strip()
         if text:
             await sink.delta(text)  # whisper is not streaming: one delta, the whole text

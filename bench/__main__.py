@@ -1,0 +1,21 @@
+"""``python -m bench [voice ...]``: run the benchmarks and write bench/results.md."""
+
+from __future__ import annotations
+
+import sys
+
+from bench import voice
+
+BENCHES = {"voice": voice.main}
+
+
+def main(argv: list[str]) -> None:
+    names = argv or list(BENCHES)
+    for name in names:
+        if name not in BENCHES:
+            raise SystemExit(f"unknown benchmark {name!r}; choose from {', '.join(BENCHES)}")
+        BENCHES[name]()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,76 @@
+"""``realtime-relay serve`` as a subprocess on loopback, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+READY = "realtime-relay ready: base_url="
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen[str]
+    port: int
+    base_url: str
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def ws_base_url(self) -> str:
+        return self.base_url.replace("http://", "ws://")
+
+
+@contextlib.contextmanager
+def relay_server(*args: str, timeout_s: float = 600.0, env: dict[str, str] | None = None
+                 ) -> Iterator[RunningServer]:
+    """Start ``realtime-relay serve ARGS`` on a free port; stop it with SIGTERM."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "relay.cli", "serve", "--port", str(port), *args]
+    process = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, **(env or {})},
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line.rstrip())
+            if line.startswith(READY):
+                ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout_s
+    while not ready.wait(0.1):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError("server did not start:\n" + "\n".join(lines[-50:]))
+    server = RunningServer(process, port, f"http://127.0.0.1:{port}/v1", lines)
+    try:
+        yield server
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        reader.join(5)
+        process.stdout.close()

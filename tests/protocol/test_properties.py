@@ -1,0 +1,321 @@
+"""Hypothesis properties of the core (STYLE.md "Tests and habits"; PROTOCOL.md section 12).
+
+* Any chunking of appended audio commits the same bytes.
+* No sequence of client events, VAD calls, backend output and ticks raises, and every
+  stream keeps the section 12 invariants and validates against the official SDK.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from transceiver.protocol import SessionKind
+from transceiver.protocol.effects import FeedVad, StartResponse, Transcribe
+
+MINUTE_MS = 60_000
+SETTINGS = settings(
+    max_examples=150, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+# -- chunking ------------------------------------------------------------------------
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    data=st.data(),
+    fmt=st.sampled_from(["audio/pcm", "audio/pcmu"]),
+    with_vad=st.booleans(),
+    beta=st.booleans(),
+)
+def test_any_chunking_commits_the_same_bytes(kit, data, fmt, with_vad, beta) -> None:
+    bytes_per_ms = 48 if fmt == "audio/pcm" else 8
+    length = data.draw(st.integers(100 * bytes_per_ms, 2000 * bytes_per_ms), label="length")
+    audio = random.Random(data.draw(st.integers(0, 2**32))).randbytes(length)
+    cuts = sorted(data.draw(st.lists(st.integers(0, length), max_size=40), label="cuts"))
+    chunks = [audio[a:b] for a, b in zip([0, *cuts], [*cuts, length], strict=True)]
+    turn_detection = {"type": "server_vad", "create_response": False} if with_vad else None
+    h = kit.Harness(beta=beta, session_overrides={
+        "audio": {"input": {"format": {"type": fmt}, "turn_detection": turn_detection}}})
+    h.drain()
+    for chunk in chunks:
+        assert h.send({"type": "input_audio_buffer.append", "audio": kit.b64(chunk)}) == []
+    committed = h.send({"type": "input_audio_buffer.commit"})[0]
+    assert committed["type"] == "input_audio_buffer.committed"
+    item = h.retrieve(committed["item_id"])
+    assert base64.b64decode(item["content"][0]["audio"]) == audio
+    feeds = [e for e in h.effects() if isinstance(e, FeedVad)]
+    if with_vad:
+        assert b"".join(f.audio for f in feeds) == audio
+        offsets = [sum(map(len, chunks[:n])) / bytes_per_ms for n in range(len(chunks))]
+        assert [f.start_ms for f in feeds] == pytest.approx(offsets)
+    else:
+        assert feeds == []
+    kit.check_invariants(h.stream, beta=beta)
+
+
+# -- no sequence raises -------------------------------------------------------------
+
+
+@dataclass
+class World:
+    """What the test driver knows about the session, to aim its next input."""
+
+    h: Any
+    now_ms: float = 0.0
+    item_ids: list[str] = field(default_factory=list)
+    call_ids: list[str] = field(default_factory=list)
+    response_ids: list[str] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)  # from StartResponse effects
+    transcribing: list[str] = field(default_factory=list)  # from Transcribe effects
+    function_open: dict[str, bool] = field(default_factory=dict)
+
+    def observe(self) -> None:
+        for event in self.h.drain():
+            for key in ("item_id", "previous_item_id"):
+                if isinstance(event.get(key), str):
+                    self.item_ids.append(event[key])
+            item = event.get("item")
+            if isinstance(item, dict):
+                self.item_ids.append(item["id"])
+                if isinstance(item.get("call_id"), str):
+                    self.call_ids.append(item["call_id"])
+            if event["type"] == "response.created":
+                self.response_ids.append(event["response"]["id"])
+        for effect in self.h.effects():
+            if isinstance(effect, StartResponse):
+                self.started.append(effect.request.response_id)
+            elif isinstance(effect, Transcribe):
+                self.transcribing.append(effect.item_id)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.sampled_from(["type", "id", "audio", "item", "session", "x"])
+                      | st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+WORDS = st.text(max_size=12)
+AUDIO = st.integers(0, 4800).map(lambda n: base64.b64encode(bytes(n)).decode("ascii"))
+FORMAT = st.sampled_from([{"type": "audio/pcm", "rate": 24000}, {"type": "audio/pcmu"},
+                          {"type": "audio/pcma"}])
+TURN = st.none() | st.fixed_dictionaries(
+    {"type": st.sampled_from(["server_vad", "semantic_vad"])},
+    optional={"create_response": st.booleans(), "interrupt_response": st.booleans()},
+).map(lambda td: td if td["type"] == "semantic_vad" else {**td, "idle_timeout_ms": 5000})
+TOOL = {"type": "function", "name": "lookup", "parameters": {"type": "object"}}
+
+
+def ga_session(kind: str) -> st.SearchStrategy[dict[str, Any]]:
+    audio_in = st.fixed_dictionaries({}, optional={
+        "format": FORMAT, "turn_detection": TURN,
+        "transcription": st.none() | st.just({"model": "whisper-1"}),
+        "noise_reduction": st.none() | st.just({"type": "near_field"}),
+    })
+    realtime = {
+        "instructions": WORDS, "output_modalities": st.sampled_from([["audio"], ["text"]]),
+        "tools": st.sampled_from([[], [TOOL]]), "max_output_tokens": st.sampled_from([5, "inf"]),
+        "audio": st.fixed_dictionaries({"input": audio_in}, optional={
+            "output": st.fixed_dictionaries({}, optional={
+                "voice": st.sampled_from(["alloy", "marin"]), "format": FORMAT})}),
+    }
+    optional = realtime if kind == "realtime" else {"audio": st.fixed_dictionaries(
+        {"input": audio_in})}
+    return st.fixed_dictionaries({}, optional={"type": st.just(kind), **optional})
+
+
+BETA_SESSION = st.fixed_dictionaries({}, optional={
+    "modalities": st.sampled_from([["text"], ["audio", "text"]]),
+    "input_audio_format": st.sampled_from(["pcm16", "g711_ulaw", "g711_alaw", "mp3"]),
+    "output_audio_format": st.sampled_from(["pcm16", "g711_ulaw"]),
+    "turn_detection": TURN, "temperature": st.sampled_from([0.7, 0.8, 2.0]),
+    "input_audio_transcription": st.none() | st.just({"model": "whisper-1"}),
+    "voice": st.sampled_from(["alloy", "verse"]), "instructions": WORDS,
+})
+
+
+def one_of_ids(ids: list[str]) -> st.SearchStrategy[Any]:
+    known = st.sampled_from(ids) if ids else st.nothing()
+    return known | st.just("root") | st.just("item_unknown") | st.none() | JSON
+
+
+def items(w: World) -> st.SearchStrategy[dict[str, Any]]:
+    call_id = (st.sampled_from(w.call_ids) if w.call_ids else st.nothing()) | st.just("call_x")
+    message = st.builds(
+        lambda role, part: {"type": "message", "role": role, "content": [part]},
+        st.sampled_from(["user", "system", "assistant"]),
+        st.sampled_from([{"type": "input_text", "text": "hi"}, {"type": "output_text", "text": "o"},
+                         {"type": "text", "text": "beta"}])
+        | AUDIO.map(lambda a: {"type": "input_audio", "audio": a}),
+    )
+    return st.one_of(
+        message,
+        st.builds(lambda c: {"type": "function_call", "name": "lookup", "call_id": c,
+                             "arguments": "{}"}, call_id),
+        st.builds(lambda c: {"type": "function_call_output", "call_id": c, "output": "ok"},
+                  call_id),
+    )
+
+
+def valid_events(w: World) -> st.SearchStrategy[dict[str, Any]]:
+    kind = w.h.session.kind.value
+    known = one_of_ids(w.item_ids)
+    responses = st.sampled_from(w.response_ids) if w.response_ids else st.nothing()
+    update = st.builds(lambda s: {"type": "session.update", "session": s},
+                       BETA_SESSION if w.h.beta else ga_session(kind))
+    response = st.fixed_dictionaries({}, optional={
+        "conversation": st.sampled_from(["auto", "none"]),
+        "output_modalities": st.sampled_from([["text"], ["audio"]]),
+        "modalities": st.sampled_from([["text"], ["audio", "text"]]),
+        "instructions": WORDS, "metadata": st.just({"k": "v"}), "tools": st.just([TOOL]),
+        "input": st.lists(known.map(lambda i: {"type": "item_reference", "id": i}), max_size=2),
+    })
+    return st.one_of(
+        update,
+        st.builds(lambda s: {"type": "transcription_session.update", "session": s}, BETA_SESSION),
+        st.builds(lambda a: {"type": "input_audio_buffer.append", "audio": a}, AUDIO),
+        st.sampled_from([
+            {"type": "input_audio_buffer.commit"}, {"type": "input_audio_buffer.clear"},
+            {"type": "output_audio_buffer.clear"}, {"type": "response.create"},
+            {"type": "response.cancel"},
+        ]),
+        st.builds(lambda i, p: {"type": "conversation.item.create", "item": i, **p}, items(w),
+                  st.fixed_dictionaries({}, optional={"previous_item_id": known})),
+        st.builds(lambda t, i: {"type": t, "item_id": i},
+                  st.sampled_from(["conversation.item.retrieve", "conversation.item.delete"]),
+                  known),
+        st.builds(lambda i, c, ms: {"type": "conversation.item.truncate", "item_id": i,
+                                    "content_index": c, "audio_end_ms": ms},
+                  known, st.sampled_from([0, 0, 1]), st.integers(-5, 3000)),
+        st.builds(lambda r: {"type": "response.create", "response": r}, response),
+        st.builds(lambda r: {"type": "response.cancel", "response_id": r}, responses | JSON),
+    )
+
+
+def mutated(event: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
+    """The event with one field (maybe nested) replaced by random JSON or removed."""
+    paths: list[tuple[str, ...]] = []
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                paths.append((*path, key))
+                walk(value, (*path, key))
+
+    walk(event, ())
+
+    def apply(path: tuple[str, ...], value: Any, remove: bool) -> dict[str, Any]:
+        copied = json.loads(json.dumps(event))
+        node = copied
+        for key in path[:-1]:
+            node = node[key]
+        if remove:
+            del node[path[-1]]
+        else:
+            node[path[-1]] = value
+        return copied  # type: ignore[no-any-return]
+
+    return st.builds(apply, st.sampled_from(paths), JSON, st.booleans())
+
+
+def client_inputs(w: World) -> st.SearchStrategy[Any]:
+    with_id = st.builds(lambda e, i: {**e, **i}, valid_events(w),
+                        st.fixed_dictionaries({}, optional={"event_id": st.text(max_size=8)}))
+    # The shell hands over text, bytes or an already parsed object.
+    return st.one_of(
+        with_id, with_id, with_id, valid_events(w).flatmap(mutated),
+        st.dictionaries(st.sampled_from(["type", "event_id", "x"]), JSON, max_size=3),
+        JSON.map(json.dumps), st.text(max_size=20), st.binary(max_size=12),
+    )
+
+
+def act(w: World, data: st.DataObject) -> None:
+    session = w.h.session
+    action = data.draw(st.sampled_from(
+        ["client"] * 8 + ["vad_start", "vad_stop", "tick"] + ["backend"] * 5 + ["stt"]),
+        label="action")
+    if action == "client":
+        session.receive_client_event(data.draw(client_inputs(w), label="input"), w.now_ms)
+    elif action == "vad_start":
+        session.vad_speech_started(data.draw(st.integers(0, 30_000)), w.now_ms)
+    elif action == "vad_stop":
+        session.vad_speech_stopped(data.draw(st.integers(0, 30_000)), w.now_ms)
+    elif action == "tick":
+        w.now_ms += data.draw(st.sampled_from([0, 10, 1000, 5000, 20_000, 61 * MINUTE_MS]))
+        session.tick(w.now_ms)
+    elif action == "stt" and w.transcribing:
+        item_id = data.draw(st.sampled_from(w.transcribing))
+        op = data.draw(st.sampled_from(["delta", "completed", "failed"]))
+        if op == "delta":
+            session.transcription_delta(item_id, data.draw(WORDS))
+        elif op == "completed":
+            usage = {"type": "duration", "seconds": 1.5}
+            session.transcription_completed(item_id, data.draw(WORDS), usage,
+                                            data.draw(st.none() | st.just("en")))
+        else:
+            session.transcription_failed(item_id, "The audio could not be transcribed.")
+    elif action == "backend" and w.started:
+        backend_output(w, data, data.draw(st.sampled_from(w.started), label="response"))
+    w.observe()
+
+
+def backend_output(w: World, data: st.DataObject, rid: str) -> None:
+    session = w.h.session
+    ops = ["text", "transcript", "audio", "call", "finish", "fail", "cleared"]
+    if w.function_open.get(rid):
+        ops += ["arguments"] * 3
+    op = data.draw(st.sampled_from(ops), label="output")
+    if op in ("text", "transcript", "audio"):
+        w.function_open[rid] = False
+    if op == "text":
+        session.response_text_delta(rid, data.draw(WORDS))
+    elif op == "transcript":
+        session.response_transcript_delta(rid, data.draw(WORDS))
+    elif op == "audio":
+        session.response_audio_delta(rid, bytes(2 * data.draw(st.integers(0, 2400))))
+    elif op == "call":
+        args = data.draw(st.sampled_from(["", '{"q":', "{}"]))
+        call_id = session.response_function_call(rid, "lookup", args)
+        w.function_open[rid] = call_id is not None
+    elif op == "arguments":
+        session.response_arguments_delta(rid, data.draw(WORDS))
+    elif op == "finish":
+        session.response_finished(rid, w.now_ms, data.draw(
+            st.none() | st.just("max_output_tokens")))
+    elif op == "fail":
+        session.response_failed(rid, "The model failed.", w.now_ms)
+    elif op == "cleared" and session.media:
+        session.output_audio_cleared(rid)
+
+
+@SETTINGS
+@given(
+    data=st.data(),
+    kind=st.sampled_from(list(SessionKind)),
+    beta=st.booleans(),
+    media=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_no_sequence_of_inputs_raises(kit, data, kind, beta, media, seed) -> None:
+    h = kit.Harness(kind=kind, beta=beta, media=media, seed=seed)
+    world = World(h)
+    world.observe()
+    for _ in range(data.draw(st.integers(1, 40), label="steps")):
+        act(world, data)
+    if h.session.closed:
+        last = h.stream[-1]
+        assert last["type"] == "error" and last["error"]["code"] == "session_expired"
+    h.check()  # finishes what runs, then the section 12 invariants on the whole stream
+    if kind is SessionKind.TRANSCRIPTION:
+        assert not any(e["type"].startswith("response.") for e in h.stream)
