@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from transceiver.backends.base import Backend
+from transceiver.lag import LoopLagMonitor
 from transceiver.protocol.errors import ClientError
 from transceiver.protocol.session import RealtimeSession, SessionKind
 from transceiver.runner import Faults, SessionRunner
@@ -59,6 +60,7 @@ class TransceiverServer:
         self.settings = settings
         self.backend = backend
         self.sessions = 0
+        self.lag = LoopLagMonitor()
         self.faults = Faults(
             error_after=settings.mock_fault_error_after,
             close_after=settings.mock_fault_close_after,
@@ -71,6 +73,7 @@ class TransceiverServer:
             "max_sessions": self.settings.max_sessions,
             "backend": self.backend.name,
             "pid": os.getpid(),
+            "loop_lag": self.lag.stats(),
         }
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -133,6 +136,7 @@ class TransceiverServer:
             log.info("session end id=%s", session.id)
 
     async def start(self) -> Server:
+        self.lag.start()
         return await serve(
             self._handler,
             self.settings.host,

@@ -204,7 +204,11 @@ def test_no_idle_timeout_by_default(make_session) -> None:
 
 
 def test_session_expires_after_60_minutes(make_session, kit) -> None:
-    h = make_session(now_ms=1000)
+    transcription = {"model": "whisper-1"}
+    h = make_session(now_ms=1000, session_overrides={"audio": {"input": {
+        "turn_detection": None, "transcription": transcription}}})
+    h.append_ms(100)
+    item_id = h.send({"type": "input_audio_buffer.commit"})[0]["item_id"]
     assert h.session.next_deadline_ms() == 1000 + 60 * MINUTE_MS
     h.session.tick(60 * MINUTE_MS + 999)
     assert h.drain() == []
@@ -224,7 +228,9 @@ def test_session_expires_after_60_minutes(make_session, kit) -> None:
     h.session.tick(61 * MINUTE_MS)
     h.session.vad_speech_started(0, 0)
     assert h.session.response_text_delta(rid, "late") is False
-    h.session.transcription_failed("item_x", "late")
+    h.session.transcription_delta(item_id, "late")
+    h.session.transcription_completed(item_id, "late", {"type": "duration", "seconds": 1})
+    h.session.transcription_failed(item_id, "late")
     assert h.drain() == [] and h.effects() == []
 
 

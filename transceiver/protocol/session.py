@@ -584,6 +584,7 @@ class RealtimeSession:
             self._effects.append(CancelResponse(resp.id, "client_cancelled"))
         self._responses.clear()
         self._default_response = None
+        self._transcribing.clear()  # late transcripts are dropped like late response output
         self.closed = True
 
 
