@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from bench import voice
+from bench import relay, voice
 
-BENCHES = {"voice": voice.main}
+BENCHES = {"relay": relay.main, "voice": voice.main}
 
 
 def main(argv: list[str]) -> None:

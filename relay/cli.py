@@ -12,6 +12,7 @@ from typing import Any
 
 import uvicorn
 
+from relay import loop
 from relay.app import create_app
 from relay.settings import RelaySettings
 from relay.supervisor import Supervisor, TransceiverProcess, free_port
@@ -110,6 +111,7 @@ async def _run_relay(settings: RelaySettings, banner: bool) -> None:
     config = uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port,
         ws_max_size=settings.max_frame_bytes, ws_ping_interval=None, log_level=settings.log_level,
+        ws="websockets-sansio",
         lifespan="off",
     )
     server = uvicorn.Server(config)
@@ -162,7 +164,7 @@ def _load(args: argparse.Namespace) -> int:
         sys.stderr.write(("\r" + line) if tty else (line + "\n"))
         sys.stderr.flush()
 
-    figures, elapsed = asyncio.run(loadgen.run_load(options, progress))
+    figures, elapsed = loop.run(loadgen.run_load(options, progress))
     if tty:
         sys.stderr.write("\n")
     summary = loadgen.summarize(options, figures, elapsed)
@@ -188,11 +190,11 @@ def main(argv: list[str] | None = None) -> None:
         if not settings.transceiver:
             parser.error("relay needs at least one --transceiver URL")
         _configure_logging(settings.log_level)
-        asyncio.run(_run_relay(settings, banner=True))
+        loop.run(_run_relay(settings, banner=True))
         return
     _configure_logging(args.log_level or os.environ.get("RELAY_LOG_LEVEL", "info"))
     try:
-        asyncio.run(_serve(args, passthrough))
+        loop.run(_serve(args, passthrough))
     except KeyboardInterrupt:
         pass
 

@@ -49,7 +49,12 @@ def main(argv: list[str] | None = None) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    asyncio.run(runner())
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        asyncio.run(runner())
+    else:
+        uvloop.run(runner())
     sys.exit(0)
 
 

@@ -8,10 +8,11 @@
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,7 +23,7 @@ from transceiver.protocol.effects import FeedVad, StartResponse, Transcribe
 
 MINUTE_MS = 60_000
 SETTINGS = settings(
-    max_examples=150, deadline=None,
+    max_examples=4000, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
@@ -64,6 +65,14 @@ def test_any_chunking_commits_the_same_bytes(kit, data, fmt, with_vad, beta) -> 
 
 
 # -- no sequence raises -------------------------------------------------------------
+#
+# Strategies are built once (building them per step is what makes Hypothesis slow).
+# Ids are drawn as ``Ref``s and bound to what the session has emitted when applied.
+
+
+class Ref(NamedTuple):
+    pool: str  # "item" | "call" | "response"
+    n: int
 
 
 @dataclass
@@ -72,9 +81,8 @@ class World:
 
     h: Any
     now_ms: float = 0.0
-    item_ids: list[str] = field(default_factory=list)
-    call_ids: list[str] = field(default_factory=list)
-    response_ids: list[str] = field(default_factory=list)
+    pools: dict[str, list[str]] = field(
+        default_factory=lambda: {"item": [], "call": [], "response": []})
     started: list[str] = field(default_factory=list)  # from StartResponse effects
     transcribing: list[str] = field(default_factory=list)  # from Transcribe effects
     function_open: dict[str, bool] = field(default_factory=dict)
@@ -83,19 +91,33 @@ class World:
         for event in self.h.drain():
             for key in ("item_id", "previous_item_id"):
                 if isinstance(event.get(key), str):
-                    self.item_ids.append(event[key])
+                    self.pools["item"].append(event[key])
             item = event.get("item")
             if isinstance(item, dict):
-                self.item_ids.append(item["id"])
+                self.pools["item"].append(item["id"])
                 if isinstance(item.get("call_id"), str):
-                    self.call_ids.append(item["call_id"])
+                    self.pools["call"].append(item["call_id"])
             if event["type"] == "response.created":
-                self.response_ids.append(event["response"]["id"])
+                self.pools["response"].append(event["response"]["id"])
         for effect in self.h.effects():
             if isinstance(effect, StartResponse):
                 self.started.append(effect.request.response_id)
             elif isinstance(effect, Transcribe):
                 self.transcribing.append(effect.item_id)
+
+    def bind(self, value: Any) -> Any:
+        if isinstance(value, Ref):
+            pool = self.pools[value.pool]
+            return pool[value.n % len(pool)] if pool else f"{value.pool}_unknown"
+        if isinstance(value, dict):
+            return {key: self.bind(v) for key, v in value.items()}
+        if isinstance(value, list):
+            return [self.bind(v) for v in value]
+        return value
+
+
+def ref(pool: str) -> st.SearchStrategy[Ref]:
+    return st.builds(Ref, st.just(pool), st.integers(0, 1000))
 
 
 JSON = st.recursive(
@@ -115,6 +137,8 @@ TURN = st.none() | st.fixed_dictionaries(
     optional={"create_response": st.booleans(), "interrupt_response": st.booleans()},
 ).map(lambda td: td if td["type"] == "semantic_vad" else {**td, "idle_timeout_ms": 5000})
 TOOL = {"type": "function", "name": "lookup", "parameters": {"type": "object"}}
+ITEM_ID = ref("item") | st.sampled_from(["root", "item_unknown"]) | st.none() | JSON
+CALL_ID = ref("call") | st.just("call_x")
 
 
 def ga_session(kind: str) -> st.SearchStrategy[dict[str, Any]]:
@@ -143,46 +167,30 @@ BETA_SESSION = st.fixed_dictionaries({}, optional={
     "input_audio_transcription": st.none() | st.just({"model": "whisper-1"}),
     "voice": st.sampled_from(["alloy", "verse"]), "instructions": WORDS,
 })
-
-
-def one_of_ids(ids: list[str]) -> st.SearchStrategy[Any]:
-    known = st.sampled_from(ids) if ids else st.nothing()
-    return known | st.just("root") | st.just("item_unknown") | st.none() | JSON
-
-
-def items(w: World) -> st.SearchStrategy[dict[str, Any]]:
-    call_id = (st.sampled_from(w.call_ids) if w.call_ids else st.nothing()) | st.just("call_x")
-    message = st.builds(
+ITEM = st.one_of(
+    st.builds(
         lambda role, part: {"type": "message", "role": role, "content": [part]},
         st.sampled_from(["user", "system", "assistant"]),
         st.sampled_from([{"type": "input_text", "text": "hi"}, {"type": "output_text", "text": "o"},
                          {"type": "text", "text": "beta"}])
         | AUDIO.map(lambda a: {"type": "input_audio", "audio": a}),
-    )
-    return st.one_of(
-        message,
-        st.builds(lambda c: {"type": "function_call", "name": "lookup", "call_id": c,
-                             "arguments": "{}"}, call_id),
-        st.builds(lambda c: {"type": "function_call_output", "call_id": c, "output": "ok"},
-                  call_id),
-    )
+    ),
+    st.builds(lambda c: {"type": "function_call", "name": "lookup", "call_id": c,
+                         "arguments": "{}"}, CALL_ID),
+    st.builds(lambda c: {"type": "function_call_output", "call_id": c, "output": "ok"}, CALL_ID),
+)
+RESPONSE = st.fixed_dictionaries({}, optional={
+    "conversation": st.sampled_from(["auto", "none"]),
+    "output_modalities": st.sampled_from([["text"], ["audio"]]),
+    "modalities": st.sampled_from([["text"], ["audio", "text"]]),
+    "instructions": WORDS, "metadata": st.just({"k": "v"}), "tools": st.just([TOOL]),
+    "input": st.lists(ITEM_ID.map(lambda i: {"type": "item_reference", "id": i}), max_size=2),
+})
 
 
-def valid_events(w: World) -> st.SearchStrategy[dict[str, Any]]:
-    kind = w.h.session.kind.value
-    known = one_of_ids(w.item_ids)
-    responses = st.sampled_from(w.response_ids) if w.response_ids else st.nothing()
-    update = st.builds(lambda s: {"type": "session.update", "session": s},
-                       BETA_SESSION if w.h.beta else ga_session(kind))
-    response = st.fixed_dictionaries({}, optional={
-        "conversation": st.sampled_from(["auto", "none"]),
-        "output_modalities": st.sampled_from([["text"], ["audio"]]),
-        "modalities": st.sampled_from([["text"], ["audio", "text"]]),
-        "instructions": WORDS, "metadata": st.just({"k": "v"}), "tools": st.just([TOOL]),
-        "input": st.lists(known.map(lambda i: {"type": "item_reference", "id": i}), max_size=2),
-    })
+def valid_events(session_update: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[Any]:
     return st.one_of(
-        update,
+        st.builds(lambda s: {"type": "session.update", "session": s}, session_update),
         st.builds(lambda s: {"type": "transcription_session.update", "session": s}, BETA_SESSION),
         st.builds(lambda a: {"type": "input_audio_buffer.append", "audio": a}, AUDIO),
         st.sampled_from([
@@ -190,92 +198,102 @@ def valid_events(w: World) -> st.SearchStrategy[dict[str, Any]]:
             {"type": "output_audio_buffer.clear"}, {"type": "response.create"},
             {"type": "response.cancel"},
         ]),
-        st.builds(lambda i, p: {"type": "conversation.item.create", "item": i, **p}, items(w),
-                  st.fixed_dictionaries({}, optional={"previous_item_id": known})),
+        st.builds(lambda i, p: {"type": "conversation.item.create", "item": i, **p}, ITEM,
+                  st.fixed_dictionaries({}, optional={"previous_item_id": ITEM_ID})),
         st.builds(lambda t, i: {"type": t, "item_id": i},
                   st.sampled_from(["conversation.item.retrieve", "conversation.item.delete"]),
-                  known),
+                  ITEM_ID),
         st.builds(lambda i, c, ms: {"type": "conversation.item.truncate", "item_id": i,
                                     "content_index": c, "audio_end_ms": ms},
-                  known, st.sampled_from([0, 0, 1]), st.integers(-5, 3000)),
-        st.builds(lambda r: {"type": "response.create", "response": r}, response),
-        st.builds(lambda r: {"type": "response.cancel", "response_id": r}, responses | JSON),
+                  ITEM_ID, st.sampled_from([0, 0, 1]), st.integers(-5, 3000)),
+        st.builds(lambda r: {"type": "response.create", "response": r}, RESPONSE),
+        st.builds(lambda r: {"type": "response.cancel", "response_id": r},
+                  ref("response") | JSON),
     )
 
 
-def mutated(event: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
-    """The event with one field (maybe nested) replaced by random JSON or removed."""
+def mutate(event: dict[str, Any], n: int, value: Any, remove: bool) -> dict[str, Any]:
+    """The event with one field (maybe nested) replaced by ``value`` or removed."""
     paths: list[tuple[str, ...]] = []
 
     def walk(node: Any, path: tuple[str, ...]) -> None:
         if isinstance(node, dict):
-            for key, value in node.items():
+            for key, child in node.items():
                 paths.append((*path, key))
-                walk(value, (*path, key))
+                walk(child, (*path, key))
 
     walk(event, ())
-
-    def apply(path: tuple[str, ...], value: Any, remove: bool) -> dict[str, Any]:
-        copied = json.loads(json.dumps(event))
-        node = copied
-        for key in path[:-1]:
-            node = node[key]
-        if remove:
-            del node[path[-1]]
-        else:
-            node[path[-1]] = value
-        return copied  # type: ignore[no-any-return]
-
-    return st.builds(apply, st.sampled_from(paths), JSON, st.booleans())
+    copied = copy.deepcopy(event)
+    path = paths[n % len(paths)]
+    node = copied
+    for key in path[:-1]:
+        node = node[key]
+    if remove:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return copied
 
 
-def client_inputs(w: World) -> st.SearchStrategy[Any]:
-    with_id = st.builds(lambda e, i: {**e, **i}, valid_events(w),
+def client_inputs(session_update: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[Any]:
+    valid = valid_events(session_update)
+    with_id = st.builds(lambda e, i: {**e, **i}, valid,
                         st.fixed_dictionaries({}, optional={"event_id": st.text(max_size=8)}))
     # The shell hands over text, bytes or an already parsed object.
     return st.one_of(
-        with_id, with_id, with_id, valid_events(w).flatmap(mutated),
+        with_id, with_id, with_id,
+        st.builds(mutate, valid, st.integers(0, 100), JSON, st.booleans()),
         st.dictionaries(st.sampled_from(["type", "event_id", "x"]), JSON, max_size=3),
         JSON.map(json.dumps), st.text(max_size=20), st.binary(max_size=12),
     )
 
 
+CLIENT_INPUTS = {
+    (kind, beta): client_inputs(BETA_SESSION if beta else ga_session(kind.value))
+    for kind in SessionKind for beta in (False, True)
+}
+ACTIONS = st.sampled_from(
+    ["client"] * 8 + ["vad_start", "vad_stop", "tick", "stt"] + ["backend"] * 5)
+TICKS = st.sampled_from([0, 10, 1000, 5000, 20_000, 61 * MINUTE_MS])
+INDEX = st.integers(0, 1000)
+OUTPUTS = st.sampled_from(["text", "transcript", "audio", "call", "finish", "fail", "cleared"])
+STT = st.sampled_from(["delta", "completed", "failed"])
+
+
 def act(w: World, data: st.DataObject) -> None:
     session = w.h.session
-    action = data.draw(st.sampled_from(
-        ["client"] * 8 + ["vad_start", "vad_stop", "tick"] + ["backend"] * 5 + ["stt"]),
-        label="action")
+    action = data.draw(ACTIONS, label="action")
     if action == "client":
-        session.receive_client_event(data.draw(client_inputs(w), label="input"), w.now_ms)
+        raw = data.draw(CLIENT_INPUTS[(session.kind, w.h.beta)], label="input")
+        session.receive_client_event(w.bind(raw), w.now_ms)
     elif action == "vad_start":
         session.vad_speech_started(data.draw(st.integers(0, 30_000)), w.now_ms)
     elif action == "vad_stop":
         session.vad_speech_stopped(data.draw(st.integers(0, 30_000)), w.now_ms)
     elif action == "tick":
-        w.now_ms += data.draw(st.sampled_from([0, 10, 1000, 5000, 20_000, 61 * MINUTE_MS]))
+        w.now_ms += data.draw(TICKS)
         session.tick(w.now_ms)
     elif action == "stt" and w.transcribing:
-        item_id = data.draw(st.sampled_from(w.transcribing))
-        op = data.draw(st.sampled_from(["delta", "completed", "failed"]))
+        item_id = w.transcribing[data.draw(INDEX) % len(w.transcribing)]
+        op = data.draw(STT)
         if op == "delta":
             session.transcription_delta(item_id, data.draw(WORDS))
         elif op == "completed":
             usage = {"type": "duration", "seconds": 1.5}
             session.transcription_completed(item_id, data.draw(WORDS), usage,
-                                            data.draw(st.none() | st.just("en")))
+                                            data.draw(st.sampled_from([None, "en"])))
         else:
             session.transcription_failed(item_id, "The audio could not be transcribed.")
     elif action == "backend" and w.started:
-        backend_output(w, data, data.draw(st.sampled_from(w.started), label="response"))
+        backend_output(w, data, w.started[data.draw(INDEX) % len(w.started)])
     w.observe()
 
 
 def backend_output(w: World, data: st.DataObject, rid: str) -> None:
     session = w.h.session
-    ops = ["text", "transcript", "audio", "call", "finish", "fail", "cleared"]
-    if w.function_open.get(rid):
-        ops += ["arguments"] * 3
-    op = data.draw(st.sampled_from(ops), label="output")
+    op = data.draw(OUTPUTS, label="output")
+    if w.function_open.get(rid) and data.draw(st.booleans()):
+        op = "arguments"  # only while a function call is open: anything else is misuse
     if op in ("text", "transcript", "audio"):
         w.function_open[rid] = False
     if op == "text":
@@ -292,7 +310,7 @@ def backend_output(w: World, data: st.DataObject, rid: str) -> None:
         session.response_arguments_delta(rid, data.draw(WORDS))
     elif op == "finish":
         session.response_finished(rid, w.now_ms, data.draw(
-            st.none() | st.just("max_output_tokens")))
+            st.sampled_from([None, "max_output_tokens"])))
     elif op == "fail":
         session.response_failed(rid, "The model failed.", w.now_ms)
     elif op == "cleared" and session.media:
