@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from bench import relay, voice
+from bench import overhead, voice
 
-BENCHES = {"relay": relay.main, "voice": voice.main}
+BENCHES = {"relay": overhead.main, "voice": voice.main}
 
 
 def main(argv: list[str]) -> None:

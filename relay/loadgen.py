@@ -120,6 +120,7 @@ class SimulatedClient:
             figures.finished += 1
 
     async def _turns(self, ws: ClientConnection) -> None:
+        """Turns until ``--turns`` are done or the deadline passes."""
         options = self.options
         done = 0
         while time.monotonic() < self.deadline and (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,18 @@ def test_refused_sessions_are_dropped(tmp_path: Path) -> None:
     run = load("ws://127.0.0.1:9/v1/realtime", "--sessions", "2", "--turns", "1")
     assert run.returncode == 1
     assert "2 dropped sessions" in run.stdout
+
+
+def test_locustfile_reuses_the_load_client(mock_server: RunningServer, tmp_path: Path) -> None:
+    locustfile = Path(__file__).resolve().parents[2] / "bench" / "locustfile.py"
+    run = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(locustfile), "--host",
+         f"{mock_server.ws_base_url}/realtime", "--headless", "-u", "2", "-r", "2", "-t", "6s",
+         "--only-summary", "--csv", str(tmp_path / "locust")],
+        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+        env={**os.environ, "REALTIME_TURNS": "1"},
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    stats = (tmp_path / "locust_stats.csv").read_text().splitlines()
+    row = next(line for line in stats if "speech end -> first audio delta" in line).split(",")
+    assert int(row[2]) >= 2 and int(row[3]) == 0  # requests, failures

@@ -23,7 +23,7 @@ from transceiver.protocol.effects import FeedVad, StartResponse, Transcribe
 
 MINUTE_MS = 60_000
 SETTINGS = settings(
-    max_examples=4000, deadline=None,
+    max_examples=150, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 

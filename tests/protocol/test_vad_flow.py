@@ -205,7 +205,7 @@ def test_no_idle_timeout_by_default(make_session) -> None:
 
 def test_session_expires_after_60_minutes(make_session, kit) -> None:
     transcription = {"model": "whisper-1"}
-    h = make_session(now_ms=1000, session_overrides={"audio": {"input": {
+    h = make_session(now_ms=1000, media=True, session_overrides={"audio": {"input": {
         "turn_detection": None, "transcription": transcription}}})
     h.append_ms(100)
     item_id = h.send({"type": "input_audio_buffer.commit"})[0]["item_id"]
@@ -231,6 +231,7 @@ def test_session_expires_after_60_minutes(make_session, kit) -> None:
     h.session.transcription_delta(item_id, "late")
     h.session.transcription_completed(item_id, "late", {"type": "duration", "seconds": 1})
     h.session.transcription_failed(item_id, "late")
+    h.session.output_audio_cleared(rid)
     assert h.drain() == [] and h.effects() == []
 
 

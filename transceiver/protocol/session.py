@@ -286,7 +286,8 @@ class RealtimeSession:
 
     def output_audio_cleared(self, response_id: str) -> None:
         """The media shell stopped playback (barge-in or ``output_audio_buffer.clear``)."""
-        self._emit("output_audio_buffer.cleared", response_id=response_id)
+        if not self.closed:
+            self._emit("output_audio_buffer.cleared", response_id=response_id)
 
     def _on_item_create(self, event: dict[str, Any], now_ms: float) -> None:
         item, audio = normalize_item(event.get("item"))
