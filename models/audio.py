@@ -92,7 +92,8 @@ def resample(pcm16: bytes, src_rate_hz: int, dst_rate_hz: int) -> bytes:
         n_out = int(round(len(samples) * dst_rate_hz / src_rate_hz))
         positions = np.arange(n_out, dtype=np.float64) * (src_rate_hz / dst_rate_hz)
         out = np.interp(positions, np.arange(len(samples)), samples)
-    return np.clip(np.round(out), -32768, 32767).astype("<i2").tobytes()
+    pcm: bytes = np.clip(np.round(out), -32768, 32767).astype("<i2").tobytes()
+    return pcm
 
 
 def to_pcm16(data: bytes, audio_format: str, rate_hz: int = WIRE_RATE_HZ) -> bytes:

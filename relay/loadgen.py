@@ -62,7 +62,8 @@ def synthetic_speech(seconds: float = 1.5, rate_hz: int = 24000) -> bytes:
     phase = 2 * np.pi * np.cumsum(pitch) / rate_hz
     voice = np.sin(phase) + 0.5 * np.sin(2 * phase) + 0.25 * np.sin(3 * phase)
     syllables = np.sin(np.pi * 4 * t) ** 2
-    return (voice * syllables * 6000).astype("<i2").tobytes()
+    pcm: bytes = (voice * syllables * 6000).astype("<i2").tobytes()
+    return pcm
 
 
 def read_wav(path: str) -> bytes:

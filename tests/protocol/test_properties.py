@@ -82,7 +82,7 @@ class World:
     h: Any
     now_ms: float = 0.0
     pools: dict[str, list[str]] = field(
-        default_factory=lambda: {"item": [], "call": [], "response": []})
+        default_factory=lambda: {"item": [], "assistant": [], "call": [], "response": []})
     started: list[str] = field(default_factory=list)  # from StartResponse effects
     transcribing: list[str] = field(default_factory=list)  # from Transcribe effects
     function_open: dict[str, bool] = field(default_factory=dict)
@@ -99,6 +99,8 @@ class World:
                     self.pools["call"].append(item["call_id"])
             if event["type"] == "response.created":
                 self.pools["response"].append(event["response"]["id"])
+            elif event["type"] == "response.output_item.added":
+                self.pools["assistant"].append(event["item"]["id"])
         for effect in self.h.effects():
             if isinstance(effect, StartResponse):
                 self.started.append(effect.request.response_id)
@@ -189,7 +191,15 @@ RESPONSE = st.fixed_dictionaries({}, optional={
 
 
 def valid_events(session_update: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[Any]:
-    return st.one_of(
+    truncate = st.builds(
+        lambda i, c, ms: {"type": "conversation.item.truncate", "item_id": i,
+                          "content_index": c, "audio_end_ms": ms},
+        ref("assistant") | ITEM_ID, st.sampled_from([0, 0, 0, 1]),
+        st.integers(0, 600) | st.integers(-5, 3000),
+    )
+    create = st.builds(lambda r: {"type": "response.create", "response": r}, RESPONSE)
+    return st.sampled_from([
+        truncate, truncate, create, create,
         st.builds(lambda s: {"type": "session.update", "session": s}, session_update),
         st.builds(lambda s: {"type": "transcription_session.update", "session": s}, BETA_SESSION),
         st.builds(lambda a: {"type": "input_audio_buffer.append", "audio": a}, AUDIO),
@@ -203,13 +213,9 @@ def valid_events(session_update: st.SearchStrategy[dict[str, Any]]) -> st.Search
         st.builds(lambda t, i: {"type": t, "item_id": i},
                   st.sampled_from(["conversation.item.retrieve", "conversation.item.delete"]),
                   ITEM_ID),
-        st.builds(lambda i, c, ms: {"type": "conversation.item.truncate", "item_id": i,
-                                    "content_index": c, "audio_end_ms": ms},
-                  ITEM_ID, st.sampled_from([0, 0, 1]), st.integers(-5, 3000)),
-        st.builds(lambda r: {"type": "response.create", "response": r}, RESPONSE),
         st.builds(lambda r: {"type": "response.cancel", "response_id": r},
                   ref("response") | JSON),
-    )
+    ]).flatmap(lambda strategy: strategy)
 
 
 def mutate(event: dict[str, Any], n: int, value: Any, remove: bool) -> dict[str, Any]:
@@ -240,12 +246,12 @@ def client_inputs(session_update: st.SearchStrategy[dict[str, Any]]) -> st.Searc
     with_id = st.builds(lambda e, i: {**e, **i}, valid,
                         st.fixed_dictionaries({}, optional={"event_id": st.text(max_size=8)}))
     # The shell hands over text, bytes or an already parsed object.
-    return st.one_of(
-        with_id, with_id, with_id,
-        st.builds(mutate, valid, st.integers(0, 100), JSON, st.booleans()),
+    mutated = st.builds(mutate, valid, st.integers(0, 100), JSON, st.booleans())
+    junk = st.one_of(
         st.dictionaries(st.sampled_from(["type", "event_id", "x"]), JSON, max_size=3),
         JSON.map(json.dumps), st.text(max_size=20), st.binary(max_size=12),
     )
+    return st.sampled_from([with_id] * 6 + [mutated] * 2 + [junk]).flatmap(lambda s: s)
 
 
 CLIENT_INPUTS = {
@@ -254,9 +260,18 @@ CLIENT_INPUTS = {
 }
 ACTIONS = st.sampled_from(
     ["client"] * 8 + ["vad_start", "vad_stop", "tick", "stt"] + ["backend"] * 5)
-TICKS = st.sampled_from([0, 10, 1000, 5000, 20_000, 61 * MINUTE_MS])
+TICKS = st.sampled_from([0, 10, 1000, 5000, 20_000] * 4 + [61 * MINUTE_MS])
+OVERRIDES = st.sampled_from([
+    None,
+    {"audio": {"input": {"turn_detection": None}}},
+    {"audio": {"input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 5000}}}},
+    {"audio": {"input": {"transcription": {"model": "whisper-1"}}}},
+    {"audio": {"input": {"turn_detection": {"type": "semantic_vad", "interrupt_response": False,
+                                            "create_response": False}}}},
+])
 INDEX = st.integers(0, 1000)
-OUTPUTS = st.sampled_from(["text", "transcript", "audio", "call", "finish", "fail", "cleared"])
+OUTPUTS = st.sampled_from(["text", "transcript", "audio", "audio", "spoken", "spoken", "call",
+                           "finish", "finish", "fail", "cleared"])
 STT = st.sampled_from(["delta", "completed", "failed"])
 
 
@@ -294,8 +309,11 @@ def backend_output(w: World, data: st.DataObject, rid: str) -> None:
     op = data.draw(OUTPUTS, label="output")
     if w.function_open.get(rid) and data.draw(st.booleans()):
         op = "arguments"  # only while a function call is open: anything else is misuse
-    if op in ("text", "transcript", "audio"):
+    if op in ("text", "transcript", "audio", "spoken"):
         w.function_open[rid] = False
+    if op == "spoken":  # a clause and its audio, as a TTS backend sends them
+        session.response_transcript_delta(rid, data.draw(WORDS))
+        op = "audio"
     if op == "text":
         session.response_text_delta(rid, data.draw(WORDS))
     elif op == "transcript":
@@ -324,9 +342,10 @@ def backend_output(w: World, data: st.DataObject, rid: str) -> None:
     beta=st.booleans(),
     media=st.booleans(),
     seed=st.integers(0, 1000),
+    overrides=OVERRIDES,
 )
-def test_no_sequence_of_inputs_raises(kit, data, kind, beta, media, seed) -> None:
-    h = kit.Harness(kind=kind, beta=beta, media=media, seed=seed)
+def test_no_sequence_of_inputs_raises(kit, data, kind, beta, media, seed, overrides) -> None:
+    h = kit.Harness(kind=kind, beta=beta, media=media, seed=seed, session_overrides=overrides)
     world = World(h)
     world.observe()
     for _ in range(data.draw(st.integers(1, 40), label="steps")):

@@ -323,3 +323,31 @@ def test_output_for_unknown_responses_is_dropped(make_session) -> None:
     assert h.session.response_audio_delta("resp_nope", b"xx") is False
     h.session.response_finished("resp_nope", 0)
     assert h.drain() == [] and not any(isinstance(e, StartResponse) for e in h.effects())
+
+
+def test_beta_response_overrides_map_to_ga(make_session, kit) -> None:
+    h = make_session(beta=True)
+    events, start = h.create_response(
+        modalities=["text"], voice="ash", output_audio_format="g711_ulaw", temperature=0.9,
+        max_response_output_tokens=42, instructions="Short.",
+    )
+    response = events[0]["response"]
+    assert response["modalities"] == ["text"] and response["voice"] == "ash"
+    assert response["output_audio_format"] == "g711_ulaw"
+    assert response["max_output_tokens"] == 42
+    request = start.request
+    assert request.output_modalities == ("text",) and request.voice == "ash"
+    assert request.output_format == "audio/pcmu" and request.max_output_tokens == 42
+    error = kit.error_of(h.send({"type": "response.create", "response": {
+        "output_audio_format": "mp3"}}))
+    assert error["param"] == "response.output_audio_format"
+
+
+@pytest.mark.parametrize("voice", [{}, 5, ["ash"]])
+def test_invalid_per_response_voice(make_session, kit, voice) -> None:
+    h = make_session()
+    error = kit.error_of(h.send({"type": "response.create",
+                                 "response": {"audio": {"output": {"voice": voice}}}}))
+    assert error["param"].startswith("response.audio.output.voice")
+    _, start = h.create_response(audio={"output": {"voice": {"id": "voice_9"}}})
+    assert start.request.voice == {"id": "voice_9"}

@@ -308,3 +308,25 @@ def test_beta_realtime_session_refuses_transcription_update(make_session, kit) -
     h = make_session(beta=True)
     error = kit.error_of(h.send({"type": "transcription_session.update", "session": {}}))
     assert error["param"] == "session.type"
+
+
+@pytest.mark.parametrize("beta", [False, True])
+def test_custom_voice_object(make_session, kit, beta) -> None:
+    h = make_session(beta=beta)
+    session = {"voice": {"id": "voice_1234"}} if beta else {
+        "audio": {"output": {"voice": {"id": "voice_1234"}}}}
+    updated = kit.one(update(h, session), "session.updated")["session"]
+    if beta:
+        assert updated["voice"] == "voice_1234"  # the beta session has string voices only
+    else:
+        assert updated["audio"]["output"]["voice"] == {"id": "voice_1234"}
+    response = kit.one(h.send({"type": "response.create"}), "response.created")["response"]
+    voice = response["voice"] if beta else response["audio"]["output"]["voice"]
+    assert voice == "voice_1234"  # the response object has string voices only
+
+
+@pytest.mark.parametrize("voice", [{}, {"id": 5}, {"id": "v", "x": 1}, 5, None])
+def test_invalid_voice(make_session, kit, voice) -> None:
+    h = make_session()
+    error = kit.error_of(update(h, {"audio": {"output": {"voice": voice}}}))
+    assert error["param"].startswith("session.audio.output.voice")

@@ -36,6 +36,8 @@ _END = object()
 _SENTENCE_END = re.compile(r"[.!?;:](?=\s)|\n")
 _COMMA = re.compile(r",(?=\s)")
 _WORDS = re.compile(r"\s*\S+")
+_WORD_ENDS = re.compile(r"\S+(?=\s)")
+FIRST_CLAUSE_WORDS = 8
 
 
 def split_clause(buffer: str, first: bool) -> tuple[str, str] | None:
@@ -47,6 +49,12 @@ def split_clause(buffer: str, first: bool) -> tuple[str, str] | None:
     for comma in _COMMA.finditer(buffer):
         if comma.end() >= min_chars:
             return buffer[: comma.end()], buffer[comma.end() :]
+    if first:
+        # No punctuation yet: speak the first few words rather than wait for it.
+        words = list(_WORD_ENDS.finditer(buffer))
+        if len(words) > FIRST_CLAUSE_WORDS:
+            cut = words[FIRST_CLAUSE_WORDS - 1].end()
+            return buffer[:cut], buffer[cut:]
     return None
 
 

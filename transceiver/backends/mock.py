@@ -93,8 +93,8 @@ def word_audio(word: str, duration_ms: int) -> bytes:
     envelope = np.sin(np.pi * syllables * t / max(t[-1], 1e-3)) ** 2 if n else t
     gap = int(n * 0.85)  # a short pause between words
     envelope[gap:] = 0
-    pcm = np.clip(voice * envelope * 6000, -32768, 32767).astype("<i2")
-    return pcm.tobytes()
+    pcm: bytes = np.clip(voice * envelope * 6000, -32768, 32767).astype("<i2").tobytes()
+    return pcm
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from transceiver.protocol.config import voice_name
 from transceiver.protocol.errors import ClientError
 
 _FORMAT_TO_GA = {
@@ -152,7 +153,7 @@ class BetaDialect:
                     ["audio", "text"] if session["output_modalities"] == ["audio"] else ["text"]
                 ),
                 instructions=session["instructions"],
-                voice=audio_out["voice"],
+                voice=voice_name(audio_out["voice"]),
                 output_audio_format=_FORMAT_TO_BETA[audio_out["format"]["type"]],
                 tools=session["tools"],
                 tool_choice=session["tool_choice"],

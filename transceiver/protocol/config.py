@@ -100,9 +100,13 @@ class AudioInput(_Strict):
     turn_detection: TurnDetection | None = ServerVad(type="server_vad")
 
 
+class CustomVoice(_Strict):
+    id: str  # SDK VoiceID: {"id": "voice_1234"}
+
+
 class AudioOutput(_Strict):
     format: AudioFormat = AudioFormat()
-    voice: str | dict[str, Any] = "alloy"
+    voice: str | CustomVoice = "alloy"
     speed: float = Field(1.0, ge=0.25, le=1.5)
 
 
@@ -280,6 +284,20 @@ def validate_audio_format(value: Any, param: str) -> dict[str, Any]:
         return AudioFormat.model_validate(value).model_dump(mode="json", exclude_none=True)
     except ValidationError as exc:
         raise validation_to_client_error(exc, param, value) from None
+
+
+def validate_voice(value: Any, param: str) -> str | dict[str, Any]:
+    if isinstance(value, str):
+        return value
+    try:
+        return CustomVoice.model_validate(value).model_dump(mode="json")
+    except ValidationError as exc:
+        raise validation_to_client_error(exc, param, value) from None
+
+
+def voice_name(voice: Any) -> str:
+    """A voice as a string: responses and beta sessions have no custom voice object."""
+    return voice if isinstance(voice, str) else str(voice["id"])
 
 
 def format_type(fmt: dict[str, Any]) -> str:

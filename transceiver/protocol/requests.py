@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from transceiver.protocol.config import validate_audio_format, validate_tools
+from transceiver.protocol.config import validate_audio_format, validate_tools, validate_voice
 from transceiver.protocol.conversation import Conversation
 from transceiver.protocol.effects import ContextItem, ResponseRequest
 from transceiver.protocol.errors import ClientError
@@ -122,7 +122,11 @@ def build_response(
         if "format" in output
         else dict(config["audio"]["output"]["format"])
     )
-    voice = output.get("voice", config["audio"]["output"]["voice"])
+    voice = (
+        validate_voice(output["voice"], "response.audio.output.voice")
+        if "voice" in output
+        else config["audio"]["output"]["voice"]
+    )
     max_tokens = _max_tokens(
         params.get("max_output_tokens", config["max_output_tokens"]), "response.max_output_tokens"
     )

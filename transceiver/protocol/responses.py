@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from transceiver.protocol.config import BYTES_PER_MS
+from transceiver.protocol.config import BYTES_PER_MS, voice_name
 from transceiver.protocol.conversation import Conversation, StoredItem
 from transceiver.protocol.errors import ProtocolMisuse
 from transceiver.protocol.ids import IdFactory
@@ -59,7 +59,9 @@ class Response:
             "conversation_id": self.conversation.id if self.in_conversation else None,
             "output_modalities": list(self.output_modalities),
             "max_output_tokens": self.max_output_tokens,
-            "audio": {"output": {"format": dict(self.output_format), "voice": self.voice}},
+            "audio": {
+                "output": {"format": dict(self.output_format), "voice": voice_name(self.voice)}
+            },
             "usage": self._usage() if final else None,
             "metadata": self.metadata,
         }
