@@ -21,7 +21,7 @@ def test_first_clause_is_short() -> None:
 
 
 def test_later_clauses_split_at_commas_when_long() -> None:
-    text = "This is a rather long clause that keeps going and going on, and on"
+    text = "This is a rather long clause that keeps going and going and going on, and on"
     clause, rest = split_clause(text, first=False) or ("", "")
     assert clause.endswith(",") and rest == " and on"
 
