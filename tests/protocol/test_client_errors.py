@@ -42,15 +42,28 @@ def test_type_of_wrong_kind(make_session, kit, etype) -> None:
     still_works(h, kit)
 
 
+NOISE = '{"type": "session.update", "session": {"audio": {"input": {"noise_reduction": %s}}}}'
+
+
 @pytest.mark.parametrize(
     "raw",
-    ["not json {", "", b"\xff\xfe\x00", "{'type': 'session.update'}", '{"type": "x"'],
+    ["not json {", "", b"\xff\xfe\x00", "{'type': 'session.update'}", '{"type": "x"',
+     NOISE % '{"type": "near_field", "strength": NaN}',
+     NOISE % '{"type": "near_field", "strength": -Infinity}',
+     NOISE % '{"type": "near_field", "strength": 1e999}'],
 )
 def test_non_json_is_an_error_without_event_id(make_session, kit, raw) -> None:
     h = make_session()
     error = kit.error_of(h.send(raw))
     assert error["type"] == "invalid_request_error" and error["event_id"] is None
     still_works(h, kit)
+
+
+def test_finite_floats_in_json_text_are_fine(make_session, kit) -> None:
+    h = make_session()
+    events = h.send(NOISE % '{"type": "far_field", "strength": 2.5e-1}')
+    noise = kit.one(events, "session.updated")["session"]["audio"]["input"]["noise_reduction"]
+    assert noise == {"type": "far_field", "strength": 0.25}
 
 
 @pytest.mark.parametrize("raw", ["[1, 2]", '[{"type": "input_audio_buffer.clear"}]', "5", "null",

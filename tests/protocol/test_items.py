@@ -281,3 +281,22 @@ def test_truncate_user_or_text_items_is_an_error(make_session, kit) -> None:
         event = {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
                  "audio_end_ms": 50}
         assert kit.error_of(h.send(event))["param"] == "item_id"
+
+
+def test_truncate_before_response_done_leaves_the_response_output(make_session, kit) -> None:
+    h = make_session()
+    rid = h.start()
+    h.session.response_transcript_delta(rid, "Hello there.")
+    h.session.response_audio_delta(rid, b"\x01" * (500 * 48))
+    events = h.drain()
+    item_id = events[0]["item"]["id"]
+    truncate = {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
+                "audio_end_ms": 100}
+    kit.error_of(h.send(truncate))  # still being generated: no audio content part yet
+    h.session.response_function_call(rid, "lookup", "{}")  # the message item is done
+    h.drain()
+    assert kit.types(h.send(truncate)) == ["conversation.item.truncated"]
+    h.session.response_finished(rid, 0)
+    done = kit.one(h.drain(), "response.done")["response"]
+    assert done["output"][0]["content"][0]["transcript"] == "Hello there."
+    assert h.retrieve(item_id)["content"][0]["transcript"] == ""

@@ -11,7 +11,7 @@ from typing import Any
 from transceiver.protocol.config import voice_name
 from transceiver.protocol.errors import ClientError
 
-_FORMAT_TO_GA = {
+_FORMAT_TO_GA: dict[str, dict[str, Any]] = {
     "pcm16": {"type": "audio/pcm", "rate": 24000},
     "g711_ulaw": {"type": "audio/pcmu"},
     "g711_alaw": {"type": "audio/pcma"},
@@ -61,9 +61,8 @@ class BetaDialect:
         if "modalities" in flat:
             modalities = flat.pop("modalities")
             if kind == "realtime":
-                out["output_modalities"] = (
-                    ["audio"] if isinstance(modalities, list) and "audio" in modalities else ["text"]
-                )
+                audio = isinstance(modalities, list) and "audio" in modalities
+                out["output_modalities"] = ["audio"] if audio else ["text"]
         if "temperature" in flat:
             temperature = flat.pop("temperature")
             if not isinstance(temperature, int | float) or not 0.6 <= temperature <= 1.2:

@@ -75,10 +75,10 @@ class NoiseReduction(_Strict):
 
 class ServerVad(_Strict):
     type: Literal["server_vad"]
-    threshold: float = Field(0.5, ge=0.0, le=1.0)
-    prefix_padding_ms: int = Field(300, ge=0, le=10_000)
-    silence_duration_ms: int = Field(DEFAULT_SILENCE_DURATION_MS, ge=0, le=10_000)
-    idle_timeout_ms: int | None = Field(None, ge=5000, le=30000)
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    prefix_padding_ms: int = Field(default=300, ge=0, le=10_000)
+    silence_duration_ms: int = Field(default=DEFAULT_SILENCE_DURATION_MS, ge=0, le=10_000)
+    idle_timeout_ms: int | None = Field(default=None, ge=5000, le=30000)
     create_response: bool = True
     interrupt_response: bool = True
 
@@ -107,7 +107,7 @@ class CustomVoice(_Strict):
 class AudioOutput(_Strict):
     format: AudioFormat = AudioFormat()
     voice: str | CustomVoice = "alloy"
-    speed: float = Field(1.0, ge=0.25, le=1.5)
+    speed: float = Field(default=1.0, ge=0.25, le=1.5)
 
 
 class SessionAudio(_Strict):
@@ -140,11 +140,15 @@ class _ReadOnly(_Strict):
     client_secret: Any = None
 
 
+def _audio_only() -> list[Literal["audio", "text"]]:
+    return ["audio"]
+
+
 class RealtimeSessionConfig(_ReadOnly):
     type: Literal["realtime"] = "realtime"
     model: str = "gpt-realtime"
     output_modalities: list[Literal["audio", "text"]] = Field(
-        default_factory=lambda: ["audio"], min_length=1, max_length=1
+        default_factory=_audio_only, min_length=1, max_length=1
     )
     instructions: str = DEFAULT_INSTRUCTIONS
     audio: SessionAudio = SessionAudio()

@@ -32,8 +32,10 @@ def _modalities(value: Any) -> list[str]:
 
 
 def _max_tokens(value: Any, param: str) -> int | str:
-    if value == "inf" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 4096):
-        return value  # type: ignore[no-any-return]
+    if value == "inf":
+        return "inf"
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 4096:
+        return value
     raise ClientError(
         f"Invalid value: '{value}'. Expected an integer from 1 to 4096 or 'inf'.", param=param
     )
@@ -55,7 +57,9 @@ def _metadata(value: Any) -> dict[str, Any] | None:
     return dict(value)
 
 
-def _context(params: dict[str, Any], conversation: Conversation, ids: IdFactory) -> list[ContextItem]:
+def _context(
+    params: dict[str, Any], conversation: Conversation, ids: IdFactory
+) -> list[ContextItem]:
     if "input" not in params:
         return [
             ContextItem(dict(s.item), bytes(s.audio) if s.audio_format else None, s.audio_format)
@@ -107,7 +111,9 @@ def build_response(
     modalities = _modalities(params.get("output_modalities", config["output_modalities"]))
     instructions = params.get("instructions", config["instructions"])
     if not isinstance(instructions, str):
-        raise ClientError("'response.instructions' must be a string.", param="response.instructions")
+        raise ClientError(
+            "'response.instructions' must be a string.", param="response.instructions"
+        )
     tools = (
         validate_tools(params["tools"], "response.tools")
         if "tools" in params

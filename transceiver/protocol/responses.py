@@ -110,7 +110,11 @@ class ResponseWriter:
             self._emit("conversation.item.added", previous_item_id=previous, item=dict(item))
         resp.open = opened
         if kind in ("text", "audio"):
-            part = {"type": "text", "text": ""} if kind == "text" else {"type": "audio", "transcript": ""}
+            part = (
+                {"type": "text", "text": ""}
+                if kind == "text"
+                else {"type": "audio", "transcript": ""}
+            )
             self._emit("response.content_part.added", **self._where(resp, opened), part=part)
         return opened
 
@@ -146,7 +150,9 @@ class ResponseWriter:
             opened.stored.marks.append((opened.audio_bytes, len(opened.text)))
         opened.text += delta
         resp.text_chars += len(delta)
-        self._emit("response.output_audio_transcript.delta", **self._where(resp, opened), delta=delta)
+        self._emit(
+            "response.output_audio_transcript.delta", **self._where(resp, opened), delta=delta
+        )
 
     def audio(self, resp: Response, audio: bytes) -> None:
         opened = self._message(resp, "audio")
@@ -192,7 +198,9 @@ class ResponseWriter:
         where = self._where(resp, opened)
         if opened.kind == "text":
             self._emit("response.output_text.done", **where, text=opened.text)
-            self._emit("response.content_part.done", **where, part={"type": "text", "text": opened.text})
+            self._emit(
+                "response.content_part.done", **where, part={"type": "text", "text": opened.text}
+            )
             item["content"] = [{"type": "output_text", "text": opened.text}]
         elif opened.kind == "audio":
             self._emit("response.output_audio.done", **where)
@@ -210,6 +218,9 @@ class ResponseWriter:
                 name=item["name"], arguments=opened.text,
             )
         item["status"] = status
+        # The response keeps the item as generated: a truncation before response.done
+        # changes the conversation item only.
+        resp.output[opened.output_index] = _copy_item(item)
         self._emit(
             "response.output_item.done", response_id=resp.id, output_index=opened.output_index,
             item=_copy_item(item),

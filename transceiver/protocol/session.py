@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import enum
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +34,8 @@ from transceiver.protocol.items import decode_base64, normalize_item
 from transceiver.protocol.requests import build_response
 from transceiver.protocol.responses import Response, ResponseWriter
 
-SESSION_MAX_MS = 60 * 60 * 1000  # DOC-CONV: "The maximum duration of a Realtime session is 60 minutes"
+# DOC-CONV: "The maximum duration of a Realtime session is 60 minutes"
+SESSION_MAX_MS = 60 * 60 * 1000
 MIN_COMMIT_MS = 100
 # With turn detection on and nobody speaking, keep only this much buffered audio.
 IDLE_BUFFER_KEEP_MS = 10_000
@@ -166,7 +168,8 @@ class RealtimeSession:
         event: Any = raw
         if not isinstance(raw, dict):
             try:
-                event = json.loads(raw)
+                # NaN and Infinity are not JSON; echoed back they would break clients.
+                event = json.loads(raw, parse_float=_finite_float, parse_constant=_no_constant)
             except (ValueError, UnicodeDecodeError, RecursionError):
                 self._error(ClientError("The event is not valid JSON.", code="invalid_json"), None)
                 return
@@ -429,7 +432,9 @@ class RealtimeSession:
             return
         self._speech_item = None
         self._last_activity_ms = now_ms
-        self._emit("input_audio_buffer.speech_stopped", audio_end_ms=int(audio_end_ms), item_id=item_id)
+        self._emit(
+            "input_audio_buffer.speech_stopped", audio_end_ms=int(audio_end_ms), item_id=item_id
+        )
         self._commit(item_id, self._speech_start_ms)
         if td.get("create_response", True) and self.kind is SessionKind.REALTIME:
             if self._default_response is None:
@@ -462,7 +467,9 @@ class RealtimeSession:
             content_index=0, **fields,
         )
 
-    def transcription_failed(self, item_id: str, message: str, code: str = "audio_unintelligible") -> None:
+    def transcription_failed(
+        self, item_id: str, message: str, code: str = "audio_unintelligible"
+    ) -> None:
         if item_id not in self._transcribing:
             return
         self._transcribing.discard(item_id)
@@ -587,6 +594,17 @@ class RealtimeSession:
         self._default_response = None
         self._transcribing.clear()  # late transcripts are dropped like late response output
         self.closed = True
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _nested_deeper_than(value: Any, limit: int) -> bool:
