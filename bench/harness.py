@@ -35,13 +35,17 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def relay_server(*args: str, timeout_s: float = 600.0, env: dict[str, str] | None = None
-                 ) -> Iterator[RunningServer]:
+def relay_server(
+    *args: str, timeout_s: float = 600.0, env: dict[str, str] | None = None
+) -> Iterator[RunningServer]:
     """Start ``realtime-relay serve ARGS`` on a free port; stop it with SIGTERM."""
     port = free_port()
     cmd = [sys.executable, "-m", "relay.cli", "serve", "--port", str(port), *args]
     process = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env={**os.environ, **(env or {})},
     )
     assert process.stdout is not None

@@ -48,17 +48,29 @@ class RealtimeUser(User):
         options = loadgen.LoadOptions(
             url=self.host or "ws://127.0.0.1:8000/v1/realtime",
             turns=int(os.environ.get("REALTIME_TURNS", "3")),
-            text=text, audio=b"" if text else _SPEECH,
+            text=text,
+            audio=b"" if text else _SPEECH,
             api_key=os.environ.get("OPENAI_API_KEY"),
         )
         figures: loadgen.Figures = gevent.get_hub().threadpool.apply(_session, (options,))
         fire: Any = self.environment.events.request.fire
         for field, name in _NAMES.items():
             for value in getattr(figures, field):
-                fire(request_type="realtime", name=name, response_time=value,
-                     response_length=0, exception=None, context={})
+                fire(
+                    request_type="realtime",
+                    name=name,
+                    response_time=value,
+                    response_length=0,
+                    exception=None,
+                    context={},
+                )
         failures = figures.failed_turns + figures.error_events + figures.dropped_sessions
         for _ in range(failures):
-            fire(request_type="realtime", name="turn", response_time=0, response_length=0,
-                 exception=RuntimeError("failed turn, error event or dropped session"),
-                 context={})
+            fire(
+                request_type="realtime",
+                name="turn",
+                response_time=0,
+                response_length=0,
+                exception=RuntimeError("failed turn, error event or dropped session"),
+                context={},
+            )

@@ -24,15 +24,17 @@ from websockets.asyncio.client import connect
 from bench.harness import free_port
 from bench.stats import machine, percentile, write_section
 
-APPEND = json.dumps({"type": "input_audio_buffer.append",
-                     "audio": base64.b64encode(b"\0" * 960).decode()})
+APPEND = json.dumps(
+    {"type": "input_audio_buffer.append", "audio": base64.b64encode(b"\0" * 960).decode()}
+)
 PING = json.dumps({"type": "input_audio_buffer.clear"})
 
 
 @contextlib.contextmanager
 def processes(*commands: list[str]) -> Iterator[None]:
-    procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for c in commands]
+    procs = [
+        subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for c in commands
+    ]
     try:
         yield
     finally:
@@ -114,15 +116,36 @@ def main(steps: tuple[int, ...] = (50, 100, 150, 200, 250, 300, 400)) -> str:
     python = sys.executable
     direct = f"ws://127.0.0.1:{t_port}/v1/sessions?model=gpt-realtime"
     relayed = f"ws://127.0.0.1:{r_port}/v1/realtime?model=gpt-realtime"
-    rows = ["| path | sessions | p50 ms | p99 ms | pings | failed sessions |",
-            "|---|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| path | sessions | p50 ms | p99 ms | pings | failed sessions |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     overhead: dict[int, tuple[float, float]] = {}
     capacity = 0
     with processes(
-        [python, "-m", "transceiver", "--port", str(t_port), "--backend", "mock",
-         "--log-level", "warning"],
-        [python, "-m", "relay.cli", "relay", "--port", str(r_port), "--transceiver",
-         f"ws://127.0.0.1:{t_port}", "--log-level", "warning"],
+        [
+            python,
+            "-m",
+            "transceiver",
+            "--port",
+            str(t_port),
+            "--backend",
+            "mock",
+            "--log-level",
+            "warning",
+        ],
+        [
+            python,
+            "-m",
+            "relay.cli",
+            "relay",
+            "--port",
+            str(r_port),
+            "--transceiver",
+            f"ws://127.0.0.1:{t_port}",
+            "--log-level",
+            "warning",
+        ],
     ):
         wait_http(f"http://127.0.0.1:{t_port}/healthz")
         wait_http(f"http://127.0.0.1:{r_port}/healthz")
@@ -132,12 +155,18 @@ def main(steps: tuple[int, ...] = (50, 100, 150, 200, 250, 300, 400)) -> str:
                 rtts, failed = run_async(measure_load(url, sessions))  # type: ignore[misc]
                 p50, p99 = percentile(rtts, 50), percentile(rtts, 99)
                 figures[name] = (p50, p99)
-                rows.append(f"| {name} | {sessions} | {p50:.2f} | {p99:.2f} | {len(rtts)} | {failed} |")
+                rows.append(
+                    f"| {name} | {sessions} | {p50:.2f} | {p99:.2f} | {len(rtts)} | {failed} |"
+                )
                 print(rows[-1], flush=True)
-            overhead[sessions] = (figures["relay"][0] - figures["direct"][0],
-                                  figures["relay"][1] - figures["direct"][1])
-        cap_rows = ["| sessions (through the relay) | p50 ms | p99 ms | failed sessions |",
-                    "|---:|---:|---:|---:|"]
+            overhead[sessions] = (
+                figures["relay"][0] - figures["direct"][0],
+                figures["relay"][1] - figures["direct"][1],
+            )
+        cap_rows = [
+            "| sessions (through the relay) | p50 ms | p99 ms | failed sessions |",
+            "|---:|---:|---:|---:|",
+        ]
         for sessions in steps:
             rtts, failed = run_async(measure_load(relayed, sessions))  # type: ignore[misc]
             p50, p99 = percentile(rtts, 50), percentile(rtts, 99)
@@ -146,16 +175,21 @@ def main(steps: tuple[int, ...] = (50, 100, 150, 200, 250, 300, 400)) -> str:
             if p99 >= 50 or failed:
                 break
             capacity = sessions
-    lines = [f"| {n} sessions | {d50:+.2f} ms | {d99:+.2f} ms |" for n, (d50, d99) in overhead.items()]
+    lines = [
+        f"| {n} sessions | {d50:+.2f} ms | {d99:+.2f} ms |" for n, (d50, d99) in overhead.items()
+    ]
     body = (
         f"{machine()}\n\nCommand: `make bench` (or `python -m bench relay`). Each session "
         "streams real-time audio (20 ms appends, server VAD on) to the mock backend and pings "
         "every 100 ms; latency is the ping's round trip. The load generator runs on the same "
-        "2 cores.\n\nRound trips:\n\n" + "\n".join(rows) +
-        "\n\nRelay overhead (relay minus direct; target at most +1 ms p50, +5 ms p99):\n\n"
-        "| load | p50 | p99 |\n|---|---:|---:|\n" + "\n".join(lines) +
-        "\n\nCapacity (target: 200 sessions with p99 under 50 ms):\n\n" + "\n".join(cap_rows) +
-        f"\n\n**Most concurrent real-time audio sessions with p99 under 50 ms: {capacity}.**"
+        "2 cores.\n\nRound trips:\n\n"
+        + "\n".join(rows)
+        + "\n\nRelay overhead (relay minus direct; target at most +1 ms p50, +5 ms p99):\n\n"
+        "| load | p50 | p99 |\n|---|---:|---:|\n"
+        + "\n".join(lines)
+        + "\n\nCapacity (target: 200 sessions with p99 under 50 ms):\n\n"
+        + "\n".join(cap_rows)
+        + f"\n\n**Most concurrent real-time audio sessions with p99 under 50 ms: {capacity}.**"
     )
     write_section("Relay overhead and mock capacity", body)
     return body

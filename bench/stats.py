@@ -38,10 +38,13 @@ def machine() -> str:
         for name in ("faster-whisper", "piper-tts", "llama_cpp_python", "websockets", "uvicorn")
         if _installed(name)
     )
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=False).stdout.strip()
-    return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu}, {os.cpu_count()} "
-            f"cores; Python {sys.version.split()[0]}; {versions}; commit {commit or '?'}")
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return (
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu}, {os.cpu_count()} "
+        f"cores; Python {sys.version.split()[0]}; {versions}; commit {commit or '?'}"
+    )
 
 
 def _installed(name: str) -> bool:
@@ -54,7 +57,11 @@ def _installed(name: str) -> bool:
 
 def write_section(title: str, body: str) -> None:
     """Replace (or add) ``## title`` in bench/results.md."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nWritten by `make bench`.\n"
+    text = (
+        RESULTS.read_text()
+        if RESULTS.exists()
+        else "# Benchmark results\n\nWritten by `make bench`.\n"
+    )
     header = f"## {title}\n"
     section = f"{header}\n{body.rstrip()}\n\n"
     if header in text:

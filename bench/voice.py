@@ -85,7 +85,9 @@ async def one_turn(conn: object, speech: bytes) -> tuple[float, str]:
     return (first - speech_end) * 1000, response_id
 
 
-async def session(server: RunningServer, clips: list[bytes], name: str) -> tuple[list[float], list[str]]:
+async def session(
+    server: RunningServer, clips: list[bytes], name: str
+) -> tuple[list[float], list[str]]:
     latencies, ids = [], []
     client = AsyncOpenAI(api_key="sk-bench", base_url=server.base_url)
     async with client.realtime.connect(model="gpt-realtime") as conn:
@@ -124,13 +126,19 @@ def loop_lag(server: RunningServer) -> dict[str, float]:
 
 def table(results: dict[str, list[float]]) -> str:
     rows = ["| stage (ms after end of speech) | p50 | p90 | n |", "|---|---:|---:|---:|"]
-    names = {"stt_done": "STT done", "llm_first_token": "LLM first token",
-             "tts_first_audio": "TTS first audio", "first_audio": "first audio delta sent (server)",
-             "end_of_speech_to_first_delta": "**first audio delta received (client)**"}
+    names = {
+        "stt_done": "STT done",
+        "llm_first_token": "LLM first token",
+        "tts_first_audio": "TTS first audio",
+        "first_audio": "first audio delta sent (server)",
+        "end_of_speech_to_first_delta": "**first audio delta received (client)**",
+    }
     for key in (*STAGES, "end_of_speech_to_first_delta"):
         values = results.get(key, [])
-        rows.append(f"| {names[key]} | {percentile(values, 50):.0f} | {percentile(values, 90):.0f} "
-                    f"| {len(values)} |")
+        rows.append(
+            f"| {names[key]} | {percentile(values, 50):.0f} | {percentile(values, 90):.0f} "
+            f"| {len(values)} |"
+        )
     return "\n".join(rows)
 
 

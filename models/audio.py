@@ -97,7 +97,7 @@ def resample(pcm16: bytes, src_rate_hz: int, dst_rate_hz: int) -> bytes:
 
 
 def to_pcm16(data: bytes, audio_format: str, rate_hz: int = WIRE_RATE_HZ) -> bytes:
-    """Decode a wire format (``audio/pcm``, ``audio/pcmu``, ``audio/pcma``) to PCM16 at ``rate_hz``."""
+    """Decode a wire format (``audio/pcm``, ``audio/pcmu``, ``audio/pcma``) to PCM16."""
     if audio_format == "audio/pcmu":
         return resample(ulaw_decode(data), G711_RATE_HZ, rate_hz)
     if audio_format == "audio/pcma":

@@ -254,15 +254,22 @@ class LlamaCppLlm:
         self.model_path = model_path or bundled_gguf_path()
         try:
             self._llama = Llama(
-                model_path=self.model_path, n_ctx=n_ctx, n_threads=n_threads,
-                chat_format=chat_format, verbose=False,
+                model_path=self.model_path,
+                n_ctx=n_ctx,
+                n_threads=n_threads,
+                chat_format=chat_format,
+                verbose=False,
             )
         except Exception as exc:
             raise LlmError(f"cannot load GGUF model {self.model_path}: {exc}") from exc
         self.context_tokens: int = self._llama.n_ctx()
         self._lock = threading.Lock()
-        logger.info("loaded %s (n_ctx=%d, chat_format=%s)", self.model_path,
-                    self.context_tokens, self._llama.chat_format)
+        logger.info(
+            "loaded %s (n_ctx=%d, chat_format=%s)",
+            self.model_path,
+            self.context_tokens,
+            self._llama.chat_format,
+        )
 
     def close(self) -> None:
         """Free the model (waits for a running generation to finish)."""
@@ -377,8 +384,10 @@ class OpenAICompatLlm:
 
     def count_tokens(self, messages: list[Message]) -> int:
         """Approximation: characters / 4, plus 4 per message."""
-        return sum(4 + (len(_text(m.get("content"))) + len(str(m.get("tool_calls", "")))) // 4
-                   for m in messages)
+        return sum(
+            4 + (len(_text(m.get("content"))) + len(str(m.get("tool_calls", "")))) // 4
+            for m in messages
+        )
 
     def stream(
         self,
@@ -388,8 +397,12 @@ class OpenAICompatLlm:
         max_tokens: int | None = None,
         temperature: float = 0.7,
     ) -> Generator[LlmChunk, None, None]:
-        body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True,
-                                "temperature": temperature}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "stream": True,
+            "temperature": temperature,
+        }
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
         if tools:
@@ -398,9 +411,11 @@ class OpenAICompatLlm:
             with self._client.stream("POST", self._url, json=body) as resp:
                 if resp.status_code >= 400:
                     detail = resp.read().decode("utf-8", "replace").strip()[:300]
-                    raise LlmError(f"LLM server {self._display_url} returned "
-                                   f"HTTP {resp.status_code}: {detail}")
+                    raise LlmError(
+                        f"LLM server {self._display_url} returned HTTP {resp.status_code}: {detail}"
+                    )
                 yield from iter_sse_chunks(resp.iter_lines())
         except httpx.HTTPError as exc:
-            raise LlmError(f"LLM request to {self._display_url} failed: "
-                           f"{type(exc).__name__}: {exc}") from exc
+            raise LlmError(
+                f"LLM request to {self._display_url} failed: {type(exc).__name__}: {exc}"
+            ) from exc

@@ -70,9 +70,7 @@ class PiperTts:
             length_scale=self._voice.config.length_scale / speed,
         )
 
-    def synthesize_stream(
-        self, text: str, *, speed: float = 1.0
-    ) -> Generator[bytes, None, None]:
+    def synthesize_stream(self, text: str, *, speed: float = 1.0) -> Generator[bytes, None, None]:
         """Yield PCM16 chunks, one per sentence, as each one is synthesised.
 
         Stopping early is cheap: ``close()`` the generator (or just drop it).

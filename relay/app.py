@@ -26,11 +26,19 @@ log = logging.getLogger(__name__)
 
 
 def _error_event(ids: IdFactory, message: str, code: str, type: str = "server_error") -> str:
-    return json.dumps({
-        "type": "error",
-        "event_id": ids.event_id(),
-        "error": {"type": type, "code": code, "message": message, "param": None, "event_id": None},
-    })
+    return json.dumps(
+        {
+            "type": "error",
+            "event_id": ids.event_id(),
+            "error": {
+                "type": type,
+                "code": code,
+                "message": message,
+                "param": None,
+                "event_id": None,
+            },
+        }
+    )
 
 
 def create_app(settings: RelaySettings) -> FastAPI:
@@ -41,9 +49,10 @@ def create_app(settings: RelaySettings) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "transceivers": [
-            {"url": m.url, "sessions": m.sessions} for m in pool.members
-        ]}
+        return {
+            "status": "ok",
+            "transceivers": [{"url": m.url, "sessions": m.sessions} for m in pool.members],
+        }
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:
@@ -57,10 +66,15 @@ def create_app(settings: RelaySettings) -> FastAPI:
                 except (httpx.HTTPError, ValueError, KeyError):
                     continue
         created = int(time.time())
-        return JSONResponse({"object": "list", "data": [
-            {"id": n, "object": "model", "created": created, "owned_by": "realtime-relay"}
-            for n in names
-        ]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"id": n, "object": "model", "created": created, "owned_by": "realtime-relay"}
+                    for n in names
+                ],
+            }
+        )
 
     @app.websocket("/v1/realtime")
     async def realtime(websocket: WebSocket) -> None:
@@ -68,16 +82,20 @@ def create_app(settings: RelaySettings) -> FastAPI:
         offered = list(websocket.scope.get("subprotocols", []))
         key = bearer_key(headers, offered)
         if not key_allowed(key, settings.api_keys):
-            await websocket.send_denial_response(JSONResponse(
-                error_body("Incorrect API key provided.", "invalid_api_key"), status_code=401
-            ))
+            await websocket.send_denial_response(
+                JSONResponse(
+                    error_body("Incorrect API key provided.", "invalid_api_key"), status_code=401
+                )
+            )
             return
         params = websocket.query_params
         if params.get("call_id"):
-            await websocket.send_denial_response(JSONResponse(
-                error_body(f"Call '{params['call_id']}' not found.", "call_not_found"),
-                status_code=404,
-            ))
+            await websocket.send_denial_response(
+                JSONResponse(
+                    error_body(f"Call '{params['call_id']}' not found.", "call_not_found"),
+                    status_code=404,
+                )
+            )
             return
         query: dict[str, str] = {}
         if params.get("model"):
@@ -91,10 +109,13 @@ def create_app(settings: RelaySettings) -> FastAPI:
             member, upstream = await pool.open_session(urlencode(query))
         except NoTransceiver:
             await websocket.accept(subprotocol=subprotocol)
-            await websocket.send_text(_error_event(
-                ids, "No transceiver can take this session now; try again later.",
-                "session_limit_reached",
-            ))
+            await websocket.send_text(
+                _error_event(
+                    ids,
+                    "No transceiver can take this session now; try again later.",
+                    "session_limit_reached",
+                )
+            )
             await websocket.close(1013, "try again later")
             return
         try:
@@ -139,9 +160,11 @@ async def _forward(websocket: WebSocket, upstream: ClientConnection, ids: IdFact
         if rcvd is None:
             # The transceiver died mid-session (PROTOCOL.md 2.5: 1011 lets SDKs reconnect).
             log.warning("transceiver connection lost mid-session")
-            await websocket.send_text(_error_event(
-                ids, "The server lost this session's transceiver.", "transceiver_unavailable"
-            ))
+            await websocket.send_text(
+                _error_event(
+                    ids, "The server lost this session's transceiver.", "transceiver_unavailable"
+                )
+            )
             await websocket.close(1011, "transceiver failed")
         else:
             await websocket.close(rcvd.code, rcvd.reason)

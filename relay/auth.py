@@ -1,4 +1,4 @@
-"""Credentials from headers or browser subprotocols (PROTOCOL.md section 2.4). Keys are never logged."""
+"""Credentials from headers or browser subprotocols (PROTOCOL.md 2.4); never logged."""
 
 from __future__ import annotations
 

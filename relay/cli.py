@@ -32,8 +32,9 @@ def _add_relay_options(parser: argparse.ArgumentParser, with_transceiver: bool) 
         if name in ("transceiver", "api_keys"):
             parser.add_argument(flag, dest=name, action="append", default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=name, default=None,
-                                help=f"{help_text} (default {field.default!r})")
+            parser.add_argument(
+                flag, dest=name, default=None, help=f"{help_text} (default {field.default!r})"
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,30 +45,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
-        "serve", help="Start the relay and N transceivers, supervised.",
+        "serve",
+        help="Start the relay and N transceivers, supervised.",
         description="Start the relay and N transceiver processes and supervise them. Options "
         "not listed here are passed to each transceiver (see 'realtime-relay transceiver "
         "--help'), e.g. --mock-script FILE.",
     )
     _add_relay_options(serve, with_transceiver=False)
-    serve.add_argument("--backend", default=os.environ.get("RELAY_BACKEND", "local"),
-                       choices=["mock", "local"],
-                       help="Backend of the transceivers [env RELAY_BACKEND] (default 'local').")
-    serve.add_argument("--transceivers", type=int,
-                       default=int(os.environ.get("RELAY_TRANSCEIVERS", "1")),
-                       help="Number of transceiver processes [env RELAY_TRANSCEIVERS] (default 1).")
-    serve.add_argument("--health-timeout", type=float, default=600.0,
-                       help="Seconds to wait for transceivers to load their models (default 600).")
+    serve.add_argument(
+        "--backend",
+        default=os.environ.get("RELAY_BACKEND", "local"),
+        choices=["mock", "local"],
+        help="Backend of the transceivers [env RELAY_BACKEND] (default 'local').",
+    )
+    serve.add_argument(
+        "--transceivers",
+        type=int,
+        default=int(os.environ.get("RELAY_TRANSCEIVERS", "1")),
+        help="Number of transceiver processes [env RELAY_TRANSCEIVERS] (default 1).",
+    )
+    serve.add_argument(
+        "--health-timeout",
+        type=float,
+        default=600.0,
+        help="Seconds to wait for transceivers to load their models (default 600).",
+    )
     relay = commands.add_parser(
         "relay", help="Run the relay alone, in front of running transceivers."
     )
     _add_relay_options(relay, with_transceiver=True)
     commands.add_parser(
-        "transceiver", help="Run one transceiver alone ('realtime-relay transceiver --help').",
+        "transceiver",
+        help="Run one transceiver alone ('realtime-relay transceiver --help').",
         add_help=False,
     )
     load = commands.add_parser(
-        "load", help="Load test any Realtime server with N simulated clients.",
+        "load",
+        help="Load test any Realtime server with N simulated clients.",
         description="N concurrent simulated Realtime clients, each streaming audio in real "
         "time (20 ms chunks) or sending text, waiting for each response. Prints live progress "
         "and a p50/p90/p99/max summary; exits 1 when the error rate passes --max-error-rate.",
@@ -75,20 +89,33 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--url", required=True, help="ws://HOST:PORT/v1/realtime")
     load.add_argument("--sessions", type=int, default=1, help="Concurrent clients (default 1).")
     load.add_argument("--ramp", type=float, default=0.0, help="Seconds over which to start them.")
-    load.add_argument("--duration", type=float, default=None,
-                      help="Run for this many seconds (turns repeat); default: --turns each.")
+    load.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="Run for this many seconds (turns repeat); default: --turns each.",
+    )
     load.add_argument("--turns", type=int, default=3, help="Turns per client (default 3).")
     load.add_argument("--transport", choices=["ws"], default="ws", help="Transport (ws).")
     source = load.add_mutually_exclusive_group()
-    source.add_argument("--audio", help="A mono 16-bit WAV to speak each turn "
-                        "(default: a synthetic speech-like clip).")
+    source.add_argument(
+        "--audio",
+        help="A mono 16-bit WAV to speak each turn (default: a synthetic speech-like clip).",
+    )
     source.add_argument("--text", action="store_true", help="Send text turns instead of audio.")
     load.add_argument("--json", dest="json_out", help="Write every figure to this file.")
-    load.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
-                      help="Bearer key [env OPENAI_API_KEY].")
+    load.add_argument(
+        "--api-key",
+        default=os.environ.get("OPENAI_API_KEY"),
+        help="Bearer key [env OPENAI_API_KEY].",
+    )
     load.add_argument("--model", default="gpt-realtime", help="Model query parameter.")
-    load.add_argument("--max-error-rate", type=float, default=0.01,
-                      help="Exit 1 above this share of failed turns (default 0.01).")
+    load.add_argument(
+        "--max-error-rate",
+        type=float,
+        default=0.01,
+        help="Exit 1 above this share of failed turns (default 0.01).",
+    )
     return parser
 
 
@@ -109,15 +136,19 @@ def _configure_logging(level: str) -> None:
 
 async def _run_relay(settings: RelaySettings, banner: bool) -> None:
     config = uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port,
-        ws_max_size=settings.max_frame_bytes, ws_ping_interval=None, log_level=settings.log_level,
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        ws_max_size=settings.max_frame_bytes,
+        ws_ping_interval=None,
+        log_level=settings.log_level,
         ws="websockets-sansio",
         lifespan="off",
     )
     server = uvicorn.Server(config)
 
     async def announce() -> None:
-        while not server.started:
+        while not server.started:  # noqa: ASYNC110 (uvicorn exposes a flag, not an event)
             await asyncio.sleep(0.05)
         if banner:
             url = f"http://{settings.host}:{settings.port}/v1"
@@ -150,12 +181,21 @@ async def _serve(args: argparse.Namespace, passthrough: list[str]) -> None:
 def _load(args: argparse.Namespace) -> int:
     from relay import loadgen
 
-    audio = b"" if args.text else (
-        loadgen.read_wav(args.audio) if args.audio else loadgen.synthetic_speech()
+    audio = (
+        b""
+        if args.text
+        else (loadgen.read_wav(args.audio) if args.audio else loadgen.synthetic_speech())
     )
     options = loadgen.LoadOptions(
-        url=args.url, sessions=args.sessions, ramp_s=args.ramp, duration_s=args.duration,
-        turns=args.turns, text=args.text, audio=audio, api_key=args.api_key, model=args.model,
+        url=args.url,
+        sessions=args.sessions,
+        ramp_s=args.ramp,
+        duration_s=args.duration,
+        turns=args.turns,
+        text=args.text,
+        audio=audio,
+        api_key=args.api_key,
+        model=args.model,
     )
     tty = sys.stderr.isatty()
 

@@ -95,16 +95,22 @@ class SimulatedClient:
 
     @staticmethod
     def _append(pcm: bytes) -> str:
-        return json.dumps({"type": "input_audio_buffer.append",
-                           "audio": base64.b64encode(pcm).decode()})
+        return json.dumps(
+            {"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()}
+        )
 
     async def run(self) -> None:
         options, figures = self.options, self.figures
         headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
         started = time.monotonic()
         try:
-            async with connect(f"{options.url}?model={options.model}", additional_headers=headers,
-                               max_size=None, compression=None, open_timeout=30) as ws:
+            async with connect(
+                f"{options.url}?model={options.model}",
+                additional_headers=headers,
+                max_size=None,
+                compression=None,
+                open_timeout=30,
+            ) as ws:
                 first = json.loads(await asyncio.wait_for(ws.recv(), 30))
                 figures.connect_ms.append((time.monotonic() - started) * 1000)
                 figures.events += 1
@@ -141,9 +147,18 @@ class SimulatedClient:
         return event
 
     async def _text_turn(self, ws: ClientConnection) -> bool:
-        await ws.send(json.dumps({"type": "conversation.item.create", "item": {
-            "type": "message", "role": "user",
-            "content": [{"type": "input_text", "text": "Hello, how are you today?"}]}}))
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "conversation.item.create",
+                    "item": {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "Hello, how are you today?"}],
+                    },
+                }
+            )
+        )
         sent = time.monotonic()
         await ws.send(json.dumps({"type": "response.create"}))
         return await self._await_response(ws, sent, sent)
@@ -189,8 +204,16 @@ class SimulatedClient:
                 created = now
                 if committed is not None:
                     figures.commit_to_created_ms.append((now - committed) * 1000)
-            elif kind in ("response.output_audio.delta", "response.output_text.delta",
-                          "response.audio.delta", "response.text.delta") and first is None:
+            elif (
+                kind
+                in (
+                    "response.output_audio.delta",
+                    "response.output_text.delta",
+                    "response.audio.delta",
+                    "response.text.delta",
+                )
+                and first is None
+            ):
                 first = now
                 if sent is not None:
                     figures.first_delta_ms.append((now - sent) * 1000)
@@ -239,9 +262,13 @@ def _percentiles(values: list[float]) -> dict[str, float | int | None]:
     if not values:
         return {"n": 0, "p50": None, "p90": None, "p99": None, "max": None}
     data = np.asarray(values)
-    return {"n": len(values), "p50": round(float(np.percentile(data, 50)), 1),
-            "p90": round(float(np.percentile(data, 90)), 1),
-            "p99": round(float(np.percentile(data, 99)), 1), "max": round(float(data.max()), 1)}
+    return {
+        "n": len(values),
+        "p50": round(float(np.percentile(data, 50)), 1),
+        "p90": round(float(np.percentile(data, 90)), 1),
+        "p99": round(float(np.percentile(data, 99)), 1),
+        "max": round(float(data.max()), 1),
+    }
 
 
 def summarize(options: LoadOptions, figures: Figures, elapsed_s: float) -> dict[str, Any]:
@@ -287,15 +314,19 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{'latency (ms)':34} {'n':>6} {'p50':>9} {'p90':>9} {'p99':>9} {'max':>9}",
     ]
     for name, row in summary["latency_ms"].items():
-        cells = [f"{row[k]:9.1f}" if row[k] is not None else f"{'-':>9}"
-                 for k in ("p50", "p90", "p99", "max")]
+        cells = [
+            f"{row[k]:9.1f}" if row[k] is not None else f"{'-':>9}"
+            for k in ("p50", "p90", "p99", "max")
+        ]
         lines.append(f"{name.replace('_', ' '):34} {row['n']:6d} " + " ".join(cells))
     return "\n".join(lines)
 
 
 def progress_line(figures: Figures, elapsed_s: float) -> str:
     rate = figures.events / max(elapsed_s, 1e-6)
-    return (f"[{elapsed_s:6.1f}s] active {figures.active:4d}  done {figures.finished:4d}  "
-            f"turns {figures.turns:5d}  failed {figures.failed_turns:3d}  "
-            f"errors {figures.error_events:3d}  dropped {figures.dropped_sessions:3d}  "
-            f"{rate:8.1f} events/s")
+    return (
+        f"[{elapsed_s:6.1f}s] active {figures.active:4d}  done {figures.finished:4d}  "
+        f"turns {figures.turns:5d}  failed {figures.failed_turns:3d}  "
+        f"errors {figures.error_events:3d}  dropped {figures.dropped_sessions:3d}  "
+        f"{rate:8.1f} events/s"
+    )

@@ -43,8 +43,15 @@ class TransceiverProcess:
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "transceiver", "--host", self.host, "--port", str(self.port),
-            *self.args, preexec_fn=_die_with_parent,
+            sys.executable,
+            "-m",
+            "transceiver",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            *self.args,
+            preexec_fn=_die_with_parent,
         )
 
     async def wait_healthy(self, timeout_s: float) -> None:
@@ -56,7 +63,9 @@ class TransceiverProcess:
                         f"transceiver on port {self.port} exited with {self.process.returncode}"
                     )
                 with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"http://{self.host}:{self.port}/healthz")).status_code == 200:
+                    if (
+                        await client.get(f"http://{self.host}:{self.port}/healthz")
+                    ).status_code == 200:
                         return
                 await asyncio.sleep(0.1)
         raise RuntimeError(f"transceiver on port {self.port} did not become healthy")

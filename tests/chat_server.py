@@ -40,8 +40,12 @@ class ChatServer(ThreadingHTTPServer):
 
 
 def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-    body = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "scripted",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    body = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "model": "scripted",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
@@ -80,13 +84,24 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _tool_call(self) -> None:
         fragments = ['{"ci', 'ty": "Pa', 'ris"}']
-        self.wfile.write(_chunk({"tool_calls": [{"index": 0, "id": "call_scripted0001",
-                                                 "type": "function",
-                                                 "function": {"name": "get_weather",
-                                                              "arguments": ""}}]}))
+        self.wfile.write(
+            _chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "call_scripted0001",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": ""},
+                        }
+                    ]
+                }
+            )
+        )
         for fragment in fragments:
-            self.wfile.write(_chunk({"tool_calls": [{"index": 0,
-                                                     "function": {"arguments": fragment}}]}))
+            self.wfile.write(
+                _chunk({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]})
+            )
         self.wfile.write(_chunk({}, "tool_calls"))
 
 

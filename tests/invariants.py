@@ -11,8 +11,14 @@ _BETA_ADAPTER: TypeAdapter[Any] | None = None
 
 _TEXT_DELTAS = {
     "response.output_text.delta": ("response.output_text.done", "text"),
-    "response.output_audio_transcript.delta": ("response.output_audio_transcript.done", "transcript"),
-    "response.function_call_arguments.delta": ("response.function_call_arguments.done", "arguments"),
+    "response.output_audio_transcript.delta": (
+        "response.output_audio_transcript.done",
+        "transcript",
+    ),
+    "response.function_call_arguments.delta": (
+        "response.function_call_arguments.done",
+        "arguments",
+    ),
     "response.text.delta": ("response.text.done", "text"),
     "response.audio_transcript.delta": ("response.audio_transcript.done", "transcript"),
 }
@@ -46,7 +52,9 @@ def check_stream(events: list[dict[str, Any]], *, beta: bool = False, sdk: bool 
     speech: dict[str, str] = {}
     for event in events:
         etype = event["type"]
-        assert isinstance(event.get("event_id"), str) and event["event_id"].startswith("event_"), event
+        assert isinstance(event.get("event_id"), str) and event["event_id"].startswith("event_"), (
+            event
+        )
         if sdk:
             validate_with_sdk(event, beta=beta)
         rid = event.get("response_id") or (
@@ -54,8 +62,13 @@ def check_stream(events: list[dict[str, Any]], *, beta: bool = False, sdk: bool 
         )
         if etype == "response.created":
             assert rid not in active and rid not in finished, f"response {rid} created twice"
-            active[rid] = {"items": {}, "parts": set(), "text": {}, "done_items": [],
-                           "next_index": 0}
+            active[rid] = {
+                "items": {},
+                "parts": set(),
+                "text": {},
+                "done_items": [],
+                "next_index": 0,
+            }
             if event["response"]["conversation_id"] is not None:
                 assert default_active is None, "two default-conversation responses at once"
                 default_active = rid

@@ -34,8 +34,17 @@ def test_import_arrows_point_inward() -> None:
         assert not module.startswith("models"), f"{where} imports {module}"
         if module.startswith("transceiver"):
             assert module.startswith("transceiver.protocol"), f"{where} imports {module}"
-    pure_forbidden = ("asyncio", "socket", "threading", "time", "numpy", "models", "relay",
-                      "websockets", "fastapi")
+    pure_forbidden = (
+        "asyncio",
+        "socket",
+        "threading",
+        "time",
+        "numpy",
+        "models",
+        "relay",
+        "websockets",
+        "fastapi",
+    )
     for where, module in imports_of("transceiver/protocol"):
         assert module.split(".")[0] not in pure_forbidden, f"{where} imports {module}"
         assert not module.startswith(("transceiver.backends", "transceiver.runner")), where
@@ -52,7 +61,10 @@ def test_readme_snippet_runs_against_a_server() -> None:
     with relay_server("--backend", "mock", "--mock-first-delta-ms", "0") as server:
         run = subprocess.run(
             [sys.executable, "-c", code.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")],
-            capture_output=True, text=True, timeout=60, check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "Say hello!"  # the mock echoes
@@ -60,8 +72,12 @@ def test_readme_snippet_runs_against_a_server() -> None:
 
 @pytest.mark.parametrize("command", ["serve", "relay", "transceiver"])
 def test_cli_help_documents_env_vars(command: str) -> None:
-    out = subprocess.run([sys.executable, "-m", "relay.cli", command, "--help"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "relay.cli", command, "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "--port" in out and "RELAY_" in out
 
 

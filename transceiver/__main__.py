@@ -25,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         env = "RELAY_" + name.upper()
         help_text = f"{field.description} [env {env}; default {field.default!r}]"
         if field.annotation is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
-                                default=None, help=help_text)
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         else:
             parser.add_argument(flag, dest=name, default=None, help=help_text)
     return parser

@@ -280,8 +280,12 @@ class SessionRunner:
         per_ms = _bytes_per_ms(audio_format)
         start = int(max(0.0, self._speech_start_ms - self._recent_start_ms) * per_ms) & ~1
         end = int(max(0.0, until_ms - self._recent_start_ms) * per_ms) & ~1
-        job = Transcribe("speculation", bytes(self._recent[start:end]), audio_format,
-                         dict(self.session.config["audio"]["input"]["transcription"] or {}))
+        job = Transcribe(
+            "speculation",
+            bytes(self._recent[start:end]),
+            audio_format,
+            dict(self.session.config["audio"]["input"]["transcription"] or {}),
+        )
         log.debug("session %s: speculative STT at %.0f ms", self.session.id, until_ms)
         self._speculation = asyncio.create_task(
             self.backend.transcribe(job, _TranscriptSink(self, None), self.state)
@@ -307,7 +311,10 @@ class SessionRunner:
         if speculation is not None:
             text, usage = await speculation
             if "seconds" in usage:  # bill the whole committed audio, not the speculated part
-                usage = {**usage, "seconds": round(len(job.audio) / _bytes_per_ms(job.audio_format) / 1000, 3)}
+                usage = {
+                    **usage,
+                    "seconds": round(len(job.audio) / _bytes_per_ms(job.audio_format) / 1000, 3),
+                }
             if item_id is not None and text:
                 await _TranscriptSink(self, item_id).delta(text)
             return text, usage
@@ -325,7 +332,9 @@ class SessionRunner:
             raise
         except Exception:
             log.exception("session %s: backend failed on %s", self.session.id, rid)
-            self.session.response_failed(rid, "The backend failed to generate a response.", self.now_ms())
+            self.session.response_failed(
+                rid, "The backend failed to generate a response.", self.now_ms()
+            )
         else:
             self.session.response_finished(rid, self.now_ms(), reason)
         finally:
@@ -337,7 +346,9 @@ class SessionRunner:
         base = speech_end if speech_end is not None else None
         parts = [f"{stage}={marks[stage] - base:.0f}ms" for stage in marks if base is not None]
         log.info(
-            "turn session=%s response=%s %s", self.session.id, rid,
+            "turn session=%s response=%s %s",
+            self.session.id,
+            rid,
             " ".join(parts) if parts else "(no speech end)",
         )
 

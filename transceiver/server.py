@@ -89,7 +89,12 @@ class TransceiverServer:
         if self.sessions >= self.settings.max_sessions:
             return _json_response(
                 http.HTTPStatus.SERVICE_UNAVAILABLE,
-                {"error": {"code": "session_limit_reached", "message": "This transceiver is full."}},
+                {
+                    "error": {
+                        "code": "session_limit_reached",
+                        "message": "This transceiver is full.",
+                    }
+                },
             )
         return None
 
@@ -101,7 +106,9 @@ class TransceiverServer:
             values = query.get(name)
             return values[0] if values else None
 
-        kind = SessionKind.TRANSCRIPTION if arg("intent") == "transcription" else SessionKind.REALTIME
+        kind = (
+            SessionKind.TRANSCRIPTION if arg("intent") == "transcription" else SessionKind.REALTIME
+        )
         overrides = None
         if arg("session"):
             overrides = json.loads(base64.urlsafe_b64decode(arg("session") or ""))
@@ -115,8 +122,9 @@ class TransceiverServer:
                 created_at_s=time.time(),
             )
         except ClientError as exc:
-            await connection.send(json.dumps({"type": "error", "event_id": "event_0",
-                                              "error": exc.to_error(None)}))
+            await connection.send(
+                json.dumps({"type": "error", "event_id": "event_0", "error": exc.to_error(None)})
+            )
             await connection.close(1008, "invalid session configuration")
             return
 
@@ -125,8 +133,13 @@ class TransceiverServer:
 
         runner = SessionRunner(session, self.backend, connection.send, close, faults=self.faults)
         self.sessions += 1
-        log.info("session start id=%s kind=%s model=%s beta=%s", session.id, kind.value,
-                 arg("model"), session.beta)
+        log.info(
+            "session start id=%s kind=%s model=%s beta=%s",
+            session.id,
+            kind.value,
+            arg("model"),
+            session.beta,
+        )
         try:
             await runner.run(connection)
         except ConnectionClosed:
@@ -153,8 +166,9 @@ async def run_transceiver(settings: TransceiverSettings) -> None:
     backend = build_backend(settings)
     server = TransceiverServer(settings, backend)
     ws_server = await server.start()
-    log.info("transceiver ready on ws://%s:%d backend=%s", settings.host, settings.port,
-             settings.backend)
+    log.info(
+        "transceiver ready on ws://%s:%d backend=%s", settings.host, settings.port, settings.backend
+    )
     try:
         await ws_server.serve_forever()
     finally:

@@ -31,7 +31,8 @@ class TransceiverSettings(BaseSettings):
     )
     # Local backend: LLM
     llm_url: str | None = Field(
-        None, description="OpenAI-compatible chat-completions base URL (e.g. Ollama's "
+        None,
+        description="OpenAI-compatible chat-completions base URL (e.g. Ollama's "
         "http://127.0.0.1:11434/v1). Unset: the embedded llama.cpp model.",
     )
     llm_model: str = Field("default", description="Model name sent to the LLM URL.")
@@ -48,9 +49,7 @@ class TransceiverSettings(BaseSettings):
         None, description="Piper voice .onnx path (default: bundled en_US-joe-medium)."
     )
     tts_speaker: int | None = Field(None, description="Speaker id for multi-speaker voices.")
-    tts_lead_ms: int = Field(
-        500, description="How far output audio may run ahead of real time."
-    )
+    tts_lead_ms: int = Field(500, description="How far output audio may run ahead of real time.")
     workers: int = Field(4, description="Worker threads for model calls.")
 
     # Mock backend

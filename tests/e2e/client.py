@@ -58,5 +58,7 @@ async def append_audio(rec: Recorder, pcm16: bytes, chunk_ms: int = 20) -> None:
         await rec.send({"type": "input_audio_buffer.append", "audio": chunk})
 
 
-def decode_audio(events: list[dict[str, Any]], delta_type: str = "response.output_audio.delta") -> bytes:
+def decode_audio(
+    events: list[dict[str, Any]], delta_type: str = "response.output_audio.delta"
+) -> bytes:
     return b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] == delta_type)

@@ -9,8 +9,14 @@ from tests.servers import RunningServer, relay_server
 
 SCRIPT = str(Path(__file__).with_name("mock_script.yaml"))
 MOCK_ARGS = (
-    "--backend", "mock", "--mock-script", SCRIPT, "--mock-first-delta-ms", "20",
-    "--mock-words-per-minute", "900",
+    "--backend",
+    "mock",
+    "--mock-script",
+    SCRIPT,
+    "--mock-first-delta-ms",
+    "20",
+    "--mock-words-per-minute",
+    "900",
 )
 
 

@@ -15,14 +15,26 @@ from tests.servers import RunningServer, relay_server
 def load(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "relay.cli", "load", "--url", url, *args],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
 def test_audio_load_figures(mock_server: RunningServer, tmp_path: Path) -> None:
     out = tmp_path / "load.json"
-    run = load(f"{mock_server.ws_base_url}/realtime", "--sessions", "3", "--turns", "2",
-               "--ramp", "0.2", "--json", str(out))
+    run = load(
+        f"{mock_server.ws_base_url}/realtime",
+        "--sessions",
+        "3",
+        "--turns",
+        "2",
+        "--ramp",
+        "0.2",
+        "--json",
+        str(out),
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     summary = json.loads(out.read_text())
     assert summary["turns"] == 6 and summary["failed_turns"] == 0
@@ -47,8 +59,16 @@ def test_text_load(mock_server: RunningServer) -> None:
 def test_injected_errors_fail_the_run(tmp_path: Path) -> None:
     with relay_server(*MOCK_ARGS, "--mock-fault-error-after", "3") as server:
         out = tmp_path / "load.json"
-        run = load(f"{server.ws_base_url}/realtime", "--sessions", "2", "--turns", "1", "--text",
-                   "--json", str(out))
+        run = load(
+            f"{server.ws_base_url}/realtime",
+            "--sessions",
+            "2",
+            "--turns",
+            "1",
+            "--text",
+            "--json",
+            str(out),
+        )
     assert run.returncode == 1, run.stdout + run.stderr
     summary = json.loads(out.read_text())
     assert summary["error_events"] == 2 and summary["error_rate"] > 0.01
@@ -63,10 +83,30 @@ def test_refused_sessions_are_dropped(tmp_path: Path) -> None:
 def test_locustfile_reuses_the_load_client(mock_server: RunningServer, tmp_path: Path) -> None:
     locustfile = Path(__file__).resolve().parents[2] / "bench" / "locustfile.py"
     run = subprocess.run(
-        [sys.executable, "-m", "locust", "-f", str(locustfile), "--host",
-         f"{mock_server.ws_base_url}/realtime", "--headless", "-u", "2", "-r", "2", "-t", "6s",
-         "--only-summary", "--csv", str(tmp_path / "locust")],
-        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(locustfile),
+            "--host",
+            f"{mock_server.ws_base_url}/realtime",
+            "--headless",
+            "-u",
+            "2",
+            "-r",
+            "2",
+            "-t",
+            "6s",
+            "--only-summary",
+            "--csv",
+            str(tmp_path / "locust"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
         env={**os.environ, "REALTIME_TURNS": "1"},
     )
     assert run.returncode == 0, run.stdout + run.stderr

@@ -24,10 +24,16 @@ def client_for(server: RunningServer) -> AsyncOpenAI:
 
 
 async def text_message(rec: Recorder, text: str) -> None:
-    await rec.send({
-        "type": "conversation.item.create",
-        "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
-    })
+    await rec.send(
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": text}],
+            },
+        }
+    )
 
 
 async def test_text_turn(mock_server: RunningServer) -> None:
@@ -35,9 +41,16 @@ async def test_text_turn(mock_server: RunningServer) -> None:
         rec = Recorder(conn)
         created = await rec.until("session.created")
         assert created["session"]["type"] == "realtime"
-        assert created["session"]["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 24000}
-        await rec.send({"type": "session.update",
-                        "session": {"type": "realtime", "output_modalities": ["text"]}})
+        assert created["session"]["audio"]["output"]["format"] == {
+            "type": "audio/pcm",
+            "rate": 24000,
+        }
+        await rec.send(
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "output_modalities": ["text"]},
+            }
+        )
         updated = await rec.until("session.updated")
         assert updated["session"]["output_modalities"] == ["text"]
         await text_message(rec, "hello relay")
@@ -54,10 +67,19 @@ async def test_audio_turn_with_server_vad(mock_server: RunningServer) -> None:
     async with client_for(mock_server).realtime.connect(model="gpt-realtime") as conn:
         rec = Recorder(conn)
         await rec.until("session.created")
-        await rec.send({"type": "session.update", "session": {"type": "realtime", "audio": {
-            "input": {"transcription": {"model": "whisper-1"}}}}})
+        await rec.send(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "audio": {"input": {"transcription": {"model": "whisper-1"}}},
+                },
+            }
+        )
         await rec.until("session.updated")
-        await append_audio(rec, silence(400) + speech("hello there how are you today") + silence(800))
+        await append_audio(
+            rec, silence(400) + speech("hello there how are you today") + silence(800)
+        )
         started = await rec.until("input_audio_buffer.speech_started")
         stopped = await rec.until("input_audio_buffer.speech_stopped")
         committed = await rec.until("input_audio_buffer.committed")
@@ -67,7 +89,9 @@ async def test_audio_turn_with_server_vad(mock_server: RunningServer) -> None:
         assert done["response"]["status"] == "completed"
         audio = decode_audio(rec.events)
         assert len(audio) % 2 == 0 and rms(audio) > 500
-        transcript = "".join(e["delta"] for e in rec.of_type("response.output_audio_transcript.delta"))
+        transcript = "".join(
+            e["delta"] for e in rec.of_type("response.output_audio_transcript.delta")
+        )
         assert transcript.startswith("I heard ") and transcript.endswith("seconds of audio.")
         if not rec.of_type("conversation.item.input_audio_transcription.completed"):
             await rec.until("conversation.item.input_audio_transcription.completed")
@@ -80,8 +104,12 @@ async def test_audio_turn_with_server_vad(mock_server: RunningServer) -> None:
 async def test_manual_commit(mock_server: RunningServer) -> None:
     async with client_for(mock_server).realtime.connect(model="gpt-realtime") as conn:
         rec = Recorder(conn)
-        await rec.send({"type": "session.update", "session": {
-            "type": "realtime", "audio": {"input": {"turn_detection": None}}}})
+        await rec.send(
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}},
+            }
+        )
         updated = await rec.until("session.updated")
         assert updated["session"]["audio"]["input"]["turn_detection"] is None
         await append_audio(rec, speech("one two three"))
@@ -146,8 +174,14 @@ async def test_truncate_retrieve_delete(mock_server: RunningServer) -> None:
         done = await rec.until("response.done")
         item = done["response"]["output"][0]
         full = item["content"][0]["transcript"]
-        await rec.send({"type": "conversation.item.truncate", "item_id": item["id"],
-                        "content_index": 0, "audio_end_ms": 1500})
+        await rec.send(
+            {
+                "type": "conversation.item.truncate",
+                "item_id": item["id"],
+                "content_index": 0,
+                "audio_end_ms": 1500,
+            }
+        )
         truncated = await rec.until("conversation.item.truncated")
         assert truncated["audio_end_ms"] == 1500
         await rec.send({"type": "conversation.item.retrieve", "item_id": item["id"]})
@@ -155,12 +189,21 @@ async def test_truncate_retrieve_delete(mock_server: RunningServer) -> None:
         part = retrieved["content"][0]
         assert len(base64.b64decode(part["audio"])) == 1500 * 48
         assert 0 < len(part["transcript"]) < len(full) and full.startswith(part["transcript"])
-        await rec.send({"type": "conversation.item.truncate", "item_id": item["id"],
-                        "content_index": 0, "audio_end_ms": 999_999, "event_id": "evt_t"})
+        await rec.send(
+            {
+                "type": "conversation.item.truncate",
+                "item_id": item["id"],
+                "content_index": 0,
+                "audio_end_ms": 999_999,
+                "event_id": "evt_t",
+            }
+        )
         assert (await rec.until("error"))["error"]["event_id"] == "evt_t"
         await rec.send({"type": "conversation.item.delete", "item_id": item["id"]})
         assert (await rec.until("conversation.item.deleted"))["item_id"] == item["id"]
-        await rec.send({"type": "conversation.item.retrieve", "item_id": item["id"], "event_id": "r2"})
+        await rec.send(
+            {"type": "conversation.item.retrieve", "item_id": item["id"], "event_id": "r2"}
+        )
         error = await rec.until("error")
         assert error["error"]["event_id"] == "r2"
         rec.check()
@@ -170,12 +213,24 @@ async def test_out_of_band_response(mock_server: RunningServer) -> None:
     async with client_for(mock_server).realtime.connect(model="gpt-realtime") as conn:
         rec = Recorder(conn)
         await rec.until("session.created")
-        await rec.send({"type": "response.create", "response": {
-            "conversation": "none", "metadata": {"topic": "classification"},
-            "output_modalities": ["text"], "instructions": "Classify.",
-            "input": [{"type": "message", "role": "user",
-                       "content": [{"type": "input_text", "text": "classify this"}]}],
-        }})
+        await rec.send(
+            {
+                "type": "response.create",
+                "response": {
+                    "conversation": "none",
+                    "metadata": {"topic": "classification"},
+                    "output_modalities": ["text"],
+                    "instructions": "Classify.",
+                    "input": [
+                        {
+                            "type": "message",
+                            "role": "user",
+                            "content": [{"type": "input_text", "text": "classify this"}],
+                        }
+                    ],
+                },
+            }
+        )
         done = await rec.until("response.done")
         assert done["response"]["conversation_id"] is None
         assert done["response"]["metadata"] == {"topic": "classification"}
@@ -189,8 +244,17 @@ async def test_transcription_session(mock_server: RunningServer) -> None:
         rec = Recorder(conn)
         created = await rec.until("session.created")
         assert created["session"]["type"] == "transcription"
-        await rec.send({"type": "session.update", "session": {"type": "transcription", "audio": {
-            "input": {"transcription": {"model": "gpt-4o-transcribe", "language": "en"}}}}})
+        await rec.send(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "transcription",
+                    "audio": {
+                        "input": {"transcription": {"model": "gpt-4o-transcribe", "language": "en"}}
+                    },
+                },
+            }
+        )
         await rec.until("session.updated")
         await append_audio(rec, speech("transcribe these words") + silence(800))
         committed = await rec.until("input_audio_buffer.committed")
@@ -204,11 +268,26 @@ async def test_transcription_session(mock_server: RunningServer) -> None:
 async def test_function_call_round_trip(mock_server: RunningServer) -> None:
     async with client_for(mock_server).realtime.connect(model="gpt-realtime") as conn:
         rec = Recorder(conn)
-        await rec.send({"type": "session.update", "session": {
-            "type": "realtime", "output_modalities": ["text"],
-            "tools": [{"type": "function", "name": "get_weather", "description": "Weather",
-                       "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}],
-        }})
+        await rec.send(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "output_modalities": ["text"],
+                    "tools": [
+                        {
+                            "type": "function",
+                            "name": "get_weather",
+                            "description": "Weather",
+                            "parameters": {
+                                "type": "object",
+                                "properties": {"city": {"type": "string"}},
+                            },
+                        }
+                    ],
+                },
+            }
+        )
         await rec.until("session.updated")
         await text_message(rec, "what is the weather in Paris?")
         await rec.send({"type": "response.create"})
@@ -218,8 +297,16 @@ async def test_function_call_round_trip(mock_server: RunningServer) -> None:
         assert call["call_id"].startswith("call_")
         args_done = rec.of_type("response.function_call_arguments.done")[0]
         assert args_done["arguments"] == '{"city": "Paris"}' and args_done["name"] == "get_weather"
-        await rec.send({"type": "conversation.item.create", "item": {
-            "type": "function_call_output", "call_id": call["call_id"], "output": "sunny, 21 C"}})
+        await rec.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "function_call_output",
+                    "call_id": call["call_id"],
+                    "output": "sunny, 21 C",
+                },
+            }
+        )
         await rec.until("conversation.item.done")
         await rec.send({"type": "response.create"})
         second = await rec.until("response.done")
@@ -238,13 +325,22 @@ async def test_beta_mode(mock_server: RunningServer) -> None:
         assert created["session"]["modalities"] == ["audio", "text"]
         assert created["session"]["input_audio_format"] == "pcm16"
         await rec.until("conversation.created")
-        await rec.send({"type": "session.update", "session": {"modalities": ["text"],
-                                                              "temperature": 0.7}})
+        await rec.send(
+            {"type": "session.update", "session": {"modalities": ["text"], "temperature": 0.7}}
+        )
         updated = await rec.until("session.updated")
         assert updated["session"]["modalities"] == ["text"]
         assert updated["session"]["temperature"] == 0.7
-        await rec.send({"type": "conversation.item.create", "item": {
-            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi beta"}]}})
+        await rec.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "hi beta"}],
+                },
+            }
+        )
         await rec.until("conversation.item.created")
         await rec.send({"type": "response.create"})
         done = await rec.until("response.done")
@@ -260,14 +356,22 @@ async def test_bad_input_keeps_session(mock_server: RunningServer) -> None:
         await rec.until("session.created")
         await conn.send_raw('{"type": "scooby.dooby.doo", "event_id": "e1"}')
         error = await rec.until("error")
-        assert error["error"] == {"type": "invalid_request_error", "code": "invalid_value",
-                                  "message": error["error"]["message"], "param": "type",
-                                  "event_id": "e1"}
-        await conn.send_raw('{"type": "input_audio_buffer.append", "audio": "%%%", "event_id": "e2"}')
+        assert error["error"] == {
+            "type": "invalid_request_error",
+            "code": "invalid_value",
+            "message": error["error"]["message"],
+            "param": "type",
+            "event_id": "e1",
+        }
+        await conn.send_raw(
+            '{"type": "input_audio_buffer.append", "audio": "%%%", "event_id": "e2"}'
+        )
         error = await rec.until("error")
         assert error["error"]["event_id"] == "e2" and error["error"]["param"] == "audio"
-        await conn.send_raw('{"type": "session.update", "event_id": "e3", "session": {"type": '
-                            '"realtime", "audio": {"output": {"speed": 9}}}}')
+        await conn.send_raw(
+            '{"type": "session.update", "event_id": "e3", "session": {"type": '
+            '"realtime", "audio": {"output": {"speed": 9}}}}'
+        )
         error = await rec.until("error")
         assert error["error"]["param"] == "session.audio.output.speed"
         assert error["error"]["code"] == "invalid_value"
@@ -276,8 +380,7 @@ async def test_bad_input_keeps_session(mock_server: RunningServer) -> None:
         await conn.send_raw('{"event_id": "e5"}')
         assert (await rec.until("error"))["error"]["code"] == "invalid_event"
         await text_message(rec, "still alive")
-        await rec.send({"type": "response.create",
-                        "response": {"output_modalities": ["text"]}})
+        await rec.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
         done = await rec.until("response.done")
         assert done["response"]["output"][0]["content"][0]["text"] == "still alive"
         assert not rec.of_type("session.updated")
@@ -287,8 +390,15 @@ async def test_bad_input_keeps_session(mock_server: RunningServer) -> None:
 async def test_g711_output(mock_server: RunningServer) -> None:
     async with client_for(mock_server).realtime.connect(model="gpt-realtime") as conn:
         rec = Recorder(conn)
-        await rec.send({"type": "session.update", "session": {"type": "realtime", "audio": {
-            "output": {"format": {"type": "audio/pcmu"}}}}})
+        await rec.send(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "audio": {"output": {"format": {"type": "audio/pcmu"}}},
+                },
+            }
+        )
         await rec.until("session.updated")
         await text_message(rec, "say this in mu law")
         await rec.send({"type": "response.create"})
@@ -308,11 +418,17 @@ async def test_g711_output(mock_server: RunningServer) -> None:
 async def test_large_frame(mock_server: RunningServer) -> None:
     async with client_for(mock_server).realtime.connect(model="gpt-realtime") as conn:
         rec = Recorder(conn)
-        await rec.send({"type": "session.update", "session": {
-            "type": "realtime", "audio": {"input": {"turn_detection": None}}}})
+        await rec.send(
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}},
+            }
+        )
         await rec.until("session.updated")
         pcm = speech("a big frame") * 80  # about 11 MiB of PCM, 15 MiB of base64
-        await rec.send({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()})
+        await rec.send(
+            {"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()}
+        )
         await rec.send({"type": "input_audio_buffer.commit"})
         committed = await rec.until("input_audio_buffer.committed", timeout_s=60)
         assert committed["item_id"].startswith("item_")

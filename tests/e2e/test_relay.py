@@ -100,9 +100,18 @@ async def test_transceiver_death_costs_only_its_sessions(auth_server: RunningSer
             with pytest.raises(ConnectionClosed) as closed:
                 await asyncio.wait_for(victim.recv(), 10)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
-            await survivor.send(json.dumps({"type": "conversation.item.create", "item": {
-                "type": "message", "role": "user",
-                "content": [{"type": "input_text", "text": "still here"}]}}))
+            await survivor.send(
+                json.dumps(
+                    {
+                        "type": "conversation.item.create",
+                        "item": {
+                            "type": "message",
+                            "role": "user",
+                            "content": [{"type": "input_text", "text": "still here"}],
+                        },
+                    }
+                )
+            )
             assert (await next_event(survivor))["type"] == "conversation.item.added"
     # serve restarts the dead transceiver.
     for _ in range(100):
@@ -118,8 +127,9 @@ async def test_transceiver_death_costs_only_its_sessions(auth_server: RunningSer
 
 
 async def test_fault_knobs() -> None:
-    with relay_server(*MOCK_ARGS, "--mock-fault-error-after", "1",
-                      "--mock-fault-close-after", "4") as server:
+    with relay_server(
+        *MOCK_ARGS, "--mock-fault-error-after", "1", "--mock-fault-close-after", "4"
+    ) as server:
         url = f"{server.ws_base_url}/realtime?model=gpt-realtime"
         async with connect(url) as ws:
             assert (await next_event(ws))["type"] == "session.created"

@@ -29,8 +29,9 @@ def scripted_llm() -> Iterator[ChatServer]:
 @pytest.fixture(scope="session")
 def url_llm_server(scripted_llm: ChatServer) -> Iterator[RunningServer]:
     """The local pipeline with its LLM behind a chat-completions URL (scripted)."""
-    with relay_server("--backend", "local", "--llm-url", scripted_llm.base_url,
-                      "--llm-model", "scripted") as server:
+    with relay_server(
+        "--backend", "local", "--llm-url", scripted_llm.base_url, "--llm-model", "scripted"
+    ) as server:
         yield server
 
 

@@ -26,21 +26,42 @@ def client_for(server: RunningServer) -> AsyncOpenAI:
 
 
 async def user_text(rec: Recorder, text: str) -> None:
-    await rec.send({"type": "conversation.item.create", "item": {
-        "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}})
+    await rec.send(
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": text}],
+            },
+        }
+    )
 
 
-async def test_spoken_question_gets_spoken_answer(local_server: RunningServer, speak: Speaker) -> None:
+async def test_spoken_question_gets_spoken_answer(
+    local_server: RunningServer, speak: Speaker
+) -> None:
     async with client_for(local_server).realtime.connect(model="gpt-realtime") as conn:
         rec = Recorder(conn)
-        await rec.send({"type": "session.update", "session": {"type": "realtime", "audio": {
-            "input": {"transcription": {"model": "whisper-1"}}}}})
+        await rec.send(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "audio": {"input": {"transcription": {"model": "whisper-1"}}},
+                },
+            }
+        )
         await rec.until("session.updated")
-        await append_audio(rec, silence(300) + speak("What is the capital of France?") + silence(900))
+        await append_audio(
+            rec, silence(300) + speak("What is the capital of France?") + silence(900)
+        )
         committed = await rec.until("input_audio_buffer.committed", timeout_s=30)
         done = await rec.until("response.done", timeout_s=120)
         assert done["response"]["status"] == "completed"
-        completed = [e for e in rec.of_type("conversation.item.input_audio_transcription.completed")]
+        completed = [
+            e for e in rec.of_type("conversation.item.input_audio_transcription.completed")
+        ]
         if not completed:
             completed = [await rec.until("conversation.item.input_audio_transcription.completed")]
         assert completed[0]["item_id"] == committed["item_id"]
@@ -48,7 +69,9 @@ async def test_spoken_question_gets_spoken_answer(local_server: RunningServer, s
         assert completed[0]["usage"]["seconds"] > 1.0
         audio = decode_audio(rec.events)
         assert len(audio) > 24_000 and rms(audio) > 300  # over half a second, not silence
-        transcript = "".join(e["delta"] for e in rec.of_type("response.output_audio_transcript.delta"))
+        transcript = "".join(
+            e["delta"] for e in rec.of_type("response.output_audio_transcript.delta")
+        )
         assert transcript.strip()
         rec.check()
 
@@ -57,8 +80,15 @@ async def test_transcription_session(local_server: RunningServer, speak: Speaker
     client = client_for(local_server)
     async with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
         rec = Recorder(conn)
-        await rec.send({"type": "session.update", "session": {"type": "transcription", "audio": {
-            "input": {"transcription": {"model": "whisper-1", "language": "en"}}}}})
+        await rec.send(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "transcription",
+                    "audio": {"input": {"transcription": {"model": "whisper-1", "language": "en"}}},
+                },
+            }
+        )
         await rec.until("session.updated")
         speech = speak("The quick brown fox jumps over the lazy dog.")
         await append_audio(rec, silence(200) + speech + silence(900))
@@ -85,8 +115,15 @@ async def test_text_only_turn(local_server: RunningServer) -> None:
 async def test_g711_output(local_server: RunningServer) -> None:
     async with client_for(local_server).realtime.connect(model="gpt-realtime") as conn:
         rec = Recorder(conn)
-        await rec.send({"type": "session.update", "session": {"type": "realtime", "audio": {
-            "output": {"format": {"type": "audio/pcma"}}}}})
+        await rec.send(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "audio": {"output": {"format": {"type": "audio/pcma"}}},
+                },
+            }
+        )
         await rec.until("session.updated")
         await user_text(rec, "Say hello to me.")
         await rec.send({"type": "response.create"})
@@ -128,9 +165,25 @@ async def test_function_call_through_url_engine(
 ) -> None:
     async with client_for(url_llm_server).realtime.connect(model="gpt-realtime") as conn:
         rec = Recorder(conn)
-        await rec.send({"type": "session.update", "session": {"type": "realtime", "tools": [{
-            "type": "function", "name": "get_weather", "description": "Weather in a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]}})
+        await rec.send(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "tools": [
+                        {
+                            "type": "function",
+                            "name": "get_weather",
+                            "description": "Weather in a city",
+                            "parameters": {
+                                "type": "object",
+                                "properties": {"city": {"type": "string"}},
+                            },
+                        }
+                    ],
+                },
+            }
+        )
         await rec.until("session.updated")
         await user_text(rec, "What is the weather in Paris?")
         await rec.send({"type": "response.create"})
@@ -141,15 +194,26 @@ async def test_function_call_through_url_engine(
         deltas = rec.of_type("response.function_call_arguments.delta")
         assert "".join(d["delta"] for d in deltas) == call["arguments"]
         assert scripted_llm.requests[-1]["tools"][0]["function"]["name"] == "get_weather"
-        await rec.send({"type": "conversation.item.create", "item": {
-            "type": "function_call_output", "call_id": call["call_id"], "output": '{"sky": "sunny"}'}})
+        await rec.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "function_call_output",
+                    "call_id": call["call_id"],
+                    "output": '{"sky": "sunny"}',
+                },
+            }
+        )
         await rec.until("conversation.item.done")
         await rec.send({"type": "response.create"})
         answer = await rec.until("response.done", timeout_s=60)
         assert answer["response"]["output"][0]["content"][0]["transcript"] == TOOL_ANSWER
         history = scripted_llm.requests[-1]["messages"]
-        assert history[-1] == {"role": "tool", "tool_call_id": "call_scripted0001",
-                               "content": '{"sky": "sunny"}'}
+        assert history[-1] == {
+            "role": "tool",
+            "tool_call_id": "call_scripted0001",
+            "content": '{"sky": "sunny"}',
+        }
         assert history[-2]["tool_calls"][0]["function"]["arguments"] == '{"city": "Paris"}'
         rec.check()
 
@@ -171,7 +235,11 @@ async def test_failed_engine_fails_the_response_not_the_session(
         assert done["response"]["status"] == "failed"
         assert done["response"]["status_details"]["error"]["type"] == "server_error"
         assert (await rec.until("error"))["error"]["type"] == "server_error"
-        await rec.send({"type": "session.update", "session": {"type": "realtime",
-                                                              "instructions": "Still here."}})
+        await rec.send(
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "instructions": "Still here."},
+            }
+        )
         assert (await rec.until("session.updated"))["session"]["instructions"] == "Still here."
         rec.check()

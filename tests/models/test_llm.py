@@ -75,10 +75,17 @@ def test_llama_accepts_tools_and_tool_history(llama_llm: LlamaCppLlm) -> None:
     history: list[dict[str, Any]] = [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "content": None, "tool_calls": [{
-            "id": "c1", "type": "function",
-            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-        }]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": '{"temp_c": 21}'},
     ]
     chunks = list(llama_llm.stream(history, tools=[WEATHER_TOOL], max_tokens=16))
@@ -126,7 +133,9 @@ def test_embedded_tool_call_is_parsed_from_stream() -> None:
 def test_embedded_text_streams_with_tools_present() -> None:
     llm, _ = _fake_llm(["It", " is", " sunny."])
     assert list(llm.stream(USER_Q, tools=[WEATHER_TOOL])) == [
-        TextDelta("It"), TextDelta(" is"), TextDelta(" sunny."),
+        TextDelta("It"),
+        TextDelta(" is"),
+        TextDelta(" sunny."),
     ]
 
 
@@ -141,13 +150,16 @@ def test_parse_valid_tool_call() -> None:
     assert parse_tool_call(text2, NAMES) == ToolCall("get_weather", '{"city": "Rome"}')
 
 
-@pytest.mark.parametrize("text", [
-    '<tool_call>{"name": "get_weather", "arguments": {"city": </tool_call>',  # bad JSON
-    '<tool_call>{"name": "launch_rocket", "arguments": {}}</tool_call>',  # unknown tool
-    '<tool_call>{"name": "get_weather", "arguments": [1, 2]}</tool_call>',  # not an object
-    "<tool_call>no json here</tool_call>",
-    'Sure! {"name": "get_weather", "arguments": {}}',  # no tag
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '<tool_call>{"name": "get_weather", "arguments": {"city": </tool_call>',  # bad JSON
+        '<tool_call>{"name": "launch_rocket", "arguments": {}}</tool_call>',  # unknown tool
+        '<tool_call>{"name": "get_weather", "arguments": [1, 2]}</tool_call>',  # not an object
+        "<tool_call>no json here</tool_call>",
+        'Sure! {"name": "get_weather", "arguments": {}}',  # no tag
+    ],
+)
 def test_parse_invalid_tool_call_is_none(text: str) -> None:
     assert parse_tool_call(text, NAMES) is None
 
@@ -186,10 +198,17 @@ def test_stream_parser_plain_text_is_not_delayed() -> None:
 def test_to_embedded_messages_renders_tool_turns() -> None:
     history: list[dict[str, Any]] = [
         {"role": "user", "content": "Weather?"},
-        {"role": "assistant", "content": None, "tool_calls": [{
-            "id": "c1", "type": "function",
-            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-        }]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": "21C"},
     ]
     out = to_embedded_messages(history, [WEATHER_TOOL])
@@ -202,10 +221,14 @@ def test_to_embedded_messages_renders_tool_turns() -> None:
 
 
 def test_to_chat_tool() -> None:
-    assert to_chat_tool(WEATHER_TOOL) == {"type": "function", "function": {
-        "name": "get_weather", "description": "Current weather for a city",
-        "parameters": WEATHER_TOOL["parameters"],
-    }}
+    assert to_chat_tool(WEATHER_TOOL) == {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather for a city",
+            "parameters": WEATHER_TOOL["parameters"],
+        },
+    }
     nested = {"type": "function", "function": {"name": "x"}}
     assert to_chat_tool(nested) is nested
 
@@ -330,8 +353,12 @@ def _delta(**delta: Any) -> dict[str, Any]:
 
 
 def test_openai_compat_streams_text(server: _Server, client: OpenAICompatLlm) -> None:
-    server.events = [_delta(role="assistant"), _delta(content="Hel"), _delta(content="lo!"),
-                     {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
+    server.events = [
+        _delta(role="assistant"),
+        _delta(content="Hel"),
+        _delta(content="lo!"),
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    ]
     chunks = list(client.stream(USER_Q, tools=[WEATHER_TOOL], max_tokens=5, temperature=0.1))
     assert chunks == [TextDelta("Hel"), TextDelta("lo!")]
     sent = server.requests[0]
@@ -344,8 +371,12 @@ def test_openai_compat_streams_text(server: _Server, client: OpenAICompatLlm) ->
 def test_openai_compat_streams_tool_call_fragments(
     server: _Server, client: OpenAICompatLlm
 ) -> None:
-    first = {"index": 0, "id": "call_1", "type": "function",
-             "function": {"name": "get_weather", "arguments": ""}}
+    first = {
+        "index": 0,
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": ""},
+    }
     server.events = [
         _delta(role="assistant", content=None, tool_calls=[first]),
         _delta(tool_calls=[{"index": 0, "function": {"arguments": '{"ci'}}]),
@@ -390,10 +421,16 @@ def test_sse_parser_errors_and_multiple_calls() -> None:
     with pytest.raises(LlmError, match="rate limited"):
         list(iter_sse_chunks(['data: {"error": {"message": "rate limited"}}']))
     lines = [
-        ": keep-alive", "",
-        "data: " + json.dumps(_delta(tool_calls=[
-            {"index": 0, "id": "a", "function": {"name": "f", "arguments": "{}"}},
-            {"index": 1, "id": "b", "function": {"name": "g", "arguments": ""}},
-        ])),
+        ": keep-alive",
+        "",
+        "data: "
+        + json.dumps(
+            _delta(
+                tool_calls=[
+                    {"index": 0, "id": "a", "function": {"name": "f", "arguments": "{}"}},
+                    {"index": 1, "id": "b", "function": {"name": "g", "arguments": ""}},
+                ]
+            )
+        ),
     ]
     assert list(iter_sse_chunks(lines)) == [ToolCall("f", "{}", "a"), ToolCall("g", "{}", "b")]

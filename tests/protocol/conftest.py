@@ -37,9 +37,13 @@ _BETA_TO_GA = {
 _DELTA_DONE = {
     "response.output_text.delta": ("response.output_text.done", "text"),
     "response.output_audio_transcript.delta": (
-        "response.output_audio_transcript.done", "transcript"),
+        "response.output_audio_transcript.done",
+        "transcript",
+    ),
     "response.function_call_arguments.delta": (
-        "response.function_call_arguments.done", "arguments"),
+        "response.function_call_arguments.done",
+        "arguments",
+    ),
 }
 _DONE_FIELD = {done: (delta, name) for delta, (done, name) in _DELTA_DONE.items()}
 
@@ -102,11 +106,17 @@ def check_invariants(
             assert rid not in responses and rid not in finished, f"{rid} created twice"
             assert response["status"] == "in_progress" and response["output"] == []
             assert response["usage"] is None
-            fmt = response.get("output_audio_format") if beta else (
-                response["audio"]["output"]["format"]["type"]
+            fmt = (
+                response.get("output_audio_format")
+                if beta
+                else (response["audio"]["output"]["format"]["type"])
             )
             responses[rid] = {
-                "items": {}, "parts": set(), "text": {}, "done_items": [], "next": 0,
+                "items": {},
+                "parts": set(),
+                "text": {},
+                "done_items": [],
+                "next": 0,
                 "oob": response["conversation_id"] is None,
                 "pcm": fmt in ("audio/pcm", "pcm16"),
             }
@@ -273,8 +283,13 @@ def error_of(events: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 KIT = SimpleNamespace(
-    Harness=Harness, b64=b64, types=types, one=one, error_of=error_of,
-    check_invariants=check_invariants, validate_event=validate_event,
+    Harness=Harness,
+    b64=b64,
+    types=types,
+    one=one,
+    error_of=error_of,
+    check_invariants=check_invariants,
+    validate_event=validate_event,
 )
 
 

@@ -47,10 +47,16 @@ NOISE = '{"type": "session.update", "session": {"audio": {"input": {"noise_reduc
 
 @pytest.mark.parametrize(
     "raw",
-    ["not json {", "", b"\xff\xfe\x00", "{'type': 'session.update'}", '{"type": "x"',
-     NOISE % '{"type": "near_field", "strength": NaN}',
-     NOISE % '{"type": "near_field", "strength": -Infinity}',
-     NOISE % '{"type": "near_field", "strength": 1e999}'],
+    [
+        "not json {",
+        "",
+        b"\xff\xfe\x00",
+        "{'type': 'session.update'}",
+        '{"type": "x"',
+        NOISE % '{"type": "near_field", "strength": NaN}',
+        NOISE % '{"type": "near_field", "strength": -Infinity}',
+        NOISE % '{"type": "near_field", "strength": 1e999}',
+    ],
 )
 def test_non_json_is_an_error_without_event_id(make_session, kit, raw) -> None:
     h = make_session()
@@ -66,8 +72,10 @@ def test_finite_floats_in_json_text_are_fine(make_session, kit) -> None:
     assert noise == {"type": "far_field", "strength": 0.25}
 
 
-@pytest.mark.parametrize("raw", ["[1, 2]", '[{"type": "input_audio_buffer.clear"}]', "5", "null",
-                                 '"session.update"', "true"])
+@pytest.mark.parametrize(
+    "raw",
+    ["[1, 2]", '[{"type": "input_audio_buffer.clear"}]', "5", "null", '"session.update"', "true"],
+)
 def test_json_that_is_not_an_object(make_session, kit, raw) -> None:
     h = make_session()
     error = kit.error_of(h.send(raw))
@@ -94,13 +102,20 @@ def test_json_text_and_bytes_events_are_accepted(make_session, kit) -> None:
 
 def test_success_events_never_echo_the_client_event_id(make_session, kit) -> None:
     h = make_session(session_overrides={"audio": {"input": {"turn_detection": None}}})
-    h.send({"type": "input_audio_buffer.append", "audio": kit.b64(b"\0" * 4800),
-            "event_id": "evt_secret_1"})
+    h.send(
+        {
+            "type": "input_audio_buffer.append",
+            "audio": kit.b64(b"\0" * 4800),
+            "event_id": "evt_secret_1",
+        }
+    )
     events = h.send({"type": "input_audio_buffer.commit", "event_id": "evt_secret_2"})
     events += h.send({"type": "input_audio_buffer.clear", "event_id": "evt_secret_3"})
     events += h.send({"type": "response.create", "event_id": "evt_secret_4"})
     assert kit.types(events)[:4] == [
-        "input_audio_buffer.committed", "conversation.item.added", "conversation.item.done",
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+        "conversation.item.done",
         "input_audio_buffer.cleared",
     ]
     assert "evt_secret" not in json.dumps(events)
@@ -108,8 +123,12 @@ def test_success_events_never_echo_the_client_event_id(make_session, kit) -> Non
 
 def test_errors_for_one_event_do_not_block_the_next(make_session, kit) -> None:
     h = make_session()
-    for raw in ("nope", {"type": "nope"}, {"type": "response.cancel"},
-                {"type": "conversation.item.retrieve", "item_id": "missing"}):
+    for raw in (
+        "nope",
+        {"type": "nope"},
+        {"type": "response.cancel"},
+        {"type": "conversation.item.retrieve", "item_id": "missing"},
+    ):
         assert kit.types(h.send(raw)) == ["error"]
     assert kit.types(h.send({"type": "response.create"})) == ["response.created"]
 
@@ -124,13 +143,25 @@ def deep(levels: int) -> Any:
 @pytest.mark.parametrize(
     "event",
     [
-        {"type": "conversation.item.create", "item": {
-            "type": "function_call", "name": "f", "call_id": "c", "arguments": "", "x": deep(900),
-        }},
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "function_call",
+                "name": "f",
+                "call_id": "c",
+                "arguments": "",
+                "x": deep(900),
+            },
+        },
         {"type": "session.update", "session": {"prompt": {"id": "pmpt_1", "variables": deep(900)}}},
-        {"type": "session.update", "session": {"tools": [
-            {"type": "function", "name": "f", "parameters": {"a": deep(500)}},
-        ]}},
+        {
+            "type": "session.update",
+            "session": {
+                "tools": [
+                    {"type": "function", "name": "f", "parameters": {"a": deep(500)}},
+                ]
+            },
+        },
         {"type": "response.create", "response": {"metadata": deep(300)}},
     ],
 )
@@ -154,8 +185,12 @@ def test_moderately_nested_tool_schema_is_fine(make_session, kit) -> None:
     schema: dict[str, Any] = {"type": "string"}
     for _ in range(20):
         schema = {"type": "object", "properties": {"a": schema}}
-    events = h.send({"type": "session.update", "session": {"tools": [
-        {"type": "function", "name": "f", "parameters": schema}]}})
+    events = h.send(
+        {
+            "type": "session.update",
+            "session": {"tools": [{"type": "function", "name": "f", "parameters": schema}]},
+        }
+    )
     assert events[0]["session"]["tools"][0]["parameters"] == schema
 
 

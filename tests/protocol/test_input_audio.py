@@ -22,8 +22,9 @@ def commit(h: Any, **extra: Any) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("audio", ["not base64!!", "QUJ", "QQ", 123, None, ["QUJD"], "é"])
 def test_append_with_bad_audio_is_an_error(make_session, kit, audio) -> None:
     h = make_session(session_overrides=PTT)
-    error = kit.error_of(h.send({"type": "input_audio_buffer.append", "audio": audio,
-                                 "event_id": "a1"}))
+    error = kit.error_of(
+        h.send({"type": "input_audio_buffer.append", "audio": audio, "event_id": "a1"})
+    )
     assert error["param"] == "audio" and error["event_id"] == "a1"
     assert error["code"] == "invalid_value"
     assert kit.error_of(commit(h))["code"] == "input_audio_buffer_commit_empty"
@@ -55,14 +56,19 @@ def test_commit_adds_a_user_audio_item_and_no_response(make_session, kit) -> Non
     audio = h.append_ms(100)
     events = commit(h, event_id="c_2")
     assert kit.types(events) == [
-        "input_audio_buffer.committed", "conversation.item.added", "conversation.item.done",
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+        "conversation.item.done",
     ]
     committed, added, done = events
     item_id = committed["item_id"]
     assert item_id.startswith("item_") and committed["previous_item_id"] is None
     assert added["previous_item_id"] is None and done["previous_item_id"] is None
     expected = {
-        "id": item_id, "type": "message", "status": "completed", "role": "user",
+        "id": item_id,
+        "type": "message",
+        "status": "completed",
+        "role": "user",
         "content": [{"type": "input_audio", "transcript": None}],
     }
     assert added["item"] == expected and done["item"] == expected
@@ -130,8 +136,12 @@ def test_g711_input_is_8_bytes_per_ms(make_session, kit, fmt) -> None:
 
 def test_beta_g711_ulaw_session_commits_800_bytes(make_session, kit) -> None:
     h = make_session(beta=True)
-    h.send({"type": "session.update",
-            "session": {"input_audio_format": "g711_ulaw", "turn_detection": None}})
+    h.send(
+        {
+            "type": "session.update",
+            "session": {"input_audio_format": "g711_ulaw", "turn_detection": None},
+        }
+    )
     h.send({"type": "input_audio_buffer.append", "audio": kit.b64(b"\xff" * 800)})
     assert kit.types(commit(h))[0] == "input_audio_buffer.committed"
 
@@ -142,7 +152,8 @@ def test_append_feeds_the_vad_with_session_audio_time(make_session, kit) -> None
     h.append_ms(40, byte=2)
     feeds = [e for e in h.effects() if isinstance(e, FeedVad)]
     assert [(f.start_ms, len(f.audio), f.audio_format) for f in feeds] == [
-        (0.0, 4800, "audio/pcm"), (100.0, 1920, "audio/pcm"),
+        (0.0, 4800, "audio/pcm"),
+        (100.0, 1920, "audio/pcm"),
     ]
     assert feeds[0].turn_detection["type"] == "server_vad"
 
@@ -199,8 +210,13 @@ def test_transcription_token_usage_and_beta_names(make_session, kit) -> None:
     h = make_session(beta=True, session_overrides=WHISPER)
     h.append_ms(100)
     item_id = commit(h)[0]["item_id"]
-    usage = {"type": "tokens", "input_tokens": 10, "output_tokens": 3, "total_tokens": 13,
-             "input_token_details": {"text_tokens": 0, "audio_tokens": 10}}
+    usage = {
+        "type": "tokens",
+        "input_tokens": 10,
+        "output_tokens": 3,
+        "total_tokens": 13,
+        "input_token_details": {"text_tokens": 0, "audio_tokens": 10},
+    }
     h.session.transcription_completed(item_id, "hi", usage, language="en")
     completed = kit.one(h.drain(), "conversation.item.input_audio_transcription.completed")
     assert completed["usage"] == usage and "languages" not in completed
@@ -243,13 +259,17 @@ def test_transcription_session_transcribes_every_commit(make_session, kit, beta)
     events = h.drain()
     item_kind = "conversation.item.created" if beta else "conversation.item.added"
     assert kit.types(events)[:4] == [
-        "input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
-        "input_audio_buffer.committed", item_kind,
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        item_kind,
     ]
     assert not any(e["type"].startswith("response.") for e in events)
     effects = h.effects()
     assert not any(isinstance(e, StartResponse) for e in effects)
     (transcribe,) = [e for e in effects if isinstance(e, Transcribe)]
     h.session.transcription_completed(transcribe.item_id, "", {"type": "duration", "seconds": 0})
-    assert kit.one(h.drain(), "conversation.item.input_audio_transcription.completed")[
-        "transcript"] == ""
+    assert (
+        kit.one(h.drain(), "conversation.item.input_audio_transcription.completed")["transcript"]
+        == ""
+    )

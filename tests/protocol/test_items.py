@@ -49,8 +49,14 @@ def test_client_item_ids_are_kept_and_chain(make_session, kit) -> None:
 
 def test_beta_create_emits_created_with_beta_content_types(make_session, kit) -> None:
     h = make_session(beta=True)
-    events = create(h, {"type": "message", "role": "assistant",
-                        "content": [{"type": "text", "text": "earlier answer"}]})
+    events = create(
+        h,
+        {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "text", "text": "earlier answer"}],
+        },
+    )
     assert kit.types(events) == ["conversation.item.created"]
     item = events[0]["item"]
     assert item["object"] == "realtime.item" and item["content"][0]["type"] == "text"
@@ -60,8 +66,14 @@ def test_beta_create_emits_created_with_beta_content_types(make_session, kit) ->
 def test_input_audio_is_kept_and_returned_by_retrieve(make_session, kit) -> None:
     h = make_session()
     audio = bytes(range(256)) * 20
-    events = create(h, {"type": "message", "role": "user",
-                        "content": [{"type": "input_audio", "audio": kit.b64(audio)}]})
+    events = create(
+        h,
+        {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_audio", "audio": kit.b64(audio)}],
+        },
+    )
     item = events[0]["item"]
     assert "audio" not in item["content"][0] and item["content"][0]["transcript"] is None
     assert "audio" not in events[1]["item"]["content"][0]
@@ -73,15 +85,20 @@ def test_input_audio_is_kept_and_returned_by_retrieve(make_session, kit) -> None
 
 def test_input_audio_with_bad_base64(make_session, kit) -> None:
     h = make_session()
-    events = create(h, {"type": "message", "role": "user",
-                        "content": [{"type": "input_audio", "audio": "%%%"}]})
+    events = create(
+        h, {"type": "message", "role": "user", "content": [{"type": "input_audio", "audio": "%%%"}]}
+    )
     assert kit.error_of(events)["param"] == "item.content[0].audio"
 
 
 def test_function_call_and_its_output(make_session, kit) -> None:
     h = make_session()
-    call = {"type": "function_call", "name": "get_weather", "call_id": "call_abc",
-            "arguments": '{"city": "Paris"}'}
+    call = {
+        "type": "function_call",
+        "name": "get_weather",
+        "call_id": "call_abc",
+        "arguments": '{"city": "Paris"}',
+    }
     item = create(h, call)[1]["item"]
     assert item["type"] == "function_call" and item["call_id"] == "call_abc"
     output = {"type": "function_call_output", "call_id": "call_abc", "output": '{"t": 21}'}
@@ -124,29 +141,40 @@ def test_unknown_previous_item_id_is_an_error_and_adds_nothing(make_session, kit
     assert error["param"] == "previous_item_id"
     assert context_ids(h) == [first]
     assert kit.types(create(h, text_item(id="x1"))) == [
-        "conversation.item.added", "conversation.item.done",
+        "conversation.item.added",
+        "conversation.item.done",
     ]
 
 
 @pytest.mark.parametrize(
     ("item", "param"),
     [
-        ({"type": "message", "role": "assistant",
-          "content": [{"type": "output_audio", "audio": "AAAA", "transcript": "hi"}]},
-         "item.content[0].type"),
-        ({"type": "message", "role": "user", "content": [{"type": "output_text", "text": "x"}]},
-         "item.content[0].type"),
-        ({"type": "message", "role": "user", "content": [{"type": ["input_text"]}]},
-         "item.content[0].type"),
+        (
+            {
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "output_audio", "audio": "AAAA", "transcript": "hi"}],
+            },
+            "item.content[0].type",
+        ),
+        (
+            {"type": "message", "role": "user", "content": [{"type": "output_text", "text": "x"}]},
+            "item.content[0].type",
+        ),
+        (
+            {"type": "message", "role": "user", "content": [{"type": ["input_text"]}]},
+            "item.content[0].type",
+        ),
         ({"type": "message", "role": "user", "content": ["hi"]}, "item.content[0].type"),
-        ({"type": "message", "role": "user", "content": [{"type": "input_text"}]},
-         "item.content[0].text"),
+        (
+            {"type": "message", "role": "user", "content": [{"type": "input_text"}]},
+            "item.content[0].text",
+        ),
         ({"type": "message", "role": "robot", "content": []}, "item.role"),
         ({"type": "message", "role": "user", "content": "hi"}, "item.content"),
         ({"type": "reasoning"}, "item.type"),
         ({"type": "function_call", "call_id": "c"}, "item.name"),
-        ({"type": "function_call", "name": "f", "call_id": "c", "arguments": {}},
-         "item.arguments"),
+        ({"type": "function_call", "name": "f", "call_id": "c", "arguments": {}}, "item.arguments"),
         ({"type": "function_call_output", "call_id": "c"}, "item.output"),
         ("hello", "item"),
     ],
@@ -160,8 +188,14 @@ def test_invalid_items_are_refused(make_session, kit, item, param) -> None:
 
 def test_beta_assistant_audio_creation_refused(make_session, kit) -> None:
     h = make_session(beta=True)
-    events = create(h, {"type": "message", "role": "assistant",
-                        "content": [{"type": "audio", "transcript": "hi"}]})
+    events = create(
+        h,
+        {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "audio", "transcript": "hi"}],
+        },
+    )
     assert kit.error_of(events)["param"] == "item.content[0].type"
 
 
@@ -177,8 +211,10 @@ def test_retrieve_and_delete(make_session, kit) -> None:
     assert h.user_text("next") and context_ids(h)[0] != item_id
 
 
-@pytest.mark.parametrize("etype", ["conversation.item.retrieve", "conversation.item.delete",
-                                   "conversation.item.truncate"])
+@pytest.mark.parametrize(
+    "etype",
+    ["conversation.item.retrieve", "conversation.item.delete", "conversation.item.truncate"],
+)
 @pytest.mark.parametrize("item_id", ["item_unknown", None, 5, ["x"]])
 def test_unknown_item_ids_are_errors(make_session, kit, etype, item_id) -> None:
     h = make_session()
@@ -211,8 +247,15 @@ def kit_one(events: list[dict[str, Any]], etype: str) -> dict[str, Any]:
 def test_truncate_cuts_audio_and_transcript_to_what_was_heard(make_session, kit, beta) -> None:
     h = make_session(beta=beta)
     item_id, done = spoken_response(h)
-    events = h.send({"type": "conversation.item.truncate", "item_id": item_id,
-                     "content_index": 0, "audio_end_ms": 600, "event_id": "t"})
+    events = h.send(
+        {
+            "type": "conversation.item.truncate",
+            "item_id": item_id,
+            "content_index": 0,
+            "audio_end_ms": 600,
+            "event_id": "t",
+        }
+    )
     assert kit.types(events) == ["conversation.item.truncated"]
     assert events[0]["item_id"] == item_id and events[0]["audio_end_ms"] == 600
     assert events[0]["content_index"] == 0
@@ -230,12 +273,24 @@ def test_truncate_cuts_audio_and_transcript_to_what_was_heard(make_session, kit,
 def test_truncate_inside_the_first_clause_and_at_zero(make_session, kit) -> None:
     h = make_session()
     item_id, _ = spoken_response(h)
-    h.send({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
-            "audio_end_ms": 250})
+    h.send(
+        {
+            "type": "conversation.item.truncate",
+            "item_id": item_id,
+            "content_index": 0,
+            "audio_end_ms": 250,
+        }
+    )
     heard = h.retrieve(item_id)["content"][0]["transcript"]
     assert CLAUSES[0].startswith(heard) and len(heard) < len(CLAUSES[0].strip())
-    h.send({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
-            "audio_end_ms": 0})
+    h.send(
+        {
+            "type": "conversation.item.truncate",
+            "item_id": item_id,
+            "content_index": 0,
+            "audio_end_ms": 0,
+        }
+    )
     part = h.retrieve(item_id)["content"][0]
     assert part["transcript"] == "" and part["audio"] == ""
 
@@ -243,8 +298,14 @@ def test_truncate_inside_the_first_clause_and_at_zero(make_session, kit) -> None
 def test_truncate_at_the_end_keeps_everything(make_session, kit) -> None:
     h = make_session()
     item_id, _ = spoken_response(h)
-    events = h.send({"type": "conversation.item.truncate", "item_id": item_id,
-                     "content_index": 0, "audio_end_ms": 1000})
+    events = h.send(
+        {
+            "type": "conversation.item.truncate",
+            "item_id": item_id,
+            "content_index": 0,
+            "audio_end_ms": 1000,
+        }
+    )
     assert kit.types(events) == ["conversation.item.truncated"]
     assert h.retrieve(item_id)["content"][0]["transcript"] == "".join(CLAUSES)
 
@@ -263,8 +324,13 @@ def test_truncate_at_the_end_keeps_everything(make_session, kit) -> None:
 def test_truncate_errors(make_session, kit, fields, param) -> None:
     h = make_session()
     item_id, _ = spoken_response(h)
-    event = {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
-             **fields, "event_id": "tr"}
+    event = {
+        "type": "conversation.item.truncate",
+        "item_id": item_id,
+        "content_index": 0,
+        **fields,
+        "event_id": "tr",
+    }
     error = kit.error_of(h.send(event))
     assert error["param"] == param and error["event_id"] == "tr"
     if fields["audio_end_ms"] == 1500:
@@ -278,8 +344,12 @@ def test_truncate_user_or_text_items_is_an_error(make_session, kit) -> None:
     h.send({"type": "input_audio_buffer.commit"})
     user_audio = h.stream[-1]["item"]["id"]
     for item_id in (user_audio, h.user_text()):
-        event = {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
-                 "audio_end_ms": 50}
+        event = {
+            "type": "conversation.item.truncate",
+            "item_id": item_id,
+            "content_index": 0,
+            "audio_end_ms": 50,
+        }
         assert kit.error_of(h.send(event))["param"] == "item_id"
 
 
@@ -290,8 +360,12 @@ def test_truncate_before_response_done_leaves_the_response_output(make_session, 
     h.session.response_audio_delta(rid, b"\x01" * (500 * 48))
     events = h.drain()
     item_id = events[0]["item"]["id"]
-    truncate = {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
-                "audio_end_ms": 100}
+    truncate = {
+        "type": "conversation.item.truncate",
+        "item_id": item_id,
+        "content_index": 0,
+        "audio_end_ms": 100,
+    }
     kit.error_of(h.send(truncate))  # still being generated: no audio content part yet
     h.session.response_function_call(rid, "lookup", "{}")  # the message item is done
     h.drain()

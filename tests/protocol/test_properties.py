@@ -23,7 +23,8 @@ from transceiver.protocol.effects import FeedVad, StartResponse, Transcribe
 
 MINUTE_MS = 60_000
 SETTINGS = settings(
-    max_examples=150, deadline=None,
+    max_examples=150,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
@@ -45,8 +46,12 @@ def test_any_chunking_commits_the_same_bytes(kit, data, fmt, with_vad, beta) -> 
     cuts = sorted(data.draw(st.lists(st.integers(0, length), max_size=40), label="cuts"))
     chunks = [audio[a:b] for a, b in zip([0, *cuts], [*cuts, length], strict=True)]
     turn_detection = {"type": "server_vad", "create_response": False} if with_vad else None
-    h = kit.Harness(beta=beta, session_overrides={
-        "audio": {"input": {"format": {"type": fmt}, "turn_detection": turn_detection}}})
+    h = kit.Harness(
+        beta=beta,
+        session_overrides={
+            "audio": {"input": {"format": {"type": fmt}, "turn_detection": turn_detection}}
+        },
+    )
     h.drain()
     for chunk in chunks:
         assert h.send({"type": "input_audio_buffer.append", "audio": kit.b64(chunk)}) == []
@@ -82,7 +87,8 @@ class World:
     h: Any
     now_ms: float = 0.0
     pools: dict[str, list[str]] = field(
-        default_factory=lambda: {"item": [], "assistant": [], "call": [], "response": []})
+        default_factory=lambda: {"item": [], "assistant": [], "call": [], "response": []}
+    )
     started: list[str] = field(default_factory=list)  # from StartResponse effects
     transcribing: list[str] = field(default_factory=list)  # from Transcribe effects
     function_open: dict[str, bool] = field(default_factory=dict)
@@ -123,17 +129,26 @@ def ref(pool: str) -> st.SearchStrategy[Ref]:
 
 
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**40), 2**40)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12),
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.sampled_from(["type", "id", "audio", "item", "session", "x"])
-                      | st.text(max_size=6), inner, max_size=3),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["type", "id", "audio", "item", "session", "x"]) | st.text(max_size=6),
+            inner,
+            max_size=3,
+        )
+    ),
     max_leaves=8,
 )
 WORDS = st.text(max_size=12)
 AUDIO = st.integers(0, 4800).map(lambda n: base64.b64encode(bytes(n)).decode("ascii"))
-FORMAT = st.sampled_from([{"type": "audio/pcm", "rate": 24000}, {"type": "audio/pcmu"},
-                          {"type": "audio/pcma"}])
+FORMAT = st.sampled_from(
+    [{"type": "audio/pcm", "rate": 24000}, {"type": "audio/pcmu"}, {"type": "audio/pcma"}]
+)
 TURN = st.none() | st.fixed_dictionaries(
     {"type": st.sampled_from(["server_vad", "semantic_vad"])},
     optional={"create_response": st.booleans(), "interrupt_response": st.booleans()},
@@ -144,78 +159,129 @@ CALL_ID = ref("call") | st.just("call_x")
 
 
 def ga_session(kind: str) -> st.SearchStrategy[dict[str, Any]]:
-    audio_in = st.fixed_dictionaries({}, optional={
-        "format": FORMAT, "turn_detection": TURN,
-        "transcription": st.none() | st.just({"model": "whisper-1"}),
-        "noise_reduction": st.none() | st.just({"type": "near_field"}),
-    })
+    audio_in = st.fixed_dictionaries(
+        {},
+        optional={
+            "format": FORMAT,
+            "turn_detection": TURN,
+            "transcription": st.none() | st.just({"model": "whisper-1"}),
+            "noise_reduction": st.none() | st.just({"type": "near_field"}),
+        },
+    )
     realtime = {
-        "instructions": WORDS, "output_modalities": st.sampled_from([["audio"], ["text"]]),
-        "tools": st.sampled_from([[], [TOOL]]), "max_output_tokens": st.sampled_from([5, "inf"]),
-        "audio": st.fixed_dictionaries({"input": audio_in}, optional={
-            "output": st.fixed_dictionaries({}, optional={
-                "voice": st.sampled_from(["alloy", "marin"]), "format": FORMAT})}),
+        "instructions": WORDS,
+        "output_modalities": st.sampled_from([["audio"], ["text"]]),
+        "tools": st.sampled_from([[], [TOOL]]),
+        "max_output_tokens": st.sampled_from([5, "inf"]),
+        "audio": st.fixed_dictionaries(
+            {"input": audio_in},
+            optional={
+                "output": st.fixed_dictionaries(
+                    {}, optional={"voice": st.sampled_from(["alloy", "marin"]), "format": FORMAT}
+                )
+            },
+        ),
     }
-    optional = realtime if kind == "realtime" else {"audio": st.fixed_dictionaries(
-        {"input": audio_in})}
+    optional = (
+        realtime if kind == "realtime" else {"audio": st.fixed_dictionaries({"input": audio_in})}
+    )
     return st.fixed_dictionaries({}, optional={"type": st.just(kind), **optional})
 
 
-BETA_SESSION = st.fixed_dictionaries({}, optional={
-    "modalities": st.sampled_from([["text"], ["audio", "text"]]),
-    "input_audio_format": st.sampled_from(["pcm16", "g711_ulaw", "g711_alaw", "mp3"]),
-    "output_audio_format": st.sampled_from(["pcm16", "g711_ulaw"]),
-    "turn_detection": TURN, "temperature": st.sampled_from([0.7, 0.8, 2.0]),
-    "input_audio_transcription": st.none() | st.just({"model": "whisper-1"}),
-    "voice": st.sampled_from(["alloy", "verse"]), "instructions": WORDS,
-})
+BETA_SESSION = st.fixed_dictionaries(
+    {},
+    optional={
+        "modalities": st.sampled_from([["text"], ["audio", "text"]]),
+        "input_audio_format": st.sampled_from(["pcm16", "g711_ulaw", "g711_alaw", "mp3"]),
+        "output_audio_format": st.sampled_from(["pcm16", "g711_ulaw"]),
+        "turn_detection": TURN,
+        "temperature": st.sampled_from([0.7, 0.8, 2.0]),
+        "input_audio_transcription": st.none() | st.just({"model": "whisper-1"}),
+        "voice": st.sampled_from(["alloy", "verse"]),
+        "instructions": WORDS,
+    },
+)
 ITEM = st.one_of(
     st.builds(
         lambda role, part: {"type": "message", "role": role, "content": [part]},
         st.sampled_from(["user", "system", "assistant"]),
-        st.sampled_from([{"type": "input_text", "text": "hi"}, {"type": "output_text", "text": "o"},
-                         {"type": "text", "text": "beta"}])
+        st.sampled_from(
+            [
+                {"type": "input_text", "text": "hi"},
+                {"type": "output_text", "text": "o"},
+                {"type": "text", "text": "beta"},
+            ]
+        )
         | AUDIO.map(lambda a: {"type": "input_audio", "audio": a}),
     ),
-    st.builds(lambda c: {"type": "function_call", "name": "lookup", "call_id": c,
-                         "arguments": "{}"}, CALL_ID),
+    st.builds(
+        lambda c: {"type": "function_call", "name": "lookup", "call_id": c, "arguments": "{}"},
+        CALL_ID,
+    ),
     st.builds(lambda c: {"type": "function_call_output", "call_id": c, "output": "ok"}, CALL_ID),
 )
-RESPONSE = st.fixed_dictionaries({}, optional={
-    "conversation": st.sampled_from(["auto", "none"]),
-    "output_modalities": st.sampled_from([["text"], ["audio"]]),
-    "modalities": st.sampled_from([["text"], ["audio", "text"]]),
-    "instructions": WORDS, "metadata": st.just({"k": "v"}), "tools": st.just([TOOL]),
-    "input": st.lists(ITEM_ID.map(lambda i: {"type": "item_reference", "id": i}), max_size=2),
-})
+RESPONSE = st.fixed_dictionaries(
+    {},
+    optional={
+        "conversation": st.sampled_from(["auto", "none"]),
+        "output_modalities": st.sampled_from([["text"], ["audio"]]),
+        "modalities": st.sampled_from([["text"], ["audio", "text"]]),
+        "instructions": WORDS,
+        "metadata": st.just({"k": "v"}),
+        "tools": st.just([TOOL]),
+        "input": st.lists(ITEM_ID.map(lambda i: {"type": "item_reference", "id": i}), max_size=2),
+    },
+)
 
 
 def valid_events(session_update: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[Any]:
     truncate = st.builds(
-        lambda i, c, ms: {"type": "conversation.item.truncate", "item_id": i,
-                          "content_index": c, "audio_end_ms": ms},
-        ref("assistant") | ITEM_ID, st.sampled_from([0, 0, 0, 1]),
+        lambda i, c, ms: {
+            "type": "conversation.item.truncate",
+            "item_id": i,
+            "content_index": c,
+            "audio_end_ms": ms,
+        },
+        ref("assistant") | ITEM_ID,
+        st.sampled_from([0, 0, 0, 1]),
         st.integers(0, 600) | st.integers(-5, 3000),
     )
     create = st.builds(lambda r: {"type": "response.create", "response": r}, RESPONSE)
-    return st.sampled_from([
-        truncate, truncate, create, create,
-        st.builds(lambda s: {"type": "session.update", "session": s}, session_update),
-        st.builds(lambda s: {"type": "transcription_session.update", "session": s}, BETA_SESSION),
-        st.builds(lambda a: {"type": "input_audio_buffer.append", "audio": a}, AUDIO),
-        st.sampled_from([
-            {"type": "input_audio_buffer.commit"}, {"type": "input_audio_buffer.clear"},
-            {"type": "output_audio_buffer.clear"}, {"type": "response.create"},
-            {"type": "response.cancel"},
-        ]),
-        st.builds(lambda i, p: {"type": "conversation.item.create", "item": i, **p}, ITEM,
-                  st.fixed_dictionaries({}, optional={"previous_item_id": ITEM_ID})),
-        st.builds(lambda t, i: {"type": t, "item_id": i},
-                  st.sampled_from(["conversation.item.retrieve", "conversation.item.delete"]),
-                  ITEM_ID),
-        st.builds(lambda r: {"type": "response.cancel", "response_id": r},
-                  ref("response") | JSON),
-    ]).flatmap(lambda strategy: strategy)
+    return st.sampled_from(
+        [
+            truncate,
+            truncate,
+            create,
+            create,
+            st.builds(lambda s: {"type": "session.update", "session": s}, session_update),
+            st.builds(
+                lambda s: {"type": "transcription_session.update", "session": s}, BETA_SESSION
+            ),
+            st.builds(lambda a: {"type": "input_audio_buffer.append", "audio": a}, AUDIO),
+            st.sampled_from(
+                [
+                    {"type": "input_audio_buffer.commit"},
+                    {"type": "input_audio_buffer.clear"},
+                    {"type": "output_audio_buffer.clear"},
+                    {"type": "response.create"},
+                    {"type": "response.cancel"},
+                ]
+            ),
+            st.builds(
+                lambda i, p: {"type": "conversation.item.create", "item": i, **p},
+                ITEM,
+                st.fixed_dictionaries({}, optional={"previous_item_id": ITEM_ID}),
+            ),
+            st.builds(
+                lambda t, i: {"type": t, "item_id": i},
+                st.sampled_from(["conversation.item.retrieve", "conversation.item.delete"]),
+                ITEM_ID,
+            ),
+            st.builds(
+                lambda r: {"type": "response.cancel", "response_id": r}, ref("response") | JSON
+            ),
+        ]
+    ).flatmap(lambda strategy: strategy)
 
 
 def mutate(event: dict[str, Any], n: int, value: Any, remove: bool) -> dict[str, Any]:
@@ -243,35 +309,66 @@ def mutate(event: dict[str, Any], n: int, value: Any, remove: bool) -> dict[str,
 
 def client_inputs(session_update: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[Any]:
     valid = valid_events(session_update)
-    with_id = st.builds(lambda e, i: {**e, **i}, valid,
-                        st.fixed_dictionaries({}, optional={"event_id": st.text(max_size=8)}))
+    with_id = st.builds(
+        lambda e, i: {**e, **i},
+        valid,
+        st.fixed_dictionaries({}, optional={"event_id": st.text(max_size=8)}),
+    )
     # The shell hands over text, bytes or an already parsed object.
     mutated = st.builds(mutate, valid, st.integers(0, 100), JSON, st.booleans())
     junk = st.one_of(
         st.dictionaries(st.sampled_from(["type", "event_id", "x"]), JSON, max_size=3),
-        JSON.map(json.dumps), st.text(max_size=20), st.binary(max_size=12),
+        JSON.map(json.dumps),
+        st.text(max_size=20),
+        st.binary(max_size=12),
     )
     return st.sampled_from([with_id] * 6 + [mutated] * 2 + [junk]).flatmap(lambda s: s)
 
 
 CLIENT_INPUTS = {
     (kind, beta): client_inputs(BETA_SESSION if beta else ga_session(kind.value))
-    for kind in SessionKind for beta in (False, True)
+    for kind in SessionKind
+    for beta in (False, True)
 }
 ACTIONS = st.sampled_from(
-    ["client"] * 8 + ["vad_start", "vad_stop", "tick", "stt"] + ["backend"] * 5)
+    ["client"] * 8 + ["vad_start", "vad_stop", "tick", "stt"] + ["backend"] * 5
+)
 TICKS = st.sampled_from([0, 10, 1000, 5000, 20_000] * 4 + [61 * MINUTE_MS])
-OVERRIDES = st.sampled_from([
-    None,
-    {"audio": {"input": {"turn_detection": None}}},
-    {"audio": {"input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 5000}}}},
-    {"audio": {"input": {"transcription": {"model": "whisper-1"}}}},
-    {"audio": {"input": {"turn_detection": {"type": "semantic_vad", "interrupt_response": False,
-                                            "create_response": False}}}},
-])
+OVERRIDES = st.sampled_from(
+    [
+        None,
+        {"audio": {"input": {"turn_detection": None}}},
+        {"audio": {"input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 5000}}}},
+        {"audio": {"input": {"transcription": {"model": "whisper-1"}}}},
+        {
+            "audio": {
+                "input": {
+                    "turn_detection": {
+                        "type": "semantic_vad",
+                        "interrupt_response": False,
+                        "create_response": False,
+                    }
+                }
+            }
+        },
+    ]
+)
 INDEX = st.integers(0, 1000)
-OUTPUTS = st.sampled_from(["text", "transcript", "audio", "audio", "spoken", "spoken", "call",
-                           "finish", "finish", "fail", "cleared"])
+OUTPUTS = st.sampled_from(
+    [
+        "text",
+        "transcript",
+        "audio",
+        "audio",
+        "spoken",
+        "spoken",
+        "call",
+        "finish",
+        "finish",
+        "fail",
+        "cleared",
+    ]
+)
 STT = st.sampled_from(["delta", "completed", "failed"])
 
 
@@ -295,8 +392,9 @@ def act(w: World, data: st.DataObject) -> None:
             session.transcription_delta(item_id, data.draw(WORDS))
         elif op == "completed":
             usage = {"type": "duration", "seconds": 1.5}
-            session.transcription_completed(item_id, data.draw(WORDS), usage,
-                                            data.draw(st.sampled_from([None, "en"])))
+            session.transcription_completed(
+                item_id, data.draw(WORDS), usage, data.draw(st.sampled_from([None, "en"]))
+            )
         else:
             session.transcription_failed(item_id, "The audio could not be transcribed.")
     elif action == "backend" and w.started:
@@ -327,8 +425,9 @@ def backend_output(w: World, data: st.DataObject, rid: str) -> None:
     elif op == "arguments":
         session.response_arguments_delta(rid, data.draw(WORDS))
     elif op == "finish":
-        session.response_finished(rid, w.now_ms, data.draw(
-            st.sampled_from([None, "max_output_tokens"])))
+        session.response_finished(
+            rid, w.now_ms, data.draw(st.sampled_from([None, "max_output_tokens"]))
+        )
     elif op == "fail":
         session.response_failed(rid, "The model failed.", w.now_ms)
     elif op == "cleared" and session.media:

@@ -9,8 +9,12 @@ import pytest
 from transceiver.protocol.effects import CancelResponse, StartResponse
 from transceiver.protocol.errors import ProtocolMisuse
 
-TOOL = {"type": "function", "name": "get_weather", "description": "Weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
 
 
 def test_response_create_starts_a_response(make_session, kit) -> None:
@@ -25,7 +29,9 @@ def test_response_create_starts_a_response(make_session, kit) -> None:
     assert response["conversation_id"] == h.session.conversation.id
     assert response["output_modalities"] == ["audio"] and response["metadata"] is None
     assert response["audio"]["output"] == {
-        "format": {"type": "audio/pcm", "rate": 24000}, "voice": "alloy"}
+        "format": {"type": "audio/pcm", "rate": 24000},
+        "voice": "alloy",
+    }
     request = start.request
     assert request.response_id == response["id"] and request.in_conversation
     assert [c.item["id"] for c in request.context] == [user]
@@ -38,13 +44,18 @@ def test_per_response_overrides_apply_to_that_response_only(make_session, kit) -
     h = make_session()
     h.user_text()
     events, start = h.create_response(
-        instructions="Answer in French.", output_modalities=["text"], tools=[TOOL],
-        tool_choice="required", metadata={"topic": "weather"}, max_output_tokens=50,
+        instructions="Answer in French.",
+        output_modalities=["text"],
+        tools=[TOOL],
+        tool_choice="required",
+        metadata={"topic": "weather"},
+        max_output_tokens=50,
         audio={"output": {"voice": "verse", "format": {"type": "audio/pcmu"}}},
     )
     response = events[0]["response"]
     assert response["output_modalities"] == ["text"] and response["metadata"] == {
-        "topic": "weather"}
+        "topic": "weather"
+    }
     assert response["max_output_tokens"] == 50
     assert response["audio"]["output"] == {"format": {"type": "audio/pcmu"}, "voice": "verse"}
     request = start.request
@@ -72,10 +83,16 @@ def test_per_response_overrides_apply_to_that_response_only(make_session, kit) -
         ({"instructions": 5}, "response.instructions", "invalid_value"),
         ({"tools": [{"type": "function", "name": ""}]}, "response.tools[0].name", "invalid_value"),
         ({"input": "hi"}, "response.input", "invalid_value"),
-        ({"input": [{"type": "item_reference", "id": "item_nope"}]}, "response.input[0].id",
-         "item_not_found"),
-        ({"audio": {"output": {"format": {"type": "audio/mp3"}}}},
-         "response.audio.output.format.type", "invalid_value"),
+        (
+            {"input": [{"type": "item_reference", "id": "item_nope"}]},
+            "response.input[0].id",
+            "item_not_found",
+        ),
+        (
+            {"audio": {"output": {"format": {"type": "audio/mp3"}}}},
+            "response.audio.output.format.type",
+            "invalid_value",
+        ),
     ],
 )
 def test_invalid_response_create(make_session, kit, params, param, code) -> None:
@@ -107,10 +124,17 @@ def test_out_of_band_response_stays_out_of_the_conversation(make_session, kit) -
     h = make_session()
     user = h.user_text("classify me")
     events, start = h.create_response(
-        conversation="none", metadata={"topic": "classification"}, output_modalities=["text"],
-        input=[{"type": "item_reference", "id": user},
-               {"type": "message", "role": "user",
-                "content": [{"type": "input_text", "text": "Label it."}]}],
+        conversation="none",
+        metadata={"topic": "classification"},
+        output_modalities=["text"],
+        input=[
+            {"type": "item_reference", "id": user},
+            {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "Label it."}],
+            },
+        ],
     )
     response = events[0]["response"]
     assert response["conversation_id"] is None
@@ -156,8 +180,11 @@ def test_cancel_mid_audio(make_session, kit, beta) -> None:
     h.session.response_audio_delta(rid, b"\x01\x00" * 2400)
     h.drain()
     events = h.send({"type": "response.cancel", "event_id": "c"})
-    names = (["response.audio.done", "response.audio_transcript.done"] if beta else
-             ["response.output_audio.done", "response.output_audio_transcript.done"])
+    names = (
+        ["response.audio.done", "response.audio_transcript.done"]
+        if beta
+        else ["response.output_audio.done", "response.output_audio_transcript.done"]
+    )
     expected = [*names, "response.content_part.done", "response.output_item.done"]
     expected += [] if beta else ["conversation.item.done"]
     assert kit.types(events) == [*expected, "response.done"]
@@ -199,24 +226,35 @@ def test_audio_response_events(make_session, kit) -> None:
     h.session.response_finished(rid, 0)
     events = h.drain()
     assert kit.types(events)[:3] == [
-        "response.output_item.added", "conversation.item.added", "response.content_part.added",
+        "response.output_item.added",
+        "conversation.item.added",
+        "response.content_part.added",
     ]
     assert events[1]["previous_item_id"] == user
     assert events[2]["part"] == {"type": "audio", "transcript": ""}
     deltas = [e for e in events if e["type"] == "response.output_audio.delta"]
     assert b"".join(base64.b64decode(e["delta"]) for e in deltas) == b"".join(chunks)
-    transcript = "".join(e["delta"] for e in events
-                         if e["type"] == "response.output_audio_transcript.delta")
+    transcript = "".join(
+        e["delta"] for e in events if e["type"] == "response.output_audio_transcript.delta"
+    )
     assert kit.one(events, "response.output_audio_transcript.done")["transcript"] == transcript
     assert transcript == "Hi there!"
     assert kit.types(events)[-3:] == [
-        "response.output_item.done", "conversation.item.done", "response.done"]
+        "response.output_item.done",
+        "conversation.item.done",
+        "response.done",
+    ]
     response = events[-1]["response"]
     assert response["status"] == "completed" and response["status_details"] is None
-    assert response["output"] == [{
-        "id": events[0]["item"]["id"], "type": "message", "status": "completed",
-        "role": "assistant", "content": [{"type": "output_audio", "transcript": "Hi there!"}],
-    }]
+    assert response["output"] == [
+        {
+            "id": events[0]["item"]["id"],
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_audio", "transcript": "Hi there!"}],
+        }
+    ]
     usage = response["usage"]
     assert usage["output_token_details"]["audio_tokens"] == 4  # 200 ms at 1 token per 50 ms
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
@@ -239,7 +277,9 @@ def test_text_response_events(make_session, kit, beta) -> None:
     done = kit.one(events, f"{prefix}.done")
     assert done["text"] == "Bonjour, monde"
     assert kit.one(events, "response.content_part.done")["part"] == {
-        "type": "text", "text": "Bonjour, monde"}
+        "type": "text",
+        "text": "Bonjour, monde",
+    }
     item = kit.one(events, "response.output_item.done")["item"]
     part_type = "text" if beta else "output_text"
     assert item["content"] == [{"type": part_type, "text": "Bonjour, monde"}]
@@ -328,8 +368,12 @@ def test_output_for_unknown_responses_is_dropped(make_session) -> None:
 def test_beta_response_overrides_map_to_ga(make_session, kit) -> None:
     h = make_session(beta=True)
     events, start = h.create_response(
-        modalities=["text"], voice="ash", output_audio_format="g711_ulaw", temperature=0.9,
-        max_response_output_tokens=42, instructions="Short.",
+        modalities=["text"],
+        voice="ash",
+        output_audio_format="g711_ulaw",
+        temperature=0.9,
+        max_response_output_tokens=42,
+        instructions="Short.",
     )
     response = events[0]["response"]
     assert response["modalities"] == ["text"] and response["voice"] == "ash"
@@ -338,16 +382,18 @@ def test_beta_response_overrides_map_to_ga(make_session, kit) -> None:
     request = start.request
     assert request.output_modalities == ("text",) and request.voice == "ash"
     assert request.output_format == "audio/pcmu" and request.max_output_tokens == 42
-    error = kit.error_of(h.send({"type": "response.create", "response": {
-        "output_audio_format": "mp3"}}))
+    error = kit.error_of(
+        h.send({"type": "response.create", "response": {"output_audio_format": "mp3"}})
+    )
     assert error["param"] == "response.output_audio_format"
 
 
 @pytest.mark.parametrize("voice", [{}, 5, ["ash"]])
 def test_invalid_per_response_voice(make_session, kit, voice) -> None:
     h = make_session()
-    error = kit.error_of(h.send({"type": "response.create",
-                                 "response": {"audio": {"output": {"voice": voice}}}}))
+    error = kit.error_of(
+        h.send({"type": "response.create", "response": {"audio": {"output": {"voice": voice}}}})
+    )
     assert error["param"].startswith("response.audio.output.voice")
     _, start = h.create_response(audio={"output": {"voice": {"id": "voice_9"}}})
     assert start.request.voice == {"id": "voice_9"}

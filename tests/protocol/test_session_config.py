@@ -11,19 +11,54 @@ from transceiver.protocol import SessionKind
 from transceiver.protocol.effects import ResetVad
 
 GA_FIELDS = {
-    "type", "object", "id", "model", "output_modalities", "instructions", "audio", "tools",
-    "tool_choice", "max_output_tokens", "tracing", "truncation", "prompt", "include",
+    "type",
+    "object",
+    "id",
+    "model",
+    "output_modalities",
+    "instructions",
+    "audio",
+    "tools",
+    "tool_choice",
+    "max_output_tokens",
+    "tracing",
+    "truncation",
+    "prompt",
+    "include",
     "expires_at",
 }
 BETA_FIELDS = {
-    "object", "id", "model", "modalities", "instructions", "voice", "output_audio_format",
-    "tools", "tool_choice", "temperature", "max_response_output_tokens", "turn_detection",
-    "speed", "tracing", "truncation", "prompt", "expires_at", "input_audio_noise_reduction",
-    "input_audio_format", "input_audio_transcription", "client_secret", "include",
+    "object",
+    "id",
+    "model",
+    "modalities",
+    "instructions",
+    "voice",
+    "output_audio_format",
+    "tools",
+    "tool_choice",
+    "temperature",
+    "max_response_output_tokens",
+    "turn_detection",
+    "speed",
+    "tracing",
+    "truncation",
+    "prompt",
+    "expires_at",
+    "input_audio_noise_reduction",
+    "input_audio_format",
+    "input_audio_transcription",
+    "client_secret",
+    "include",
 }
 SERVER_VAD_FIELDS = {
-    "type", "threshold", "prefix_padding_ms", "silence_duration_ms", "idle_timeout_ms",
-    "create_response", "interrupt_response",
+    "type",
+    "threshold",
+    "prefix_padding_ms",
+    "silence_duration_ms",
+    "idle_timeout_ms",
+    "create_response",
+    "interrupt_response",
 }
 
 
@@ -110,7 +145,9 @@ def test_update_merges_audio_objects_field_by_field(make_session, kit) -> None:
     events = update(h, {"type": "realtime", "audio": {"output": {"voice": "marin"}}})
     session = kit.one(events, "session.updated")["session"]
     assert session["audio"]["output"] == {
-        "format": {"type": "audio/pcm", "rate": 24000}, "voice": "marin", "speed": 1.0,
+        "format": {"type": "audio/pcm", "rate": 24000},
+        "voice": "marin",
+        "speed": 1.0,
     }
     assert session["audio"]["input"]["turn_detection"]["type"] == "server_vad"
     vad = {"type": "server_vad", "threshold": 0.7}
@@ -153,8 +190,12 @@ def test_update_clears_fields(make_session, kit, session, key, cleared) -> None:
     h = make_session()
     setup = {
         "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}],
-        "audio": {"input": {"transcription": {"model": "whisper-1"},
-                            "noise_reduction": {"type": "near_field"}}},
+        "audio": {
+            "input": {
+                "transcription": {"model": "whisper-1"},
+                "noise_reduction": {"type": "near_field"},
+            }
+        },
     }
     update(h, {"type": "realtime", **setup})
     value = kit.one(update(h, {"type": "realtime", **session}), "session.updated")["session"]
@@ -178,8 +219,10 @@ def test_update_clears_fields(make_session, kit, session, key, cleared) -> None:
             {"audio": {"input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 10}}}},
             "session.audio.input.turn_detection.idle_timeout_ms",
         ),
-        ({"audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}},
-         "session.audio.input.format.rate"),
+        (
+            {"audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}},
+            "session.audio.input.format.rate",
+        ),
         ({"audio": {"output": {"speed": 3}}}, "session.audio.output.speed"),
         ({"output_modalities": ["audio", "text"]}, "session.output_modalities"),
         ({"max_output_tokens": 0}, "session.max_output_tokens"),
@@ -229,8 +272,13 @@ def test_session_must_be_an_object(make_session, kit) -> None:
 def test_transcription_session_refuses_type_realtime(make_session, kit) -> None:
     h = make_session(kind=SessionKind.TRANSCRIPTION)
     assert kit.error_of(update(h, {"type": "realtime"}))["param"] == "session.type"
-    events = update(h, {"type": "transcription",
-                        "audio": {"input": {"transcription": {"model": "gpt-4o-transcribe"}}}})
+    events = update(
+        h,
+        {
+            "type": "transcription",
+            "audio": {"input": {"transcription": {"model": "gpt-4o-transcribe"}}},
+        },
+    )
     session = kit.one(events, "session.updated")["session"]
     assert session["audio"]["input"]["transcription"]["model"] == "gpt-4o-transcribe"
 
@@ -246,12 +294,19 @@ def test_read_only_fields_sent_back_are_ignored(make_session, kit) -> None:
 
 def test_beta_flat_update_maps_to_ga(make_session, kit) -> None:
     h = make_session(beta=True)
-    events = update(h, {
-        "input_audio_format": "g711_ulaw", "output_audio_format": "g711_alaw",
-        "turn_detection": None, "temperature": 0.7, "modalities": ["text"],
-        "voice": "verse", "max_response_output_tokens": 300,
-        "input_audio_transcription": {"model": "whisper-1"},
-    })
+    events = update(
+        h,
+        {
+            "input_audio_format": "g711_ulaw",
+            "output_audio_format": "g711_alaw",
+            "turn_detection": None,
+            "temperature": 0.7,
+            "modalities": ["text"],
+            "voice": "verse",
+            "max_response_output_tokens": 300,
+            "input_audio_transcription": {"model": "whisper-1"},
+        },
+    )
     session = kit.one(events, "session.updated")["session"]
     assert session["input_audio_format"] == "g711_ulaw"
     assert session["output_audio_format"] == "g711_alaw"
@@ -285,11 +340,17 @@ def test_beta_invalid_update(make_session, kit, session, param) -> None:
 
 def test_beta_transcription_session_update(make_session, kit) -> None:
     h = make_session(kind=SessionKind.TRANSCRIPTION, beta=True)
-    events = h.send({"type": "transcription_session.update", "session": {
-        "input_audio_format": "g711_alaw",
-        "input_audio_transcription": {"model": "gpt-4o-transcribe", "language": "en"},
-        "turn_detection": None, "include": ["item.input_audio_transcription.logprobs"],
-    }})
+    events = h.send(
+        {
+            "type": "transcription_session.update",
+            "session": {
+                "input_audio_format": "g711_alaw",
+                "input_audio_transcription": {"model": "gpt-4o-transcribe", "language": "en"},
+                "turn_detection": None,
+                "include": ["item.input_audio_transcription.logprobs"],
+            },
+        }
+    )
     assert kit.types(events) == ["transcription_session.updated"]
     session = events[0]["session"]
     assert session["input_audio_format"] == "g711_alaw" and session["turn_detection"] is None
@@ -313,8 +374,11 @@ def test_beta_realtime_session_refuses_transcription_update(make_session, kit) -
 @pytest.mark.parametrize("beta", [False, True])
 def test_custom_voice_object(make_session, kit, beta) -> None:
     h = make_session(beta=beta)
-    session = {"voice": {"id": "voice_1234"}} if beta else {
-        "audio": {"output": {"voice": {"id": "voice_1234"}}}}
+    session = (
+        {"voice": {"id": "voice_1234"}}
+        if beta
+        else {"audio": {"output": {"voice": {"id": "voice_1234"}}}}
+    )
     updated = kit.one(update(h, session), "session.updated")["session"]
     if beta:
         assert updated["voice"] == "voice_1234"  # the beta session has string voices only

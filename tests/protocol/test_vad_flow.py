@@ -37,8 +37,11 @@ def test_voice_turn(make_session, kit, semantic) -> None:
     h.session.vad_speech_stopped(900, 0)
     events = h.drain()
     assert kit.types(events) == [
-        "input_audio_buffer.speech_stopped", "input_audio_buffer.committed",
-        "conversation.item.added", "conversation.item.done", "response.created",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+        "conversation.item.done",
+        "response.created",
     ]
     stopped, committed, added, done, created = events
     assert stopped["item_id"] == committed["item_id"] == item_id
@@ -53,8 +56,11 @@ def test_voice_turn(make_session, kit, semantic) -> None:
 def test_beta_voice_turn(make_session, kit) -> None:
     h = make_session(beta=True)
     assert kit.types(speak(h)) == [
-        "input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
-        "input_audio_buffer.committed", "conversation.item.created", "response.created",
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "conversation.item.created",
+        "response.created",
     ]
 
 
@@ -170,8 +176,11 @@ def test_idle_timeout_commits_and_responds(make_session, kit) -> None:
     h.session.tick(5000)
     events = h.drain()
     assert kit.types(events) == [
-        "input_audio_buffer.timeout_triggered", "input_audio_buffer.committed",
-        "conversation.item.added", "conversation.item.done", "response.created",
+        "input_audio_buffer.timeout_triggered",
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+        "conversation.item.done",
+        "response.created",
     ]
     timeout = events[0]
     assert timeout["item_id"] == events[1]["item_id"]
@@ -190,8 +199,7 @@ def test_idle_timeout_commits_and_responds(make_session, kit) -> None:
 def test_beta_idle_timeout_has_no_timeout_triggered(make_session, kit) -> None:
     h = make_session(beta=True, session_overrides=vad(idle_timeout_ms=5000))
     h.session.tick(5000)
-    assert kit.types(h.drain())[:2] == ["input_audio_buffer.committed",
-                                        "conversation.item.created"]
+    assert kit.types(h.drain())[:2] == ["input_audio_buffer.committed", "conversation.item.created"]
 
 
 def test_no_idle_timeout_by_default(make_session) -> None:
@@ -205,8 +213,13 @@ def test_no_idle_timeout_by_default(make_session) -> None:
 
 def test_session_expires_after_60_minutes(make_session, kit) -> None:
     transcription = {"model": "whisper-1"}
-    h = make_session(now_ms=1000, media=True, session_overrides={"audio": {"input": {
-        "turn_detection": None, "transcription": transcription}}})
+    h = make_session(
+        now_ms=1000,
+        media=True,
+        session_overrides={
+            "audio": {"input": {"turn_detection": None, "transcription": transcription}}
+        },
+    )
     h.append_ms(100)
     item_id = h.send({"type": "input_audio_buffer.commit"})[0]["item_id"]
     assert h.session.next_deadline_ms() == 1000 + 60 * MINUTE_MS

@@ -14,7 +14,9 @@ def test_split_clause_at_sentence_end() -> None:
 
 def test_first_clause_is_short() -> None:
     assert split_clause("Well, I think that maybe, ok", first=True) == (
-        "Well, I think that maybe,", " ok")
+        "Well, I think that maybe,",
+        " ok",
+    )
     words = "one two three four five six seven eight nine "
     assert split_clause(words, first=True) == ("one two three four five six seven eight", " nine ")
     assert split_clause(words, first=False) is None  # later clauses wait for punctuation
@@ -28,25 +30,50 @@ def test_later_clauses_split_at_commas_when_long() -> None:
 
 def request(*items: dict[str, object]) -> ResponseRequest:
     return ResponseRequest(
-        response_id="resp_1", in_conversation=True,
-        context=tuple(ContextItem(dict(item)) for item in items), instructions="Be brief.",
-        tools=(), tool_choice="auto", output_modalities=("audio",), output_format="audio/pcm",
-        voice="alloy", speed=1.0, max_output_tokens=None, metadata=None, model="gpt-realtime",
+        response_id="resp_1",
+        in_conversation=True,
+        context=tuple(ContextItem(dict(item)) for item in items),
+        instructions="Be brief.",
+        tools=(),
+        tool_choice="auto",
+        output_modalities=("audio",),
+        output_format="audio/pcm",
+        voice="alloy",
+        speed=1.0,
+        max_output_tokens=None,
+        metadata=None,
+        model="gpt-realtime",
     )
 
 
 def test_chat_messages_cover_every_item_type() -> None:
-    messages = chat_messages(request(
-        {"type": "message", "role": "user",
-         "content": [{"type": "input_audio", "transcript": "what's the weather"}]},
-        {"type": "function_call", "name": "get_weather", "call_id": "call_1",
-         "arguments": '{"city": "Paris"}'},
-        {"type": "function_call", "name": "get_time", "call_id": "call_2", "arguments": ""},
-        {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
-        {"type": "message", "role": "assistant",
-         "content": [{"type": "output_audio", "transcript": "It is sunny."}]},
-        {"type": "message", "role": "user", "content": [{"type": "input_audio", "transcript": ""}]},
-    ))
+    messages = chat_messages(
+        request(
+            {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_audio", "transcript": "what's the weather"}],
+            },
+            {
+                "type": "function_call",
+                "name": "get_weather",
+                "call_id": "call_1",
+                "arguments": '{"city": "Paris"}',
+            },
+            {"type": "function_call", "name": "get_time", "call_id": "call_2", "arguments": ""},
+            {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+            {
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "output_audio", "transcript": "It is sunny."}],
+            },
+            {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_audio", "transcript": ""}],
+            },
+        )
+    )
     assert messages[0] == {"role": "system", "content": "Be brief."}
     assert messages[1] == {"role": "user", "content": "what's the weather"}
     calls = messages[2]["tool_calls"]

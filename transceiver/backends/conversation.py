@@ -36,8 +36,11 @@ def chat_messages(request: ResponseRequest) -> list[dict[str, Any]]:
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
-            messages.append({
-                "role": "tool", "tool_call_id": item.get("call_id"),
-                "content": str(item.get("output", "")),
-            })
+            messages.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": item.get("call_id"),
+                    "content": str(item.get("output", "")),
+                }
+            )
     return messages

@@ -89,14 +89,18 @@ class LocalBackend:
     def from_settings(cls, settings: TransceiverSettings) -> LocalBackend:
         started = time.monotonic()
         stt = WhisperStt(
-            settings.stt_model, device=settings.stt_device,
-            compute_type=settings.stt_compute_type, language=settings.stt_language,
+            settings.stt_model,
+            device=settings.stt_device,
+            compute_type=settings.stt_compute_type,
+            language=settings.stt_language,
             cpu_threads=settings.stt_threads,
         )
         llm: Llm
         if settings.llm_url:
             llm = OpenAICompatLlm(
-                settings.llm_url, settings.llm_model, api_key=settings.llm_api_key,
+                settings.llm_url,
+                settings.llm_model,
+                api_key=settings.llm_api_key,
                 context_tokens=settings.llm_context_tokens,
             )
         else:
@@ -105,9 +109,15 @@ class LocalBackend:
             )
         tts = PiperTts(settings.tts_voice, speaker_id=settings.tts_speaker)
         backend = cls(
-            stt, llm, tts, workers=settings.workers, language=settings.stt_language,
-            max_tokens=settings.llm_max_tokens, temperature=settings.llm_temperature,
-            lead_ms=settings.tts_lead_ms, speculative_stt=settings.speculative_stt,
+            stt,
+            llm,
+            tts,
+            workers=settings.workers,
+            language=settings.stt_language,
+            max_tokens=settings.llm_max_tokens,
+            temperature=settings.llm_temperature,
+            lead_ms=settings.tts_lead_ms,
+            speculative_stt=settings.speculative_stt,
         )
         backend.warm_up(embedded=not settings.llm_url)
         log.info("local backend ready in %.1f s", time.monotonic() - started)
@@ -140,7 +150,10 @@ class LocalBackend:
         started = time.monotonic()
         try:
             result = await self._run(
-                self.stt.transcribe, pcm, sample_rate_hz=STT_RATE_HZ, language=language,
+                self.stt.transcribe,
+                pcm,
+                sample_rate_hz=STT_RATE_HZ,
+                language=language,
                 prompt=prompt,
             )
         except ModelError as exc:
@@ -206,7 +219,9 @@ class LocalBackend:
 
         def work() -> None:
             stream = self.llm.stream(
-                messages, tools=tools or None, max_tokens=max_tokens,
+                messages,
+                tools=tools or None,
+                max_tokens=max_tokens,
                 temperature=self._temperature,
             )
             try:
@@ -263,7 +278,7 @@ class _Speaker:
         self._sink.mark("tts_first_audio")
         rate = backend.tts.sample_rate_hz
         words = _WORDS.findall(clause) or [clause]
-        trailing = clause[sum(len(w) for w in words):]
+        trailing = clause[sum(len(w) for w in words) :]
         starts, total, acc = [], max(1, len(clause.strip())), 0
         for word in words:
             starts.append(int(len(pcm) * acc / total) & ~1)

@@ -124,13 +124,13 @@ class MockBackend:
         if last is None:
             return "Hello! How can I help you?", None
         if last.item.get("type") == "function_call_output":
-            template = self.options.script.after_function_call if self.options.script else (
-                MockScript.after_function_call
+            template = (
+                self.options.script.after_function_call
+                if self.options.script
+                else (MockScript.after_function_call)
             )
             return template.format(output=last.item.get("output", "")), None
-        user = next(
-            (c for c in reversed(request.context) if c.item.get("role") == "user"), None
-        )
+        user = next((c for c in reversed(request.context) if c.item.get("role") == "user"), None)
         text = item_text(user.item) if user else ""
         script = self.options.script
         if script is not None:
@@ -180,7 +180,9 @@ class MockBackend:
         if pending:
             await self._send(sink, pending, started, sent_ms)
 
-    async def _send(self, sink: ResponseSink, chunk: bytes, started: float, sent_ms: float) -> float:
+    async def _send(
+        self, sink: ResponseSink, chunk: bytes, started: float, sent_ms: float
+    ) -> float:
         if self.options.realtime:
             # Stay no more than one chunk ahead of real time.
             ahead = (sent_ms - CHUNK_MS) / 1000 - (time.monotonic() - started)

@@ -129,8 +129,11 @@ class BetaDialect:
     def client_event_to_ga(self, event: dict[str, Any], kind: str) -> dict[str, Any]:
         etype = event.get("type")
         if etype == "transcription_session.update":
-            return {**event, "type": "session.update",
-                    "session": self.session_to_ga(event.get("session"), "transcription")}
+            return {
+                **event,
+                "type": "session.update",
+                "session": self.session_to_ga(event.get("session"), "transcription"),
+            }
         if etype == "session.update":
             return {**event, "session": self.session_to_ga(event.get("session"), kind)}
         if etype == "response.create" and "response" in event:

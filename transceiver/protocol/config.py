@@ -222,9 +222,7 @@ def validation_to_client_error(exc: ValidationError, prefix: str, data: Any) -> 
     first = exc.errors()[0]
     param = _param(tuple(first["loc"]), prefix, data, first["type"])
     if first["type"] == "extra_forbidden":
-        return ClientError(
-            f"Unknown parameter: '{param}'.", code="unknown_parameter", param=param
-        )
+        return ClientError(f"Unknown parameter: '{param}'.", code="unknown_parameter", param=param)
     if first["type"] == "missing":
         return ClientError(
             f"Missing required parameter: '{param}'.",

@@ -72,7 +72,8 @@ class Conversation:
         item_id = item["id"]
         if item_id in self._items:
             raise ClientError(
-                f"Item with id '{item_id}' already exists.", code="item_already_exists",
+                f"Item with id '{item_id}' already exists.",
+                code="item_already_exists",
                 param="item.id",
             )
         if after_given and previous_item_id not in (None, "root"):

@@ -13,17 +13,23 @@ from transceiver.protocol.items import item_text, normalize_item
 from transceiver.protocol.responses import Response
 
 _KNOWN = {
-    "conversation", "input", "instructions", "tools", "tool_choice", "output_modalities",
-    "audio", "max_output_tokens", "metadata", "prompt", "reasoning", "parallel_tool_calls",
+    "conversation",
+    "input",
+    "instructions",
+    "tools",
+    "tool_choice",
+    "output_modalities",
+    "audio",
+    "max_output_tokens",
+    "metadata",
+    "prompt",
+    "reasoning",
+    "parallel_tool_calls",
 }
 
 
 def _modalities(value: Any) -> list[str]:
-    if (
-        not isinstance(value, list)
-        or len(value) != 1
-        or value[0] not in ("audio", "text")
-    ):
+    if not isinstance(value, list) or len(value) != 1 or value[0] not in ("audio", "text"):
         raise ClientError(
             f"Invalid value: '{value}'. Supported values are: ['audio'] and ['text'].",
             param="response.output_modalities",
@@ -44,9 +50,13 @@ def _max_tokens(value: Any, param: str) -> int | str:
 def _metadata(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
-    ok = isinstance(value, dict) and len(value) <= 16 and all(
-        isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
-        for k, v in value.items()
+    ok = (
+        isinstance(value, dict)
+        and len(value) <= 16
+        and all(
+            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
+            for k, v in value.items()
+        )
     )
     if not ok:
         raise ClientError(
@@ -98,7 +108,8 @@ def build_response(
     for key in params:
         if key not in _KNOWN:
             raise ClientError(
-                f"Unknown parameter: 'response.{key}'.", code="unknown_parameter",
+                f"Unknown parameter: 'response.{key}'.",
+                code="unknown_parameter",
                 param=f"response.{key}",
             )
     conv = params.get("conversation", "auto")

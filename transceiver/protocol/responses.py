@@ -99,7 +99,9 @@ class ResponseWriter:
         opened = _OpenItem(item=item, output_index=len(resp.output), kind=kind)
         resp.output.append(item)
         self._emit(
-            "response.output_item.added", response_id=resp.id, output_index=opened.output_index,
+            "response.output_item.added",
+            response_id=resp.id,
+            output_index=opened.output_index,
             item=dict(item),
         )
         if resp.in_conversation:
@@ -161,7 +163,8 @@ class ResponseWriter:
         if opened.stored is not None:
             opened.stored.audio += audio
         self._emit(
-            "response.output_audio.delta", **self._where(resp, opened),
+            "response.output_audio.delta",
+            **self._where(resp, opened),
             delta=base64.b64encode(audio).decode("ascii"),
         )
 
@@ -185,9 +188,12 @@ class ResponseWriter:
         opened.text += delta
         resp.text_chars += len(delta)
         self._emit(
-            "response.function_call_arguments.delta", response_id=resp.id,
-            item_id=opened.item["id"], output_index=opened.output_index,
-            call_id=opened.item["call_id"], delta=delta,
+            "response.function_call_arguments.delta",
+            response_id=resp.id,
+            item_id=opened.item["id"],
+            output_index=opened.output_index,
+            call_id=opened.item["call_id"],
+            delta=delta,
         )
 
     def close_open(self, resp: Response, status: str) -> None:
@@ -206,23 +212,30 @@ class ResponseWriter:
             self._emit("response.output_audio.done", **where)
             self._emit("response.output_audio_transcript.done", **where, transcript=opened.text)
             self._emit(
-                "response.content_part.done", **where,
+                "response.content_part.done",
+                **where,
                 part={"type": "audio", "transcript": opened.text},
             )
             item["content"] = [{"type": "output_audio", "transcript": opened.text}]
         else:
             item["arguments"] = opened.text
             self._emit(
-                "response.function_call_arguments.done", response_id=resp.id,
-                item_id=item["id"], output_index=opened.output_index, call_id=item["call_id"],
-                name=item["name"], arguments=opened.text,
+                "response.function_call_arguments.done",
+                response_id=resp.id,
+                item_id=item["id"],
+                output_index=opened.output_index,
+                call_id=item["call_id"],
+                name=item["name"],
+                arguments=opened.text,
             )
         item["status"] = status
         # The response keeps the item as generated: a truncation before response.done
         # changes the conversation item only.
         resp.output[opened.output_index] = _copy_item(item)
         self._emit(
-            "response.output_item.done", response_id=resp.id, output_index=opened.output_index,
+            "response.output_item.done",
+            response_id=resp.id,
+            output_index=opened.output_index,
             item=_copy_item(item),
         )
         if opened.stored is not None and opened.item["id"] in resp.conversation:

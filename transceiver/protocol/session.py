@@ -360,7 +360,9 @@ class RealtimeSession:
             )
         self.conversation.truncate_audio(stored, audio_end_ms)
         self._emit(
-            "conversation.item.truncated", item_id=item_id, content_index=0,
+            "conversation.item.truncated",
+            item_id=item_id,
+            content_index=0,
             audio_end_ms=audio_end_ms,
         )
 
@@ -419,7 +421,8 @@ class RealtimeSession:
         self._speech_start_ms = max(audio_start_ms, self._buffer_start_ms)
         self._last_activity_ms = now_ms
         self._emit(
-            "input_audio_buffer.speech_started", audio_start_ms=int(self._speech_start_ms),
+            "input_audio_buffer.speech_started",
+            audio_start_ms=int(self._speech_start_ms),
             item_id=self._speech_item,
         )
         if td.get("interrupt_response", True) and self._default_response is not None:
@@ -445,8 +448,10 @@ class RealtimeSession:
     def transcription_delta(self, item_id: str, delta: str) -> None:
         if item_id in self._transcribing and delta:
             self._emit(
-                "conversation.item.input_audio_transcription.delta", item_id=item_id,
-                content_index=0, delta=delta,
+                "conversation.item.input_audio_transcription.delta",
+                item_id=item_id,
+                content_index=0,
+                delta=delta,
             )
 
     def transcription_completed(
@@ -463,8 +468,10 @@ class RealtimeSession:
         if language:
             fields["languages"] = [{"code": language}]
         self._emit(
-            "conversation.item.input_audio_transcription.completed", item_id=item_id,
-            content_index=0, **fields,
+            "conversation.item.input_audio_transcription.completed",
+            item_id=item_id,
+            content_index=0,
+            **fields,
         )
 
     def transcription_failed(
@@ -474,7 +481,8 @@ class RealtimeSession:
             return
         self._transcribing.discard(item_id)
         self._emit(
-            "conversation.item.input_audio_transcription.failed", item_id=item_id,
+            "conversation.item.input_audio_transcription.failed",
+            item_id=item_id,
             content_index=0,
             error={"type": "transcription_error", "code": code, "message": message, "param": None},
         )
@@ -576,8 +584,10 @@ class RealtimeSession:
             item_id = self.ids.new("item")
             self._last_activity_ms = now_ms
             self._emit(
-                "input_audio_buffer.timeout_triggered", item_id=item_id,
-                audio_start_ms=int(self._buffer_start_ms), audio_end_ms=int(self._audio_ms),
+                "input_audio_buffer.timeout_triggered",
+                item_id=item_id,
+                audio_start_ms=int(self._buffer_start_ms),
+                audio_end_ms=int(self._audio_ms),
             )
             self._commit(item_id, self._buffer_start_ms)
             td = self.turn_detection or {}
