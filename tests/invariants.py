@@ -57,6 +57,8 @@ def check_stream(events: list[dict[str, Any]], *, beta: bool = False, sdk: bool 
         )
         if sdk:
             validate_with_sdk(event, beta=beta)
+        if etype.startswith("output_audio_buffer."):
+            continue  # playback events: they may outlast response.done (WebRTC)
         rid = event.get("response_id") or (
             event["response"]["id"] if isinstance(event.get("response"), dict) else None
         )

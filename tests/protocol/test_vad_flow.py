@@ -228,12 +228,17 @@ def test_session_expires_after_60_minutes(make_session, kit) -> None:
     rid = h.start()
     h.effects()
     h.session.tick(60 * MINUTE_MS + 1000)
-    error = kit.error_of(h.drain())
+    events = h.drain()
+    done = next(e for e in events if e["type"] == "response.done")
+    assert done["response"]["id"] == rid and done["response"]["status"] == "failed"
+    assert done["response"]["status_details"]["error"]["code"] == "session_expired"
+    assert [e["type"] for e in events][-2:] == ["response.done", "error"]
+    error = kit.error_of(events[-1:])
     assert error["code"] == "session_expired" and error["event_id"] is None
     assert "60 minutes" in error["message"]
     effects = h.effects()
     assert Close(1000, "session expired") in effects
-    assert CancelResponse(rid, "client_cancelled") in effects
+    assert CancelResponse(rid, "session_expired") in effects
     assert h.session.closed
     # Nothing is emitted afterwards.
     h.send({"type": "response.create"})

@@ -569,6 +569,15 @@ class RealtimeSession:
             return
         if now_ms >= self.expires_ms:
             minutes = int((self.expires_ms - self.created_ms) // 60_000)
+            # Every response.created still gets its response.done (LESSONS.md 2).
+            expired = {
+                "type": "invalid_request_error",
+                "code": "session_expired",
+                "message": "The session expired.",
+            }
+            for resp in list(self._responses.values()):
+                self._effects.append(CancelResponse(resp.id, "session_expired"))
+                self._finish(resp, "failed", {"type": "failed", "error": expired}, now_ms)
             self._error(
                 ClientError(
                     f"Your session hit the maximum duration of {minutes} minutes.",
