@@ -66,6 +66,12 @@ def resample_linear(
     return np.interp(positions, src_index, audio).astype(np.float32)
 
 
+# Short-window decoding (see WhisperStt._short_window): 100 mel frames a second.
+FULL_WINDOW_FRAMES = 3000
+SHORT_WINDOW_MIN_FRAMES = 1000
+SHORT_WINDOW_MAX_S = 20.0
+
+
 class WhisperStt:
     """faster-whisper transcriber tuned for short, low-latency utterances."""
 
@@ -79,6 +85,7 @@ class WhisperStt:
         cpu_threads: int = 0,
         beam_size: int = 1,
         num_workers: int = 1,
+        short_window: bool = True,
     ) -> None:
         """``model``: faster-whisper size name or model directory; None = bundled tiny.en.
 
@@ -92,6 +99,7 @@ class WhisperStt:
         self.model_name = model or bundled_whisper_path()
         self.language = language
         self.beam_size = beam_size
+        self.short_window = short_window
         try:
             self._model: WhisperModel = WhisperModel(
                 self.model_name,
@@ -128,8 +136,14 @@ class WhisperStt:
             lang = "en"
         if duration_s < MIN_AUDIO_S or float(np.max(np.abs(audio))) < SILENCE_PEAK:
             return Transcript(text="", language=lang, duration_s=duration_s)
+        audio = resample_linear(audio, sample_rate_hz, WHISPER_SAMPLE_RATE_HZ)
+        if self.short_window and lang is not None and duration_s <= SHORT_WINDOW_MAX_S:
+            try:
+                text = self._short_window(audio, lang, prompt)
+            except Exception as exc:
+                raise SttError(f"transcription failed: {exc}") from exc
+            return Transcript(text=text, language=lang, duration_s=duration_s)
         try:
-            audio = resample_linear(audio, sample_rate_hz, WHISPER_SAMPLE_RATE_HZ)
             segments, info = self._model.transcribe(
                 audio,
                 language=lang,
@@ -146,3 +160,42 @@ class WhisperStt:
         except Exception as exc:
             raise SttError(f"transcription failed: {exc}") from exc
         return Transcript(text=text, language=info.language or lang, duration_s=duration_s)
+
+    def _short_window(
+        self, audio: npt.NDArray[np.float32], language: str, prompt: str | None
+    ) -> str:
+        """Decode an utterance with a shortened encoder window.
+
+        Whisper pads every input to 30 s, and encoding that window is most of the
+        cost of a short utterance (about 350 of 440 ms for tiny.en on 2 cores).
+        CTranslate2 accepts a shorter mel input: encoding max(10 s, audio + 1 s)
+        costs about a third, with the same transcripts on our spoken-question set
+        (``bench/voice.py``). The token budget (12 a second) stops runaway repeats.
+        """
+        from faster_whisper.tokenizer import Tokenizer
+
+        model = self._model
+        tokenizer = Tokenizer(
+            model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language
+        )
+        frames = audio.size // 160  # 100 mel frames a second at 16 kHz
+        window = min(FULL_WINDOW_FRAMES, max(SHORT_WINDOW_MIN_FRAMES, (frames // 100 + 2) * 100))
+        # Pad with silence in the audio, as Whisper does, not with zeros in the features.
+        padded = np.pad(audio, (0, max(0, window * 160 - audio.size)))
+        features = model.feature_extractor(padded)
+        encoded = model.encode(features[:, :window])
+        tokens: list[int] = []
+        if prompt:
+            tokens = [tokenizer.sot_prev, *tokenizer.encode(" " + prompt.strip())[-(223):]]
+        tokens += [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        budget = int(frames / 100 * 12) + 10
+        result = model.model.generate(
+            encoded,
+            [tokens],
+            beam_size=self.beam_size,
+            max_length=len(tokens) + budget,
+            suppress_blank=True,
+            suppress_tokens=[-1],
+        )
+        ids = [t for t in result[0].sequences_ids[0] if t < tokenizer.eot]
+        return str(tokenizer.decode(ids)).strip()

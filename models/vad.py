@@ -45,8 +45,8 @@ class SpeechResumed:
 
 
 VadEvent = SpeechStarted | SpeechStopped | SilenceStarted | SpeechResumed
-# Unvoiced frames after speech before ``SilenceStarted`` (160 ms).
-SPECULATE_FRAMES = 8
+# Unvoiced frames after speech before ``SilenceStarted`` (100 ms).
+SPECULATE_FRAMES = 5
 
 
 class ServerVad:

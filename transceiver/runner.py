@@ -37,11 +37,11 @@ from transceiver.protocol.effects import (
     Transcribe,
 )
 from transceiver.protocol.session import RealtimeSession
+from transceiver.speculation import Speculator, bytes_per_ms
 
 log = logging.getLogger(__name__)
 
 HIGH_WATER = 64  # queued frames before a producer waits for the client
-RECENT_AUDIO_MS = 30_000  # input audio kept for speculative transcription
 
 
 @dataclass(frozen=True)
@@ -128,12 +128,9 @@ class SessionRunner:
         self._vad: ServerVad | None = None
         self._vad_config: dict[str, Any] | None = None
         self._speech_end_ms: float | None = None
-        # Speculative STT: transcribe when silence begins, reuse it if the turn ends.
-        self._recent = bytearray()
-        self._recent_start_ms = 0.0
-        self._speech_start_ms = 0.0
-        self._speculation: asyncio.Task[tuple[str, dict[str, Any]]] | None = None
-        self._speculation_item: str | None = None
+        self._speculator = Speculator(
+            session, backend, self.state, self.now_ms, self.known_transcripts
+        )
         self._sent = 0
         self.closed = asyncio.Event()
 
@@ -154,6 +151,7 @@ class SessionRunner:
                     break
         finally:
             self.session.close(self.now_ms())
+            self._speculator.close()
             for task in [*self._tasks.values(), timer]:
                 task.cancel()
             self._queue.put_nowait(None)
@@ -214,8 +212,7 @@ class SessionRunner:
         elif isinstance(effect, ResetVad):
             if self._vad is not None:
                 self._vad.reset()
-            if self._speculation_item is None:
-                self._drop_speculation()
+            self._speculator.reset()
         elif isinstance(effect, StartResponse):
             rid = effect.request.response_id
             self._tasks[rid] = asyncio.create_task(self._respond(effect.request))
@@ -241,79 +238,32 @@ class SessionRunner:
                 silence_duration_ms=int(td.get("silence_duration_ms", 500)),
             )
             self._vad_config = effect.turn_detection
-        self._remember(effect)
+        self._speculator.remember(effect)
         pcm = to_pcm16(effect.audio, effect.audio_format, VAD_RATE_HZ)
         for event in self._vad.feed(pcm, effect.start_ms):
             now = self.now_ms()
             if isinstance(event, SpeechStarted):
-                self._speech_start_ms = event.audio_start_ms
+                self._speculator.speech_started(event.audio_start_ms)
                 self.session.vad_speech_started(event.audio_start_ms, now)
             elif isinstance(event, SilenceStarted):
-                self._speculate(effect.audio_format, event.audio_ms)
+                self._speculator.silence_started(effect.audio_format, event.audio_ms)
             elif isinstance(event, SpeechResumed):
-                self._drop_speculation()
+                self._speculator.drop()
             elif isinstance(event, SpeechStopped):
                 # Audio arrives in real time, so speech ended this long before now.
-                behind = effect.start_ms + len(effect.audio) / _bytes_per_ms(effect.audio_format)
+                behind = effect.start_ms + len(effect.audio) / bytes_per_ms(effect.audio_format)
                 self._speech_end_ms = now - max(0.0, behind - event.audio_end_ms)
-                if self._speculation is not None:
-                    self._speculation_item = self.session.speech_item_id
+                self._speculator.turn_ended()
                 self.session.vad_speech_stopped(event.audio_end_ms, now)
 
-    def _remember(self, effect: FeedVad) -> None:
-        """Keep the last ``RECENT_AUDIO_MS`` of input audio, in its wire format."""
-        per_ms = _bytes_per_ms(effect.audio_format)
-        if abs(effect.start_ms - (self._recent_start_ms + len(self._recent) / per_ms)) > 1:
-            self._recent.clear()
-            self._recent_start_ms = effect.start_ms
-        self._recent += effect.audio
-        excess = len(self._recent) - int(RECENT_AUDIO_MS * per_ms)
-        if excess > 0:
-            excess += excess % 2
-            del self._recent[:excess]
-            self._recent_start_ms += excess / per_ms
-
-    def _speculate(self, audio_format: str, until_ms: float) -> None:
-        if not getattr(self.backend, "speculative_stt", False):
-            return
-        self._drop_speculation()
-        per_ms = _bytes_per_ms(audio_format)
-        start = int(max(0.0, self._speech_start_ms - self._recent_start_ms) * per_ms) & ~1
-        end = int(max(0.0, until_ms - self._recent_start_ms) * per_ms) & ~1
-        job = Transcribe(
-            "speculation",
-            bytes(self._recent[start:end]),
-            audio_format,
-            dict(self.session.config["audio"]["input"]["transcription"] or {}),
-        )
-        log.debug("session %s: speculative STT at %.0f ms", self.session.id, until_ms)
-        self._speculation = asyncio.create_task(
-            self.backend.transcribe(job, _TranscriptSink(self, None), self.state)
-        )
-
-    def _drop_speculation(self) -> None:
-        if self._speculation is not None:
-            log.debug("session %s: speculation dropped", self.session.id)
-            self._speculation.cancel()
-        self._speculation = None
-        self._speculation_item = None
-
-    def _take_speculation(self, item_id: str) -> asyncio.Task[tuple[str, dict[str, Any]]] | None:
-        """The speculative transcription of ``item_id``'s speech, if there is one."""
-        task = self._speculation if self._speculation_item == item_id else None
-        if task is not None:
-            self._speculation = None
-            self._speculation_item = None
-        return task
-
     async def _stt(self, job: Transcribe, item_id: str | None) -> tuple[str, dict[str, Any]]:
-        speculation = self._take_speculation(job.item_id)
+        speculation = self._speculator.take_transcription(job.item_id)
         if speculation is not None:
             text, usage = await speculation
             if "seconds" in usage:  # bill the whole committed audio, not the speculated part
                 usage = {
                     **usage,
-                    "seconds": round(len(job.audio) / _bytes_per_ms(job.audio_format) / 1000, 3),
+                    "seconds": round(len(job.audio) / bytes_per_ms(job.audio_format) / 1000, 3),
                 }
             if item_id is not None and text:
                 await _TranscriptSink(self, item_id).delta(text)
@@ -327,7 +277,11 @@ class SessionRunner:
         try:
             request = await self._with_transcripts(request)
             sink.mark("stt_done")
-            reason = await self.backend.respond(request, sink, self.state)
+            preemption = self._speculator.take_reply(request)
+            if preemption is not None:
+                reason = await preemption.replay(sink)
+            else:
+                reason = await self.backend.respond(request, sink, self.state)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -354,20 +308,23 @@ class SessionRunner:
 
     async def _with_transcripts(self, request: ResponseRequest) -> ResponseRequest:
         """Give every user audio item in the context its transcript (waiting for STT)."""
-        context = list(request.context)
-        for index, ctx in enumerate(context):
-            parts = ctx.item.get("content", [])
-            if ctx.audio is None or not any(
-                p.get("type") == "input_audio" and p.get("transcript") is None for p in parts
-            ):
-                continue
-            text = await self._transcript_of(ctx)
-            item = dict(ctx.item)
-            item["content"] = [
-                {**p, "transcript": text} if p.get("type") == "input_audio" else p for p in parts
-            ]
-            context[index] = dataclasses.replace(ctx, item=item)
-        return dataclasses.replace(request, context=tuple(context))
+        texts = {
+            str(ctx.item.get("id")): await self._transcript_of(ctx)
+            for ctx in request.context
+            if _needs_transcript(ctx)
+        }
+        return _with_texts(request, texts)
+
+    def known_transcripts(self, request: ResponseRequest) -> ResponseRequest | None:
+        """``_with_transcripts`` without waiting: ``None`` if a transcript is not ready."""
+        texts = {}
+        for ctx in request.context:
+            if _needs_transcript(ctx):
+                future = self._transcripts.get(str(ctx.item.get("id")))
+                if future is None or not future.done():
+                    return None
+                texts[str(ctx.item.get("id"))] = future.result()
+        return _with_texts(request, texts)
 
     async def _transcript_of(self, ctx: ContextItem) -> str:
         item_id = str(ctx.item.get("id"))
@@ -405,10 +362,6 @@ class SessionRunner:
             self.pump()
 
 
-def _bytes_per_ms(audio_format: str) -> float:
-    return 48.0 if audio_format == "audio/pcm" else 8.0
-
-
 def _injected_error(session: RealtimeSession) -> dict[str, Any]:
     return {
         "type": "error",
@@ -421,3 +374,24 @@ def _injected_error(session: RealtimeSession) -> dict[str, Any]:
             "event_id": None,
         },
     }
+
+
+def _needs_transcript(ctx: ContextItem) -> bool:
+    return ctx.audio is not None and any(
+        p.get("type") == "input_audio" and p.get("transcript") is None
+        for p in ctx.item.get("content", [])
+    )
+
+
+def _with_texts(request: ResponseRequest, texts: dict[str, str]) -> ResponseRequest:
+    context = list(request.context)
+    for index, ctx in enumerate(context):
+        text = texts.get(str(ctx.item.get("id")))
+        if text is not None and _needs_transcript(ctx):
+            item = dict(ctx.item)
+            item["content"] = [
+                {**p, "transcript": text} if p.get("type") == "input_audio" else p
+                for p in item.get("content", [])
+            ]
+            context[index] = dataclasses.replace(ctx, item=item)
+    return dataclasses.replace(request, context=tuple(context))

@@ -26,8 +26,16 @@ class TransceiverSettings(BaseSettings):
     stt_compute_type: str = Field("int8", description="STT compute type (int8, float16...).")
     stt_language: str | None = Field("en", description="Default transcription language.")
     stt_threads: int = Field(0, description="STT CPU threads (0: library default).")
+    stt_short_window: bool = Field(
+        True, description="Encode short utterances with a shortened Whisper window (faster)."
+    )
     speculative_stt: bool = Field(
         True, description="Start transcribing when silence begins, before the turn ends."
+    )
+    preemptive_reply: bool = Field(
+        True,
+        description="Generate the reply during the silence window, once the speculative "
+        "transcript is ready; kept only if the turn ends as expected.",
     )
     # Local backend: LLM
     llm_url: str | None = Field(

@@ -65,7 +65,9 @@ async def test_spoken_question_gets_spoken_answer(
         if not completed:
             completed = [await rec.until("conversation.item.input_audio_transcription.completed")]
         assert completed[0]["item_id"] == committed["item_id"]
-        assert {"capital", "france"} <= words(completed[0]["transcript"])
+        assert {"capital", "france"} <= words(completed[0]["transcript"]), completed[0][
+            "transcript"
+        ]
         assert completed[0]["usage"]["seconds"] > 1.0
         audio = decode_audio(rec.events)
         assert len(audio) > 24_000 and rms(audio) > 300  # over half a second, not silence

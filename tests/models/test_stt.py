@@ -103,3 +103,35 @@ def test_invalid_sample_rate_raises(whisper_stt: WhisperStt, speech_16k: bytes) 
 def test_missing_model_raises_stt_error(tmp_path: object) -> None:
     with pytest.raises(SttError):
         WhisperStt(f"{tmp_path}")
+
+
+@pytest.mark.parametrize(
+    ("sentence", "key_words"),
+    [
+        ("What is the capital of France?", {"capital", "france"}),
+        ("How many legs does a spider have?", {"legs", "spider"}),
+        (
+            "The quick brown fox jumps over the lazy dog near the river bank on a sunny afternoon.",
+            {"quick", "brown", "fox", "lazy", "dog", "river", "sunny", "afternoon"},
+        ),
+    ],
+)
+def test_short_window_transcribes_like_the_full_window(
+    whisper_stt: WhisperStt, piper_tts: PiperTts, sentence: str, key_words: set[str]
+) -> None:
+    pcm = piper_tts.synthesize(sentence)
+    rate = piper_tts.sample_rate_hz
+    assert whisper_stt.short_window
+    short = whisper_stt.transcribe(pcm, sample_rate_hz=rate).text
+    whisper_stt.short_window = False
+    try:
+        full = whisper_stt.transcribe(pcm, sample_rate_hz=rate).text
+    finally:
+        whisper_stt.short_window = True
+
+    def words(text: str) -> set[str]:
+        return set(re.findall(r"[a-z']+", text.lower()))
+
+    # tiny.en mishears a word of piper's speech now and then, in either window.
+    assert len(key_words - words(short)) <= 1 and len(key_words - words(full)) <= 1
+    assert len(words(short) ^ words(full)) <= 2  # at most one word differs

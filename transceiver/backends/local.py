@@ -8,11 +8,12 @@ LLM streams, and transcript deltas follow the audio actually sent, word by word.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -37,7 +38,7 @@ _SENTENCE_END = re.compile(r"[.!?;:](?=\s)|\n")
 _COMMA = re.compile(r",(?=\s)")
 _WORDS = re.compile(r"\s*\S+")
 _WORD_ENDS = re.compile(r"\S+(?=\s)")
-FIRST_CLAUSE_WORDS = 8
+FIRST_CLAUSE_WORDS = 4
 
 
 def split_clause(buffer: str, first: bool) -> tuple[str, str] | None:
@@ -61,6 +62,7 @@ def split_clause(buffer: str, first: bool) -> tuple[str, str] | None:
 class LocalBackend:
     name = "local"
     speculative_stt: bool
+    preemptive: bool
 
     def __init__(
         self,
@@ -74,6 +76,7 @@ class LocalBackend:
         temperature: float = 0.7,
         lead_ms: int = 500,
         speculative_stt: bool = True,
+        preemptive: bool = True,
     ) -> None:
         self.stt = stt
         self.llm = llm
@@ -84,6 +87,7 @@ class LocalBackend:
         self._temperature = temperature
         self._lead_ms = lead_ms
         self.speculative_stt = speculative_stt
+        self.preemptive = preemptive
 
     @classmethod
     def from_settings(cls, settings: TransceiverSettings) -> LocalBackend:
@@ -94,6 +98,7 @@ class LocalBackend:
             compute_type=settings.stt_compute_type,
             language=settings.stt_language,
             cpu_threads=settings.stt_threads,
+            short_window=settings.stt_short_window,
         )
         llm: Llm
         if settings.llm_url:
@@ -118,6 +123,7 @@ class LocalBackend:
             temperature=settings.llm_temperature,
             lead_ms=settings.tts_lead_ms,
             speculative_stt=settings.speculative_stt,
+            preemptive=settings.preemptive_reply,
         )
         backend.warm_up(embedded=not settings.llm_url)
         log.info("local backend ready in %.1f s", time.monotonic() - started)
@@ -178,22 +184,24 @@ class LocalBackend:
         speaker = _Speaker(self, sink, request.speed) if speak else None
         buffer = ""
         first = True
-        async for chunk in self._stream(messages, tools, max_tokens):
-            sink.mark("llm_first_token")
-            if isinstance(chunk, TextDelta):
-                if speaker is None:
-                    await sink.text(chunk.text)
-                    continue
-                buffer += chunk.text
-                while (split := split_clause(buffer, first)) is not None:
-                    clause, buffer = split
-                    first = False
-                    await speaker.say(clause)
-            else:
-                if speaker is not None and buffer.strip():
-                    await speaker.say(buffer)
-                buffer = ""
-                await sink.function_call(chunk.name, chunk.arguments, chunk.call_id)
+        # aclosing: on cancel (barge-in) the LLM thread must stop now, not at GC.
+        async with contextlib.aclosing(self._stream(messages, tools, max_tokens)) as chunks:
+            async for chunk in chunks:
+                sink.mark("llm_first_token")
+                if isinstance(chunk, TextDelta):
+                    if speaker is None:
+                        await sink.text(chunk.text)
+                        continue
+                    buffer += chunk.text
+                    while (split := split_clause(buffer, first)) is not None:
+                        clause, buffer = split
+                        first = False
+                        await speaker.say(clause)
+                else:
+                    if speaker is not None and buffer.strip():
+                        await speaker.say(buffer)
+                    buffer = ""
+                    await sink.function_call(chunk.name, chunk.arguments, chunk.call_id)
         if speaker is not None and buffer.strip():
             await speaker.say(buffer)
         return None
@@ -205,7 +213,7 @@ class LocalBackend:
 
     async def _stream(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_tokens: int
-    ) -> AsyncIterator[LlmChunk]:
+    ) -> AsyncGenerator[LlmChunk, None]:
         """The LLM's chunks, produced on a worker thread; stops it when we stop."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()

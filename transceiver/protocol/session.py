@@ -10,6 +10,7 @@ Push in: ``receive_client_event``, ``vad_speech_started/stopped``, ``transcripti
 from __future__ import annotations
 
 import base64
+import dataclasses
 import enum
 import json
 import math
@@ -22,9 +23,11 @@ from transceiver.protocol.conversation import Conversation
 from transceiver.protocol.effects import (
     CancelResponse,
     Close,
+    ContextItem,
     Effect,
     FeedVad,
     ResetVad,
+    ResponseRequest,
     StartResponse,
     Transcribe,
 )
@@ -387,6 +390,33 @@ class RealtimeSession:
             self._default_response = self._last_default_response = resp.id
         self._emit("response.created", response=resp.wire("in_progress"))
         self._effects.append(StartResponse(request))
+
+    def preview_response(self, transcript: str) -> ResponseRequest | None:
+        """The request a VAD commit of the current speech would start now, if it would.
+
+        For preemptive generation: the shell may start the reply while the silence
+        window runs, and keep it only if the real request turns out the same.
+        """
+        td = self.turn_detection
+        if (
+            self.closed
+            or td is None
+            or not td.get("create_response", True)
+            or self.kind is not SessionKind.REALTIME
+            or self._default_response is not None
+            or self._speech_item is None
+        ):
+            return None
+        _, request = build_response(None, self.config, self.conversation, self.ids)
+        item = {
+            "id": self._speech_item,
+            "type": "message",
+            "status": "completed",
+            "role": "user",
+            "content": [{"type": "input_audio", "transcript": transcript}],
+        }
+        context = (*request.context, ContextItem(item, None, self.input_format))
+        return dataclasses.replace(request, response_id="resp_preview", context=context)
 
     def _on_response_cancel(self, event: dict[str, Any], now_ms: float) -> None:
         response_id = event.get("response_id") or self._default_response

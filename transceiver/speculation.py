@@ -1,0 +1,224 @@
+"""Speculative STT and preemptive replies: work started while the silence window runs.
+
+When the user pauses (VAD ``SilenceStarted``), the speech so far is transcribed at
+once. If the pause becomes the end of the turn, that transcript is used instead of
+transcribing again. Once it is ready, the reply itself can be generated ahead
+(preemptive generation) into a buffer; when the real response starts with the same
+request, the buffer is replayed and the reply goes on live. Speech that resumes
+discards both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from transceiver.backends.base import Backend, ResponseSink
+from transceiver.protocol.effects import FeedVad, ResponseRequest, Transcribe
+from transceiver.protocol.items import item_text
+from transceiver.protocol.session import RealtimeSession
+
+log = logging.getLogger(__name__)
+
+RECENT_AUDIO_MS = 30_000  # input audio kept for speculative transcription
+_END = ("end", ())
+
+
+def bytes_per_ms(audio_format: str) -> float:
+    return 48.0 if audio_format == "audio/pcm" else 8.0
+
+
+def request_signature(request: ResponseRequest) -> str:
+    """What a reply depends on; two requests with the same signature get the same reply."""
+    context = [
+        [
+            c.item.get("type"),
+            c.item.get("role"),
+            item_text(c.item),
+            c.item.get("call_id"),
+            c.item.get("name"),
+            c.item.get("arguments"),
+            c.item.get("output"),
+        ]
+        for c in request.context
+    ]
+    return json.dumps(
+        [
+            request.instructions,
+            request.tools,
+            request.tool_choice,
+            request.output_modalities,
+            request.output_format,
+            request.voice,
+            request.speed,
+            request.max_output_tokens,
+            context,
+        ],
+        sort_keys=True,
+        default=str,
+    )
+
+
+class _NullTranscript:
+    async def delta(self, text: str) -> None:
+        return None
+
+
+class BufferSink:
+    """Records a preemptive reply's output for replay; it never waits."""
+
+    def __init__(self, output_format: str, now_ms: Callable[[], float]) -> None:
+        self.output_format = output_format
+        self.ops: asyncio.Queue[tuple[str, tuple[Any, ...]]] = asyncio.Queue()
+        self.marks: dict[str, float] = {}  # stage -> when, also queued for the replay
+        self._now_ms = now_ms
+
+    def mark(self, stage: str) -> None:
+        if stage not in self.marks:
+            self.marks[stage] = self._now_ms()
+            self.ops.put_nowait(("mark", (stage, self.marks[stage])))
+
+    async def text(self, delta: str) -> None:
+        self.ops.put_nowait(("text", (delta,)))
+
+    async def transcript(self, delta: str) -> None:
+        self.ops.put_nowait(("transcript", (delta,)))
+
+    async def audio(self, pcm16: bytes, sample_rate_hz: int = 24000) -> None:
+        self.ops.put_nowait(("audio", (pcm16, sample_rate_hz)))
+
+    async def function_call(self, name: str, arguments: str, call_id: str | None = None) -> None:
+        self.ops.put_nowait(("function_call", (name, arguments, call_id)))
+
+
+@dataclass
+class Preemption:
+    signature: str
+    sink: BufferSink
+    task: asyncio.Task[str | None]
+
+    async def replay(self, sink: ResponseSink) -> str | None:
+        """Send what was generated ahead, then the rest as it comes; the backend's result."""
+        marks: dict[str, float] = getattr(sink, "marks", {})
+        try:
+            while True:
+                name, args = await self.sink.ops.get()
+                if name == "end":
+                    return self.task.result()
+                if name == "mark":
+                    marks.setdefault(*args)
+                else:
+                    await getattr(sink, name)(*args)
+        finally:
+            self.task.cancel()  # a no-op once done; stops it on barge-in
+
+
+@dataclass
+class Speculator:
+    session: RealtimeSession
+    backend: Backend
+    state: dict[str, Any]
+    now_ms: Callable[[], float]
+    # Fills in the transcripts of earlier user audio items (None: not all ready yet).
+    fill: Callable[[ResponseRequest], ResponseRequest | None]
+    _recent: bytearray = field(default_factory=bytearray)
+    _recent_start_ms: float = 0.0
+    _speech_start_ms: float = 0.0
+    _stt: asyncio.Task[tuple[str, dict[str, Any]]] | None = None
+    _stt_item: str | None = None
+    _preemption: Preemption | None = None
+
+    def remember(self, effect: FeedVad) -> None:
+        """Keep the last ``RECENT_AUDIO_MS`` of input audio, in its wire format."""
+        per_ms = bytes_per_ms(effect.audio_format)
+        if abs(effect.start_ms - (self._recent_start_ms + len(self._recent) / per_ms)) > 1:
+            self._recent.clear()
+            self._recent_start_ms = effect.start_ms
+        self._recent += effect.audio
+        excess = len(self._recent) - int(RECENT_AUDIO_MS * per_ms)
+        if excess > 0:
+            excess += excess % 2
+            del self._recent[:excess]
+            self._recent_start_ms += excess / per_ms
+
+    def speech_started(self, audio_start_ms: float) -> None:
+        self._speech_start_ms = audio_start_ms
+
+    def silence_started(self, audio_format: str, until_ms: float) -> None:
+        if not getattr(self.backend, "speculative_stt", False):
+            return
+        self.drop()
+        per_ms = bytes_per_ms(audio_format)
+        start = int(max(0.0, self._speech_start_ms - self._recent_start_ms) * per_ms) & ~1
+        end = int(max(0.0, until_ms - self._recent_start_ms) * per_ms) & ~1
+        config = dict(self.session.config["audio"]["input"]["transcription"] or {})
+        job = Transcribe("speculation", bytes(self._recent[start:end]), audio_format, config)
+        log.debug("session %s: speculative STT at %.0f ms", self.session.id, until_ms)
+        task = asyncio.create_task(self.backend.transcribe(job, _NullTranscript(), self.state))
+        task.add_done_callback(self._transcribed)
+        self._stt = task
+
+    def _transcribed(self, task: asyncio.Task[tuple[str, dict[str, Any]]]) -> None:
+        """Speculative STT finished: generate the reply ahead if the turn is still pending."""
+        if task is not self._stt or self._stt_item is not None or task.cancelled():
+            return
+        if task.exception() is not None or not getattr(self.backend, "preemptive", False):
+            return
+        text = task.result()[0]
+        preview = self.session.preview_response(text) if text else None
+        request = self.fill(preview) if preview is not None else None
+        if request is None:
+            return
+        sink = BufferSink(request.output_format, self.now_ms)
+        reply = asyncio.create_task(self.backend.respond(request, sink, self.state))
+        reply.add_done_callback(lambda _: sink.ops.put_nowait(_END))
+        self._preemption = Preemption(request_signature(request), sink, reply)
+
+    def turn_ended(self) -> None:
+        """The pause became the end of the turn: the speculation belongs to its item."""
+        if self._stt is not None:
+            self._stt_item = self.session.speech_item_id
+
+    def reset(self) -> None:
+        if self._stt_item is None:
+            self.drop()
+
+    def drop(self) -> None:
+        if self._stt is not None:
+            log.debug("session %s: speculation dropped", self.session.id)
+            self._stt.cancel()
+        self._stt = None
+        self._stt_item = None
+        self._drop_preemption()
+
+    def _drop_preemption(self) -> None:
+        if self._preemption is not None:
+            self._preemption.task.cancel()
+        self._preemption = None
+
+    def take_transcription(self, item_id: str) -> asyncio.Task[tuple[str, dict[str, Any]]] | None:
+        """The speculative transcription of ``item_id``'s speech, if there is one."""
+        task = self._stt if self._stt_item == item_id else None
+        if task is not None:
+            self._stt = None
+            self._stt_item = None
+        return task
+
+    def take_reply(self, request: ResponseRequest) -> Preemption | None:
+        """The reply generated ahead for exactly this request, if there is one."""
+        preemption, self._preemption = self._preemption, None
+        if preemption is None:
+            return None
+        if preemption.signature != request_signature(request) or preemption.task.cancelled():
+            log.debug("session %s: preemptive reply discarded", self.session.id)
+            preemption.task.cancel()
+            return None
+        log.debug("session %s: preemptive reply used", self.session.id)
+        return preemption
+
+    def close(self) -> None:
+        self.drop()
