@@ -1,0 +1,198 @@
+"""Speculative STT and preemptive replies in the session shell, with a scripted backend."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from transceiver.backends.base import ResponseSink, TranscriptSink
+from transceiver.backends.mock import word_audio
+from transceiver.protocol.effects import ResponseRequest, Transcribe
+from transceiver.protocol.items import item_text
+from transceiver.protocol.session import RealtimeSession
+from transceiver.runner import SessionRunner
+from transceiver.speculation import request_signature
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+class ScriptedBackend:
+    name = "scripted"
+    speculative_stt = True
+    preemptive = True
+
+    def __init__(self) -> None:
+        self.transcribed: list[float] = []  # seconds of audio per call
+        self.requests: list[ResponseRequest] = []
+        self.cancelled = 0
+
+    def model_ids(self) -> list[str]:
+        return ["scripted"]
+
+    async def transcribe(
+        self, job: Transcribe, sink: TranscriptSink, state: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        seconds = len(job.audio) / 48000
+        self.transcribed.append(seconds)
+        return f"words {len(self.transcribed)}", {"type": "duration", "seconds": seconds}
+
+    async def respond(
+        self, request: ResponseRequest, sink: ResponseSink, state: dict[str, Any]
+    ) -> str | None:
+        self.requests.append(request)
+        try:
+            await sink.text("reply to " + item_text(request.context[-1].item))
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class Client:
+    def __init__(self) -> None:
+        self.incoming: asyncio.Queue[str | None] = asyncio.Queue()
+        self.events: list[dict[str, Any]] = []
+
+    async def send(self, message: str) -> None:
+        self.events.append(json.loads(message))
+
+    async def close(self, code: int, reason: str) -> None:
+        return None
+
+    async def frames(self) -> Any:
+        while (frame := await self.incoming.get()) is not None:
+            yield frame
+
+    def append(self, pcm: bytes) -> None:
+        for offset in range(0, len(pcm), 960):
+            chunk = base64.b64encode(pcm[offset : offset + 960]).decode()
+            self.incoming.put_nowait(
+                json.dumps({"type": "input_audio_buffer.append", "audio": chunk})
+            )
+
+
+def speech(words: str) -> bytes:
+    return b"".join(word_audio(word, 320) for word in words.split())
+
+
+SILENCE_MS = b"\0\0" * 24
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def run_turns(script: list[bytes | None]) -> tuple[ScriptedBackend, Client]:
+    """Feed audio pieces; ``None`` lets the loop run (the speculation finishes)."""
+    backend, client = ScriptedBackend(), Client()
+    session = RealtimeSession(model="gpt-realtime")
+    session.receive_client_event(
+        {"type": "session.update", "session": {"type": "realtime", "output_modalities": ["text"]}},
+        0,
+    )
+    runner = SessionRunner(session, backend, client.send, client.close)  # type: ignore[arg-type]
+    task = asyncio.create_task(runner.run(client.frames()))
+    for piece in script:
+        if piece is None:
+            await settle()
+        else:
+            client.append(piece)
+            await settle()
+    for _ in range(100):
+        if any(e["type"] == "response.done" for e in client.events):
+            break
+        await asyncio.sleep(0.01)
+    client.incoming.put_nowait(None)
+    await task
+    return backend, client
+
+
+async def test_reply_generated_during_the_silence_window_is_used() -> None:
+    backend, client = await run_turns(
+        [speech("what is the time please"), SILENCE_MS * 200, None, SILENCE_MS * 600]
+    )
+    assert len(backend.transcribed) == 1  # the speculative transcription, reused
+    assert [r.response_id for r in backend.requests] == ["resp_preview"]
+    done = next(e for e in client.events if e["type"] == "response.done")
+    assert done["response"]["output"][0]["content"][0]["text"] == "reply to words 1"
+    assert done["response"]["id"].startswith("resp_") and done["response"]["id"] != "resp_preview"
+
+
+async def test_speech_that_resumes_discards_the_speculation() -> None:
+    backend, client = await run_turns(
+        [
+            speech("what is"),
+            SILENCE_MS * 200,
+            None,  # a pause: speculate, reply ahead
+            speech("the time please"),
+            SILENCE_MS * 200,
+            None,
+            SILENCE_MS * 600,
+        ]
+    )
+    assert len(backend.transcribed) == 2
+    assert [r.response_id for r in backend.requests] == ["resp_preview", "resp_preview"]
+    done = next(e for e in client.events if e["type"] == "response.done")
+    assert done["response"]["output"][0]["content"][0]["text"] == "reply to words 2"
+
+
+async def test_a_different_request_is_generated_afresh() -> None:
+    # The session changes during the silence window: the reply made ahead is stale.
+    backend, _ = await _changed_instructions()
+    assert [r.response_id for r in backend.requests][0] == "resp_preview"
+    assert backend.requests[-1].instructions == "Answer in French."
+    assert backend.requests[-1].response_id != "resp_preview"
+
+
+async def _changed_instructions() -> tuple[ScriptedBackend, Client]:
+    backend, client = ScriptedBackend(), Client()
+    session = RealtimeSession(model="gpt-realtime")
+    runner = SessionRunner(session, backend, client.send, client.close)  # type: ignore[arg-type]
+    task = asyncio.create_task(runner.run(client.frames()))
+    client.append(speech("what is the time please") + SILENCE_MS * 200)
+    await settle()
+    client.incoming.put_nowait(
+        json.dumps(
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "instructions": "Answer in French."},
+            }
+        )
+    )
+    client.append(SILENCE_MS * 600)
+    for _ in range(100):
+        if any(e["type"] == "response.done" for e in client.events):
+            break
+        await asyncio.sleep(0.01)
+    client.incoming.put_nowait(None)
+    await task
+    return backend, client
+
+
+async def test_signature_ignores_the_response_id() -> None:
+    request = ResponseRequest(
+        response_id="resp_a",
+        in_conversation=True,
+        context=(),
+        instructions="x",
+        tools=(),
+        tool_choice="auto",
+        output_modalities=("audio",),
+        output_format="audio/pcm",
+        voice="alloy",
+        speed=1.0,
+        max_output_tokens=None,
+        metadata=None,
+        model="m",
+    )
+    assert request_signature(request) == request_signature(replace(request, response_id="b"))
+    assert request_signature(request) != request_signature(replace(request, instructions="y"))
