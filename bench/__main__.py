@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from bench import overhead, voice
+from bench import overhead, stt, voice
 
-BENCHES = {"relay": overhead.main, "voice": voice.main}
+BENCHES = {"relay": overhead.main, "stt": stt.main, "voice": voice.main}
 
 
 def main(argv: list[str]) -> None:

@@ -156,7 +156,9 @@ def main(turns: int = len(QUESTIONS), concurrent: int = 3) -> str:
     body = (
         f"{machine()}\n\nCommand: `make bench` (or `python -m bench voice`). Spoken questions "
         "(piper, silence trimmed) streamed in real time in 20 ms chunks; default 500 ms silence "
-        "window; speculative STT on. Target: p50 of the last row under 800 ms.\n\n"
+        "window; speculative STT and preemptive replies on, so the LLM and TTS stages can "
+        "come before 'STT done' (when the turn is committed and the response starts). "
+        "Target: p50 of the last row under 800 ms.\n\n"
         f"One session, {turns} turns:\n\n{table(single)}\n\n"
         f"{concurrent} sessions at once, 3 turns each (one transceiver, 2 cores shared):\n\n"
         f"{table(many)}\n\nTransceiver event-loop lag over the run (a 50 ms timer's lateness): "

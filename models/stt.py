@@ -167,10 +167,11 @@ class WhisperStt:
         """Decode an utterance with a shortened encoder window.
 
         Whisper pads every input to 30 s, and encoding that window is most of the
-        cost of a short utterance (about 350 of 440 ms for tiny.en on 2 cores).
-        CTranslate2 accepts a shorter mel input: encoding max(10 s, audio + 1 s)
-        costs about a third, with the same transcripts on our spoken-question set
-        (``bench/voice.py``). The token budget (12 a second) stops runaway repeats.
+        cost of a short utterance. CTranslate2 accepts a shorter mel input; encoding
+        max(10 s, audio + 1 s) of silence-padded audio is much cheaper with nearly
+        the same transcripts (``python -m bench stt``). Padding must be silence in the
+        audio, not zeros in the log-mel features, or words are misheard. The token
+        budget (12 a second) stops runaway repeats.
         """
         from faster_whisper.tokenizer import Tokenizer
 

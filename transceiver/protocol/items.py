@@ -114,3 +114,11 @@ def item_text(item: dict[str, Any]) -> str:
         if text:
             pieces.append(str(text))
     return " ".join(pieces)
+
+
+def copy_item(item: dict[str, Any]) -> dict[str, Any]:
+    """A copy deep enough that later changes to the item do not reach it."""
+    copied = dict(item)
+    if "content" in copied:
+        copied["content"] = [dict(part) for part in copied["content"]]
+    return copied

@@ -15,6 +15,7 @@ from transceiver.protocol.config import BYTES_PER_MS, voice_name
 from transceiver.protocol.conversation import Conversation, StoredItem
 from transceiver.protocol.errors import ProtocolMisuse
 from transceiver.protocol.ids import IdFactory
+from transceiver.protocol.items import copy_item
 
 Emit = Callable[..., None]
 
@@ -55,7 +56,7 @@ class Response:
             "status": status,
             "status_details": details,
             # Copies down to the parts: a later truncation must not rewrite sent events.
-            "output": [_copy_item(item) for item in self.output] if final else [],
+            "output": [copy_item(item) for item in self.output] if final else [],
             "conversation_id": self.conversation.id if self.in_conversation else None,
             "output_modalities": list(self.output_modalities),
             "max_output_tokens": self.max_output_tokens,
@@ -231,25 +232,18 @@ class ResponseWriter:
         item["status"] = status
         # The response keeps the item as generated: a truncation before response.done
         # changes the conversation item only.
-        resp.output[opened.output_index] = _copy_item(item)
+        resp.output[opened.output_index] = copy_item(item)
         self._emit(
             "response.output_item.done",
             response_id=resp.id,
             output_index=opened.output_index,
-            item=_copy_item(item),
+            item=copy_item(item),
         )
         if opened.stored is not None and opened.item["id"] in resp.conversation:
             previous = resp.conversation.previous_of(item["id"])
-            self._emit("conversation.item.done", previous_item_id=previous, item=_copy_item(item))
+            self._emit("conversation.item.done", previous_item_id=previous, item=copy_item(item))
 
     def finish(self, resp: Response, status: str, details: dict[str, Any] | None) -> None:
         self.close_open(resp, "completed" if status == "completed" else "incomplete")
         resp.done = True
         self._emit("response.done", response=resp.wire(status, details, final=True))
-
-
-def _copy_item(item: dict[str, Any]) -> dict[str, Any]:
-    copied = dict(item)
-    if "content" in copied:
-        copied["content"] = [dict(part) for part in copied["content"]]
-    return copied

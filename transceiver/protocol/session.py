@@ -12,8 +12,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import enum
-import json
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -33,9 +31,11 @@ from transceiver.protocol.effects import (
 )
 from transceiver.protocol.errors import ClientError
 from transceiver.protocol.ids import IdFactory
-from transceiver.protocol.items import decode_base64, normalize_item
+from transceiver.protocol.items import copy_item, decode_base64, normalize_item
 from transceiver.protocol.requests import build_response
 from transceiver.protocol.responses import Response, ResponseWriter
+from transceiver.protocol.results import SessionResults
+from transceiver.protocol.wire import check_depth, parse_client_frame
 
 # DOC-CONV: "The maximum duration of a Realtime session is 60 minutes"
 SESSION_MAX_MS = 60 * 60 * 1000
@@ -44,7 +44,6 @@ MIN_COMMIT_MS = 100
 IDLE_BUFFER_KEEP_MS = 10_000
 # Deeper client JSON is refused up front: copying or validating it would hit Python's
 # recursion limit (a RecursionError is not a client error).
-MAX_EVENT_DEPTH = 100
 
 
 class SessionKind(enum.Enum):
@@ -52,7 +51,7 @@ class SessionKind(enum.Enum):
     TRANSCRIPTION = "transcription"
 
 
-class RealtimeSession:
+class RealtimeSession(SessionResults):
     def __init__(
         self,
         *,
@@ -168,26 +167,19 @@ class RealtimeSession:
     def receive_client_event(self, raw: str | bytes | dict[str, Any], now_ms: float) -> None:
         if self.closed:
             return
-        event: Any = raw
-        if not isinstance(raw, dict):
+        if isinstance(raw, dict):
+            event = raw
+        else:
             try:
-                # NaN and Infinity are not JSON; echoed back they would break clients.
-                event = json.loads(raw, parse_float=_finite_float, parse_constant=_no_constant)
-            except (ValueError, UnicodeDecodeError, RecursionError):
-                self._error(ClientError("The event is not valid JSON.", code="invalid_json"), None)
+                event = parse_client_frame(raw)
+            except ClientError as exc:
+                self._error(exc, None)
                 return
-        if not isinstance(event, dict):
-            self._error(ClientError("An event must be a JSON object.", code="invalid_event"), None)
-            return
         client_event_id = event.get("event_id")
         if not isinstance(client_event_id, str):
             client_event_id = None
         try:
-            if _nested_deeper_than(event, MAX_EVENT_DEPTH):
-                raise ClientError(
-                    f"The event nests objects and arrays deeper than {MAX_EVENT_DEPTH} levels.",
-                    code="invalid_event",
-                )
+            check_depth(event)
             if "type" not in event:
                 raise ClientError("The 'type' field is missing.", code="invalid_event")
             if self._dialect is not None:
@@ -271,8 +263,8 @@ class RealtimeSession:
         }
         previous = self.conversation.add(item, audio=audio, audio_format=fmt)
         self._emit("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
-        self._emit("conversation.item.added", previous_item_id=previous, item=_item_copy(item))
-        self._emit("conversation.item.done", previous_item_id=previous, item=_item_copy(item))
+        self._emit("conversation.item.added", previous_item_id=previous, item=copy_item(item))
+        self._emit("conversation.item.done", previous_item_id=previous, item=copy_item(item))
         transcription = self.config["audio"]["input"]["transcription"]
         if transcription is not None or self.kind is SessionKind.TRANSCRIPTION:
             self._transcribing.add(item_id)
@@ -317,12 +309,12 @@ class RealtimeSession:
             audio=audio,
             audio_format=fmt,
         )
-        self._emit("conversation.item.added", previous_item_id=previous, item=_item_copy(item))
-        self._emit("conversation.item.done", previous_item_id=previous, item=_item_copy(item))
+        self._emit("conversation.item.added", previous_item_id=previous, item=copy_item(item))
+        self._emit("conversation.item.done", previous_item_id=previous, item=copy_item(item))
 
     def _on_item_retrieve(self, event: dict[str, Any], now_ms: float) -> None:
         stored = self.conversation.get(event.get("item_id"))
-        item = _item_copy(stored.item)
+        item = copy_item(stored.item)
         if stored.audio_format is not None:
             for part in item.get("content", []):
                 if part.get("type") in ("input_audio", "output_audio"):
@@ -473,110 +465,6 @@ class RealtimeSession:
             if self._default_response is None:
                 self._start_response(None)
 
-    # -- input transcription --------------------------------------------------------
-
-    def transcription_delta(self, item_id: str, delta: str) -> None:
-        if item_id in self._transcribing and delta:
-            self._emit(
-                "conversation.item.input_audio_transcription.delta",
-                item_id=item_id,
-                content_index=0,
-                delta=delta,
-            )
-
-    def transcription_completed(
-        self, item_id: str, transcript: str, usage: dict[str, Any], language: str | None = None
-    ) -> None:
-        if item_id not in self._transcribing:
-            return
-        self._transcribing.discard(item_id)
-        if item_id in self.conversation:
-            for part in self.conversation.get(item_id).item.get("content", []):
-                if part.get("type") == "input_audio":
-                    part["transcript"] = transcript
-        fields: dict[str, Any] = {"transcript": transcript, "usage": usage}
-        if language:
-            fields["languages"] = [{"code": language}]
-        self._emit(
-            "conversation.item.input_audio_transcription.completed",
-            item_id=item_id,
-            content_index=0,
-            **fields,
-        )
-
-    def transcription_failed(
-        self, item_id: str, message: str, code: str = "audio_unintelligible"
-    ) -> None:
-        if item_id not in self._transcribing:
-            return
-        self._transcribing.discard(item_id)
-        self._emit(
-            "conversation.item.input_audio_transcription.failed",
-            item_id=item_id,
-            content_index=0,
-            error={"type": "transcription_error", "code": code, "message": message, "param": None},
-        )
-
-    # -- backend output, tagged with the response id (stale output is dropped) -------
-
-    def _active(self, response_id: str) -> Response | None:
-        return None if self.closed else self._responses.get(response_id)
-
-    def response_text_delta(self, response_id: str, delta: str) -> bool:
-        resp = self._active(response_id)
-        if resp is not None and delta:
-            self._writer.text(resp, delta)
-        return resp is not None
-
-    def response_transcript_delta(self, response_id: str, delta: str) -> bool:
-        resp = self._active(response_id)
-        if resp is not None and delta:
-            self._writer.transcript(resp, delta)
-        return resp is not None
-
-    def response_audio_delta(self, response_id: str, audio: bytes) -> bool:
-        resp = self._active(response_id)
-        if resp is not None and audio:
-            self._writer.audio(resp, audio)
-        return resp is not None
-
-    def response_function_call(
-        self, response_id: str, name: str, arguments: str = "", call_id: str | None = None
-    ) -> str | None:
-        resp = self._active(response_id)
-        if resp is None:
-            return None
-        call_id = self._writer.function_call(resp, name, call_id)
-        if arguments:
-            self._writer.arguments(resp, arguments)
-        return call_id
-
-    def response_arguments_delta(self, response_id: str, delta: str) -> bool:
-        resp = self._active(response_id)
-        if resp is not None and delta:
-            self._writer.arguments(resp, delta)
-        return resp is not None
-
-    def response_finished(self, response_id: str, now_ms: float, reason: str | None = None) -> None:
-        """Normal end; ``reason`` (e.g. ``max_output_tokens``) marks it incomplete."""
-        resp = self._active(response_id)
-        if resp is None:
-            return
-        if reason is None:
-            self._finish(resp, "completed", None, now_ms)
-        else:
-            self._finish(resp, "incomplete", {"type": "incomplete", "reason": reason}, now_ms)
-
-    def response_failed(
-        self, response_id: str, message: str, now_ms: float, code: str = "server_error"
-    ) -> None:
-        resp = self._active(response_id)
-        if resp is None:
-            return
-        error = {"type": "server_error", "code": code, "message": message}
-        self._finish(resp, "failed", {"type": "failed", "error": error}, now_ms)
-        self._emit("error", error={**error, "param": None, "event_id": None})
-
     def active_response_ids(self) -> list[str]:
         return list(self._responses)
 
@@ -643,38 +531,3 @@ class RealtimeSession:
         self._default_response = None
         self._transcribing.clear()  # late transcripts are dropped like late response output
         self.closed = True
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is out of range")
-    return value
-
-
-def _no_constant(name: str) -> float:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _nested_deeper_than(value: Any, limit: int) -> bool:
-    """Whether ``value`` nests dicts and lists more than ``limit`` levels (no recursion)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
-
-
-def _item_copy(item: dict[str, Any]) -> dict[str, Any]:
-    copied = dict(item)
-    if "content" in copied:
-        copied["content"] = [dict(part) for part in copied["content"]]
-    return copied
