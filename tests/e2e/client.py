@@ -62,3 +62,16 @@ def decode_audio(
     events: list[dict[str, Any]], delta_type: str = "response.output_audio.delta"
 ) -> bytes:
     return b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] == delta_type)
+
+
+async def user_text(rec: Recorder, text: str) -> None:
+    await rec.send(
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": text}],
+            },
+        }
+    )

@@ -13,7 +13,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from models.audio import pcm16_to_array, rms
-from tests.e2e.client import Recorder, append_audio, decode_audio, silence, speech
+from tests.e2e.client import Recorder, append_audio, decode_audio, silence, speech, user_text
 from tests.servers import RunningServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -21,19 +21,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 def client_for(server: RunningServer) -> AsyncOpenAI:
     return AsyncOpenAI(api_key="sk-test", base_url=server.base_url)
-
-
-async def text_message(rec: Recorder, text: str) -> None:
-    await rec.send(
-        {
-            "type": "conversation.item.create",
-            "item": {
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": text}],
-            },
-        }
-    )
 
 
 async def test_text_turn(mock_server: RunningServer) -> None:
@@ -53,7 +40,7 @@ async def test_text_turn(mock_server: RunningServer) -> None:
         )
         updated = await rec.until("session.updated")
         assert updated["session"]["output_modalities"] == ["text"]
-        await text_message(rec, "hello relay")
+        await user_text(rec, "hello relay")
         await rec.send({"type": "response.create"})
         done = await rec.until("response.done")
         assert done["response"]["status"] == "completed"
@@ -128,7 +115,7 @@ async def test_manual_commit(mock_server: RunningServer) -> None:
 
 
 async def long_audio_response(rec: Recorder) -> dict[str, Any]:
-    await text_message(rec, "tell me a long story")
+    await user_text(rec, "tell me a long story")
     await rec.send({"type": "response.create"})
     await rec.until("response.output_audio.delta")
     return rec.of_type("response.created")[-1]
@@ -169,7 +156,7 @@ async def test_barge_in(mock_server: RunningServer) -> None:
 async def test_truncate_retrieve_delete(mock_server: RunningServer) -> None:
     async with client_for(mock_server).realtime.connect(model="gpt-realtime") as conn:
         rec = Recorder(conn)
-        await text_message(rec, "tell me a long story")
+        await user_text(rec, "tell me a long story")
         await rec.send({"type": "response.create"})
         done = await rec.until("response.done")
         item = done["response"]["output"][0]
@@ -289,7 +276,7 @@ async def test_function_call_round_trip(mock_server: RunningServer) -> None:
             }
         )
         await rec.until("session.updated")
-        await text_message(rec, "what is the weather in Paris?")
+        await user_text(rec, "what is the weather in Paris?")
         await rec.send({"type": "response.create"})
         done = await rec.until("response.done")
         call = done["response"]["output"][-1]
@@ -379,7 +366,7 @@ async def test_bad_input_keeps_session(mock_server: RunningServer) -> None:
         await rec.until("error")
         await conn.send_raw('{"event_id": "e5"}')
         assert (await rec.until("error"))["error"]["code"] == "invalid_event"
-        await text_message(rec, "still alive")
+        await user_text(rec, "still alive")
         await rec.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
         done = await rec.until("response.done")
         assert done["response"]["output"][0]["content"][0]["text"] == "still alive"
@@ -400,7 +387,7 @@ async def test_g711_output(mock_server: RunningServer) -> None:
             }
         )
         await rec.until("session.updated")
-        await text_message(rec, "say this in mu law")
+        await user_text(rec, "say this in mu law")
         await rec.send({"type": "response.create"})
         done = await rec.until("response.done")
         assert done["response"]["audio"]["output"]["format"]["type"] == "audio/pcmu"

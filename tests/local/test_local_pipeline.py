@@ -10,7 +10,7 @@ from openai import AsyncOpenAI
 
 from models.audio import alaw_decode, rms
 from tests.chat_server import STORY, TOOL_ANSWER, ChatServer
-from tests.e2e.client import Recorder, append_audio, decode_audio, silence
+from tests.e2e.client import Recorder, append_audio, decode_audio, silence, user_text
 from tests.local.conftest import Speaker
 from tests.servers import RunningServer, relay_server
 
@@ -23,19 +23,6 @@ def words(text: str) -> set[str]:
 
 def client_for(server: RunningServer) -> AsyncOpenAI:
     return AsyncOpenAI(api_key="sk-test", base_url=server.base_url)
-
-
-async def user_text(rec: Recorder, text: str) -> None:
-    await rec.send(
-        {
-            "type": "conversation.item.create",
-            "item": {
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": text}],
-            },
-        }
-    )
 
 
 async def test_spoken_question_gets_spoken_answer(

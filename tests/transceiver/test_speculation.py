@@ -91,8 +91,10 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-async def run_turns(script: list[bytes | None]) -> tuple[ScriptedBackend, Client]:
-    """Feed audio pieces; ``None`` lets the loop run (the speculation finishes)."""
+async def run_turns(
+    script: list[bytes | str | None], text_only: bool = True
+) -> tuple[ScriptedBackend, Client]:
+    """Feed audio pieces or raw client frames (str); ``None`` lets the loop run."""
     backend, client = ScriptedBackend(), Client()
     session = RealtimeSession(model="gpt-realtime")
     session.receive_client_event(
@@ -104,6 +106,8 @@ async def run_turns(script: list[bytes | None]) -> tuple[ScriptedBackend, Client
     for piece in script:
         if piece is None:
             await settle()
+        elif isinstance(piece, str):
+            client.incoming.put_nowait(piece)
         else:
             client.append(piece)
             await settle()
@@ -147,35 +151,22 @@ async def test_speech_that_resumes_discards_the_speculation() -> None:
 
 async def test_a_different_request_is_generated_afresh() -> None:
     # The session changes during the silence window: the reply made ahead is stale.
-    backend, _ = await _changed_instructions()
+    update = {
+        "type": "session.update",
+        "session": {"type": "realtime", "instructions": "Answer in French."},
+    }
+    backend, _ = await run_turns(
+        [
+            speech("what is the time please") + SILENCE_MS * 200,
+            None,
+            json.dumps(update),
+            SILENCE_MS * 600,
+        ],
+        text_only=False,
+    )
     assert [r.response_id for r in backend.requests][0] == "resp_preview"
     assert backend.requests[-1].instructions == "Answer in French."
     assert backend.requests[-1].response_id != "resp_preview"
-
-
-async def _changed_instructions() -> tuple[ScriptedBackend, Client]:
-    backend, client = ScriptedBackend(), Client()
-    session = RealtimeSession(model="gpt-realtime")
-    runner = SessionRunner(session, backend, client.send, client.close)  # type: ignore[arg-type]
-    task = asyncio.create_task(runner.run(client.frames()))
-    client.append(speech("what is the time please") + SILENCE_MS * 200)
-    await settle()
-    client.incoming.put_nowait(
-        json.dumps(
-            {
-                "type": "session.update",
-                "session": {"type": "realtime", "instructions": "Answer in French."},
-            }
-        )
-    )
-    client.append(SILENCE_MS * 600)
-    for _ in range(100):
-        if any(e["type"] == "response.done" for e in client.events):
-            break
-        await asyncio.sleep(0.01)
-    client.incoming.put_nowait(None)
-    await task
-    return backend, client
 
 
 async def test_signature_ignores_the_response_id() -> None:
