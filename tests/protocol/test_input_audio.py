@@ -273,3 +273,17 @@ def test_transcription_session_transcribes_every_commit(make_session, kit, beta)
         kit.one(h.drain(), "conversation.item.input_audio_transcription.completed")["transcript"]
         == ""
     )
+
+
+def test_changing_the_input_format_drops_audio_in_the_old_format(make_session) -> None:
+    h = make_session(session_overrides={"audio": {"input": {"turn_detection": None}}})
+    h.append_ms(300)
+    h.send(
+        {
+            "type": "session.update",
+            "session": {"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}}}},
+        }
+    )
+    events = h.send({"type": "input_audio_buffer.commit", "event_id": "c1"})
+    assert [e["type"] for e in events] == ["error"]
+    assert events[0]["error"]["code"] == "input_audio_buffer_commit_empty"

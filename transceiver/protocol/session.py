@@ -197,9 +197,15 @@ class RealtimeSession(SessionResults):
             self._error(exc, client_event_id)
 
     def _on_session_update(self, event: dict[str, Any], now_ms: float) -> None:
-        old_td = self.turn_detection
+        old_td, old_format = self.turn_detection, self.input_format
         self.config = apply_session_update(self.config, event.get("session"))
         if self.turn_detection != old_td:
+            self._reset_turn()
+            self._last_activity_ms = now_ms  # an idle timeout counts from its own start
+        if self.input_format != old_format and self._buffer:
+            # Buffered audio is in the old format: drop it rather than mix formats.
+            self._buffer.clear()
+            self._buffer_start_ms = self._audio_ms
             self._reset_turn()
         self._emit("session.updated", session=self.session_object())
 
