@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -11,15 +12,17 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from relay.auth import bearer_key, error_body, key_allowed, wants_beta
+from relay.ephemeral import EphemeralKey, InvalidKey, KeySigner, expiry_seconds, validate_session
 from relay.pool import NoTransceiver, TransceiverPool
 from relay.settings import RelaySettings
+from transceiver.protocol.errors import ClientError
 from transceiver.protocol.ids import IdFactory
 
 log = logging.getLogger(__name__)
@@ -41,10 +44,15 @@ def _error_event(ids: IdFactory, message: str, code: str, type: str = "server_er
     )
 
 
+def _unauthorized(message: str) -> JSONResponse:
+    return JSONResponse(error_body(message, "invalid_api_key"), status_code=401)
+
+
 def create_app(settings: RelaySettings) -> FastAPI:
     app = FastAPI(title="realtime-relay", docs_url=None, redoc_url=None)
     pool = TransceiverPool(settings.transceiver, settings.max_frame_bytes)
     ids = IdFactory()
+    signer = KeySigner(settings.key_secret)
     app.state.pool = pool
 
     @app.get("/healthz")
@@ -76,17 +84,52 @@ def create_app(settings: RelaySettings) -> FastAPI:
             }
         )
 
+    @app.post("/v1/realtime/client_secrets")
+    async def client_secrets(request: Request) -> JSONResponse:
+        """Mint an ephemeral key (GA): ``{value: "ek_...", expires_at, session}``."""
+        key = bearer_key({k.lower(): v for k, v in request.headers.items()})
+        if (key is not None and key.startswith("ek_")) or not key_allowed(key, settings.api_keys):
+            return _unauthorized("Incorrect API key provided.")
+        try:
+            body = await request.json() if await request.body() else {}
+        except ValueError:
+            return JSONResponse(error_body("The body is not valid JSON.", "invalid_json"), 400)
+        try:
+            if not isinstance(body, dict):
+                raise ClientError("The body must be a JSON object.", code="invalid_request")
+            seconds = expiry_seconds(body)
+            session = validate_session(body.get("session"))
+        except ClientError as exc:
+            envelope = error_body(exc.message, exc.code or "invalid_value")
+            envelope["error"]["param"] = exc.param  # type: ignore[index]
+            return JSONResponse(envelope, 400)
+        value = signer.mint(session, seconds)
+        expires_at = signer.verify(value).expires_at
+        kind = session["type"]
+        shown = {
+            "object": "realtime.session"
+            if kind == "realtime"
+            else "realtime.transcription_session",
+            "id": ids.new("sess"),
+            **session,
+            "expires_at": 0,
+        }
+        return JSONResponse({"value": value, "expires_at": expires_at, "session": shown})
+
     @app.websocket("/v1/realtime")
     async def realtime(websocket: WebSocket) -> None:
         headers = {k.lower(): v for k, v in websocket.headers.items()}
         offered = list(websocket.scope.get("subprotocols", []))
         key = bearer_key(headers, offered)
-        if not key_allowed(key, settings.api_keys):
-            await websocket.send_denial_response(
-                JSONResponse(
-                    error_body("Incorrect API key provided.", "invalid_api_key"), status_code=401
-                )
-            )
+        ephemeral: EphemeralKey | None = None
+        if key is not None and key.startswith("ek_"):
+            try:
+                ephemeral = signer.verify(key)
+            except InvalidKey as exc:
+                await websocket.send_denial_response(_unauthorized(f"Ephemeral key: {exc}."))
+                return
+        elif not key_allowed(key, settings.api_keys):
+            await websocket.send_denial_response(_unauthorized("Incorrect API key provided."))
             return
         params = websocket.query_params
         if params.get("call_id"):
@@ -104,6 +147,15 @@ def create_app(settings: RelaySettings) -> FastAPI:
             query["intent"] = "transcription"
         if wants_beta(headers, offered):
             query["beta"] = "1"
+        if ephemeral is not None:  # the key carries its session configuration
+            if ephemeral.session.get("type") == "transcription":
+                query.pop("model", None)
+                query["intent"] = "transcription"
+            else:
+                query.setdefault("model", str(ephemeral.session.get("model", "gpt-realtime")))
+            query["session"] = base64.urlsafe_b64encode(
+                json.dumps(ephemeral.session).encode()
+            ).decode("ascii")
         subprotocol = "realtime" if "realtime" in offered else None
         try:
             member, upstream = await pool.open_session(urlencode(query))

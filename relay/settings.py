@@ -27,6 +27,11 @@ class RelaySettings(BaseSettings):
         default_factory=list,
         description="Accepted API keys (comma-separated). Empty: no auth required.",
     )
+    key_secret: str | None = Field(
+        None,
+        description="Secret that signs ephemeral keys; relays sharing it accept each "
+        "other's keys (default: random per process).",
+    )
     max_frame_bytes: int = Field(32 * 1024 * 1024, description="Largest WebSocket frame.")
     log_level: str = Field("info", description="Log level.")
 

@@ -1,0 +1,103 @@
+"""Ephemeral keys (``ek_...``): signed, so any relay sharing the secret accepts them.
+
+A key carries its expiry and its session configuration (PROTOCOL.md 3.1: "A secret can
+be used to create multiple sessions until it expires"). The relay keeps no state.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from transceiver.protocol.config import apply_session_update, default_session
+from transceiver.protocol.errors import ClientError
+
+MIN_SECONDS, MAX_SECONDS, DEFAULT_SECONDS = 10, 7200, 600
+
+
+class InvalidKey(Exception):
+    """The key is malformed, forged or expired."""
+
+
+@dataclass(frozen=True)
+class EphemeralKey:
+    expires_at: int
+    session: dict[str, Any]
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class KeySigner:
+    def __init__(self, secret: str | None) -> None:
+        self._secret = (secret or secrets.token_hex(32)).encode()
+
+    def mint(self, session: dict[str, Any], seconds: int, now: float | None = None) -> str:
+        expires_at = int((now if now is not None else time.time()) + seconds)
+        payload = _b64(
+            json.dumps({"exp": expires_at, "session": session}, separators=(",", ":")).encode()
+        )
+        signature = _b64(hmac.new(self._secret, payload.encode(), hashlib.sha256).digest())
+        return f"ek_{payload}.{signature}"
+
+    def verify(self, key: str, now: float | None = None) -> EphemeralKey:
+        if not key.startswith("ek_") or "." not in key:
+            raise InvalidKey("not an ephemeral key")
+        payload, _, signature = key[3:].partition(".")
+        expected = _b64(hmac.new(self._secret, payload.encode(), hashlib.sha256).digest())
+        if not hmac.compare_digest(signature, expected):
+            raise InvalidKey("unknown ephemeral key")
+        try:
+            data = json.loads(_unb64(payload))
+        except ValueError:
+            raise InvalidKey("malformed ephemeral key") from None
+        if int(data["exp"]) <= (now if now is not None else time.time()):
+            raise InvalidKey("expired ephemeral key")
+        return EphemeralKey(int(data["exp"]), dict(data["session"]))
+
+
+def validate_session(session: Any) -> dict[str, Any]:
+    """A full session configuration from a client_secrets request (``ClientError`` if bad)."""
+    if session is None:
+        session = {"type": "realtime"}
+    if not isinstance(session, dict):
+        raise ClientError("'session' must be an object.", param="session")
+    kind = session.get("type", "realtime")
+    if kind not in ("realtime", "transcription"):
+        raise ClientError(
+            f"Invalid value: '{kind}'. Supported values are: 'realtime' and 'transcription'.",
+            param="session.type",
+        )
+    return apply_session_update(default_session(kind, session.get("model")), session)
+
+
+def expiry_seconds(body: dict[str, Any]) -> int:
+    after = body.get("expires_after") or {}
+    if not isinstance(after, dict):
+        raise ClientError("'expires_after' must be an object.", param="expires_after")
+    if after.get("anchor", "created_at") != "created_at":
+        raise ClientError(
+            "Invalid value: only 'created_at' is supported.", param="expires_after.anchor"
+        )
+    seconds = after.get("seconds", DEFAULT_SECONDS)
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int)
+        or not (MIN_SECONDS <= seconds <= MAX_SECONDS)
+    ):
+        raise ClientError(
+            f"Invalid value: '{seconds}'. Expected an integer from {MIN_SECONDS} to {MAX_SECONDS}.",
+            param="expires_after.seconds",
+        )
+    return seconds
