@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 
 import httpx
 from fastapi import FastAPI, Request, WebSocket
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection
@@ -22,6 +23,7 @@ from relay.auth import bearer_key, error_body, key_allowed, wants_beta
 from relay.ephemeral import EphemeralKey, InvalidKey, KeySigner, expiry_seconds, validate_session
 from relay.pool import NoTransceiver, TransceiverPool
 from relay.settings import RelaySettings
+from transceiver.protocol.beta import BetaDialect
 from transceiver.protocol.errors import ClientError
 from transceiver.protocol.ids import IdFactory
 
@@ -50,6 +52,13 @@ def _unauthorized(message: str) -> JSONResponse:
 
 def create_app(settings: RelaySettings) -> FastAPI:
     app = FastAPI(title="realtime-relay", docs_url=None, redoc_url=None)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["*"],
+        expose_headers=["Location"],
+    )
     pool = TransceiverPool(settings.transceiver, settings.max_frame_bytes)
     ids = IdFactory()
     signer = KeySigner(settings.key_secret)
@@ -115,6 +124,50 @@ def create_app(settings: RelaySettings) -> FastAPI:
             "expires_at": 0,
         }
         return JSONResponse({"value": value, "expires_at": expires_at, "session": shown})
+
+    async def beta_session(request: Request, kind: str) -> JSONResponse:
+        """Beta ephemeral sessions: a flat beta config in, the session plus ``client_secret``."""
+        key = bearer_key({k.lower(): v for k, v in request.headers.items()})
+        if (key is not None and key.startswith("ek_")) or not key_allowed(key, settings.api_keys):
+            return _unauthorized("Incorrect API key provided.")
+        try:
+            body = await request.json() if await request.body() else {}
+        except ValueError:
+            return JSONResponse(error_body("The body is not valid JSON.", "invalid_json"), 400)
+        dialect = BetaDialect()
+        try:
+            if not isinstance(body, dict):
+                raise ClientError("The body must be a JSON object.", code="invalid_request")
+            secret = body.pop("client_secret", None) or {}
+            seconds = expiry_seconds(secret if isinstance(secret, dict) else {}, default=60)
+            session = validate_session(dialect.session_to_ga(body, kind))
+        except ClientError as exc:
+            envelope = error_body(exc.message, exc.code or "invalid_value")
+            envelope["error"]["param"] = exc.param  # type: ignore[index]
+            return JSONResponse(envelope, 400)
+        value = signer.mint(session, seconds)
+        expires_at = signer.verify(value).expires_at
+        shown = dialect.session_to_beta(
+            {
+                "object": "realtime.session"
+                if kind == "realtime"
+                else "realtime.transcription_session",
+                "id": ids.new("sess"),
+                **session,
+                "expires_at": expires_at,
+            },
+            kind,
+        )
+        shown["client_secret"] = {"value": value, "expires_at": expires_at}
+        return JSONResponse(shown)
+
+    @app.post("/v1/realtime/sessions")
+    async def beta_sessions(request: Request) -> JSONResponse:
+        return await beta_session(request, "realtime")
+
+    @app.post("/v1/realtime/transcription_sessions")
+    async def beta_transcription_sessions(request: Request) -> JSONResponse:
+        return await beta_session(request, "transcription")
 
     @app.websocket("/v1/realtime")
     async def realtime(websocket: WebSocket) -> None:

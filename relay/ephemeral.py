@@ -82,7 +82,8 @@ def validate_session(session: Any) -> dict[str, Any]:
     return apply_session_update(default_session(kind, session.get("model")), session)
 
 
-def expiry_seconds(body: dict[str, Any]) -> int:
+def expiry_seconds(body: dict[str, Any], default: int = DEFAULT_SECONDS) -> int:
+    """``expires_after`` (GA body, or the beta ``client_secret``) in seconds."""
     after = body.get("expires_after") or {}
     if not isinstance(after, dict):
         raise ClientError("'expires_after' must be an object.", param="expires_after")
@@ -90,7 +91,7 @@ def expiry_seconds(body: dict[str, Any]) -> int:
         raise ClientError(
             "Invalid value: only 'created_at' is supported.", param="expires_after.anchor"
         )
-    seconds = after.get("seconds", DEFAULT_SECONDS)
+    seconds = after.get("seconds", default)
     if (
         isinstance(seconds, bool)
         or not isinstance(seconds, int)

@@ -32,10 +32,14 @@ class RelaySettings(BaseSettings):
         description="Secret that signs ephemeral keys; relays sharing it accept each "
         "other's keys (default: random per process).",
     )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"],
+        description="Origins allowed to call the REST endpoints from a browser (comma-separated).",
+    )
     max_frame_bytes: int = Field(32 * 1024 * 1024, description="Largest WebSocket frame.")
     log_level: str = Field("info", description="Log level.")
 
-    @field_validator("transceiver", "api_keys", mode="before")
+    @field_validator("transceiver", "api_keys", "cors_origins", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         return _split(value)

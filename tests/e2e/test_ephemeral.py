@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+import httpx
 import openai
 import pytest
 from openai import AsyncOpenAI
@@ -87,3 +88,50 @@ async def test_bad_keys_and_requests_are_refused(keyed_server: RunningServer) ->
     async with AsyncOpenAI(api_key=secret.value, base_url=keyed_server.base_url) as client:
         with pytest.raises(openai.AuthenticationError):
             await client.realtime.client_secrets.create()
+
+
+async def test_beta_sessions_and_transcription_sessions(keyed_server: RunningServer) -> None:
+    async with AsyncOpenAI(api_key=KEY, base_url=keyed_server.base_url) as client:
+        session = await client.beta.realtime.sessions.create(
+            model="gpt-4o-realtime-preview",
+            instructions="Speak like a robot.",
+            input_audio_format="g711_ulaw",
+        )
+        trx = await client.beta.realtime.transcription_sessions.create(
+            input_audio_transcription={"model": "whisper-1"},
+        )
+    assert session.client_secret.value.startswith("ek_")
+    assert (
+        session.instructions == "Speak like a robot." and session.input_audio_format == "g711_ulaw"
+    )
+    assert trx.client_secret.value.startswith("ek_")
+    beta = AsyncOpenAI(
+        api_key=session.client_secret.value,
+        base_url=keyed_server.base_url,
+        websocket_base_url=keyed_server.ws_base_url,
+    )
+    async with beta.beta.realtime.connect(model="gpt-4o-realtime-preview") as conn:
+        created = json.loads(await conn.recv_bytes())
+        assert created["session"]["instructions"] == "Speak like a robot."
+        assert created["session"]["input_audio_format"] == "g711_ulaw"
+    await beta.close()
+    url = f"{keyed_server.ws_base_url}/realtime"
+    headers = {"Authorization": f"Bearer {trx.client_secret.value}", "OpenAI-Beta": "realtime=v1"}
+    async with connect(url, additional_headers=headers) as ws:
+        created = json.loads(await ws.recv())
+        assert created["type"] == "transcription_session.created"
+        assert created["session"]["input_audio_transcription"]["model"] == "whisper-1"
+
+
+async def test_cors_preflight(keyed_server: RunningServer) -> None:
+    async with httpx.AsyncClient() as http:
+        reply = await http.options(
+            f"{keyed_server.base_url}/realtime/client_secrets",
+            headers={
+                "Origin": "https://app.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization,content-type",
+            },
+        )
+    assert reply.status_code == 200
+    assert reply.headers["access-control-allow-origin"] in ("*", "https://app.example")
