@@ -20,9 +20,11 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from relay.auth import bearer_key, error_body, key_allowed, wants_beta
+from relay.calls import CallRegistry, calls_router
 from relay.ephemeral import EphemeralKey, InvalidKey, KeySigner, expiry_seconds, validate_session
 from relay.pool import NoTransceiver, TransceiverPool
 from relay.settings import RelaySettings
+from relay.webrtc import Call
 from transceiver.protocol.beta import BetaDialect
 from transceiver.protocol.errors import ClientError
 from transceiver.protocol.ids import IdFactory
@@ -62,6 +64,9 @@ def create_app(settings: RelaySettings) -> FastAPI:
     pool = TransceiverPool(settings.transceiver, settings.max_frame_bytes)
     ids = IdFactory()
     signer = KeySigner(settings.key_secret)
+    registry = CallRegistry()
+    app.state.calls = registry
+    app.include_router(calls_router(settings, pool, signer, registry))
     app.state.pool = pool
 
     @app.get("/healthz")
@@ -186,12 +191,17 @@ def create_app(settings: RelaySettings) -> FastAPI:
             return
         params = websocket.query_params
         if params.get("call_id"):
-            await websocket.send_denial_response(
-                JSONResponse(
-                    error_body(f"Call '{params['call_id']}' not found.", "call_not_found"),
-                    status_code=404,
+            call = registry.get(params["call_id"])
+            if call is None:
+                await websocket.send_denial_response(
+                    JSONResponse(
+                        error_body(f"Call '{params['call_id']}' not found.", "call_not_found"),
+                        status_code=404,
+                    )
                 )
-            )
+                return
+            await websocket.accept(subprotocol="realtime" if "realtime" in offered else None)
+            await _sideband(websocket, call)
             return
         query: dict[str, str] = {}
         if params.get("model"):
@@ -231,6 +241,20 @@ def create_app(settings: RelaySettings) -> FastAPI:
             await upstream.close()
 
     return app
+
+
+async def _sideband(websocket: WebSocket, call: Call) -> None:
+    """A server-side control connection to a WebRTC call: the same events, both ways."""
+    call.sidebands.add(websocket.send_text)
+    try:
+        while not call.closed.is_set():
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("text")
+            await call.from_client(data if data is not None else message.get("bytes") or b"")
+    finally:
+        call.sidebands.discard(websocket.send_text)
 
 
 async def _forward(websocket: WebSocket, upstream: ClientConnection, ids: IdFactory) -> None:

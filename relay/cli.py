@@ -29,7 +29,7 @@ def _add_relay_options(parser: argparse.ArgumentParser, with_transceiver: bool) 
         env = "RELAY_" + name.upper()
         help_text = f"{field.description} [env {env}]"
         flag = "--" + name.replace("_", "-")
-        if name in ("transceiver", "api_keys", "cors_origins"):
+        if name in ("transceiver", "api_keys", "cors_origins", "ice_servers"):
             parser.add_argument(flag, dest=name, action="append", default=None, help=help_text)
         else:
             parser.add_argument(
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _relay_settings(args: argparse.Namespace, **extra: Any) -> RelaySettings:
     given = {k: getattr(args, k) for k in RelaySettings.model_fields if getattr(args, k, None)}
-    for name in ("transceiver", "api_keys", "cors_origins"):
+    for name in ("transceiver", "api_keys", "cors_origins", "ice_servers"):
         if name in given:  # repeated flags and comma lists both work
             given[name] = [p for v in given[name] for p in v.split(",") if p]
     given.update(extra)

@@ -36,10 +36,15 @@ class RelaySettings(BaseSettings):
         default_factory=lambda: ["*"],
         description="Origins allowed to call the REST endpoints from a browser (comma-separated).",
     )
+    ice_servers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="STUN/TURN URLs for WebRTC calls, e.g. stun:stun.example.org:3478 "
+        "(comma-separated). Empty: host candidates only.",
+    )
     max_frame_bytes: int = Field(32 * 1024 * 1024, description="Largest WebSocket frame.")
     log_level: str = Field("info", description="Log level.")
 
-    @field_validator("transceiver", "api_keys", "cors_origins", mode="before")
+    @field_validator("transceiver", "api_keys", "cors_origins", "ice_servers", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         return _split(value)

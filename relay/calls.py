@@ -1,0 +1,158 @@
+"""``POST /v1/realtime/calls`` (GA), ``POST /v1/realtime?model=`` (beta) and hangup.
+
+The offer comes as raw ``application/sdp`` or as multipart with ``sdp`` and ``session``
+parts (with or without per-part content types). The answer is ``201`` with
+``application/sdp`` and ``Location: /v1/realtime/calls/rtc_...``. Errors are JSON, never SDP.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import secrets
+from typing import Any
+from urllib.parse import urlencode
+
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile
+
+from relay.auth import bearer_key, error_body, key_allowed
+from relay.ephemeral import InvalidKey, KeySigner, validate_session
+from relay.pool import NoTransceiver, TransceiverPool
+from relay.settings import RelaySettings
+from relay.webrtc import Call
+from transceiver.protocol.errors import ClientError
+
+log = logging.getLogger(__name__)
+
+
+def _error(message: str, code: str, status: int) -> JSONResponse:
+    return JSONResponse(error_body(message, code), status_code=status)
+
+
+async def _part_text(part: UploadFile | str | None) -> str:
+    """A multipart part as text: with or without its own content type."""
+    if part is None:
+        return ""
+    if isinstance(part, str):
+        return part
+    return (await part.read()).decode("utf-8", "replace")
+
+
+class CallRegistry:
+    def __init__(self) -> None:
+        self.calls: dict[str, Call] = {}
+
+    def get(self, call_id: str) -> Call | None:
+        return self.calls.get(call_id)
+
+    def drop(self, call: Call) -> None:
+        self.calls.pop(call.id, None)
+
+
+def calls_router(
+    settings: RelaySettings, pool: TransceiverPool, signer: KeySigner, registry: CallRegistry
+) -> APIRouter:
+    router = APIRouter()
+    ice = [RTCIceServer(urls=url) for url in settings.ice_servers]
+
+    async def offer_and_session(request: Request) -> tuple[str, Any]:
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data"):
+            form = await request.form()
+            sdp_text = await _part_text(form.get("sdp"))
+            session_text = await _part_text(form.get("session"))
+            return sdp_text, json.loads(session_text) if session_text else None
+        return (await request.body()).decode("utf-8", "replace"), None
+
+    async def create_call(request: Request, model: str | None) -> Response:
+        key = bearer_key({k.lower(): v for k, v in request.headers.items()})
+        session: Any = None
+        if key is not None and key.startswith("ek_"):
+            try:
+                session = signer.verify(key).session
+            except InvalidKey as exc:
+                return _error(f"Ephemeral key: {exc}.", "invalid_api_key", 401)
+        elif not key_allowed(key, settings.api_keys):
+            return _error("Incorrect API key provided.", "invalid_api_key", 401)
+        try:
+            sdp, part = await offer_and_session(request)
+            if part is not None:
+                session = validate_session(part)
+            elif session is None:
+                session = validate_session({"type": "realtime", "model": model or "gpt-realtime"})
+        except ClientError as exc:
+            return _error(exc.message, exc.code or "invalid_value", 400)
+        except ValueError:
+            return _error("The 'session' part is not valid JSON.", "invalid_json", 400)
+        if "v=0" not in sdp:
+            return _error("The body must hold an SDP offer.", "invalid_sdp", 400)
+        query = {
+            "media": "1",
+            "session": base64.urlsafe_b64encode(json.dumps(session).encode()).decode("ascii"),
+        }
+        if session.get("type") == "transcription":
+            query["intent"] = "transcription"
+        else:
+            query["model"] = str(session.get("model", "gpt-realtime"))
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        except Exception as exc:  # aiortc raises ValueError and others on bad SDP
+            await pc.close()
+            return _error(f"The SDP offer could not be used: {exc}", "invalid_sdp", 400)
+        try:
+            member, upstream = await pool.open_session(urlencode(query))
+        except NoTransceiver:
+            await pc.close()
+            return _error(
+                "No transceiver can take this call now; try again later.",
+                "session_limit_reached",
+                503,
+            )
+        call_id = "rtc_" + secrets.token_hex(16)
+
+        def closed(call: Call) -> None:
+            registry.drop(call)
+            pool.release(member)
+
+        call = Call(call_id, pc, upstream, closed)
+        registry.calls[call_id] = call
+        for transceiver in pc.getTransceivers():
+            if transceiver.kind == "audio":
+                pc.addTrack(call.outbound)
+                break
+        call.start()
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)
+        log.info("call %s started", call_id)
+        return Response(
+            pc.localDescription.sdp,
+            status_code=201,
+            media_type="application/sdp",
+            headers={"Location": f"/v1/realtime/calls/{call_id}"},
+        )
+
+    @router.post("/v1/realtime/calls")
+    async def calls(request: Request) -> Response:
+        return await create_call(request, request.query_params.get("model"))
+
+    @router.post("/v1/realtime")
+    async def beta_call(request: Request) -> Response:
+        return await create_call(request, request.query_params.get("model"))
+
+    @router.post("/v1/realtime/calls/{call_id}/hangup")
+    async def hangup(call_id: str, request: Request) -> Response:
+        key = bearer_key({k.lower(): v for k, v in request.headers.items()})
+        if not key_allowed(key, settings.api_keys):
+            return _error("Incorrect API key provided.", "invalid_api_key", 401)
+        call = registry.get(call_id)
+        if call is None:
+            return _error(f"Call '{call_id}' not found.", "call_not_found", 404)
+        await call.close()
+        return Response(status_code=200)
+
+    return router
