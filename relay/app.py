@@ -8,13 +8,14 @@ import contextlib
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.websockets import WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
@@ -30,6 +31,7 @@ from transceiver.protocol.errors import ClientError
 from transceiver.protocol.ids import IdFactory
 
 log = logging.getLogger(__name__)
+INDEX_HTML = Path(__file__).with_name("static") / "index.html"
 
 
 def _error_event(ids: IdFactory, message: str, code: str, type: str = "server_error") -> str:
@@ -68,6 +70,11 @@ def create_app(settings: RelaySettings) -> FastAPI:
     app.state.calls = registry
     app.include_router(calls_router(settings, pool, signer, registry))
     app.state.pool = pool
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> HTMLResponse:
+        """A small page that talks to the server over WebRTC (mic in, reply out)."""
+        return HTMLResponse(INDEX_HTML.read_text(encoding="utf-8"))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

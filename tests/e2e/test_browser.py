@@ -1,0 +1,114 @@
+"""The relay's page in headless Chromium: it speaks a WAV, and shows transcripts and audio."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import time
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+
+from tests.e2e.client import silence, speech
+from tests.servers import RunningServer, free_port
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def chromium() -> str:
+    """Debian's chromium, installed by the test setup when missing."""
+    path = shutil.which("chromium")
+    if path is None and os.geteuid() == 0:
+        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "chromium"],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
+        path = shutil.which("chromium")
+    assert path is not None, "chromium is not installed and could not be installed"
+    return path
+
+
+@contextlib.contextmanager
+def browser(url: str, wav: Path, profile: Path) -> Iterator[int]:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            chromium(),
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={wav}",
+            "--autoplay-policy=no-user-gesture-required",
+            f"--remote-debugging-port={port}",
+            url,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+async def page_state(port: int) -> dict[str, str]:
+    async with httpx.AsyncClient() as http:
+        targets = (await http.get(f"http://127.0.0.1:{port}/json/list")).json()
+    page = next(t for t in targets if t["type"] == "page")
+    expression = (
+        "JSON.stringify(Object.fromEntries(['status', 'transcript', 'audio-level']"
+        ".map((id) => [id, document.getElementById(id).textContent])))"
+    )
+    async with connect(page["webSocketDebuggerUrl"], max_size=None) as cdp:
+        await cdp.send(
+            json.dumps(
+                {"id": 1, "method": "Runtime.evaluate", "params": {"expression": expression}}
+            )
+        )
+        while True:
+            reply = json.loads(await cdp.recv())
+            if reply.get("id") == 1:
+                return json.loads(reply["result"]["result"]["value"])  # type: ignore[no-any-return]
+
+
+async def test_browser_page_talks_over_webrtc(mock_server: RunningServer, tmp_path: Path) -> None:
+    wav = tmp_path / "question.wav"
+    with wave.open(str(wav), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(24000)
+        out.writeframes(silence(500) + speech("hello there how are you today") + silence(1500))
+    url = f"http://127.0.0.1:{mock_server.port}/?autostart=1"
+    with browser(url, wav, tmp_path / "profile") as port:
+        deadline = time.monotonic() + 60
+        state: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            with contextlib.suppress(httpx.HTTPError, OSError, StopIteration, KeyError):
+                state = await page_state(port)
+                if "Assistant:" in state["transcript"] and int(state["audio-level"] or 0) > 0:
+                    break
+        else:
+            pytest.fail(f"the page did not converse: {state}")
+    assert state["status"] == "connected: speak"
+    assert "You:" in state["transcript"] and "seconds of audio" in state["transcript"]
