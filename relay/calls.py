@@ -33,6 +33,23 @@ def _error(message: str, code: str, status: int) -> JSONResponse:
     return JSONResponse(error_body(message, code), status_code=status)
 
 
+def advertise(sdp: str, public_ip: str | None) -> str:
+    """Put ``public_ip`` in the answer's host candidates (a 1:1 NAT, e.g. Docker or a cloud VM)."""
+    if not public_ip:
+        return sdp
+    lines = []
+    for line in sdp.splitlines():
+        if line.startswith("a=candidate:") and " typ host" in line:
+            fields = line.split(" ")
+            if len(fields) > 4 and ":" not in fields[4]:  # IPv4 host candidates
+                fields[4] = public_ip
+            line = " ".join(fields)
+        elif line.startswith("c=IN IP4 "):
+            line = f"c=IN IP4 {public_ip}"
+        lines.append(line)
+    return "\r\n".join(lines) + "\r\n"
+
+
 async def _part_text(part: UploadFile | str | None) -> str:
     """A multipart part as text: with or without its own content type."""
     if part is None:

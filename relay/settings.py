@@ -41,6 +41,11 @@ class RelaySettings(BaseSettings):
         description="STUN/TURN URLs for WebRTC calls, e.g. stun:stun.example.org:3478 "
         "(comma-separated). Empty: host candidates only.",
     )
+    webrtc_public_ip: str | None = Field(
+        None,
+        description="Address to advertise in WebRTC answers when the relay is behind a "
+        "1:1 NAT (its host candidates carry this IP instead of the local one).",
+    )
     max_frame_bytes: int = Field(32 * 1024 * 1024, description="Largest WebSocket frame.")
     log_level: str = Field("info", description="Log level.")
 

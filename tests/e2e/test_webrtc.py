@@ -110,6 +110,26 @@ async def test_webrtc_call(mock_server: RunningServer) -> None:
             assert rms(bytes(heard)) > 100 and len(heard) > 24_000
             sideband_event = json.loads(await asyncio.wait_for(side.recv(), 10))
             assert sideband_event["type"]
+            # Interrupt as the Agents SDK does: response.cancel, then output_audio_buffer.clear.
+            channel.send(
+                json.dumps(
+                    {
+                        "type": "conversation.item.create",
+                        "item": {
+                            "type": "message",
+                            "role": "user",
+                            "content": [{"type": "input_text", "text": "tell me a long story"}],
+                        },
+                    }
+                )
+            )
+            channel.send(json.dumps({"type": "response.create"}))
+            await until(events, "output_audio_buffer.started", seen)
+            channel.send(json.dumps({"type": "response.cancel"}))
+            channel.send(json.dumps({"type": "output_audio_buffer.clear"}))
+            cancelled = await until(events, "response.done", seen)
+            assert cancelled["response"]["status"] == "cancelled"
+            await until(events, "output_audio_buffer.cleared", seen)
         hangup = await http.post(f"{base}/realtime/calls/{call_id}/hangup")
         assert hangup.status_code == 200
         gone = await http.post(f"{base}/realtime/calls/{call_id}/hangup")
@@ -133,3 +153,47 @@ async def test_calls_errors_are_json(mock_server: RunningServer) -> None:
             content="v=0",
         )
         assert reply.status_code == 401
+
+
+async def offer_sdp() -> tuple[RTCPeerConnection, str]:
+    pc = RTCPeerConnection()
+    pc.createDataChannel("oai-events")
+    pc.addTrack(Microphone(silence(100)))
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc, pc.localDescription.sdp
+
+
+@pytest.mark.parametrize("typed_parts", [True, False])
+async def test_multipart_offer_with_session(mock_server: RunningServer, typed_parts: bool) -> None:
+    pc, sdp = await offer_sdp()
+    session = json.dumps({"type": "realtime", "model": "gpt-realtime", "instructions": "Hi."})
+    if typed_parts:  # what the Python SDK sends
+        files: Any = {
+            "sdp": (None, sdp, "application/sdp"),
+            "session": (None, session, "application/json"),
+        }
+    else:  # a browser FormData with plain string fields: no per-part content types
+        files = {"sdp": (None, sdp), "session": (None, session)}
+    async with httpx.AsyncClient(timeout=20) as http:
+        reply = await http.post(f"{mock_server.base_url}/realtime/calls", files=files)
+        assert reply.status_code == 201, reply.text
+        assert "a=fingerprint" in reply.text
+        call_id = reply.headers["location"].rsplit("/", 1)[1]
+        assert (
+            await http.post(f"{mock_server.base_url}/realtime/calls/{call_id}/hangup")
+        ).status_code == 200
+    await pc.close()
+
+
+async def test_beta_sdp_post(mock_server: RunningServer) -> None:
+    pc, sdp = await offer_sdp()
+    async with httpx.AsyncClient(timeout=20) as http:
+        reply = await http.post(
+            f"{mock_server.base_url}/realtime?model=gpt-realtime",
+            content=sdp,
+            headers={"Content-Type": "application/sdp"},
+        )
+        assert reply.status_code == 201 and reply.text.startswith("v=0")
+        call_id = reply.headers["location"].rsplit("/", 1)[1]
+        await http.post(f"{mock_server.base_url}/realtime/calls/{call_id}/hangup")
+    await pc.close()

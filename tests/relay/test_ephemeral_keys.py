@@ -28,3 +28,17 @@ def test_relays_sharing_a_secret_accept_each_others_keys() -> None:
 def test_malformed_keys(bad: str) -> None:
     with pytest.raises(InvalidKey):
         KeySigner("secret").verify(bad)
+
+
+def test_advertised_address_replaces_host_candidates() -> None:
+    from relay.calls import advertise
+
+    sdp = (
+        "v=0\r\nc=IN IP4 10.0.0.5\r\n"
+        "a=candidate:1 1 UDP 2130706431 10.0.0.5 40000 typ host\r\n"
+        "a=candidate:2 1 UDP 1694498815 198.51.100.9 40000 typ srflx raddr 10.0.0.5\r\n"
+    )
+    out = advertise(sdp, "203.0.113.7")
+    assert "a=candidate:1 1 UDP 2130706431 203.0.113.7 40000 typ host" in out
+    assert "198.51.100.9 40000 typ srflx" in out and "c=IN IP4 203.0.113.7" in out
+    assert advertise(sdp, None) == sdp
