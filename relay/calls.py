@@ -136,7 +136,7 @@ def calls_router(
             registry.drop(call)
             pool.release(member)
 
-        call = Call(call_id, pc, upstream, closed)
+        call = Call(call_id, pc, upstream, closed, settings.webrtc_idle_timeout_s)
         registry.calls[call_id] = call
         for transceiver in pc.getTransceivers():
             if transceiver.kind == "audio":

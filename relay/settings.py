@@ -46,6 +46,9 @@ class RelaySettings(BaseSettings):
         description="Address to advertise in WebRTC answers when the relay is behind a "
         "1:1 NAT (its host candidates carry this IP instead of the local one).",
     )
+    webrtc_idle_timeout_s: float = Field(
+        20.0, description="End a WebRTC call when no caller audio arrives for this long."
+    )
     max_frame_bytes: int = Field(32 * 1024 * 1024, description="Largest WebSocket frame.")
     log_level: str = Field("info", description="Log level.")
 

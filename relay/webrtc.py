@@ -96,8 +96,10 @@ class Call:
         pc: RTCPeerConnection,
         upstream: ClientConnection,
         on_close: Callable[[Call], None],
+        idle_timeout_s: float = 20.0,
     ) -> None:
         self.id = call_id
+        self.idle_timeout_s = idle_timeout_s
         self.pc = pc
         self.upstream = upstream
         self.ids = IdFactory()
@@ -160,8 +162,11 @@ class Call:
         resampler = av.AudioResampler(format="s16", layout="mono", rate=24000)
         while True:
             try:
-                frame = await track.recv()
-            except MediaStreamError:
+                frame = await asyncio.wait_for(track.recv(), self.idle_timeout_s)
+            except (MediaStreamError, TimeoutError):
+                # The caller hung up or vanished: a bounded wait, then the call ends.
+                log.info("call %s: caller audio stopped", self.id)
+                await self.close()
                 return
             if not isinstance(frame, av.AudioFrame):
                 continue

@@ -197,3 +197,23 @@ async def test_beta_sdp_post(mock_server: RunningServer) -> None:
         call_id = reply.headers["location"].rsplit("/", 1)[1]
         await http.post(f"{mock_server.base_url}/realtime/calls/{call_id}/hangup")
     await pc.close()
+
+
+async def test_call_ends_when_the_caller_goes_away(mock_server: RunningServer) -> None:
+    pc, sdp = await offer_sdp()
+    async with httpx.AsyncClient(timeout=20) as http:
+        reply = await http.post(
+            f"{mock_server.base_url}/realtime/calls",
+            content=sdp,
+            headers={"Content-Type": "application/sdp"},
+        )
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=reply.text, type="answer"))
+        call_id = reply.headers["location"].rsplit("/", 1)[1]
+        await pc.close()  # the caller disappears
+        url = f"{mock_server.base_url}/realtime/calls/{call_id}/hangup"
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            if (await http.post(url)).status_code == 404:
+                break  # the relay ended the call (and its session) by itself
+        else:
+            pytest.fail("the call outlived its caller")
