@@ -96,7 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Run for this many seconds (turns repeat); default: --turns each.",
     )
     load.add_argument("--turns", type=int, default=3, help="Turns per client (default 3).")
-    load.add_argument("--transport", choices=["ws"], default="ws", help="Transport (ws).")
+    load.add_argument(
+        "--transport",
+        choices=["ws", "webrtc"],
+        default="ws",
+        help="ws (WebSocket) or webrtc (POST /v1/realtime/calls, audio tracks).",
+    )
     source = load.add_mutually_exclusive_group()
     source.add_argument(
         "--audio",
@@ -196,6 +201,7 @@ def _load(args: argparse.Namespace) -> int:
         audio=audio,
         api_key=args.api_key,
         model=args.model,
+        transport=args.transport,
     )
     tty = sys.stderr.isatty()
 

@@ -37,6 +37,7 @@ class LoadOptions:
     audio: bytes = b""  # PCM16 24 kHz mono, for audio turns
     api_key: str | None = None
     model: str = "gpt-realtime"
+    transport: str = "ws"  # or "webrtc"
 
 
 @dataclass
@@ -237,7 +238,12 @@ async def run_load(options: LoadOptions, progress: Any = None) -> tuple[Figures,
     async def one(index: int) -> None:
         if options.ramp_s and options.sessions > 1:
             await asyncio.sleep(options.ramp_s * index / (options.sessions - 1))
-        await SimulatedClient(options, figures, deadline).run()
+        if options.transport == "webrtc":
+            from relay.loadgen_webrtc import WebRtcClient
+
+            await WebRtcClient(options, figures, deadline).run()
+        else:
+            await SimulatedClient(options, figures, deadline).run()
 
     tasks = [asyncio.create_task(one(i)) for i in range(options.sessions)]
     reporter = asyncio.create_task(_report(progress, figures, started)) if progress else None

@@ -113,3 +113,23 @@ def test_locustfile_reuses_the_load_client(mock_server: RunningServer, tmp_path:
     stats = (tmp_path / "locust_stats.csv").read_text().splitlines()
     row = next(line for line in stats if "speech end -> first audio delta" in line).split(",")
     assert int(row[2]) >= 2 and int(row[3]) == 0  # requests, failures
+
+
+def test_webrtc_load(mock_server: RunningServer, tmp_path: Path) -> None:
+    out = tmp_path / "load.json"
+    run = load(
+        f"{mock_server.ws_base_url}/realtime",
+        "--transport",
+        "webrtc",
+        "--sessions",
+        "2",
+        "--turns",
+        "1",
+        "--json",
+        str(out),
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    summary = json.loads(out.read_text())
+    assert summary["turns"] == 2 and summary["error_rate"] == 0
+    first_audio = summary["latency_ms"]["speech_end_to_first_audio"]
+    assert first_audio["n"] == 2 and first_audio["p50"] > 450  # after the silence window
