@@ -82,7 +82,9 @@ async def test_transcription_session(local_server: RunningServer, speak: Speaker
         speech = speak("The quick brown fox jumps over the lazy dog.")
         await append_audio(rec, silence(200) + speech + silence(900))
         completed = await rec.until("conversation.item.input_audio_transcription.completed", 60)
-        assert {"quick", "brown", "fox", "lazy", "dog"} <= words(completed["transcript"])
+        # Allow one misheard word: tiny.en on piper speech says "quit" for "quick" now and then.
+        key = {"quick", "brown", "fox", "lazy", "dog"}
+        assert len(key - words(completed["transcript"])) <= 1, completed["transcript"]
         assert rec.of_type("conversation.item.input_audio_transcription.delta")
         assert not [e for e in rec.events if e["type"].startswith("response.")]
         rec.check()

