@@ -54,6 +54,12 @@ def _unauthorized(message: str) -> JSONResponse:
     return JSONResponse(error_body(message, "invalid_api_key"), status_code=401)
 
 
+def _bad_request(exc: ClientError) -> JSONResponse:
+    envelope = error_body(exc.message, exc.code or "invalid_value")
+    envelope["error"]["param"] = exc.param  # type: ignore[index]
+    return JSONResponse(envelope, 400)
+
+
 def create_app(settings: RelaySettings) -> FastAPI:
     app = FastAPI(title="realtime-relay", docs_url=None, redoc_url=None)
     app.add_middleware(
@@ -105,9 +111,11 @@ def create_app(settings: RelaySettings) -> FastAPI:
             }
         )
 
-    @app.post("/v1/realtime/client_secrets")
-    async def client_secrets(request: Request) -> JSONResponse:
-        """Mint an ephemeral key (GA): ``{value: "ek_...", expires_at, session}``."""
+    async def minting_request(request: Request) -> dict[str, Any] | JSONResponse:
+        """The JSON object body of a key-minting request, or the error to answer with.
+
+        Minting needs an API key: an ephemeral key cannot mint more keys.
+        """
         key = bearer_key({k.lower(): v for k, v in request.headers.items()})
         if (key is not None and key.startswith("ek_")) or not key_allowed(key, settings.api_keys):
             return _unauthorized("Incorrect API key provided.")
@@ -115,15 +123,23 @@ def create_app(settings: RelaySettings) -> FastAPI:
             body = await request.json() if await request.body() else {}
         except ValueError:
             return JSONResponse(error_body("The body is not valid JSON.", "invalid_json"), 400)
+        if not isinstance(body, dict):
+            return JSONResponse(
+                error_body("The body must be a JSON object.", "invalid_request"), 400
+            )
+        return body
+
+    @app.post("/v1/realtime/client_secrets")
+    async def client_secrets(request: Request) -> JSONResponse:
+        """Mint an ephemeral key (GA): ``{value: "ek_...", expires_at, session}``."""
+        body = await minting_request(request)
+        if isinstance(body, JSONResponse):
+            return body
         try:
-            if not isinstance(body, dict):
-                raise ClientError("The body must be a JSON object.", code="invalid_request")
             seconds = expiry_seconds(body)
             session = validate_session(body.get("session"))
         except ClientError as exc:
-            envelope = error_body(exc.message, exc.code or "invalid_value")
-            envelope["error"]["param"] = exc.param  # type: ignore[index]
-            return JSONResponse(envelope, 400)
+            return _bad_request(exc)
         value = signer.mint(session, seconds)
         expires_at = signer.verify(value).expires_at
         kind = session["type"]
@@ -139,24 +155,16 @@ def create_app(settings: RelaySettings) -> FastAPI:
 
     async def beta_session(request: Request, kind: str) -> JSONResponse:
         """Beta ephemeral sessions: a flat beta config in, the session plus ``client_secret``."""
-        key = bearer_key({k.lower(): v for k, v in request.headers.items()})
-        if (key is not None and key.startswith("ek_")) or not key_allowed(key, settings.api_keys):
-            return _unauthorized("Incorrect API key provided.")
-        try:
-            body = await request.json() if await request.body() else {}
-        except ValueError:
-            return JSONResponse(error_body("The body is not valid JSON.", "invalid_json"), 400)
+        body = await minting_request(request)
+        if isinstance(body, JSONResponse):
+            return body
         dialect = BetaDialect()
         try:
-            if not isinstance(body, dict):
-                raise ClientError("The body must be a JSON object.", code="invalid_request")
             secret = body.pop("client_secret", None) or {}
             seconds = expiry_seconds(secret if isinstance(secret, dict) else {}, default=60)
             session = validate_session(dialect.session_to_ga(body, kind))
         except ClientError as exc:
-            envelope = error_body(exc.message, exc.code or "invalid_value")
-            envelope["error"]["param"] = exc.param  # type: ignore[index]
-            return JSONResponse(envelope, 400)
+            return _bad_request(exc)
         value = signer.mint(session, seconds)
         expires_at = signer.verify(value).expires_at
         shown = dialect.session_to_beta(
