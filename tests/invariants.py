@@ -9,7 +9,8 @@ from pydantic import TypeAdapter
 _GA_ADAPTER: TypeAdapter[Any] | None = None
 _BETA_ADAPTER: TypeAdapter[Any] | None = None
 
-_TEXT_DELTAS = {
+# A delta event -> (its done event, the done event's field that the deltas add up to).
+GA_DELTA_DONE = {
     "response.output_text.delta": ("response.output_text.done", "text"),
     "response.output_audio_transcript.delta": (
         "response.output_audio_transcript.done",
@@ -19,9 +20,13 @@ _TEXT_DELTAS = {
         "response.function_call_arguments.done",
         "arguments",
     ),
+}
+_TEXT_DELTAS = {
+    **GA_DELTA_DONE,
     "response.text.delta": ("response.text.done", "text"),
     "response.audio_transcript.delta": ("response.audio_transcript.done", "transcript"),
 }
+_DONE_FIELD = {done: (delta, name) for delta, (done, name) in _TEXT_DELTAS.items()}
 
 
 def validate_with_sdk(event: dict[str, Any], *, beta: bool = False) -> None:
@@ -102,9 +107,8 @@ def check_stream(events: list[dict[str, Any]], *, beta: bool = False, sdk: bool 
         elif etype in _TEXT_DELTAS:
             key = (etype, event["item_id"])
             state["text"][key] = state["text"].get(key, "") + event["delta"]
-        elif etype in {done for done, _ in _TEXT_DELTAS.values()}:
-            delta_type = next(d for d, (done, _) in _TEXT_DELTAS.items() if done == etype)
-            field = _TEXT_DELTAS[delta_type][1]
+        elif etype in _DONE_FIELD:
+            delta_type, field = _DONE_FIELD[etype]
             assert state["text"].pop((delta_type, event["item_id"]), "") == event[field], (
                 f"{etype}: deltas do not add up to the done value"
             )

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from tests.invariants import check_stream
+from tests.invariants import GA_DELTA_DONE, check_stream
 from transceiver.protocol import IdFactory, RealtimeSession, SessionKind
 from transceiver.protocol.effects import Effect, StartResponse
 
@@ -34,17 +34,7 @@ _BETA_TO_GA = {
     "transcription_session.created": "session.created",
     "transcription_session.updated": "session.updated",
 }
-_DELTA_DONE = {
-    "response.output_text.delta": ("response.output_text.done", "text"),
-    "response.output_audio_transcript.delta": (
-        "response.output_audio_transcript.done",
-        "transcript",
-    ),
-    "response.function_call_arguments.delta": (
-        "response.function_call_arguments.done",
-        "arguments",
-    ),
-}
+_DELTA_DONE = GA_DELTA_DONE
 _DONE_FIELD = {done: (delta, name) for delta, (done, name) in _DELTA_DONE.items()}
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from tests.transceiver.requests import request
 from transceiver.backends.conversation import chat_messages
 from transceiver.backends.local import split_clause
-from transceiver.protocol.effects import ContextItem, ResponseRequest
 
 
 def test_split_clause_at_sentence_end() -> None:
@@ -26,24 +26,6 @@ def test_later_clauses_split_at_commas_when_long() -> None:
     text = "This is a rather long clause that keeps going and going and going on, and on"
     clause, rest = split_clause(text, first=False) or ("", "")
     assert clause.endswith(",") and rest == " and on"
-
-
-def request(*items: dict[str, object]) -> ResponseRequest:
-    return ResponseRequest(
-        response_id="resp_1",
-        in_conversation=True,
-        context=tuple(ContextItem(dict(item)) for item in items),
-        instructions="Be brief.",
-        tools=(),
-        tool_choice="auto",
-        output_modalities=("audio",),
-        output_format="audio/pcm",
-        voice="alloy",
-        speed=1.0,
-        max_output_tokens=None,
-        metadata=None,
-        model="gpt-realtime",
-    )
 
 
 def test_chat_messages_cover_every_item_type() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.transceiver.requests import request as request_for
 from transceiver.backends.base import ResponseSink, TranscriptSink
 from transceiver.backends.mock import word_audio
 from transceiver.protocol.effects import ResponseRequest, Transcribe
@@ -170,20 +171,6 @@ async def test_a_different_request_is_generated_afresh() -> None:
 
 
 async def test_signature_ignores_the_response_id() -> None:
-    request = ResponseRequest(
-        response_id="resp_a",
-        in_conversation=True,
-        context=(),
-        instructions="x",
-        tools=(),
-        tool_choice="auto",
-        output_modalities=("audio",),
-        output_format="audio/pcm",
-        voice="alloy",
-        speed=1.0,
-        max_output_tokens=None,
-        metadata=None,
-        model="m",
-    )
+    request = request_for()
     assert request_signature(request) == request_signature(replace(request, response_id="b"))
     assert request_signature(request) != request_signature(replace(request, instructions="y"))
