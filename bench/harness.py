@@ -31,7 +31,7 @@ class RunningServer:
 
     @property
     def ws_base_url(self) -> str:
-        return self.base_url.replace("http://", "ws://")
+        return self.base_url.replace("http://", "ws://").replace("https://", "wss://")
 
 
 @contextlib.contextmanager
@@ -66,7 +66,8 @@ def relay_server(
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             raise RuntimeError("server did not start:\n" + "\n".join(lines[-50:]))
-    server = RunningServer(process, port, f"http://127.0.0.1:{port}/v1", lines)
+    banner = next(line for line in lines if line.startswith(READY))
+    server = RunningServer(process, port, banner[len(READY) :].strip(), lines)
     try:
         yield server
     finally:

@@ -55,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--backend",
         default=os.environ.get("RELAY_BACKEND", "local"),
-        choices=["mock", "local"],
-        help="Backend of the transceivers [env RELAY_BACKEND] (default 'local').",
+        choices=["mock", "local", "openai"],
+        help="Backend of the transceivers: mock, local or openai (proxy) [env RELAY_BACKEND] "
+        "(default 'local').",
     )
     serve.add_argument(
         "--transceivers",
@@ -149,6 +150,8 @@ async def _run_relay(settings: RelaySettings, banner: bool) -> None:
         log_level=settings.log_level,
         ws="websockets-sansio",
         lifespan="off",
+        ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
     )
     server = uvicorn.Server(config)
 
@@ -156,7 +159,8 @@ async def _run_relay(settings: RelaySettings, banner: bool) -> None:
         while not server.started:  # noqa: ASYNC110 (uvicorn exposes a flag, not an event)
             await asyncio.sleep(0.05)
         if banner:
-            url = f"http://{settings.host}:{settings.port}/v1"
+            scheme = "https" if settings.ssl_certfile else "http"
+            url = f"{scheme}://{settings.host}:{settings.port}/v1"
             sys.stdout.write(f"realtime-relay ready: base_url={url}\n")
             sys.stdout.flush()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -50,7 +50,30 @@ class RelaySettings(BaseSettings):
         20.0, description="End a WebRTC call when no caller audio arrives for this long."
     )
     max_frame_bytes: int = Field(32 * 1024 * 1024, description="Largest WebSocket frame.")
+    ssl_certfile: str | None = Field(
+        None, description="TLS certificate (PEM); with --ssl-keyfile the relay serves https/wss."
+    )
+    ssl_keyfile: str | None = Field(None, description="TLS private key (PEM).")
+    resolve_interval_s: float = Field(
+        5.0,
+        description="How often transceiver host names are re-resolved; a name with many "
+        "addresses (compose --scale, a Kubernetes headless service) gives many transceivers.",
+    )
+    drain_timeout_s: float = Field(
+        30.0,
+        description="On SIGTERM: stop accepting, let sessions run this long, then close them "
+        "with an error (1012, service restart).",
+    )
+    max_sessions_per_key: int | None = Field(
+        None, description="Most concurrent sessions one API key may hold on this relay."
+    )
+    peer_url: str | None = Field(
+        None,
+        description="URL other relays reach this one at (default http://HOST:PORT); it is "
+        "signed into call ids so a sideband ?call_id= reaching another relay is forwarded.",
+    )
     log_level: str = Field("info", description="Log level.")
+    log_format: Literal["text", "json"] = Field("text", description="Log format: text or json.")
 
     @field_validator("transceiver", "api_keys", "cors_origins", "ice_servers", mode="before")
     @classmethod

@@ -25,13 +25,16 @@ from transceiver.backends.base import Backend
 from transceiver.lag import LoopLagMonitor
 from transceiver.protocol.errors import ClientError
 from transceiver.protocol.session import RealtimeSession, SessionKind
+from transceiver.proxy import ProxyBackend, ProxySession
 from transceiver.runner import Faults, SessionRunner
 from transceiver.settings import TransceiverSettings
 
 log = logging.getLogger(__name__)
 
 
-def build_backend(settings: TransceiverSettings) -> Backend:
+def build_backend(settings: TransceiverSettings) -> Backend | ProxyBackend:
+    if settings.backend == "openai":
+        return ProxyBackend(settings)
     if settings.backend == "mock":
         from transceiver.backends.mock import MockBackend, MockOptions, MockScript
 
@@ -56,7 +59,7 @@ def _json_response(status: http.HTTPStatus, body: dict[str, Any]) -> Response:
 
 
 class TransceiverServer:
-    def __init__(self, settings: TransceiverSettings, backend: Backend) -> None:
+    def __init__(self, settings: TransceiverSettings, backend: Backend | ProxyBackend) -> None:
         self.settings = settings
         self.backend = backend
         self.sessions = 0
@@ -112,6 +115,24 @@ class TransceiverServer:
         overrides = None
         if arg("session"):
             overrides = json.loads(base64.urlsafe_b64decode(arg("session") or ""))
+        if isinstance(self.backend, ProxyBackend):
+            proxy = ProxySession(
+                self.backend,
+                connection,
+                model=arg("model"),
+                transcription=kind is SessionKind.TRANSCRIPTION,
+                beta=arg("beta") == "1",
+                media=arg("media") == "1",
+                overrides=overrides,
+            )
+            self.sessions += 1
+            log.info("session start proxy kind=%s model=%s", kind.value, arg("model"))
+            try:
+                await proxy.run()
+            finally:
+                self.sessions -= 1
+                log.info("session end proxy")
+            return
         try:
             session = RealtimeSession(
                 kind=kind,

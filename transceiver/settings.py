@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class TransceiverSettings(BaseSettings):
@@ -13,10 +13,51 @@ class TransceiverSettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address the transceiver listens on.")
     port: int = Field(8100, description="Port the transceiver listens on.")
-    backend: Literal["mock", "local"] = Field("local", description="Backend to run.")
+    backend: Literal["mock", "local", "openai"] = Field(
+        "local", description="Backend to run: mock, local (VAD, STT, LLM, TTS) or openai (proxy)."
+    )
     max_sessions: int = Field(1000, description="Sessions this transceiver accepts at once.")
     max_frame_bytes: int = Field(32 * 1024 * 1024, description="Largest WebSocket frame.")
+    drain_timeout_s: float = Field(
+        30.0,
+        description="On SIGTERM: refuse new sessions, let running ones go on this long, then "
+        "close them with an error (1012, service restart).",
+    )
     log_level: str = Field("info", description="Log level.")
+    log_format: Literal["text", "json"] = Field("text", description="Log format: text or json.")
+
+    # OpenAI proxy backend
+    upstream_url: str = Field(
+        "wss://api.openai.com/v1/realtime",
+        description="openai backend: the upstream Realtime WebSocket URL (OpenAI, Azure "
+        "OpenAI or any compatible server).",
+    )
+    upstream_api_key: str | None = Field(
+        None,
+        description="openai backend: the server-side key sent upstream (default: the "
+        "OPENAI_API_KEY environment variable). Clients never see it.",
+    )
+    upstream_header: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="openai backend: extra upstream headers as NAME:VALUE (comma-separated), "
+        "e.g. api-key:... for Azure.",
+    )
+    allowed_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="openai backend: models clients may ask for (comma-separated; empty: any).",
+    )
+    model_map: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="openai backend: CLIENT=UPSTREAM model renames (comma-separated), e.g. "
+        "gpt-realtime=gpt-realtime-mini.",
+    )
+    instructions_prefix: str | None = Field(
+        None,
+        description="openai backend: server-side instructions put before the client's own.",
+    )
+    upstream_open_timeout_s: float = Field(
+        10.0, description="openai backend: give up connecting upstream after this long."
+    )
 
     # Local backend: STT
     stt_model: str | None = Field(
@@ -74,3 +115,10 @@ class TransceiverSettings(BaseSettings):
     mock_fault_stall_after: int | None = Field(
         None, description="Mock fault: stop sending (stall) after N events."
     )
+
+    @field_validator("upstream_header", "allowed_models", "model_map", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value

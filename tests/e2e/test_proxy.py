@@ -1,0 +1,312 @@
+"""``--backend openai``: the proxy in front of an upstream, which is a second instance of
+this server in mock mode on loopback (no internet needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from openai import AsyncOpenAI
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.e2e.client import Recorder, append_audio, silence, speech, user_text
+from tests.e2e.conftest import MOCK_ARGS
+from tests.e2e.test_webrtc import Microphone, speaker, until
+from tests.servers import RunningServer, relay_server
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+UPSTREAM_KEY = "sk-upstream-secret"
+PREFIX = "You are a helpful voice agent of ACME."
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[RunningServer]:
+    with relay_server(*MOCK_ARGS, "--api-keys", UPSTREAM_KEY) as server:
+        yield server
+
+
+def proxy_args(upstream: RunningServer, *extra: str) -> tuple[str, ...]:
+    return (
+        "--backend",
+        "openai",
+        "--upstream-url",
+        f"{upstream.ws_base_url}/realtime",
+        "--api-keys",
+        "sk-client",
+        *extra,
+    )
+
+
+@pytest.fixture(scope="module")
+def proxy(upstream: RunningServer) -> Iterator[RunningServer]:
+    args = proxy_args(
+        upstream,
+        "--allowed-models",
+        "gpt-realtime,gpt-realtime-2025-08-28",
+        "--model-map",
+        "gpt-realtime=gpt-realtime-2025-08-28",
+        "--instructions-prefix",
+        PREFIX,
+    )
+    # The server-side key comes from the environment; clients never hold it.
+    with relay_server(*args, env={"OPENAI_API_KEY": UPSTREAM_KEY}) as server:
+        yield server
+
+
+def client_for(server: RunningServer, key: str = "sk-client") -> AsyncOpenAI:
+    return AsyncOpenAI(api_key=key, base_url=server.base_url)
+
+
+async def test_text_and_audio_turns_pass_through(proxy: RunningServer) -> None:
+    async with client_for(proxy).realtime.connect(model="gpt-realtime") as conn:
+        rec = Recorder(conn)
+        created = await rec.until("session.created")
+        assert rec.events[0]["type"] == "session.created"  # held until configured
+        assert created["session"]["model"] == "gpt-realtime-2025-08-28"  # the operator's mapping
+        assert created["session"]["instructions"] == PREFIX
+        await rec.send(
+            {"type": "session.update", "session": {"type": "realtime", "instructions": "Be brief."}}
+        )
+        updated = await rec.until("session.updated")
+        assert updated["session"]["instructions"] == PREFIX + "\n\nBe brief."
+        await user_text(rec, "hello proxy")
+        await rec.send({"type": "response.create"})
+        done = await rec.until("response.done")
+        assert done["response"]["status"] == "completed"
+        transcript = "".join(
+            e["delta"] for e in rec.of_type("response.output_audio_transcript.delta")
+        )
+        assert transcript == "hello proxy"
+        await append_audio(rec, silence(200) + speech("how are you today") + silence(800))
+        committed = await rec.until("input_audio_buffer.committed")
+        done = await rec.until("response.done")
+        assert done["response"]["status"] == "completed"
+        assert committed["item_id"]
+        assert rec.of_type("response.output_audio.delta")
+        assert not rec.of_type("error")
+        rec.check()
+
+
+async def test_function_call_and_interruption(proxy: RunningServer) -> None:
+    async with client_for(proxy).realtime.connect(model="gpt-realtime-2025-08-28") as conn:
+        rec = Recorder(conn)
+        await rec.until("session.created")
+        await user_text(rec, "what is the weather")
+        await rec.send({"type": "response.create"})
+        args = await rec.until("response.function_call_arguments.done")
+        await rec.until("response.done")
+        await rec.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "function_call_output",
+                    "call_id": args["call_id"],
+                    "output": "sunny",
+                },
+            }
+        )
+        await rec.send({"type": "response.create"})
+        done = await rec.until("response.done")
+        assert "sunny" in json.dumps(done["response"]["output"])
+        await user_text(rec, "tell me a long story")
+        await rec.send({"type": "response.create"})
+        await rec.until("response.output_audio.delta")
+        await append_audio(rec, speech("wait stop please"))
+        await rec.until("input_audio_buffer.speech_started")
+        cancelled = await rec.until("response.done")
+        assert cancelled["response"]["status"] == "cancelled"
+        rec.check()
+
+
+async def test_beta_client(proxy: RunningServer) -> None:
+    client = client_for(proxy).with_options(websocket_base_url=proxy.ws_base_url)
+    async with client.beta.realtime.connect(model="gpt-realtime") as conn:
+        rec = Recorder(conn, beta=True)
+        created = await rec.until("session.created")
+        assert created["session"]["instructions"] == PREFIX  # beta shape, kept end to end
+        assert "modalities" in created["session"]
+        await rec.send({"type": "session.update", "session": {"modalities": ["text"]}})
+        await rec.until("session.updated")
+        await user_text(rec, "hello beta")
+        await rec.send({"type": "response.create"})
+        await rec.until("response.text.done")
+        done = await rec.until("response.done")
+        assert done["response"]["status"] == "completed"
+        rec.check()
+
+
+async def test_ephemeral_key_configuration_reaches_upstream(proxy: RunningServer) -> None:
+    async with httpx.AsyncClient(timeout=10) as http:
+        minted = await http.post(
+            f"{proxy.base_url}/realtime/client_secrets",
+            headers={"Authorization": "Bearer sk-client"},
+            json={"session": {"type": "realtime", "instructions": "Speak like a pirate."}},
+        )
+        key = minted.json()["value"]
+    async with client_for(proxy, key).realtime.connect(model="gpt-realtime") as conn:
+        rec = Recorder(conn)
+        created = await rec.until("session.created")
+        assert created["session"]["instructions"] == PREFIX + "\n\nSpeak like a pirate."
+
+
+async def test_disallowed_model_is_refused(proxy: RunningServer) -> None:
+    url = f"{proxy.ws_base_url}/realtime?model=gpt-4o-realtime-preview"
+    async with connect(url, additional_headers={"Authorization": "Bearer sk-client"}) as ws:
+        error = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert error["type"] == "error"
+        assert error["error"]["code"] == "invalid_value" and error["error"]["param"] == "model"
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 10)
+        assert ws.close_code == 1008  # a policy refusal: SDKs do not retry it
+    # A disallowed model in session.update is refused, and the session goes on.
+    async with client_for(proxy).realtime.connect(model="gpt-realtime") as conn:
+        rec = Recorder(conn)
+        await rec.until("session.created")
+        await rec.send({"type": "session.update", "session": {"type": "realtime", "model": "x"}})
+        error = await rec.until("error")
+        assert error["error"]["param"] == "model"
+        await user_text(rec, "still here")
+        await rec.send({"type": "response.create"})
+        assert (await rec.until("response.done"))["response"]["status"] == "completed"
+
+
+async def refused(url: str, key: str = "sk-client") -> tuple[dict[str, Any], int | None]:
+    async with connect(url, additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+        first = json.loads(await asyncio.wait_for(ws.recv(), 20))
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await asyncio.wait_for(ws.recv(), 20)
+        return first, ws.close_code
+
+
+async def test_upstream_refusals(upstream: RunningServer) -> None:
+    """A wrong server key, an unreachable upstream and a silent one: an error, never a hang."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # accepts TCP, never answers the handshake
+        cases = [
+            (proxy_args(upstream), {"OPENAI_API_KEY": "sk-wrong"}, "upstream_auth_failed", 1008),
+            (
+                (
+                    *proxy_args(upstream)[:3],
+                    f"ws://127.0.0.1:{silent.getsockname()[1]}/v1/realtime",
+                    "--upstream-open-timeout-s",
+                    "1",
+                    *proxy_args(upstream)[4:],
+                ),
+                {"OPENAI_API_KEY": UPSTREAM_KEY},
+                "upstream_unavailable",
+                1011,
+            ),
+        ]
+        for args, env, code, close_code in cases:
+            with relay_server(*args, env=env) as server:
+                url = f"{server.ws_base_url}/realtime?model=gpt-realtime"
+                first, closed = await refused(url)
+                assert first["type"] == "error" and first["error"]["code"] == code
+                assert closed == close_code
+
+
+@pytest.mark.parametrize("fault", ["close", "error"])
+async def test_upstream_drop_and_error(fault: str) -> None:
+    with relay_server(
+        *MOCK_ARGS, "--api-keys", UPSTREAM_KEY, f"--mock-fault-{fault}-after", "3"
+    ) as faulty:
+        with relay_server(*proxy_args(faulty), env={"OPENAI_API_KEY": UPSTREAM_KEY}) as server:
+
+            async def turn() -> list[dict[str, Any]]:
+                async with client_for(server).realtime.connect(model="gpt-realtime") as conn:
+                    rec = Recorder(conn)
+                    await rec.until("session.created")
+                    await user_text(rec, "hello")
+                    await rec.send({"type": "response.create"})
+                    with contextlib.suppress(ConnectionClosed, Exception):
+                        await rec.until("response.done", timeout_s=10)
+                    return rec.events
+
+            events = await turn()
+    errors = [e["error"]["code"] for e in events if e["type"] == "error"]
+    if fault == "close":
+        assert errors == ["upstream_unavailable"]  # said clearly, then 1011 to reconnect
+    else:
+        assert errors == ["injected_fault"]  # the upstream's own error passes through
+        assert events[-1]["type"] == "response.done"  # and the session goes on
+
+
+async def test_webrtc_through_the_proxy(proxy: RunningServer) -> None:
+    """Caller audio goes upstream as appends; the reply plays on the track; barge-in
+    truncates the upstream item to what the caller heard."""
+    base = proxy.base_url
+    async with httpx.AsyncClient(timeout=20) as http:
+        pc = RTCPeerConnection()
+        channel = pc.createDataChannel("oai-events")
+        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        received: list[dict[str, Any]] = []
+
+        def on_message(message: str) -> None:
+            received.append(json.loads(message))
+            events.put_nowait(received[-1])
+
+        channel.on("message", on_message)
+        pc.addTrack(Microphone(silence(300) + speech("hello there how are you today")))
+        heard = bytearray()
+        tasks = []
+        pc.on("track", lambda track: tasks.append(asyncio.ensure_future(speaker(track, heard))))
+        await pc.setLocalDescription(await pc.createOffer())
+        reply = await http.post(
+            f"{base}/realtime/calls",
+            content=pc.localDescription.sdp,
+            headers={"Authorization": "Bearer sk-client", "Content-Type": "application/sdp"},
+        )
+        assert reply.status_code == 201, reply.text
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=reply.text, type="answer"))
+        seen: list[str] = []
+        created = await until(events, "session.created", seen)
+        assert created["session"]["instructions"].startswith(PREFIX)
+        await until(events, "input_audio_buffer.speech_started", seen)
+        done = await until(events, "response.done", seen, timeout_s=30)
+        assert done["response"]["status"] == "completed"
+        await until(events, "output_audio_buffer.stopped", seen)
+        assert len(heard) > 24_000
+        # Interrupt a long reply as the Agents SDK does: cancel, then clear.
+        channel.send(
+            json.dumps(
+                {
+                    "type": "conversation.item.create",
+                    "item": {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "tell me a long story"}],
+                    },
+                }
+            )
+        )
+        channel.send(json.dumps({"type": "response.create"}))
+        started = await until(events, "output_audio_buffer.started", seen)
+        await asyncio.sleep(1.0)
+        channel.send(json.dumps({"type": "response.cancel"}))
+        channel.send(json.dumps({"type": "output_audio_buffer.clear"}))
+        cleared = await until(events, "output_audio_buffer.cleared", seen)
+        assert cleared["response_id"] == started["response_id"]
+        truncated = await until(events, "conversation.item.truncated", seen)
+        mark = received.index(started)
+        if not any(e["type"] == "response.done" for e in received[mark:]):
+            await until(events, "response.done", seen)
+        cancelled = [e for e in received[mark:] if e["type"] == "response.done"][-1]
+        assert cancelled["response"]["status"] == "cancelled"
+        assert 500 <= truncated["audio_end_ms"] <= 3000  # about what the caller heard
+        assert "error" not in seen
+        call_id = reply.headers["location"].rsplit("/", 1)[1]
+        await http.post(f"{base}/realtime/calls/{call_id}/hangup")
+        await pc.close()
+        for task in tasks:
+            task.cancel()
