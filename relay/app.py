@@ -15,39 +15,26 @@ from urllib.parse import urlencode
 import httpx
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.websockets import WebSocketDisconnect
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.typing import Subprotocol
 
 from relay.auth import bearer_key, error_body, key_allowed, wants_beta
 from relay.calls import CallRegistry, calls_router
-from relay.ephemeral import EphemeralKey, InvalidKey, KeySigner, expiry_seconds, validate_session
-from relay.pool import NoTransceiver, TransceiverPool
+from relay.drain import SHUTDOWN_MESSAGE
+from relay.edge import Edge
+from relay.ephemeral import EphemeralKey, InvalidKey, call_owner, expiry_seconds, validate_session
+from relay.pool import NoTransceiver
 from relay.settings import RelaySettings
 from relay.webrtc import Call
+from transceiver.observability import CONTENT_TYPE
 from transceiver.protocol.beta import BetaDialect
 from transceiver.protocol.errors import ClientError
-from transceiver.protocol.ids import IdFactory
 
 log = logging.getLogger(__name__)
 INDEX_HTML = Path(__file__).with_name("static") / "index.html"
-
-
-def _error_event(ids: IdFactory, message: str, code: str, type: str = "server_error") -> str:
-    return json.dumps(
-        {
-            "type": "error",
-            "event_id": ids.event_id(),
-            "error": {
-                "type": type,
-                "code": code,
-                "message": message,
-                "param": None,
-                "event_id": None,
-            },
-        }
-    )
 
 
 def _unauthorized(message: str) -> JSONResponse:
@@ -69,13 +56,12 @@ def create_app(settings: RelaySettings) -> FastAPI:
         allow_headers=["*"],
         expose_headers=["Location"],
     )
-    pool = TransceiverPool(settings.transceiver, settings.max_frame_bytes)
-    ids = IdFactory()
-    signer = KeySigner(settings.key_secret)
+    edge = Edge.create(settings)
+    pool, signer, metrics = edge.pool, edge.signer, edge.metrics
     registry = CallRegistry()
     app.state.calls = registry
-    app.include_router(calls_router(settings, pool, signer, registry))
-    app.state.pool = pool
+    app.state.edge = edge
+    app.include_router(calls_router(edge, registry))
 
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -83,20 +69,23 @@ def create_app(settings: RelaySettings) -> FastAPI:
         return HTMLResponse(INDEX_HTML.read_text(encoding="utf-8"))
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "transceivers": [{"url": m.url, "sessions": m.sessions} for m in pool.members],
-        }
+    async def healthz() -> JSONResponse:
+        """200 while serving; 503 while draining, so load balancers stop sending here."""
+        if edge.live.draining:
+            return JSONResponse({"status": "draining", **edge.describe()}, status_code=503)
+        return JSONResponse({"status": "ok", **edge.describe()})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:
         names: list[str] = []
         async with httpx.AsyncClient(timeout=5) as client:
             for member in pool.members:
-                url = member.url.replace("ws://", "http://").replace("wss://", "https://")
                 try:
-                    reply = await client.get(f"{url}/v1/models")
+                    reply = await client.get(f"{member.http_url}/v1/models")
                     names.extend(n for n in reply.json()["models"] if n not in names)
                 except (httpx.HTTPError, ValueError, KeyError):
                     continue
@@ -147,7 +136,7 @@ def create_app(settings: RelaySettings) -> FastAPI:
             "object": "realtime.session"
             if kind == "realtime"
             else "realtime.transcription_session",
-            "id": ids.new("sess"),
+            "id": edge.ids.new("sess"),
             **session,
             "expires_at": 0,
         }
@@ -172,7 +161,7 @@ def create_app(settings: RelaySettings) -> FastAPI:
                 "object": "realtime.session"
                 if kind == "realtime"
                 else "realtime.transcription_session",
-                "id": ids.new("sess"),
+                "id": edge.ids.new("sess"),
                 **session,
                 "expires_at": expires_at,
             },
@@ -204,58 +193,151 @@ def create_app(settings: RelaySettings) -> FastAPI:
         elif not key_allowed(key, settings.api_keys):
             await websocket.send_denial_response(_unauthorized("Incorrect API key provided."))
             return
-        params = websocket.query_params
-        if params.get("call_id"):
-            call = registry.get(params["call_id"])
-            if call is None:
-                await websocket.send_denial_response(
-                    JSONResponse(
-                        error_body(f"Call '{params['call_id']}' not found.", "call_not_found"),
-                        status_code=404,
-                    )
-                )
-                return
-            await websocket.accept(subprotocol="realtime" if "realtime" in offered else None)
-            await _sideband(websocket, call)
+        if edge.live.draining:
+            await websocket.send_denial_response(_draining())
             return
-        query: dict[str, str] = {}
-        if params.get("model"):
-            query["model"] = params["model"]
-        if params.get("intent") == "transcription":
-            query["intent"] = "transcription"
-        if wants_beta(headers, offered):
-            query["beta"] = "1"
-        if ephemeral is not None:  # the key carries its session configuration
-            if ephemeral.session.get("type") == "transcription":
-                query.pop("model", None)
-                query["intent"] = "transcription"
-            else:
-                query.setdefault("model", str(ephemeral.session.get("model", "gpt-realtime")))
-            query["session"] = base64.urlsafe_b64encode(
-                json.dumps(ephemeral.session).encode()
-            ).decode("ascii")
+        params = websocket.query_params
         subprotocol = "realtime" if "realtime" in offered else None
-        try:
-            member, upstream = await pool.open_session(urlencode(query))
-        except NoTransceiver:
+        if params.get("call_id"):
+            await _sideband_or_forward(edge, registry, websocket, params["call_id"], key)
+            return
+        query = _session_query(params, headers, offered, ephemeral)
+        holder = edge.limits.acquire(key)
+        if holder is None:
             await websocket.accept(subprotocol=subprotocol)
             await websocket.send_text(
-                _error_event(
-                    ids,
-                    "No transceiver can take this session now; try again later.",
+                edge.error_event(
+                    f"This API key already holds {edge.limits.limit} session(s) here.",
                     "session_limit_reached",
+                    "invalid_request_error",
                 )
             )
             await websocket.close(1013, "try again later")
             return
         try:
-            await websocket.accept(subprotocol=subprotocol)
-            await _forward(websocket, upstream, ids)
+            await _session(edge, websocket, subprotocol, urlencode(query))
         finally:
-            pool.release(member)
-            await upstream.close()
+            edge.limits.release(holder)
 
     return app
+
+
+def _draining() -> JSONResponse:
+    return JSONResponse(
+        error_body("This server is restarting; try again shortly.", "server_shutting_down"),
+        status_code=503,
+    )
+
+
+def _session_query(
+    params: Any, headers: dict[str, str], offered: list[str], ephemeral: EphemeralKey | None
+) -> dict[str, str]:
+    """The transceiver's ``/v1/sessions`` query for a client connection."""
+    query: dict[str, str] = {}
+    if params.get("model"):
+        query["model"] = params["model"]
+    if params.get("intent") == "transcription":
+        query["intent"] = "transcription"
+    if wants_beta(headers, offered):
+        query["beta"] = "1"
+    if ephemeral is not None:  # the key carries its session configuration
+        if ephemeral.session.get("type") == "transcription":
+            query.pop("model", None)
+            query["intent"] = "transcription"
+        else:
+            query.setdefault("model", str(ephemeral.session.get("model", "gpt-realtime")))
+        query["session"] = base64.urlsafe_b64encode(json.dumps(ephemeral.session).encode()).decode(
+            "ascii"
+        )
+    return query
+
+
+async def _session(edge: Edge, websocket: WebSocket, subprotocol: str | None, query: str) -> None:
+    """Place the session on a transceiver and pass frames until either side ends."""
+    try:
+        member, upstream = await edge.pool.open_session(query)
+    except NoTransceiver:
+        edge.metrics.placement_refusals.labels("none").inc()
+        await websocket.accept(subprotocol=subprotocol)
+        await websocket.send_text(
+            edge.error_event(
+                "No transceiver can take this session now; try again later.",
+                "session_limit_reached",
+            )
+        )
+        await websocket.close(1013, "try again later")
+        return
+
+    async def close_for_drain() -> None:
+        await websocket.send_text(edge.error_event(SHUTDOWN_MESSAGE, "server_shutting_down"))
+        await websocket.close(1012, "server restarting")
+
+    gauge = edge.metrics.sessions.labels("ws")
+    edge.metrics.sessions_total.labels("ws").inc()
+    gauge.inc()
+    edge.live.add(websocket, close_for_drain)
+    try:
+        await websocket.accept(subprotocol=subprotocol)
+        await _forward(websocket, upstream, edge)
+    finally:
+        edge.live.discard(websocket)
+        gauge.dec()
+        edge.pool.release(member)
+        await upstream.close()
+
+
+async def _sideband_or_forward(
+    edge: Edge, registry: CallRegistry, websocket: WebSocket, call_id: str, key: str | None
+) -> None:
+    """``?call_id=``: the call's events here, or on the relay that holds the call."""
+    offered = list(websocket.scope.get("subprotocols", []))
+    subprotocol = "realtime" if "realtime" in offered else None
+    call = registry.get(call_id)
+    if call is not None:
+        await websocket.accept(subprotocol=subprotocol)
+        await _sideband(websocket, call)
+        return
+    owner = call_owner(edge.signer, call_id)
+    if owner is None or owner.rstrip("/") == edge.peer_url:
+        await websocket.send_denial_response(
+            JSONResponse(
+                error_body(f"Call '{call_id}' not found.", "call_not_found"), status_code=404
+            )
+        )
+        return
+    # Another relay holds the call: connect there with the caller's credentials, pass frames.
+    target = owner.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        upstream = await connect(
+            f"{target}/v1/realtime?{urlencode({'call_id': call_id})}",
+            additional_headers=headers,
+            subprotocols=[Subprotocol("realtime")],
+            max_size=edge.settings.max_frame_bytes,
+            open_timeout=10,
+            ping_interval=None,
+        )
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        body = exc.response.body or b"{}"
+        await websocket.send_denial_response(
+            Response(body, status_code=status, media_type="application/json")
+        )
+        return
+    except (OSError, TimeoutError, InvalidHandshake) as exc:
+        log.warning("relay %s holding call %s is unreachable: %s", owner, call_id, exc)
+        await websocket.send_denial_response(
+            JSONResponse(
+                error_body("The relay holding this call cannot be reached.", "call_unreachable"),
+                status_code=502,
+            )
+        )
+        return
+    try:
+        await websocket.accept(subprotocol=subprotocol)
+        await _forward(websocket, upstream, edge)
+    finally:
+        await upstream.close()
 
 
 async def _sideband(websocket: WebSocket, call: Call) -> None:
@@ -272,19 +354,22 @@ async def _sideband(websocket: WebSocket, call: Call) -> None:
         call.sidebands.discard(websocket.send_text)
 
 
-async def _forward(websocket: WebSocket, upstream: ClientConnection, ids: IdFactory) -> None:
+async def _forward(websocket: WebSocket, upstream: ClientConnection, edge: Edge) -> None:
     """Pass frames both ways unchanged until either side ends."""
+    events_in, events_out = edge.metrics.events_in, edge.metrics.events_out
 
     async def client_to_upstream() -> None:
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
+            events_in.inc()
             data = message.get("text")
             await upstream.send(data if data is not None else message.get("bytes") or b"")
 
     async def upstream_to_client() -> None:
         async for frame in upstream:
+            events_out.inc()
             if isinstance(frame, str):
                 await websocket.send_text(frame)
             else:
@@ -305,8 +390,8 @@ async def _forward(websocket: WebSocket, upstream: ClientConnection, ids: IdFact
             # The transceiver died mid-session (PROTOCOL.md 2.5: 1011 lets SDKs reconnect).
             log.warning("transceiver connection lost mid-session")
             await websocket.send_text(
-                _error_event(
-                    ids, "The server lost this session's transceiver.", "transceiver_unavailable"
+                edge.error_event(
+                    "The server lost this session's transceiver.", "transceiver_unavailable"
                 )
             )
             await websocket.close(1011, "transceiver failed")

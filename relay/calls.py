@@ -10,19 +10,20 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import secrets
 from typing import Any
 from urllib.parse import urlencode
 
+import httpx
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from relay.auth import bearer_key, error_body, key_allowed
-from relay.ephemeral import InvalidKey, KeySigner, validate_session
-from relay.pool import NoTransceiver, TransceiverPool
-from relay.settings import RelaySettings
+from relay.drain import SHUTDOWN_MESSAGE
+from relay.edge import Edge
+from relay.ephemeral import InvalidKey, call_id_for, call_owner, validate_session
+from relay.pool import NoTransceiver
 from relay.webrtc import Call
 from transceiver.protocol.errors import ClientError
 
@@ -70,10 +71,9 @@ class CallRegistry:
         self.calls.pop(call.id, None)
 
 
-def calls_router(
-    settings: RelaySettings, pool: TransceiverPool, signer: KeySigner, registry: CallRegistry
-) -> APIRouter:
+def calls_router(edge: Edge, registry: CallRegistry) -> APIRouter:
     router = APIRouter()
+    settings, pool, signer = edge.settings, edge.pool, edge.signer
     ice = [RTCIceServer(urls=url) for url in settings.ice_servers]
 
     async def offer_and_session(request: Request) -> tuple[str, Any]:
@@ -86,6 +86,10 @@ def calls_router(
         return (await request.body()).decode("utf-8", "replace"), None
 
     async def create_call(request: Request, model: str | None) -> Response:
+        if edge.live.draining:
+            return _error(
+                "This server is restarting; try again shortly.", "server_shutting_down", 503
+            )
         key = bearer_key({k.lower(): v for k, v in request.headers.items()})
         session: Any = None
         if key is not None and key.startswith("ek_"):
@@ -121,23 +125,46 @@ def calls_router(
         except Exception as exc:  # aiortc raises ValueError and others on bad SDP
             await pc.close()
             return _error(f"The SDP offer could not be used: {exc}", "invalid_sdp", 400)
+        holder = edge.limits.acquire(key)
+        if holder is None:
+            await pc.close()
+            edge.metrics.error("session_limit_reached")
+            return _error(
+                f"This API key already holds {edge.limits.limit} session(s) here.",
+                "session_limit_reached",
+                429,
+            )
         try:
             member, upstream = await pool.open_session(urlencode(query))
         except NoTransceiver:
+            edge.limits.release(holder)
             await pc.close()
+            edge.metrics.placement_refusals.labels("none").inc()
+            edge.metrics.error("session_limit_reached")
             return _error(
                 "No transceiver can take this call now; try again later.",
                 "session_limit_reached",
                 503,
             )
-        call_id = "rtc_" + secrets.token_hex(16)
+        call_id = call_id_for(signer, edge.peer_url)
+        gauge = edge.metrics.sessions.labels("webrtc")
+        gauge.inc()
+        edge.metrics.sessions_total.labels("webrtc").inc()
 
         def closed(call: Call) -> None:
             registry.drop(call)
+            edge.live.discard(call)
+            gauge.dec()
+            edge.limits.release(holder)
             pool.release(member)
+
+        async def close_for_drain() -> None:
+            await call.broadcast(edge.error_event(SHUTDOWN_MESSAGE, "server_shutting_down"))
+            await call.close()
 
         call = Call(call_id, pc, upstream, closed, settings.webrtc_idle_timeout_s)
         registry.calls[call_id] = call
+        edge.live.add(call, close_for_drain)
         for transceiver in pc.getTransceivers():
             if transceiver.kind == "audio":
                 pc.addTrack(call.outbound)
@@ -167,9 +194,21 @@ def calls_router(
         if not key_allowed(key, settings.api_keys):
             return _error("Incorrect API key provided.", "invalid_api_key", 401)
         call = registry.get(call_id)
-        if call is None:
+        if call is not None:
+            await call.close()
+            return Response(status_code=200)
+        owner = call_owner(signer, call_id)
+        if owner is None or owner.rstrip("/") == edge.peer_url:
             return _error(f"Call '{call_id}' not found.", "call_not_found", 404)
-        await call.close()
-        return Response(status_code=200)
+        # Another relay holds the call (several relays behind one load balancer).
+        try:
+            async with httpx.AsyncClient(timeout=10) as client:
+                reply = await client.post(
+                    f"{owner}/v1/realtime/calls/{call_id}/hangup",
+                    headers={"Authorization": request.headers.get("authorization", "")},
+                )
+        except httpx.HTTPError:
+            return _error("The relay holding this call cannot be reached.", "call_unreachable", 502)
+        return Response(reply.content, reply.status_code, media_type="application/json")
 
     return router

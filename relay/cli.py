@@ -14,12 +14,12 @@ import uvicorn
 
 from relay import loop
 from relay.app import create_app
+from relay.drain import DrainingServer
 from relay.settings import RelaySettings
 from relay.supervisor import Supervisor, TransceiverProcess, free_port
+from transceiver.observability import configure_logging
 
 log = logging.getLogger("relay")
-
-_RELAY_FLAGS = ("host", "port", "api_keys", "max_frame_bytes", "log_level")
 
 
 def _add_relay_options(parser: argparse.ArgumentParser, with_transceiver: bool) -> None:
@@ -134,26 +134,24 @@ def _relay_settings(args: argparse.Namespace, **extra: Any) -> RelaySettings:
     return RelaySettings(**given)
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-
-
 async def _run_relay(settings: RelaySettings, banner: bool) -> None:
+    app = create_app(settings)
+    edge = app.state.edge
+    await edge.pool.start()  # resolve names and read every transceiver's load up front
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         ws_max_size=settings.max_frame_bytes,
         ws_ping_interval=None,
         log_level=settings.log_level,
+        log_config=None,  # our handler (text or JSON) formats uvicorn's lines too
         ws="websockets-sansio",
         lifespan="off",
         ssl_certfile=settings.ssl_certfile,
         ssl_keyfile=settings.ssl_keyfile,
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, edge.live, settings.drain_timeout_s)
 
     async def announce() -> None:
         while not server.started:  # noqa: ASYNC110 (uvicorn exposes a flag, not an event)
@@ -169,11 +167,14 @@ async def _run_relay(settings: RelaySettings, banner: bool) -> None:
         await server.serve()
     finally:
         announcer.cancel()
+        await edge.pool.stop()
 
 
 async def _serve(args: argparse.Namespace, passthrough: list[str]) -> None:
     host = "127.0.0.1"
     extra = ["--log-level", args.log_level] if args.log_level else []
+    if args.log_format:
+        extra += ["--log-format", args.log_format]
     processes = [
         TransceiverProcess(host, free_port(host), ["--backend", args.backend, *extra, *passthrough])
         for _ in range(max(1, args.transceivers))
@@ -239,10 +240,13 @@ def main(argv: list[str] | None = None) -> None:
         settings = _relay_settings(args)
         if not settings.transceiver:
             parser.error("relay needs at least one --transceiver URL")
-        _configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
         loop.run(_run_relay(settings, banner=True))
         return
-    _configure_logging(args.log_level or os.environ.get("RELAY_LOG_LEVEL", "info"))
+    configure_logging(
+        args.log_level or os.environ.get("RELAY_LOG_LEVEL", "info"),
+        args.log_format or os.environ.get("RELAY_LOG_FORMAT", "text"),
+    )
     try:
         loop.run(_serve(args, passthrough))
     except KeyboardInterrupt:

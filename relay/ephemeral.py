@@ -42,6 +42,7 @@ def _unb64(text: str) -> bytes:
 class KeySigner:
     def __init__(self, secret: str | None) -> None:
         self._secret = (secret or secrets.token_hex(32)).encode()
+        self.secret = self._secret
 
     def mint(self, session: dict[str, Any], seconds: int, now: float | None = None) -> str:
         expires_at = int((now if now is not None else time.time()) + seconds)
@@ -65,6 +66,32 @@ class KeySigner:
         if int(data["exp"]) <= (now if now is not None else time.time()):
             raise InvalidKey("expired ephemeral key")
         return EphemeralKey(int(data["exp"]), dict(data["session"]))
+
+
+def _sign(secret: bytes, text: str) -> str:
+    return _b64(hmac.new(secret, text.encode(), hashlib.sha256).digest())[:22]
+
+
+def call_id_for(signer: KeySigner, owner_url: str) -> str:
+    """A WebRTC call id that names the relay holding the call (signed, so it can be trusted):
+    ``rtc_<random>.<owner>.<signature>``."""
+    stem = secrets.token_hex(12)
+    owner = _b64(owner_url.encode())
+    return f"rtc_{stem}.{owner}.{_sign(signer.secret, stem + owner)}"
+
+
+def call_owner(signer: KeySigner, call_id: str) -> str | None:
+    """The URL of the relay holding ``call_id``, or ``None`` if it is not one of ours."""
+    parts = call_id.removeprefix("rtc_").split(".")
+    if not call_id.startswith("rtc_") or len(parts) != 3:
+        return None
+    stem, owner, signature = parts
+    if not hmac.compare_digest(signature, _sign(signer.secret, stem + owner)):
+        return None
+    try:
+        return _unb64(owner).decode()
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        return None
 
 
 def validate_session(session: Any) -> dict[str, Any]:

@@ -1,11 +1,29 @@
-"""Placement of sessions on transceivers: least sessions first, next one on refusal."""
+"""Placement of sessions on transceivers.
+
+Transceivers come from a list of URLs. Each URL's host name is resolved, and every address
+it resolves to is one transceiver: ``ws://transceiver:8100`` behind ``docker compose up
+--scale transceiver=3`` or a Kubernetes headless service is three. Names are re-resolved
+and every transceiver's ``GET /load`` is polled every ``refresh_s``.
+
+A new session goes to the least-loaded transceiver with room; one that refuses (full,
+draining, gone) is skipped for the next. When none accepts, :class:`NoTransceiver`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ipaddress
 import logging
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
+import httpx
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
 
 log = logging.getLogger(__name__)
 
@@ -17,16 +35,154 @@ class NoTransceiver(Exception):
 @dataclass
 class Member:
     url: str
-    sessions: int = 0
+    target: str = ""  # the configured URL it came from
+    sessions: int = 0  # sessions this relay placed there and still holds
+    reported: int = 0  # sessions the transceiver reported (from every relay)
+    capacity: int | None = None
+    cpu: float = 0.0
+    draining: bool = False
+    healthy: bool = True
+
+    @property
+    def http_url(self) -> str:
+        return self.url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+
+    def has_room(self) -> bool:
+        if self.draining or not self.healthy:
+            return False
+        return self.capacity is None or max(self.sessions, self.reported) < self.capacity
+
+    def load(self) -> tuple[float, float]:
+        used = max(self.sessions, self.reported)
+        return (used / self.capacity if self.capacity else float(used), self.cpu)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "sessions": self.sessions,
+            "reported_sessions": self.reported,
+            "max_sessions": self.capacity,
+            "cpu": self.cpu,
+            "draining": self.draining,
+            "healthy": self.healthy,
+        }
+
+
+Resolver = Callable[[str, int], list[str]]
+
+
+def resolve(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to (sorted, so the order is stable)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class TransceiverPool:
-    def __init__(self, urls: list[str], max_frame_bytes: int) -> None:
-        self.members = [Member(url.rstrip("/")) for url in urls]
+    def __init__(
+        self,
+        urls: list[str],
+        max_frame_bytes: int,
+        refresh_s: float = 5.0,
+        resolver: Resolver = resolve,
+    ) -> None:
+        self._targets = [url.rstrip("/") for url in urls]
         self._max_frame_bytes = max_frame_bytes
+        self._refresh_s = refresh_s
+        self._resolver = resolver
+        self._members: dict[str, Member] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.refusals = 0
+        self.on_refusal: Callable[[Member], None] = lambda member: None
+        for target in self._targets:  # literal addresses need no lookup
+            host = urlsplit(target).hostname or ""
+            if _is_address(host) or host == "localhost":
+                self._members[target] = Member(target, target)
+
+    @property
+    def members(self) -> list[Member]:
+        return list(self._members.values())
+
+    def _expand(self, target: str) -> list[str]:
+        parts = urlsplit(target)
+        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "wss" else 80)
+        if _is_address(host) or host == "localhost":
+            return [target]
+        try:
+            addresses = self._resolver(host, port)
+        except OSError as exc:
+            log.warning("could not resolve transceiver host %s: %s", host, exc)
+            return [m.url for m in self._members.values() if m.target == target]
+        urls = []
+        for address in addresses:
+            shown = f"[{address}]" if ":" in address else address
+            urls.append(f"{parts.scheme}://{shown}:{port}{parts.path}")
+        return urls
+
+    async def refresh(self) -> None:
+        """Re-resolve the names and poll every transceiver's load."""
+        loop = asyncio.get_running_loop()
+        wanted: list[str] = []
+        for target in self._targets:
+            for url in await loop.run_in_executor(None, self._expand, target):
+                wanted.append(url)
+                self._members.setdefault(url, Member(url, target))
+        for url in list(self._members):
+            member = self._members[url]
+            if url not in wanted and member.sessions == 0:
+                log.info("transceiver %s left the pool", url)
+                del self._members[url]
+        async with httpx.AsyncClient(timeout=2) as client:
+            await asyncio.gather(*(self._poll(client, m) for m in self.members))
+
+    async def _poll(self, client: httpx.AsyncClient, member: Member) -> None:
+        try:
+            reply = await client.get(f"{member.http_url}/load")
+            load = reply.json()
+            member.reported = int(load.get("sessions", 0))
+            capacity = load.get("max_sessions")
+            member.capacity = int(capacity) if capacity is not None else None
+            member.cpu = float(load.get("cpu", 0.0))
+            member.draining = bool(load.get("draining", False))
+            member.healthy = True
+        except (httpx.HTTPError, ValueError, TypeError, AttributeError):
+            member.healthy = False
+
+    async def _refresher(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self.refresh()
+            await asyncio.sleep(self._refresh_s)
+
+    async def start(self) -> None:
+        if self._task is None:
+            await self.refresh()
+            self._task = asyncio.create_task(self._refresher())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def _candidates(self) -> list[Member]:
+        """Least loaded with room first; then the rest, in case the figures are stale."""
+        members = self.members
+        roomy = sorted((m for m in members if m.has_room()), key=Member.load)
+        others = sorted((m for m in members if not m.has_room()), key=Member.load)
+        return roomy + others
 
     async def open_session(self, query: str) -> tuple[Member, ClientConnection]:
-        for member in sorted(self.members, key=lambda m: m.sessions):
+        await self.start()
+        for member in self._candidates():
             try:
                 connection = await connect(
                     f"{member.url}/v1/sessions?{query}",
@@ -35,12 +191,23 @@ class TransceiverPool:
                     ping_interval=None,
                     open_timeout=10,
                 )
-            except Exception as exc:  # refused, full (HTTP 503) or unreachable: try the next
-                log.warning("transceiver %s refused a session: %s", member.url, exc)
+            except InvalidStatus as exc:  # full or draining (HTTP 503): try the next
+                member.draining = exc.response.status_code == 503
+                self._refused(member, f"HTTP {exc.response.status_code}")
+                continue
+            except Exception as exc:  # unreachable: try the next, and mark it down
+                member.healthy = False
+                self._refused(member, str(exc) or type(exc).__name__)
                 continue
             member.sessions += 1
+            member.healthy = True
             return member, connection
         raise NoTransceiver("no transceiver is available")
+
+    def _refused(self, member: Member, why: str) -> None:
+        log.warning("transceiver %s refused a session: %s", member.url, why)
+        self.refusals += 1
+        self.on_refusal(member)
 
     def release(self, member: Member) -> None:
         member.sessions -= 1

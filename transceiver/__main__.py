@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import signal
 import sys
 from typing import Any
 
+from transceiver.observability import configure_logging
 from transceiver.server import run_transceiver
 from transceiver.settings import TransceiverSettings
 
@@ -37,16 +37,20 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     given: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
     settings = TransceiverSettings(**given)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)
 
     async def runner() -> None:
-        task = asyncio.create_task(run_transceiver(settings))
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_transceiver(settings, stop))
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:  # the first drains, a second stops at once
+            if stop.is_set():
+                task.cancel()
+            stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, on_signal)
         with contextlib.suppress(asyncio.CancelledError):
             await task
 

@@ -33,6 +33,7 @@ from urllib.parse import urlencode
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from transceiver.observability import Metrics, log_event
 from transceiver.protocol.errors import ClientError
 from transceiver.protocol.ids import IdFactory
 from transceiver.settings import TransceiverSettings
@@ -318,6 +319,7 @@ class ProxySession:
         beta: bool,
         media: bool,
         overrides: dict[str, Any] | None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.backend = backend
         self.client = client  # a websockets connection: send, close, async iteration
@@ -327,10 +329,10 @@ class ProxySession:
         self.media = media
         self.overrides = overrides
         self.ids = IdFactory()
+        self.id = self.ids.new("sess")
+        self.metrics = metrics or Metrics("realtime_transceiver")
         self.mirror = Mirror()
         self.playback = Playback()
-        self.events_in = 0
-        self.events_out = 0
         self._injected: set[str] = set()
         self._held_created: dict[str, Any] | None = None
         self._ready = asyncio.Event()
@@ -354,6 +356,7 @@ class ProxySession:
     async def _refuse(self, message: str, code: str, close_code: int, **error: Any) -> None:
         frame = json.loads(self._error(message, code))
         frame["error"].update(error)
+        self.metrics.error(code)
         with contextlib.suppress(ConnectionClosed):
             await self.client.send(json.dumps(frame))
             await self.client.close(close_code, code)
@@ -372,7 +375,7 @@ class ProxySession:
             await self._bridge(upstream)
         finally:
             await upstream.close()
-            log.info("proxy session summary %s", json.dumps(self.mirror.summary()))
+            log_event(log, "proxy.summary", id=self.id, **self.mirror.summary())
 
     def _initial_update(self) -> dict[str, Any] | None:
         session = dict(self.overrides or {})
@@ -411,6 +414,7 @@ class ProxySession:
             if rcvd is None or rcvd.code not in (1000, 1001):
                 reason = f" ({rcvd.code} {rcvd.reason})" if rcvd is not None else ""
                 log.warning("upstream connection lost mid-session%s", reason)
+                self.metrics.error("upstream_unavailable")
                 await self.client.send(
                     self._error(
                         f"The upstream Realtime server dropped this session{reason}.",
@@ -427,7 +431,7 @@ class ProxySession:
         async for frame in upstream:
             text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
             etype = peek_type(text)
-            self.events_out += 1
+            self.metrics.events_out.inc()
             if etype in _AUDIO_DELTAS and not self.media:
                 await self.client.send(text)  # the hot path: not parsed
                 continue
@@ -445,6 +449,8 @@ class ProxySession:
             await self._media_event(upstream, event)
         await self.client.send(text)
         self.mirror.observe(event)
+        if event.get("type") == "error":
+            self.metrics.error((event.get("error") or {}).get("code"))
 
     async def _configure(
         self,
@@ -513,7 +519,7 @@ class ProxySession:
         policy = self.backend.policy
         async for frame in self.client:
             text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
-            self.events_in += 1
+            self.metrics.events_in.inc()
             etype = peek_type(text)
             if etype in ("session.update", "response.create", "output_audio_buffer.clear"):
                 try:

@@ -26,6 +26,7 @@ from models.vad import (
     SpeechStopped,
 )
 from transceiver.backends.base import Backend
+from transceiver.observability import Metrics, log_event
 from transceiver.protocol.effects import (
     CancelResponse,
     Close,
@@ -42,6 +43,16 @@ from transceiver.speculation import Speculator, bytes_per_ms
 log = logging.getLogger(__name__)
 
 HIGH_WATER = 64  # queued frames before a producer waits for the client
+
+
+# The marks a turn sets, by the name of the stage they end (observability.TURN_STAGES).
+STAGE_NAMES = {
+    "stt_done": "stt",
+    "first_token": "llm_first_token",
+    "llm_first_token": "llm_first_token",
+    "tts_first_audio": "tts_first_audio",
+    "first_audio": "first_delta",
+}
 
 
 @dataclass(frozen=True)
@@ -112,6 +123,7 @@ class SessionRunner:
         *,
         faults: Faults | None = None,
         t0: float | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.session = session
         self.backend = backend
@@ -119,6 +131,7 @@ class SessionRunner:
         self._send = send
         self._close = close
         self._faults = faults or Faults()
+        self._metrics = metrics
         self._t0 = time.monotonic() if t0 is None else t0
         self._queue: asyncio.Queue[str | _CloseMarker | None] = asyncio.Queue()
         self._drained = asyncio.Event()
@@ -274,6 +287,8 @@ class SessionRunner:
         rid = request.response_id
         sink = _ResponseSink(self, rid, request.output_format)
         speech_end, self._speech_end_ms = self._speech_end_ms, None
+        if speech_end is None:  # response.create: measure from the request
+            speech_end = self.now_ms()
         try:
             request = await self._with_transcripts(request)
             sink.mark("stt_done")
@@ -296,14 +311,22 @@ class SessionRunner:
             self.pump()
             self._log_turn(rid, speech_end, sink.marks)
 
-    def _log_turn(self, rid: str, speech_end: float | None, marks: dict[str, float]) -> None:
-        base = speech_end if speech_end is not None else None
-        parts = [f"{stage}={marks[stage] - base:.0f}ms" for stage in marks if base is not None]
-        log.info(
-            "turn session=%s response=%s %s",
-            self.session.id,
-            rid,
-            " ".join(parts) if parts else "(no speech end)",
+    def _log_turn(self, rid: str, speech_end: float, marks: dict[str, float]) -> None:
+        """One structured line per turn, and the per-stage latency histograms."""
+        stages = {
+            STAGE_NAMES[mark]: max(0.0, at - speech_end)
+            for mark, at in marks.items()
+            if mark in STAGE_NAMES
+        }
+        if self._metrics is not None:
+            for stage, ms in stages.items():
+                self._metrics.turn_latency.labels(stage).observe(ms / 1000)
+        log_event(
+            log,
+            "turn",
+            session_id=self.session.id,
+            response_id=rid,
+            **{f"{stage}_ms": round(ms) for stage, ms in stages.items()},
         )
 
     async def _with_transcripts(self, request: ResponseRequest) -> ResponseRequest:

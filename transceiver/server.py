@@ -7,12 +7,15 @@ answer plain HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import http
 import json
 import logging
 import os
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,7 +26,9 @@ from websockets.http11 import Request, Response
 
 from transceiver.backends.base import Backend
 from transceiver.lag import LoopLagMonitor
+from transceiver.observability import CONTENT_TYPE, Metrics, log_event
 from transceiver.protocol.errors import ClientError
+from transceiver.protocol.ids import IdFactory
 from transceiver.protocol.session import RealtimeSession, SessionKind
 from transceiver.proxy import ProxyBackend, ProxySession
 from transceiver.runner import Faults, SessionRunner
@@ -58,12 +63,33 @@ def _json_response(status: http.HTTPStatus, body: dict[str, Any]) -> Response:
     return Response(status.value, status.phrase, headers, data)
 
 
+class CpuMeter:
+    """This process's CPU use (1.0 = one core) since the previous reading."""
+
+    def __init__(self) -> None:
+        self._last = (time.monotonic(), time.process_time())
+        self._value = 0.0
+
+    def read(self) -> float:
+        now = (time.monotonic(), time.process_time())
+        wall, cpu = now[0] - self._last[0], now[1] - self._last[1]
+        if wall < 0.5:  # too short to mean anything: keep the previous window
+            return round(self._value, 3)
+        self._last, self._value = now, cpu / wall
+        return round(self._value, 3)
+
+
 class TransceiverServer:
     def __init__(self, settings: TransceiverSettings, backend: Backend | ProxyBackend) -> None:
         self.settings = settings
         self.backend = backend
         self.sessions = 0
+        self.draining = False
         self.lag = LoopLagMonitor()
+        self.cpu = CpuMeter()
+        self.metrics = Metrics("realtime_transceiver")
+        self.ids = IdFactory()
+        self._connections: set[ServerConnection] = set()
         self.faults = Faults(
             error_after=settings.mock_fault_error_after,
             close_after=settings.mock_fault_close_after,
@@ -74,6 +100,9 @@ class TransceiverServer:
         return {
             "sessions": self.sessions,
             "max_sessions": self.settings.max_sessions,
+            "draining": self.draining,
+            "cpu": self.cpu.read(),
+            "cpu_count": os.cpu_count(),
             "backend": self.backend.name,
             "pid": os.getpid(),
             "loop_lag": self.lag.stats(),
@@ -82,24 +111,44 @@ class TransceiverServer:
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
         if path == "/healthz":
+            if self.draining:
+                return _json_response(
+                    http.HTTPStatus.SERVICE_UNAVAILABLE, {"status": "draining", **self.load()}
+                )
             return _json_response(http.HTTPStatus.OK, {"status": "ok", **self.load()})
         if path == "/load":
             return _json_response(http.HTTPStatus.OK, self.load())
+        if path == "/metrics":
+            data = self.metrics.render()
+            headers = Headers([("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(data)))])
+            return Response(200, "OK", headers, data)
         if path == "/v1/models":
             return _json_response(http.HTTPStatus.OK, {"models": self.backend.model_ids()})
         if path != "/v1/sessions":
             return _json_response(http.HTTPStatus.NOT_FOUND, {"error": "not found"})
-        if self.sessions >= self.settings.max_sessions:
+        if self.draining or self.sessions >= self.settings.max_sessions:
+            reason = "draining" if self.draining else "full"
             return _json_response(
                 http.HTTPStatus.SERVICE_UNAVAILABLE,
                 {
                     "error": {
                         "code": "session_limit_reached",
-                        "message": "This transceiver is full.",
+                        "message": f"This transceiver is {reason}.",
                     }
                 },
             )
         return None
+
+    async def _send_counted(self, connection: ServerConnection, message: str) -> None:
+        self.metrics.events_out.inc()
+        if message.startswith('{"type":"error"'):
+            self.metrics.error(json.loads(message).get("error", {}).get("code"))
+        await connection.send(message)
+
+    async def _counted(self, connection: ServerConnection) -> AsyncIterator[str | bytes]:
+        async for frame in connection:
+            self.metrics.events_in.inc()
+            yield frame
 
     async def _handler(self, connection: ServerConnection) -> None:
         assert connection.request is not None
@@ -112,27 +161,66 @@ class TransceiverServer:
         kind = (
             SessionKind.TRANSCRIPTION if arg("intent") == "transcription" else SessionKind.REALTIME
         )
+        transport = "webrtc" if arg("media") == "1" else "ws"
         overrides = None
         if arg("session"):
             overrides = json.loads(base64.urlsafe_b64decode(arg("session") or ""))
-        if isinstance(self.backend, ProxyBackend):
-            proxy = ProxySession(
-                self.backend,
-                connection,
-                model=arg("model"),
-                transcription=kind is SessionKind.TRANSCRIPTION,
-                beta=arg("beta") == "1",
-                media=arg("media") == "1",
-                overrides=overrides,
-            )
-            self.sessions += 1
-            log.info("session start proxy kind=%s model=%s", kind.value, arg("model"))
-            try:
+        self._connections.add(connection)
+        self.sessions += 1
+        self.metrics.sessions.labels(transport).inc()
+        self.metrics.sessions_total.labels(transport).inc()
+        started = time.monotonic()
+        session_id: str | None = None
+        try:
+            if isinstance(self.backend, ProxyBackend):
+                proxy = ProxySession(
+                    self.backend,
+                    connection,
+                    model=arg("model"),
+                    transcription=kind is SessionKind.TRANSCRIPTION,
+                    beta=arg("beta") == "1",
+                    media=arg("media") == "1",
+                    overrides=overrides,
+                    metrics=self.metrics,
+                )
+                session_id = proxy.id
+                self._log_start(session_id, kind, arg("model"), arg("beta") == "1", transport)
                 await proxy.run()
-            finally:
-                self.sessions -= 1
-                log.info("session end proxy")
-            return
+                return
+            await self._run_local(connection, kind, arg, overrides, transport, started)
+        finally:
+            self._connections.discard(connection)
+            self.sessions -= 1
+            self.metrics.sessions.labels(transport).dec()
+            if session_id is not None:
+                log_event(
+                    log, "session.end", id=session_id, seconds=round(time.monotonic() - started, 1)
+                )
+
+    def _log_start(
+        self, session_id: str, kind: SessionKind, model: str | None, beta: bool, transport: str
+    ) -> None:
+        log_event(
+            log,
+            "session.start",
+            id=session_id,
+            kind=kind.value,
+            model=model,
+            beta=beta,
+            transport=transport,
+            backend=self.backend.name,
+        )
+
+    async def _run_local(
+        self,
+        connection: ServerConnection,
+        kind: SessionKind,
+        arg: Callable[[str], str | None],
+        overrides: Any,
+        transport: str,
+        started: float,
+    ) -> None:
+        assert not isinstance(self.backend, ProxyBackend)
         try:
             session = RealtimeSession(
                 kind=kind,
@@ -143,8 +231,9 @@ class TransceiverServer:
                 created_at_s=time.time(),
             )
         except ClientError as exc:
-            await connection.send(
-                json.dumps({"type": "error", "event_id": "event_0", "error": exc.to_error(None)})
+            await self._send_counted(
+                connection,
+                json.dumps({"type": "error", "event_id": "event_0", "error": exc.to_error(None)}),
             )
             await connection.close(1008, "invalid session configuration")
             return
@@ -152,22 +241,49 @@ class TransceiverServer:
         async def close(code: int, reason: str) -> None:
             await connection.close(code, reason)
 
-        runner = SessionRunner(session, self.backend, connection.send, close, faults=self.faults)
-        self.sessions += 1
-        log.info(
-            "session start id=%s kind=%s model=%s beta=%s",
-            session.id,
-            kind.value,
-            arg("model"),
-            session.beta,
+        async def send(message: str) -> None:
+            await self._send_counted(connection, message)
+
+        runner = SessionRunner(
+            session, self.backend, send, close, faults=self.faults, metrics=self.metrics
         )
+        self._log_start(session.id, kind, arg("model"), session.beta, transport)
         try:
-            await runner.run(connection)
+            await runner.run(self._counted(connection))
         except ConnectionClosed:
             pass
         finally:
-            self.sessions -= 1
-            log.info("session end id=%s", session.id)
+            log_event(
+                log,
+                "session.end",
+                id=session.id,
+                seconds=round(time.monotonic() - started, 1),
+                items=len(session.conversation),
+            )
+
+    async def drain(self, timeout_s: float) -> None:
+        """Refuse new sessions; let running ones go on up to ``timeout_s``; close the rest."""
+        self.draining = True
+        deadline = time.monotonic() + timeout_s
+        if self.sessions:
+            log.info("draining: waiting up to %.0f s for %d session(s)", timeout_s, self.sessions)
+        while self.sessions and time.monotonic() < deadline:  # noqa: ASYNC110 (a count, with a deadline)
+            await asyncio.sleep(0.1)
+        for connection in list(self._connections):
+            message = {
+                "type": "error",
+                "event_id": self.ids.event_id(),
+                "error": {
+                    "type": "server_error",
+                    "code": "server_shutting_down",
+                    "message": SHUTDOWN_MESSAGE,
+                    "param": None,
+                    "event_id": None,
+                },
+            }
+            with contextlib.suppress(ConnectionClosed):
+                await self._send_counted(connection, json.dumps(message))
+                await connection.close(1012, "server restarting")
 
     async def start(self) -> Server:
         self.lag.start()
@@ -183,7 +299,11 @@ class TransceiverServer:
         )
 
 
-async def run_transceiver(settings: TransceiverSettings) -> None:
+SHUTDOWN_MESSAGE = "The server is restarting; reconnect to continue."
+
+
+async def run_transceiver(settings: TransceiverSettings, stop: asyncio.Event) -> None:
+    """Serve until ``stop`` is set, then drain (``--drain-timeout-s``) and exit."""
     backend = build_backend(settings)
     server = TransceiverServer(settings, backend)
     ws_server = await server.start()
@@ -191,6 +311,10 @@ async def run_transceiver(settings: TransceiverSettings) -> None:
         "transceiver ready on ws://%s:%d backend=%s", settings.host, settings.port, settings.backend
     )
     try:
-        await ws_server.serve_forever()
+        await stop.wait()
+        await server.drain(settings.drain_timeout_s)
+        ws_server.close()
+        await ws_server.wait_closed()
     finally:
+        server.lag.stop()
         await backend.aclose()

@@ -1,0 +1,100 @@
+"""What the relay's routes share: settings, placement, keys, live sessions, metrics, limits."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from relay.drain import LiveSessions
+from relay.ephemeral import KeySigner
+from relay.pool import TransceiverPool
+from relay.settings import RelaySettings
+from transceiver.observability import Metrics
+from transceiver.protocol.ids import IdFactory
+
+
+class KeyLimits:
+    """At most ``limit`` concurrent sessions per API key on this relay (``None``: no limit)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self._held: Counter[str] = Counter()
+
+    @staticmethod
+    def identity(key: str | None) -> str:
+        return hashlib.sha256((key or "").encode()).hexdigest()[:16]  # keys are never kept
+
+    def acquire(self, key: str | None) -> str | None:
+        """A token to release later, or ``None`` when the key is at its limit."""
+        who = self.identity(key)
+        if self.limit is not None and self._held[who] >= self.limit:
+            return None
+        self._held[who] += 1
+        return who
+
+    def release(self, who: str) -> None:
+        self._held[who] -= 1
+        if self._held[who] <= 0:
+            del self._held[who]
+
+
+def default_peer_url(settings: RelaySettings) -> str:
+    scheme = "https" if settings.ssl_certfile else "http"
+    host = settings.host
+    if host in ("0.0.0.0", "::", ""):  # listening everywhere: other relays use our name
+        host = socket.gethostname()
+    return f"{scheme}://{host}:{settings.port}"
+
+
+@dataclass
+class Edge:
+    settings: RelaySettings
+    pool: TransceiverPool
+    signer: KeySigner
+    metrics: Metrics = field(default_factory=lambda: Metrics("realtime_relay"))
+    live: LiveSessions = field(default_factory=LiveSessions)
+    ids: IdFactory = field(default_factory=IdFactory)
+    limits: KeyLimits = field(default_factory=lambda: KeyLimits(None))
+    peer_url: str = ""
+
+    @classmethod
+    def create(cls, settings: RelaySettings) -> Edge:
+        pool = TransceiverPool(
+            settings.transceiver, settings.max_frame_bytes, settings.resolve_interval_s
+        )
+        edge = cls(
+            settings,
+            pool,
+            KeySigner(settings.key_secret),
+            limits=KeyLimits(settings.max_sessions_per_key),
+            peer_url=(settings.peer_url or default_peer_url(settings)).rstrip("/"),
+        )
+        pool.on_refusal = lambda member: edge.metrics.placement_refusals.labels(member.url).inc()
+        return edge
+
+    def error_event(self, message: str, code: str, type: str = "server_error") -> str:
+        self.metrics.error(code)
+        return json.dumps(
+            {
+                "type": "error",
+                "event_id": self.ids.event_id(),
+                "error": {
+                    "type": type,
+                    "code": code,
+                    "message": message,
+                    "param": None,
+                    "event_id": None,
+                },
+            }
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "draining": self.live.draining,
+            "sessions": len(self.live),
+            "transceivers": [m.describe() for m in self.pool.members],
+        }

@@ -1,0 +1,108 @@
+"""Logs and metrics, shared by the relay and the transceiver (a leaf: imports no layer).
+
+- :func:`configure_logging` sets text or JSON lines (``--log-format json``).
+- :func:`log_event` writes one structured line: ``session.start id=sess_... model=...`` in
+  text, or an object with those fields in JSON.
+- :class:`Metrics` holds one process's Prometheus metrics in its own registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_RESERVED = set(vars(logging.makeLogRecord({})))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and any structured fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            line.update(fields)
+        for key, value in vars(record).items():
+            if key not in _RESERVED and key not in ("fields", "message") and key not in line:
+                line[key] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def configure_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def log_event(logger: logging.Logger, event: str, **fields: Any) -> None:
+    """One structured line, e.g. ``session.end id=sess_1 seconds=12.3``."""
+    text = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+    logger.info("%s %s", event, text, extra={"fields": {"event": event, **fields}})
+
+
+TURN_STAGES = ("stt", "llm_first_token", "tts_first_audio", "first_delta")
+_LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+class Metrics:
+    """One process's Prometheus metrics; ``prefix``: realtime_relay or realtime_transceiver."""
+
+    def __init__(self, prefix: str) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sessions = Gauge(
+            f"{prefix}_active_sessions", "Sessions open now.", ["transport"], registry=r
+        )
+        self.sessions_total = Counter(
+            f"{prefix}_sessions", "Sessions started.", ["transport"], registry=r
+        )
+        self.events = Counter(
+            f"{prefix}_events",
+            "Realtime events passed (in: from clients, out: to clients).",
+            ["direction"],
+            registry=r,
+        )
+        self.errors = Counter(
+            f"{prefix}_errors", "Error events sent to clients, by code.", ["code"], registry=r
+        )
+        self.placement_refusals = Counter(
+            f"{prefix}_placement_refusals",
+            "Sessions a transceiver refused (full, draining or unreachable), or that no "
+            "transceiver took (transceiver=\"none\").",
+            ["transceiver"],
+            registry=r,
+        )
+        self.turn_latency = Histogram(
+            f"{prefix}_turn_stage_seconds",
+            "Per-turn latency from the end of the user's speech (or response.create) to: "
+            "stt (transcript ready), llm_first_token, tts_first_audio, first_delta.",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.events_in = self.events.labels("in")
+        self.events_out = self.events.labels("out")
+
+    def error(self, code: str | None) -> None:
+        self.errors.labels(code or "unknown").inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
