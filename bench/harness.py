@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 READY = "realtime-relay ready: base_url="
+TRANSCEIVER_READY = "transceiver ready on ws://"
 
 
 def free_port() -> int:
@@ -36,11 +37,20 @@ class RunningServer:
 
 @contextlib.contextmanager
 def relay_server(
-    *args: str, timeout_s: float = 600.0, env: dict[str, str] | None = None
+    *args: str,
+    timeout_s: float = 600.0,
+    env: dict[str, str] | None = None,
+    command: str = "serve",
+    port: int | None = None,
 ) -> Iterator[RunningServer]:
-    """Start ``realtime-relay serve ARGS`` on a free port; stop it with SIGTERM."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "relay.cli", "serve", "--port", str(port), *args]
+    """Start ``realtime-relay COMMAND ARGS`` on a free port; stop it with SIGTERM.
+
+    ``serve`` and ``relay`` are ready at their banner; ``transceiver`` at its ready line
+    (its ``base_url`` is then ``http://127.0.0.1:PORT``).
+    """
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "relay.cli", command, "--port", str(port), *args]
+    marker = TRANSCEIVER_READY if command == "transceiver" else READY
     process = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -56,7 +66,7 @@ def relay_server(
         assert process.stdout is not None
         for line in process.stdout:
             lines.append(line.rstrip())
-            if line.startswith(READY):
+            if marker in line:
                 ready.set()
 
     reader = threading.Thread(target=read, daemon=True)
@@ -66,8 +76,12 @@ def relay_server(
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             raise RuntimeError("server did not start:\n" + "\n".join(lines[-50:]))
-    banner = next(line for line in lines if line.startswith(READY))
-    server = RunningServer(process, port, banner[len(READY) :].strip(), lines)
+    if command == "transceiver":
+        base_url = f"http://127.0.0.1:{port}"
+    else:
+        banner = next(line for line in lines if line.startswith(READY))
+        base_url = banner[len(READY) :].strip()
+    server = RunningServer(process, port, base_url, lines)
     try:
         yield server
     finally:
