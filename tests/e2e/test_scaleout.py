@@ -280,4 +280,3 @@ async def test_metrics_and_json_logs() -> None:
     assert events["turn"]["session_id"] == events["session.start"]["id"]
     assert events["session.end"]["id"] == events["session.start"]["id"]
     assert "first_delta_ms" in events["turn"]
-
