@@ -45,8 +45,13 @@ def relay_args(members: list[RunningServer], *extra: str) -> tuple[str, ...]:
     return (*args, "--resolve-interval-s", "0.5", *extra)
 
 
-def load_of(member: RunningServer) -> dict[str, Any]:
-    return httpx.get(f"{member.base_url}/load", timeout=5).json()  # type: ignore[no-any-return]
+async def request(method: str, url: str, **kwargs: Any) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=5) as client:
+        return await client.request(method, url, **kwargs)
+
+
+async def load_of(member: RunningServer) -> dict[str, Any]:
+    return (await request("GET", f"{member.base_url}/load")).json()  # type: ignore[no-any-return]
 
 
 def client_for(server: RunningServer, key: str = "sk-test") -> AsyncOpenAI:
@@ -83,7 +88,7 @@ async def test_placement_refusal_and_a_killed_transceiver() -> None:
                     recs.append(Recorder(conn))
                     await recs[-1].until("session.created")
                 # Least-loaded placement: two each.
-                assert [load_of(m)["sessions"] for m in members] == [2, 2, 2]
+                assert [(await load_of(m))["sessions"] for m in members] == [2, 2, 2]
                 # All full: a clear error and 1013 ("try again later"), never a hang.
                 async with client_for(relay).realtime.connect(model="gpt-realtime") as conn:
                     codes, close_code = await closed_with(Recorder(conn))
@@ -105,7 +110,7 @@ async def test_placement_refusal_and_a_killed_transceiver() -> None:
                 rec = Recorder(conn)
                 await rec.until("session.created")
                 assert (await text_turn(rec))["response"]["status"] == "completed"
-            metrics = httpx.get(f"{relay.base_url.removesuffix('/v1')}/metrics").text
+            metrics = (await request("GET", f"{relay.base_url.removesuffix('/v1')}/metrics")).text
             assert 'realtime_relay_placement_refusals_total{transceiver="none"} 1.0' in metrics
             assert 'realtime_relay_errors_total{code="session_limit_reached"} 1.0' in metrics
             assert 'realtime_relay_errors_total{code="transceiver_unavailable"} 2.0' in metrics
@@ -122,11 +127,11 @@ async def test_transceiver_drains_on_sigterm() -> None:
                     )
                     recs.append(Recorder(conn))
                     await recs[-1].until("session.created")
-                assert [load_of(m)["sessions"] for m in members] == [1, 1]
+                assert [(await load_of(m))["sessions"] for m in members] == [1, 1]
                 draining = members[0]
                 draining.process.send_signal(signal.SIGTERM)
                 await asyncio.sleep(0.3)
-                health = httpx.get(f"{draining.base_url}/healthz", timeout=5)
+                health = await request("GET", f"{draining.base_url}/healthz")
                 assert health.status_code == 503 and health.json()["status"] == "draining"
                 # Running sessions go on while draining...
                 for rec in recs:
@@ -134,7 +139,7 @@ async def test_transceiver_drains_on_sigterm() -> None:
                 # ...new ones go to the other transceiver...
                 async with client_for(relay).realtime.connect(model="gpt-realtime") as conn:
                     await Recorder(conn).until("session.created")
-                    assert load_of(members[1])["sessions"] == 2
+                    assert (await load_of(members[1]))["sessions"] == 2
                 # ...and at the deadline the rest are closed with a clear error and 1012.
                 started = time.monotonic()
                 outcomes = [await closed_with(rec, 10) for rec in recs[:1]]
@@ -167,9 +172,9 @@ async def test_relay_drains_on_sigterm() -> None:
                 await rec.until("session.created")
                 relay.process.send_signal(signal.SIGTERM)
                 await asyncio.sleep(0.3)
-                health = httpx.get(f"{root}/healthz", timeout=5)
+                health = await request("GET", f"{root}/healthz")
                 assert health.status_code == 503
-                refused = httpx.post(f"{root}/v1/realtime/calls", content="v=0", timeout=5)
+                refused = await request("POST", f"{root}/v1/realtime/calls", content="v=0")
                 assert refused.status_code == 503
                 assert refused.json()["error"]["code"] == "server_shutting_down"
                 assert (await text_turn(rec))["response"]["status"] == "completed"
@@ -263,10 +268,12 @@ async def test_metrics_and_json_logs() -> None:
                 await rec.until("session.created")
                 await text_turn(rec)
             await asyncio.sleep(0.3)
-            relay_metrics = httpx.get(f"{relay.base_url.removesuffix('/v1')}/metrics").text
+            relay_metrics = (
+                await request("GET", f"{relay.base_url.removesuffix('/v1')}/metrics")
+            ).text
             assert 'realtime_relay_sessions_total{transport="ws"} 1.0' in relay_metrics
             assert 'realtime_relay_events_total{direction="in"}' in relay_metrics
-            metrics = httpx.get(f"{members[0].base_url}/metrics").text
+            metrics = (await request("GET", f"{members[0].base_url}/metrics")).text
             assert 'realtime_transceiver_sessions_total{transport="ws"} 1.0' in metrics
             assert 'realtime_transceiver_turn_stage_seconds_count{stage="first_delta"} 1.0' in (
                 metrics
