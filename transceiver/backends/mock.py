@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from transceiver.backends.base import ResponseSink, TranscriptSink
 from transceiver.protocol.config import BYTES_PER_MS
@@ -57,8 +58,6 @@ class MockScript:
     def load(cls, path: str) -> MockScript:
         text = Path(path).read_text(encoding="utf-8")
         if path.endswith((".yaml", ".yml")):
-            import yaml
-
             data = yaml.safe_load(text)
         else:
             data = json.loads(text)
