@@ -35,9 +35,9 @@ def test_import_arrows_point_inward() -> None:
     for where, module in imports_of("relay"):
         assert not module.startswith("models"), f"{where} imports {module}"
         if module.startswith("transceiver"):
-            assert module.startswith(
-                ("transceiver.protocol", "transceiver.observability")
-            ), f"{where} imports {module}"
+            assert module.startswith(("transceiver.protocol", "transceiver.observability")), (
+                f"{where} imports {module}"
+            )
     for where, module in imports_of("transceiver/observability.py"):
         assert not module.startswith(("relay", "transceiver", "models")), f"{where} {module}"
     pure_forbidden = (

@@ -86,7 +86,7 @@ class Metrics:
         self.placement_refusals = Counter(
             f"{prefix}_placement_refusals",
             "Sessions a transceiver refused (full, draining or unreachable), or that no "
-            "transceiver took (transceiver=\"none\").",
+            'transceiver took (transceiver="none").',
             ["transceiver"],
             registry=r,
         )
