@@ -4,7 +4,8 @@
   which always dials wss) with an https ``base_url``: each event is validated against the
   SDK's types and each stream against PROTOCOL.md section 12 (tests/invariants.py).
 - ``openai-agents`` (``agents.realtime``): a RealtimeAgent with a function tool, run by
-  RealtimeRunner with the model config's ``url``. The SDK validates every server event
+  RealtimeRunner with the model config's ``url``: a text turn, an audio turn, a function
+  call round trip and an interruption. The SDK validates every server event
   with a TypeAdapter over the SDK's union and reports failures (and server ``error``
   events) as session ``error`` events or stored exceptions; either fails the test.
 """
@@ -26,7 +27,7 @@ from agents.realtime import (
 )
 from openai import AsyncOpenAI
 
-from tests.e2e.client import Recorder, user_text
+from tests.e2e.client import Recorder, silence, speech, user_text
 from tests.invariants import check_stream
 from tests.servers import RunningServer
 
@@ -196,4 +197,49 @@ async def test_agents_function_call(tls_server: RunningServer, trust_ca: Path) -
         assert [(o["call_id"], o["output"]) for o in outputs] == [
             (call["call_id"], "sunny in Paris, 21 C")
         ]
+        check_stream(run.server_events)
+
+
+async def test_agents_audio_turn(tls_server: RunningServer, trust_ca: Path) -> None:
+    pcm16 = silence(400) + speech("hello there how are you today") + silence(800)
+    async with AgentRun(tls_server) as run:
+        await run.until(is_server_event("session.updated"))
+        for start in range(0, len(pcm16), 48 * 40):  # 40 ms chunks, as a microphone sends
+            await run.session.send_audio(pcm16[start : start + 48 * 40])
+        # The SDK's default turn detection ends the turn on the trailing silence.
+        await run.until(is_server_event("input_audio_buffer.committed"))
+        await run.until(lambda e: e.type == "agent_end")
+        done = run.server_event("response.done")[-1]
+        assert done["response"]["status"] == "completed"
+        assert any(e.type == "audio" for e in run.events)
+        assert run.transcripts()[-1].startswith("I heard ")
+        # The input transcript comes before the reply's output (the mock transcribes first).
+        (heard,) = run.server_event("conversation.item.input_audio_transcription.completed")
+        committed = run.server_event("input_audio_buffer.committed")[-1]
+        assert heard["item_id"] == committed["item_id"]
+        assert heard["transcript"].endswith("seconds of audio")
+        check_stream(run.server_events)
+
+
+async def test_agents_interruption(tls_server: RunningServer, trust_ca: Path) -> None:
+    async with AgentRun(tls_server) as run:
+        await run.until(is_server_event("session.updated"))
+        await run.session.send_message("tell me a long story")
+        await run.until(lambda e: e.type == "audio")
+        await run.session.interrupt()  # response.cancel, then truncate what was played
+        await run.until(lambda e: e.type == "audio_interrupted")
+        await run.until(is_server_event("response.done"))
+        cancelled = run.server_event("response.done")[-1]["response"]
+        assert cancelled["status"] == "cancelled"
+        assert cancelled["status_details"]["reason"] == "client_cancelled"
+        # The session goes on: the next turn completes.
+        await run.session.send_message("hello again")
+        await run.until(
+            lambda e: e.type == "raw_model_event"
+            and e.data.type == "raw_server_event"
+            and e.data.data["type"] == "response.done"
+            and e.data.data["response"]["id"] != cancelled["id"]
+        )
+        statuses = [d["response"]["status"] for d in run.server_event("response.done")]
+        assert statuses == ["cancelled", "completed"]
         check_stream(run.server_events)

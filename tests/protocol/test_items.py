@@ -366,11 +366,58 @@ def test_truncate_before_response_done_leaves_the_response_output(make_session, 
         "content_index": 0,
         "audio_end_ms": 100,
     }
-    kit.error_of(h.send(truncate))  # still being generated: no audio content part yet
     h.session.response_function_call(rid, "lookup", "{}")  # the message item is done
     h.drain()
     assert kit.types(h.send(truncate)) == ["conversation.item.truncated"]
     h.session.response_finished(rid, 0)
     done = kit.one(h.drain(), "response.done")["response"]
+    assert done["status"] == "completed"
     assert done["output"][0]["content"][0]["transcript"] == "Hello there."
     assert h.retrieve(item_id)["content"][0]["transcript"] == ""
+
+
+def test_truncate_while_speaking_cancels_the_response(make_session, kit) -> None:
+    h = make_session()
+    rid = h.start()
+    for clause in CLAUSES:
+        h.session.response_transcript_delta(rid, clause)
+        h.session.response_audio_delta(rid, b"\x01" * (500 * 48))
+    item_id = h.drain()[0]["item"]["id"]
+    bad = {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0}
+    # A bad truncation is only an error: the response goes on.
+    assert kit.error_of(h.send({**bad, "audio_end_ms": 1500}))["param"] == "audio_end_ms"
+    assert not h.effects()
+    events = h.send({**bad, "audio_end_ms": 600})
+    assert kit.types(events) == [
+        "response.output_audio.done",
+        "response.output_audio_transcript.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "conversation.item.done",
+        "response.done",
+        "conversation.item.truncated",
+    ]
+    done = kit.one(events, "response.done")["response"]
+    assert done["id"] == rid and done["status"] == "cancelled"
+    assert done["status_details"] == {"type": "cancelled", "reason": "client_cancelled"}
+    assert [type(e).__name__ for e in h.effects()] == ["CancelResponse"]
+    heard = h.retrieve(item_id)["content"][0]["transcript"]
+    assert heard.startswith(CLAUSES[0].strip()) and len(heard) < len("".join(CLAUSES))
+    # Output that was still on its way for the cancelled response is dropped.
+    h.session.response_audio_delta(rid, b"\x02" * 480)
+    assert h.drain() == []
+
+
+def test_truncating_a_text_message_being_written_is_an_error(make_session, kit) -> None:
+    h = make_session()
+    rid = h.start()
+    h.session.response_text_delta(rid, "Hello")
+    item_id = h.drain()[0]["item"]["id"]
+    truncate = {
+        "type": "conversation.item.truncate",
+        "item_id": item_id,
+        "content_index": 0,
+        "audio_end_ms": 0,
+    }
+    assert kit.error_of(h.send(truncate))["param"] == "item_id"
+    assert not h.effects()

@@ -337,8 +337,20 @@ class RealtimeSession(SessionResults):
         stored = self.conversation.get(item_id)
         content_index = event.get("content_index", 0)
         audio_end_ms = event.get("audio_end_ms")
-        is_audio = stored.item.get("role") == "assistant" and any(
-            part.get("type") == "output_audio" for part in stored.item.get("content", [])
+        # The response still speaking this item, if any (its content part is still open).
+        speaking = next(
+            (
+                resp
+                for resp in self._responses.values()
+                if resp.open is not None
+                and resp.open.kind == "audio"
+                and resp.open.item["id"] == item_id
+            ),
+            None,
+        )
+        is_audio = stored.item.get("role") == "assistant" and (
+            speaking is not None
+            or any(part.get("type") == "output_audio" for part in stored.item.get("content", []))
         )
         if not is_audio or stored.audio_format is None:
             raise ClientError(
@@ -359,6 +371,11 @@ class RealtimeSession(SessionResults):
                 f"Audio content of {have_ms:.0f}ms is already shorter than {audio_end_ms}ms",
                 param="audio_end_ms",
             )
+        if speaking is not None:
+            # The client stopped playing this item at audio_end_ms (what the Agents SDKs'
+            # interrupt() sends, without a response.cancel when interrupt_response is on):
+            # generating past it would put words in the context that nobody heard.
+            self._cancel(speaking, "client_cancelled", now_ms)
         self.conversation.truncate_audio(stored, audio_end_ms)
         self._emit(
             "conversation.item.truncated",
