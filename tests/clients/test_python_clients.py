@@ -235,10 +235,12 @@ async def test_agents_interruption(tls_server: RunningServer, trust_ca: Path) ->
         # The session goes on: the next turn completes.
         await run.session.send_message("hello again")
         await run.until(
-            lambda e: e.type == "raw_model_event"
-            and e.data.type == "raw_server_event"
-            and e.data.data["type"] == "response.done"
-            and e.data.data["response"]["id"] != cancelled["id"]
+            lambda e: (
+                e.type == "raw_model_event"
+                and e.data.type == "raw_server_event"
+                and e.data.data["type"] == "response.done"
+                and e.data.data["response"]["id"] != cancelled["id"]
+            )
         )
         statuses = [d["response"]["status"] for d in run.server_event("response.done")]
         assert statuses == ["cancelled", "completed"]
