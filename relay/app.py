@@ -193,13 +193,13 @@ def create_app(settings: RelaySettings) -> FastAPI:
         elif not key_allowed(key, settings.api_keys):
             await websocket.send_denial_response(_unauthorized("Incorrect API key provided."))
             return
-        if edge.live.draining:
-            await websocket.send_denial_response(_draining())
-            return
         params = websocket.query_params
         subprotocol = "realtime" if "realtime" in offered else None
-        if params.get("call_id"):
+        if params.get("call_id"):  # an existing call: also while draining, until it ends
             await _sideband_or_forward(edge, registry, websocket, params["call_id"], key)
+            return
+        if edge.live.draining:
+            await websocket.send_denial_response(_draining())
             return
         query = _session_query(params, headers, offered, ephemeral)
         holder = edge.limits.acquire(key)
@@ -341,39 +341,67 @@ async def _sideband_or_forward(
 
 
 async def _sideband(websocket: WebSocket, call: Call) -> None:
-    """A server-side control connection to a WebRTC call: the same events, both ways."""
+    """A server-side control connection to a WebRTC call: the same events, both ways.
+
+    It ends with the call (hangup, idle caller, lost transceiver): close code 1000.
+    """
     call.sidebands.add(websocket.send_text)
+    ended = asyncio.create_task(call.closed.wait())
     try:
-        while not call.closed.is_set():
-            message = await websocket.receive()
+        while True:
+            receive = asyncio.ensure_future(websocket.receive())
+            await asyncio.wait({receive, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if not receive.done():
+                receive.cancel()
+                with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                    await websocket.close(1000, "call ended")
+                return
+            message = receive.result()
             if message["type"] == "websocket.disconnect":
                 return
             data = message.get("text")
             await call.from_client(data if data is not None else message.get("bytes") or b"")
     finally:
+        ended.cancel()
         call.sidebands.discard(websocket.send_text)
 
 
 async def _forward(websocket: WebSocket, upstream: ClientConnection, edge: Edge) -> None:
-    """Pass frames both ways unchanged until either side ends."""
+    """Pass frames both ways unchanged until either side ends.
+
+    When the client leaves, the caller closes upstream. When upstream ends (the transceiver
+    closed the session, drained, or died), the client gets its close code, or an error and
+    1011 for a lost transceiver, whichever direction noticed first.
+    """
     events_in, events_out = edge.metrics.events_in, edge.metrics.events_out
+    client_left = False
 
     async def client_to_upstream() -> None:
+        nonlocal client_left
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
+                client_left = True
                 return
             events_in.inc()
             data = message.get("text")
-            await upstream.send(data if data is not None else message.get("bytes") or b"")
+            try:
+                await upstream.send(data if data is not None else message.get("bytes") or b"")
+            except ConnectionClosed:
+                return  # upstream ended: answered below
 
     async def upstream_to_client() -> None:
+        nonlocal client_left
         async for frame in upstream:
             events_out.inc()
-            if isinstance(frame, str):
-                await websocket.send_text(frame)
-            else:
-                await websocket.send_bytes(frame)
+            try:
+                if isinstance(frame, str):
+                    await websocket.send_text(frame)
+                else:
+                    await websocket.send_bytes(frame)
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                client_left = True
+                return
 
     to_up = asyncio.create_task(client_to_upstream())
     to_client = asyncio.create_task(upstream_to_client())
@@ -381,11 +409,11 @@ async def _forward(websocket: WebSocket, upstream: ClientConnection, edge: Edge)
     for task in (to_up, to_client):
         if task not in done:
             task.cancel()
-    await asyncio.gather(to_up, to_client, return_exceptions=True)
-    if to_up in done:
-        return  # the client left; the caller closes upstream
+    results = await asyncio.gather(to_up, to_client, return_exceptions=True)
+    if client_left or any(isinstance(r, WebSocketDisconnect) for r in results):
+        return
     rcvd = upstream.protocol.close_rcvd
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError, ConnectionClosed):
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError, ConnectionClosed):
         if rcvd is None:
             # The transceiver died mid-session (PROTOCOL.md 2.5: 1011 lets SDKs reconnect).
             log.warning("transceiver connection lost mid-session")

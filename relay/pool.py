@@ -27,6 +27,12 @@ from websockets.exceptions import InvalidStatus
 
 log = logging.getLogger(__name__)
 
+# One handshake may take OPEN_TIMEOUT_S, all of a placement PLACEMENT_TIMEOUT_S: a client
+# hears "try again later" within that, however many transceivers are down.
+OPEN_TIMEOUT_S = 5.0
+PLACEMENT_TIMEOUT_S = 10.0
+PING_S = 20.0
+
 
 class NoTransceiver(Exception):
     """Every transceiver refused or could not be reached."""
@@ -181,16 +187,28 @@ class TransceiverPool:
         return roomy + others
 
     async def open_session(self, query: str) -> tuple[Member, ClientConnection]:
+        """A session on the first candidate that accepts, within ``PLACEMENT_TIMEOUT_S``."""
         await self.start()
+        deadline = asyncio.get_running_loop().time() + PLACEMENT_TIMEOUT_S
         for member in self._candidates():
+            left_s = deadline - asyncio.get_running_loop().time()
+            if left_s <= 0:
+                break
+            # Counted before the handshake, so a burst of sessions spreads out.
+            member.sessions += 1
+            placed = False
             try:
                 connection = await connect(
                     f"{member.url}/v1/sessions?{query}",
                     max_size=self._max_frame_bytes,
                     compression=None,
-                    ping_interval=None,
-                    open_timeout=10,
+                    # A transceiver that vanishes without a FIN (a dead node, a partition)
+                    # is noticed within PING_S * 2 and its sessions end with 1011.
+                    ping_interval=PING_S,
+                    ping_timeout=PING_S,
+                    open_timeout=min(OPEN_TIMEOUT_S, left_s),
                 )
+                placed = True
             except InvalidStatus as exc:  # full or draining (HTTP 503): try the next
                 member.draining = exc.response.status_code == 503
                 self._refused(member, f"HTTP {exc.response.status_code}")
@@ -199,7 +217,9 @@ class TransceiverPool:
                 member.healthy = False
                 self._refused(member, str(exc) or type(exc).__name__)
                 continue
-            member.sessions += 1
+            finally:
+                if not placed:
+                    member.sessions -= 1
             member.healthy = True
             return member, connection
         raise NoTransceiver("no transceiver is available")

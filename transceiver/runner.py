@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable
@@ -38,6 +37,7 @@ from transceiver.protocol.effects import (
     Transcribe,
 )
 from transceiver.protocol.session import RealtimeSession
+from transceiver.protocol.wire import encode_server_event
 from transceiver.speculation import Speculator, bytes_per_ms
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ class SessionRunner:
             for effect in effects:
                 self._handle(effect)
         for event in session.events_to_send():
-            self._queue.put_nowait(json.dumps(event, separators=(",", ":")))
+            self._queue.put_nowait(encode_server_event(event))
         if self._queue.qsize() > HIGH_WATER:
             self._drained.clear()
 
@@ -204,7 +204,7 @@ class SessionRunner:
             await self._send(message)
             self._sent += 1
             if faults.error_after is not None and self._sent == faults.error_after:
-                await self._send(json.dumps(_injected_error(self.session)))
+                await self._send(encode_server_event(_injected_error(self.session)))
             if faults.close_after is not None and self._sent >= faults.close_after:
                 await self._close(1011, "injected fault")
                 self.closed.set()

@@ -23,6 +23,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from transceiver.backends.base import Backend
 from transceiver.lag import LoopLagMonitor
@@ -30,6 +31,7 @@ from transceiver.observability import CONTENT_TYPE, Metrics, log_event
 from transceiver.protocol.errors import ClientError
 from transceiver.protocol.ids import IdFactory
 from transceiver.protocol.session import RealtimeSession, SessionKind
+from transceiver.protocol.wire import encode_server_event
 from transceiver.proxy import ProxyBackend, ProxySession
 from transceiver.runner import Faults, SessionRunner
 from transceiver.settings import TransceiverSettings
@@ -90,6 +92,9 @@ class TransceiverServer:
         self.metrics = Metrics("realtime_transceiver")
         self.ids = IdFactory()
         self._connections: set[ServerConnection] = set()
+        # Admitted by _process_request, handshake not finished: they count against
+        # max_sessions, so a burst of handshakes cannot overfill the transceiver.
+        self._admitting: set[ServerConnection] = set()
         self.faults = Faults(
             error_after=settings.mock_fault_error_after,
             close_after=settings.mock_fault_close_after,
@@ -126,7 +131,8 @@ class TransceiverServer:
             return _json_response(http.HTTPStatus.OK, {"models": self.backend.model_ids()})
         if path != "/v1/sessions":
             return _json_response(http.HTTPStatus.NOT_FOUND, {"error": "not found"})
-        if self.draining or self.sessions >= self.settings.max_sessions:
+        self._admitting = {c for c in self._admitting if c.state is not State.CLOSED}
+        if self.draining or self.sessions + len(self._admitting) >= self.settings.max_sessions:
             reason = "draining" if self.draining else "full"
             return _json_response(
                 http.HTTPStatus.SERVICE_UNAVAILABLE,
@@ -137,9 +143,11 @@ class TransceiverServer:
                     }
                 },
             )
+        self._admitting.add(connection)
         return None
 
     async def _send_counted(self, connection: ServerConnection, message: str) -> None:
+        """Send a frame made by ``encode_server_event``, counting it (and errors by code)."""
         self.metrics.events_out.inc()
         if message.startswith('{"type":"error"'):
             self.metrics.error(json.loads(message).get("error", {}).get("code"))
@@ -165,6 +173,7 @@ class TransceiverServer:
         overrides = None
         if arg("session"):
             overrides = json.loads(base64.urlsafe_b64decode(arg("session") or ""))
+        self._admitting.discard(connection)
         self._connections.add(connection)
         self.sessions += 1
         self.metrics.sessions.labels(transport).inc()
@@ -233,7 +242,9 @@ class TransceiverServer:
         except ClientError as exc:
             await self._send_counted(
                 connection,
-                json.dumps({"type": "error", "event_id": "event_0", "error": exc.to_error(None)}),
+                encode_server_event(
+                    {"type": "error", "event_id": "event_0", "error": exc.to_error(None)}
+                ),
             )
             await connection.close(1008, "invalid session configuration")
             return
@@ -269,21 +280,25 @@ class TransceiverServer:
             log.info("draining: waiting up to %.0f s for %d session(s)", timeout_s, self.sessions)
         while self.sessions and time.monotonic() < deadline:  # noqa: ASYNC110 (a count, with a deadline)
             await asyncio.sleep(0.1)
-        for connection in list(self._connections):
-            message = {
-                "type": "error",
-                "event_id": self.ids.event_id(),
-                "error": {
-                    "type": "server_error",
-                    "code": "server_shutting_down",
-                    "message": SHUTDOWN_MESSAGE,
-                    "param": None,
-                    "event_id": None,
-                },
-            }
-            with contextlib.suppress(ConnectionClosed):
-                await self._send_counted(connection, json.dumps(message))
-                await connection.close(1012, "server restarting")
+        # All at once: a peer that does not answer its close costs its own close timeout,
+        # not everyone's.
+        await asyncio.gather(*(self._close_for_drain(c) for c in list(self._connections)))
+
+    async def _close_for_drain(self, connection: ServerConnection) -> None:
+        message = {
+            "type": "error",
+            "event_id": self.ids.event_id(),
+            "error": {
+                "type": "server_error",
+                "code": "server_shutting_down",
+                "message": SHUTDOWN_MESSAGE,
+                "param": None,
+                "event_id": None,
+            },
+        }
+        with contextlib.suppress(ConnectionClosed):
+            await self._send_counted(connection, encode_server_event(message))
+            await connection.close(1012, "server restarting")
 
     async def start(self) -> Server:
         self.lag.start()
@@ -295,7 +310,9 @@ class TransceiverServer:
             max_size=self.settings.max_frame_bytes,
             max_queue=256,
             compression=None,
-            ping_interval=None,
+            # A relay that vanishes without a FIN is noticed and its sessions end.
+            ping_interval=20,
+            ping_timeout=20,
         )
 
 

@@ -4,7 +4,9 @@ this server in mock mode on loopback (no internet needed)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import itertools
 import json
 import socket
 from collections.abc import Iterator
@@ -310,3 +312,112 @@ async def test_webrtc_through_the_proxy(proxy: RunningServer) -> None:
         await pc.close()
         for task in tasks:
             task.cancel()
+
+
+async def events_until(ws: Any, event_type: str, timeout_s: float = 10) -> list[dict[str, Any]]:
+    """Server events up to and including the first ``event_type``."""
+    seen: list[dict[str, Any]] = []
+    while not seen or seen[-1]["type"] != event_type:
+        seen.append(json.loads(await asyncio.wait_for(ws.recv(), timeout_s)))
+    return seen
+
+
+async def test_policy_holds_for_any_frame_layout(proxy: RunningServer) -> None:
+    """The policy reads the event, not the frame's first bytes: a reordered or doubled
+    ``type`` cannot slip a ``session.update`` past it, and odd frames cost nothing."""
+    url = f"{proxy.ws_base_url}/realtime?model=gpt-realtime"
+    async with connect(url, additional_headers={"Authorization": "Bearer sk-client"}) as ws:
+        await events_until(ws, "session.created")
+        await ws.send(
+            '{"session":{"type":"realtime","instructions":"Mine."},"type":"session.update"}'
+        )
+        updated = (await events_until(ws, "session.updated"))[-1]
+        assert updated["session"]["instructions"] == PREFIX + "\n\nMine."
+        # JSON parsers keep the last of two keys: this is a session.update, not an append.
+        await ws.send(
+            '{"type":"input_audio_buffer.append","type":"session.update",'
+            '"session":{"type":"realtime","instructions":"Again."}}'
+        )
+        updated = (await events_until(ws, "session.updated"))[-1]
+        assert updated["session"]["instructions"] == PREFIX + "\n\nAgain."
+        await ws.send('{"session":{"type":"realtime","model":"gpt-4o"},"type":"session.update"}')
+        error = (await events_until(ws, "error"))[-1]
+        assert error["error"]["param"] == "model"
+        # Not an object, not JSON: the upstream answers with an error; the session goes on.
+        for frame in ('[{"type":"session.update"}]', "not json"):
+            await ws.send(frame)
+            assert (await events_until(ws, "error"))[-1]["error"]["type"] == "invalid_request_error"
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "conversation.item.create",
+                    "item": {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "still here"}],
+                    },
+                }
+            )
+        )
+        await ws.send('{"type":"response.create"}')
+        done = (await events_until(ws, "response.done"))[-1]
+        assert done["response"]["status"] == "completed"
+
+
+async def test_stalled_upstream_is_an_error_not_a_hang() -> None:
+    """An upstream that accepts the connection and never starts the session."""
+    with relay_server(
+        *MOCK_ARGS, "--api-keys", UPSTREAM_KEY, "--mock-fault-stall-after", "0"
+    ) as up:
+        args = proxy_args(up, "--upstream-open-timeout-s", "1")
+        with relay_server(*args, env={"OPENAI_API_KEY": UPSTREAM_KEY}) as server:
+            url = f"{server.ws_base_url}/realtime?model=gpt-realtime"
+            first, closed = await refused(url)
+    assert first["type"] == "error" and first["error"]["code"] == "upstream_unavailable"
+    assert closed == 1011
+
+
+async def test_upstream_drop_while_the_client_streams_audio() -> None:
+    """Whichever direction notices first, the client hears why and gets 1011."""
+    faulty = (*MOCK_ARGS, "--api-keys", UPSTREAM_KEY, "--mock-fault-close-after", "4")
+    with relay_server(*faulty) as up:
+        with relay_server(*proxy_args(up), env={"OPENAI_API_KEY": UPSTREAM_KEY}) as server:
+            url = f"{server.ws_base_url}/realtime?model=gpt-realtime"
+            for _ in range(3):
+                headers = {"Authorization": "Bearer sk-client"}
+                async with connect(url, additional_headers=headers) as ws:
+                    await events_until(ws, "session.created")
+                    chunk = json.dumps(
+                        {
+                            "type": "input_audio_buffer.append",
+                            "audio": base64.b64encode(silence(20)).decode(),
+                        }
+                    )
+                    note = json.dumps(
+                        {
+                            "type": "conversation.item.create",
+                            "item": {
+                                "type": "message",
+                                "role": "user",
+                                "content": [{"type": "input_text", "text": "note"}],
+                            },
+                        }
+                    )
+                    errors: list[str] = []
+                    # Audio streams on; each note gives two upstream events, and the
+                    # upstream drops the session at its fourth (after created, updated).
+                    with contextlib.suppress(ConnectionClosed):
+                        async with asyncio.timeout(20):
+                            for n in itertools.count():
+                                await ws.send(note if n % 10 == 0 else chunk)
+                                with contextlib.suppress(TimeoutError):
+                                    event = json.loads(await asyncio.wait_for(ws.recv(), 0.02))
+                                    if event["type"] == "error":
+                                        errors.append(event["error"]["code"])
+                    with contextlib.suppress(ConnectionClosed, TimeoutError):
+                        while True:  # what came before the close
+                            event = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                            if event["type"] == "error":
+                                errors.append(event["error"]["code"])
+                    assert errors == ["upstream_unavailable"]
+                    assert ws.close_code == 1011

@@ -1,4 +1,8 @@
-"""Client frames to events: strict JSON (no NaN or Infinity), objects only, bounded depth."""
+"""Client frames to events: strict JSON (no NaN or Infinity), objects only, bounded depth.
+
+Server events to frames: compact JSON, ``{"type":...`` first (the shells count error events
+by that prefix).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,11 @@ from typing import Any
 from transceiver.protocol.errors import ClientError
 
 MAX_EVENT_DEPTH = 100
+
+
+def encode_server_event(event: dict[str, Any]) -> str:
+    """The frame for a server event (``type`` is its first key)."""
+    return json.dumps(event, separators=(",", ":"))
 
 
 def parse_client_frame(raw: str | bytes) -> dict[str, Any]:

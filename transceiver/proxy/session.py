@@ -1,20 +1,4 @@
-"""The ``openai`` backend: each session is proxied to an upstream Realtime WebSocket.
-
-Frames pass through unchanged in both directions. The proxy only steps in where the
-operator's policy or the transport requires it:
-
-- the model a client asks for is checked against ``--allowed-models`` and renamed by
-  ``--model-map``; the upstream key comes from the server's environment, never the client;
-- ``--instructions-prefix`` goes before the client's instructions (``session.update`` and
-  ``response.create``), and a session configuration carried by an ephemeral key or a WebRTC
-  offer is applied before the client sees ``session.created``;
-- on WebRTC sessions (``media``) the reply's audio plays on the caller's track in real
-  time, so the proxy tracks how much of each item was heard and truncates it upstream on
-  barge-in or ``output_audio_buffer.clear``, as OpenAI does for its own WebRTC calls.
-
-The conversation seen in passing (items, transcripts, usage) is mirrored for logs and
-metrics after each frame is forwarded, so it adds nothing to the hot path.
-"""
+"""One proxied session: the upstream connection and the bridge between it and the client."""
 
 from __future__ import annotations
 
@@ -24,18 +8,19 @@ import json
 import logging
 import os
 import re
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.frames import Close
 
 from transceiver.observability import Metrics, log_event
 from transceiver.protocol.errors import ClientError
 from transceiver.protocol.ids import IdFactory
+from transceiver.proxy.mirror import Mirror, Playback
+from transceiver.proxy.policy import ProxyPolicy, client_event, session_update
 from transceiver.settings import TransceiverSettings
 
 log = logging.getLogger(__name__)
@@ -46,190 +31,9 @@ _INJECTED = "event_proxy"
 
 
 def peek_type(frame: str) -> str | None:
-    """The event type from the first bytes of a frame (``type`` comes first in practice)."""
+    """The event type of an upstream frame from its first bytes (``type`` comes first)."""
     match = _TYPE.search(frame, 0, 200)
     return match.group(1) if match else None
-
-
-@dataclass
-class ProxyPolicy:
-    allowed_models: frozenset[str] = frozenset()
-    model_map: dict[str, str] = field(default_factory=dict)
-    instructions_prefix: str | None = None
-
-    @classmethod
-    def from_settings(cls, settings: TransceiverSettings) -> ProxyPolicy:
-        mapping: dict[str, str] = {}
-        for entry in settings.model_map:
-            client, sep, upstream = entry.partition("=")
-            if not sep or not client.strip() or not upstream.strip():
-                raise ValueError(f"--model-map entries are CLIENT=UPSTREAM, not {entry!r}")
-            mapping[client.strip()] = upstream.strip()
-        return cls(frozenset(settings.allowed_models), mapping, settings.instructions_prefix)
-
-    def upstream_model(self, model: str) -> str:
-        if self.allowed_models and model not in self.allowed_models:
-            raise ClientError(
-                f"Invalid value: '{model}'. Supported values are: "
-                + ", ".join(f"'{m}'" for m in sorted(self.allowed_models))
-                + ".",
-                code="invalid_value",
-                param="model",
-            )
-        return self.model_map.get(model, model)
-
-    def model_ids(self) -> list[str]:
-        return sorted(self.allowed_models or self.model_map) or ["gpt-realtime"]
-
-    def instructions(self, client: str | None) -> str | None:
-        if not self.instructions_prefix:
-            return client
-        return self.instructions_prefix + ("\n\n" + client if client else "")
-
-    def rewrite_client_event(self, event: dict[str, Any]) -> dict[str, Any] | None:
-        """The event as sent upstream, or ``None`` when it passes unchanged."""
-        etype = event.get("type")
-        if etype == "session.update" and isinstance(event.get("session"), dict):
-            session = dict(event["session"])
-            changed = False
-            if isinstance(session.get("model"), str):
-                session["model"] = self.upstream_model(session["model"])
-                changed = True
-            if self.instructions_prefix and isinstance(session.get("instructions"), str):
-                session["instructions"] = self.instructions(session["instructions"])
-                changed = True
-            return {**event, "session": session} if changed else None
-        if (
-            etype == "response.create"
-            and self.instructions_prefix
-            and isinstance(event.get("response"), dict)
-            and isinstance(event["response"].get("instructions"), str)
-        ):
-            response = dict(event["response"])
-            response["instructions"] = self.instructions(response["instructions"])
-            return {**event, "response": response}
-        return None
-
-
-_BETA_FORMATS = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}
-
-
-def session_update(session: dict[str, Any], beta: bool) -> dict[str, Any]:
-    """A GA session configuration (as validated by the relay) as a ``session.update`` body.
-
-    Beta upstreams take the flat beta shape; only the fields a key or an offer can carry
-    are translated.
-    """
-    session = {k: v for k, v in session.items() if k not in ("model", "object", "id")}
-    if not beta:
-        return session
-    flat: dict[str, Any] = {}
-    for name in ("instructions", "tools", "tool_choice", "include"):
-        if name in session:
-            flat[name] = session[name]
-    if "output_modalities" in session:
-        flat["modalities"] = (
-            ["audio", "text"] if session["output_modalities"] == ["audio"] else ["text"]
-        )
-    if "max_output_tokens" in session:
-        flat["max_response_output_tokens"] = session["max_output_tokens"]
-    audio = session.get("audio") or {}
-    audio_in, audio_out = audio.get("input") or {}, audio.get("output") or {}
-    if "format" in audio_in:
-        flat["input_audio_format"] = _BETA_FORMATS.get(audio_in["format"].get("type"), "pcm16")
-    if "turn_detection" in audio_in:
-        flat["turn_detection"] = audio_in["turn_detection"]
-    if "transcription" in audio_in:
-        flat["input_audio_transcription"] = audio_in["transcription"]
-    if "noise_reduction" in audio_in:
-        flat["input_audio_noise_reduction"] = audio_in["noise_reduction"]
-    if "format" in audio_out:
-        flat["output_audio_format"] = _BETA_FORMATS.get(audio_out["format"].get("type"), "pcm16")
-    if "voice" in audio_out:
-        flat["voice"] = audio_out["voice"]
-    if "speed" in audio_out:
-        flat["speed"] = audio_out["speed"]
-    return flat
-
-
-@dataclass
-class Mirror:
-    """What the proxy saw of the conversation: for the session-end log line and metrics."""
-
-    items: dict[str, dict[str, Any]] = field(default_factory=dict)
-    transcripts: dict[str, str] = field(default_factory=dict)
-    responses: int = 0
-    errors: int = 0
-    usage: dict[str, int] = field(default_factory=dict)
-
-    def observe(self, event: dict[str, Any]) -> None:
-        etype = event.get("type")
-        if etype in (
-            "conversation.item.added",
-            "conversation.item.done",
-            "conversation.item.created",
-        ):
-            item = event.get("item")
-            if isinstance(item, dict) and isinstance(item.get("id"), str):
-                self.items[item["id"]] = item
-        elif etype in ("conversation.item.deleted",):
-            self.items.pop(str(event.get("item_id")), None)
-        elif etype == "conversation.item.input_audio_transcription.completed":
-            self.transcripts[str(event.get("item_id"))] = str(event.get("transcript", ""))
-        elif etype == "response.done":
-            self.responses += 1
-            usage = (event.get("response") or {}).get("usage") or {}
-            for name in ("input_tokens", "output_tokens", "total_tokens"):
-                if isinstance(usage.get(name), int):
-                    self.usage[name] = self.usage.get(name, 0) + usage[name]
-        elif etype == "error":
-            self.errors += 1
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "items": len(self.items),
-            "transcripts": len(self.transcripts),
-            "responses": self.responses,
-            "errors": self.errors,
-            **self.usage,
-        }
-
-
-class Playback:
-    """How much of each assistant audio item a WebRTC caller has heard (real-time playback)."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self.item_id: str | None = None
-        self.response_id: str | None = None
-        self.last_response_id: str | None = None
-        self._start = 0.0
-        self._sent_ms = 0.0
-
-    def audio(self, event: dict[str, Any]) -> None:
-        item_id = event.get("item_id")
-        now = self._clock()
-        if item_id != self.item_id or self.heard_ms() >= self._sent_ms:
-            if item_id != self.item_id:
-                self._sent_ms = 0.0
-                self._start = now
-            else:  # playback ran dry and restarts: keep the heard part
-                self._start = now - self._sent_ms / 1000
-            self.item_id = item_id if isinstance(item_id, str) else None
-        self.response_id = event.get("response_id")
-        self.last_response_id = self.response_id
-        delta = event.get("delta") or ""
-        self._sent_ms += len(delta) * 3 / 4 / 2 / 24  # base64 PCM16 at 24 kHz, in ms
-
-    def heard_ms(self) -> float:
-        return min(self._sent_ms, (self._clock() - self._start) * 1000)
-
-    def interrupt(self) -> tuple[str, int] | None:
-        """Stop playback: the item and the ``audio_end_ms`` to truncate it at, if unheard."""
-        item_id, heard = self.item_id, self.heard_ms()
-        cut = item_id is not None and heard < self._sent_ms - 1
-        self.item_id, self.response_id, self._sent_ms = None, None, 0.0
-        return (item_id, int(heard)) if cut and item_id is not None else None
 
 
 class UpstreamRefused(Exception):
@@ -295,9 +99,11 @@ class ProxyBackend:
                 "upstream_unavailable",
                 1013 if retry_later else 1011,
             ) from exc
-        except (OSError, TimeoutError, InvalidHandshake) as exc:
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+            # The details (host, address, handshake) go to the log, not to the client.
+            log.warning("upstream unreachable: %s", exc or type(exc).__name__)
             raise UpstreamRefused(
-                f"The upstream Realtime server could not be reached: {exc or type(exc).__name__}.",
+                "The upstream Realtime server could not be reached.",
                 "upstream_unavailable",
                 1011,
             ) from exc
@@ -337,6 +143,7 @@ class ProxySession:
         self._held_created: dict[str, Any] | None = None
         self._ready = asyncio.Event()
         self._early: list[tuple[dict[str, Any], str]] = []
+        self._client_left = False
 
     def _error(self, message: str, code: str, type: str = "server_error") -> str:
         return json.dumps(
@@ -402,28 +209,63 @@ class ProxySession:
         update = self._initial_update()
         to_client = asyncio.create_task(self._upstream_to_client(upstream, update))
         to_upstream = asyncio.create_task(self._client_to_upstream(upstream))
-        done, _ = await asyncio.wait({to_client, to_upstream}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (to_client, to_upstream):
+        stall = asyncio.create_task(self._stalled())
+        tasks = (to_client, to_upstream, stall)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
             if task not in done:
                 task.cancel()
-        await asyncio.gather(to_client, to_upstream, return_exceptions=True)
-        if to_upstream in done:
-            return  # the client left
-        rcvd = upstream.protocol.close_rcvd
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        if self._client_left or any(isinstance(r, _Refused) for r in results):
+            return
         with contextlib.suppress(ConnectionClosed):
-            if rcvd is None or rcvd.code not in (1000, 1001):
-                reason = f" ({rcvd.code} {rcvd.reason})" if rcvd is not None else ""
-                log.warning("upstream connection lost mid-session%s", reason)
-                self.metrics.error("upstream_unavailable")
-                await self.client.send(
-                    self._error(
-                        f"The upstream Realtime server dropped this session{reason}.",
-                        "upstream_unavailable",
-                    )
+            if stall in done:
+                timeout_s = self.backend.settings.upstream_open_timeout_s
+                log.warning("upstream did not start the session within %.0f s", timeout_s)
+                await self._refuse(
+                    "The upstream Realtime server did not start the session in time.",
+                    "upstream_unavailable",
+                    1011,
                 )
-                await self.client.close(1011, "upstream failed")
-            else:
-                await self.client.close(rcvd.code, rcvd.reason)
+                return
+            failed = [r for r in results if isinstance(r, Exception) and not _closed(r)]
+            if failed:  # a bug, not a client's or upstream's doing: logged, never silent
+                log.error("proxy session %s failed", self.id, exc_info=failed[0])
+                await self._refuse("The proxy failed this session.", "server_error", 1011)
+                return
+            await self._upstream_closed(upstream.protocol.close_rcvd)
+
+    async def _stalled(self) -> None:
+        """Returns if the upstream has not started the session within the open timeout."""
+        with contextlib.suppress(TimeoutError):
+            timeout_s = self.backend.settings.upstream_open_timeout_s
+            await asyncio.wait_for(self._ready.wait(), timeout_s)
+            await asyncio.Future()  # started: wait to be cancelled
+
+    async def _upstream_closed(self, rcvd: Close | None) -> None:
+        """The upstream ended the session: tell the client, with a close code that says
+        whether to reconnect (PROTOCOL.md 2.5)."""
+        if rcvd is not None and rcvd.code in (1000, 1001):
+            await self.client.close(rcvd.code, rcvd.reason)
+            return
+        reason = f" ({rcvd.code} {rcvd.reason})" if rcvd is not None else ""
+        log.warning("upstream connection lost mid-session%s", reason)
+        if rcvd is not None and (rcvd.code == 1008 or 4000 <= rcvd.code < 5000):
+            await self._refuse(
+                "The upstream Realtime server ended this session by policy.",
+                "upstream_refused",
+                1008,
+            )
+        elif rcvd is not None and rcvd.code in (1012, 1013):  # restarting, or try later
+            await self._refuse(
+                "The upstream Realtime server is restarting or busy.",
+                "upstream_unavailable",
+                rcvd.code,
+            )
+        else:
+            await self._refuse(
+                "The upstream Realtime server dropped this session.", "upstream_unavailable", 1011
+            )
 
     async def _upstream_to_client(
         self, upstream: ClientConnection, update: dict[str, Any] | None
@@ -435,7 +277,14 @@ class ProxySession:
             if etype in _AUDIO_DELTAS and not self.media:
                 await self.client.send(text)  # the hot path: not parsed
                 continue
-            event = json.loads(text)
+            try:
+                event = json.loads(text)
+            except ValueError:
+                event = None
+            if not isinstance(event, dict):
+                log.warning("upstream sent a frame that is not a JSON object; forwarded")
+                await self.client.send(text)
+                continue
             if not self._ready.is_set():
                 update = await self._configure(upstream, event, text, update)
                 continue
@@ -462,6 +311,16 @@ class ProxySession:
         """Until the session is configured: hold ``session.created``, apply ``update``, and
         show the client one ``session.created`` with the configuration in effect."""
         etype = str(event.get("type", ""))
+        if etype == "error" and _auth_error(event):
+            # An admission error for the server's key: the client is told the server's
+            # credentials failed, never shown the upstream's message (it names the key).
+            log.warning("upstream refused the server's credentials: %s", event.get("error"))
+            await self._refuse(
+                "The upstream Realtime server refused the server's credentials.",
+                "upstream_auth_failed",
+                1008,
+            )
+            raise _Refused
         if self._held_created is None:
             if etype.endswith("session.created") and update is not None:
                 self._held_created = event
@@ -470,12 +329,20 @@ class ProxySession:
             self._ready.set()
             await self._forward(upstream, event, text)
             return update
-        if etype.endswith("session.updated"):
+        if etype.endswith("session.updated") and isinstance(event.get("session"), dict):
             await self.client.send(json.dumps({**self._held_created, "session": event["session"]}))
         elif etype == "error" and self._answers_injection(event):
-            log.warning("upstream refused the session configuration: %s", event.get("error"))
-            await self.client.send(json.dumps(self._held_created))
-            await self.client.send(text)  # the client learns its configuration was refused
+            # Without its configuration (the instructions prefix, the key's or the offer's
+            # session) the session must not run: fail closed, with the upstream's reason.
+            error = dict(event.get("error") or {})
+            log.warning("upstream refused the session configuration: %s", error)
+            await self._refuse(
+                "The upstream Realtime server refused this session's configuration: "
+                f"{error.get('message', 'no reason given')}",
+                "session_configuration_refused",
+                1008,
+            )
+            raise _Refused
         else:
             self._early.append((event, text))
             return None
@@ -517,29 +384,33 @@ class ProxySession:
     async def _client_to_upstream(self, upstream: ClientConnection) -> None:
         await self._ready.wait()  # the configuration is applied before any client event
         policy = self.backend.policy
-        async for frame in self.client:
-            text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
-            self.metrics.events_in.inc()
-            etype = peek_type(text)
-            if etype in ("session.update", "response.create", "output_audio_buffer.clear"):
+        try:
+            async for frame in self.client:
+                text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
+                self.metrics.events_in.inc()
+                event = client_event(text)
+                if event is not None:
+                    if event.get("type") == "output_audio_buffer.clear" and self.media:
+                        await self._clear(upstream, event)
+                        continue
+                    try:
+                        rewritten = policy.rewrite_client_event(event)
+                    except ClientError as exc:
+                        frame_out = json.loads(
+                            self._error(exc.message, exc.code or "invalid_value")
+                        )
+                        frame_out["error"].update(_client(exc), event_id=event.get("event_id"))
+                        await self.client.send(json.dumps(frame_out))
+                        continue
+                    if rewritten is not None:
+                        text = json.dumps(rewritten)
                 try:
-                    event = json.loads(text)
-                except ValueError:
-                    await upstream.send(text)  # upstream answers with invalid_json
-                    continue
-                if etype == "output_audio_buffer.clear" and self.media:
-                    await self._clear(upstream, event)
-                    continue
-                try:
-                    rewritten = policy.rewrite_client_event(event)
-                except ClientError as exc:
-                    frame_out = json.loads(self._error(exc.message, exc.code or "invalid_value"))
-                    frame_out["error"].update(_client(exc), event_id=event.get("event_id"))
-                    await self.client.send(json.dumps(frame_out))
-                    continue
-                if rewritten is not None:
-                    text = json.dumps(rewritten)
-            await upstream.send(text)
+                    await upstream.send(text)
+                except ConnectionClosed:
+                    return  # the upstream ended: _bridge tells the client
+        except ConnectionClosed:
+            pass
+        self._client_left = True
 
     async def _clear(self, upstream: ClientConnection, event: dict[str, Any]) -> None:
         response_id = await self._truncate(upstream)
@@ -557,6 +428,25 @@ class ProxySession:
                 }
             )
         )
+
+
+class _Refused(Exception):
+    """The session was refused and the client told; the bridge ends quietly."""
+
+
+def _closed(exc: BaseException) -> bool:
+    return isinstance(exc, (ConnectionClosed, _Refused))
+
+
+_AUTH_CODES = frozenset({"invalid_api_key", "invalid_authentication", "unauthorized"})
+
+
+def _auth_error(event: dict[str, Any]) -> bool:
+    error = event.get("error")
+    if not isinstance(error, dict):
+        return False
+    message = str(error.get("message") or "")
+    return error.get("code") in _AUTH_CODES or message.startswith("Incorrect API key")
 
 
 def _client(exc: ClientError) -> dict[str, Any]:

@@ -1,0 +1,88 @@
+"""What a proxied session saw: the conversation mirror and a WebRTC caller's playback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Mirror:
+    """What the proxy saw of the conversation: for the session-end log line and metrics."""
+
+    items: dict[str, dict[str, Any]] = field(default_factory=dict)
+    transcripts: dict[str, str] = field(default_factory=dict)
+    responses: int = 0
+    errors: int = 0
+    usage: dict[str, int] = field(default_factory=dict)
+
+    def observe(self, event: dict[str, Any]) -> None:
+        etype = event.get("type")
+        if etype in (
+            "conversation.item.added",
+            "conversation.item.done",
+            "conversation.item.created",
+        ):
+            item = event.get("item")
+            if isinstance(item, dict) and isinstance(item.get("id"), str):
+                self.items[item["id"]] = item
+        elif etype in ("conversation.item.deleted",):
+            self.items.pop(str(event.get("item_id")), None)
+        elif etype == "conversation.item.input_audio_transcription.completed":
+            self.transcripts[str(event.get("item_id"))] = str(event.get("transcript", ""))
+        elif etype == "response.done":
+            self.responses += 1
+            usage = (event.get("response") or {}).get("usage") or {}
+            for name in ("input_tokens", "output_tokens", "total_tokens"):
+                if isinstance(usage.get(name), int):
+                    self.usage[name] = self.usage.get(name, 0) + usage[name]
+        elif etype == "error":
+            self.errors += 1
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "items": len(self.items),
+            "transcripts": len(self.transcripts),
+            "responses": self.responses,
+            "errors": self.errors,
+            **self.usage,
+        }
+
+
+class Playback:
+    """How much of each assistant audio item a WebRTC caller has heard (real-time playback)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.item_id: str | None = None
+        self.response_id: str | None = None
+        self.last_response_id: str | None = None
+        self._start = 0.0
+        self._sent_ms = 0.0
+
+    def audio(self, event: dict[str, Any]) -> None:
+        item_id = event.get("item_id")
+        now = self._clock()
+        if item_id != self.item_id or self.heard_ms() >= self._sent_ms:
+            if item_id != self.item_id:
+                self._sent_ms = 0.0
+                self._start = now
+            else:  # playback ran dry and restarts: keep the heard part
+                self._start = now - self._sent_ms / 1000
+            self.item_id = item_id if isinstance(item_id, str) else None
+        self.response_id = event.get("response_id")
+        self.last_response_id = self.response_id
+        delta = event.get("delta") or ""
+        self._sent_ms += len(delta) * 3 / 4 / 2 / 24  # base64 PCM16 at 24 kHz, in ms
+
+    def heard_ms(self) -> float:
+        return min(self._sent_ms, (self._clock() - self._start) * 1000)
+
+    def interrupt(self) -> tuple[str, int] | None:
+        """Stop playback: the item and the ``audio_end_ms`` to truncate it at, if unheard."""
+        item_id, heard = self.item_id, self.heard_ms()
+        cut = item_id is not None and heard < self._sent_ms - 1
+        self.item_id, self.response_id, self._sent_ms = None, None, 0.0
+        return (item_id, int(heard)) if cut and item_id is not None else None
