@@ -24,12 +24,12 @@ from websockets.typing import Subprotocol
 from relay.auth import bearer_key, error_body, key_allowed, wants_beta
 from relay.calls import CallRegistry, calls_router
 from relay.drain import SHUTDOWN_MESSAGE
-from relay.edge import Edge
+from relay.edge import Edge, KeyLimits
 from relay.ephemeral import EphemeralKey, InvalidKey, call_owner, expiry_seconds, validate_session
 from relay.pool import NoTransceiver
 from relay.settings import RelaySettings
 from relay.webrtc import Call
-from transceiver.observability import CONTENT_TYPE
+from transceiver.observability import CONTENT_TYPE, log_event
 from transceiver.protocol.beta import BetaDialect
 from transceiver.protocol.errors import ClientError
 
@@ -100,8 +100,9 @@ def create_app(settings: RelaySettings) -> FastAPI:
             }
         )
 
-    async def minting_request(request: Request) -> dict[str, Any] | JSONResponse:
-        """The JSON object body of a key-minting request, or the error to answer with.
+    async def minting_request(request: Request) -> tuple[str, dict[str, Any]] | JSONResponse:
+        """The minting key's identity and the JSON object body of a key-minting request, or
+        the error to answer with.
 
         Minting needs an API key: an ephemeral key cannot mint more keys.
         """
@@ -116,20 +117,21 @@ def create_app(settings: RelaySettings) -> FastAPI:
             return JSONResponse(
                 error_body("The body must be a JSON object.", "invalid_request"), 400
             )
-        return body
+        return KeyLimits.identity(key), body
 
     @app.post("/v1/realtime/client_secrets")
     async def client_secrets(request: Request) -> JSONResponse:
         """Mint an ephemeral key (GA): ``{value: "ek_...", expires_at, session}``."""
-        body = await minting_request(request)
-        if isinstance(body, JSONResponse):
-            return body
+        minted = await minting_request(request)
+        if isinstance(minted, JSONResponse):
+            return minted
+        owner, body = minted
         try:
             seconds = expiry_seconds(body)
             session = validate_session(body.get("session"))
         except ClientError as exc:
             return _bad_request(exc)
-        value = signer.mint(session, seconds)
+        value = signer.mint(session, seconds, owner=owner)
         expires_at = signer.verify(value).expires_at
         kind = session["type"]
         shown = {
@@ -144,9 +146,10 @@ def create_app(settings: RelaySettings) -> FastAPI:
 
     async def beta_session(request: Request, kind: str) -> JSONResponse:
         """Beta ephemeral sessions: a flat beta config in, the session plus ``client_secret``."""
-        body = await minting_request(request)
-        if isinstance(body, JSONResponse):
-            return body
+        minted = await minting_request(request)
+        if isinstance(minted, JSONResponse):
+            return minted
+        owner, body = minted
         dialect = BetaDialect()
         try:
             secret = body.pop("client_secret", None) or {}
@@ -154,7 +157,7 @@ def create_app(settings: RelaySettings) -> FastAPI:
             session = validate_session(dialect.session_to_ga(body, kind))
         except ClientError as exc:
             return _bad_request(exc)
-        value = signer.mint(session, seconds)
+        value = signer.mint(session, seconds, owner=owner)
         expires_at = signer.verify(value).expires_at
         shown = dialect.session_to_beta(
             {
@@ -202,7 +205,7 @@ def create_app(settings: RelaySettings) -> FastAPI:
             await websocket.send_denial_response(_draining())
             return
         query = _session_query(params, headers, offered, ephemeral)
-        holder = edge.limits.acquire(key)
+        holder = edge.limits.acquire(KeyLimits.holder_of(key, ephemeral))
         if holder is None:
             await websocket.accept(subprotocol=subprotocol)
             await websocket.send_text(
@@ -253,7 +256,14 @@ def _session_query(
 
 
 async def _session(edge: Edge, websocket: WebSocket, subprotocol: str | None, query: str) -> None:
-    """Place the session on a transceiver and pass frames until either side ends."""
+    """Place the session on a transceiver and pass frames until either side ends.
+
+    ``conn`` names the connection in the relay's log lines and the transceiver's
+    ``session.start`` line, which joins it to the session id.
+    """
+    conn = edge.ids.new("conn")
+    query = f"{query}&conn={conn}" if query else f"conn={conn}"
+    started = time.monotonic()
     try:
         member, upstream = await edge.pool.open_session(query)
     except NoTransceiver:
@@ -276,6 +286,7 @@ async def _session(edge: Edge, websocket: WebSocket, subprotocol: str | None, qu
     edge.metrics.sessions_total.labels("ws").inc()
     gauge.inc()
     edge.live.add(websocket, close_for_drain)
+    log_event(log, "session.placed", conn=conn, transport="ws", transceiver=member.url)
     try:
         await websocket.accept(subprotocol=subprotocol)
         await _forward(websocket, upstream, edge)
@@ -284,6 +295,7 @@ async def _session(edge: Edge, websocket: WebSocket, subprotocol: str | None, qu
         gauge.dec()
         edge.pool.release(member)
         await upstream.close()
+        log_event(log, "session.closed", conn=conn, seconds=round(time.monotonic() - started, 1))
 
 
 async def _sideband_or_forward(

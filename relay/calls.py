@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 from typing import Any
 from urllib.parse import urlencode
 
@@ -21,10 +22,11 @@ from starlette.datastructures import UploadFile
 
 from relay.auth import bearer_key, error_body, key_allowed
 from relay.drain import SHUTDOWN_MESSAGE
-from relay.edge import Edge
-from relay.ephemeral import InvalidKey, call_id_for, call_owner, validate_session
+from relay.edge import Edge, KeyLimits
+from relay.ephemeral import EphemeralKey, InvalidKey, call_id_for, call_owner, validate_session
 from relay.pool import NoTransceiver
 from relay.webrtc import Call
+from transceiver.observability import log_event
 from transceiver.protocol.errors import ClientError
 
 log = logging.getLogger(__name__)
@@ -92,9 +94,11 @@ def calls_router(edge: Edge, registry: CallRegistry) -> APIRouter:
             )
         key = bearer_key({k.lower(): v for k, v in request.headers.items()})
         session: Any = None
+        ephemeral: EphemeralKey | None = None
         if key is not None and key.startswith("ek_"):
             try:
-                session = signer.verify(key).session
+                ephemeral = signer.verify(key)
+                session = ephemeral.session
             except InvalidKey as exc:
                 return _error(f"Ephemeral key: {exc}.", "invalid_api_key", 401)
         elif not key_allowed(key, settings.api_keys):
@@ -125,7 +129,7 @@ def calls_router(edge: Edge, registry: CallRegistry) -> APIRouter:
         except Exception as exc:  # aiortc raises ValueError and others on bad SDP
             await pc.close()
             return _error(f"The SDP offer could not be used: {exc}", "invalid_sdp", 400)
-        holder = edge.limits.acquire(key)
+        holder = edge.limits.acquire(KeyLimits.holder_of(key, ephemeral))
         if holder is None:
             await pc.close()
             edge.metrics.error("session_limit_reached")
@@ -135,6 +139,8 @@ def calls_router(edge: Edge, registry: CallRegistry) -> APIRouter:
                 429,
             )
         try:
+            call_id = call_id_for(signer, edge.peer_url)
+            query["conn"] = call_id  # the transceiver's session.start line names the call
             member, upstream = await pool.open_session(urlencode(query))
         except NoTransceiver:
             edge.limits.release(holder)
@@ -146,7 +152,7 @@ def calls_router(edge: Edge, registry: CallRegistry) -> APIRouter:
                 "session_limit_reached",
                 503,
             )
-        call_id = call_id_for(signer, edge.peer_url)
+        started = time.monotonic()
         gauge = edge.metrics.sessions.labels("webrtc")
         gauge.inc()
         edge.metrics.sessions_total.labels("webrtc").inc()
@@ -157,6 +163,8 @@ def calls_router(edge: Edge, registry: CallRegistry) -> APIRouter:
             gauge.dec()
             edge.limits.release(holder)
             pool.release(member)
+            seconds = round(time.monotonic() - started, 1)
+            log_event(log, "session.closed", conn=call.id, seconds=seconds)
 
         async def close_for_drain() -> None:
             await call.broadcast(edge.error_event(SHUTDOWN_MESSAGE, "server_shutting_down"))
@@ -172,7 +180,7 @@ def calls_router(edge: Edge, registry: CallRegistry) -> APIRouter:
         call.start()
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
-        log.info("call %s started", call_id)
+        log_event(log, "session.placed", conn=call_id, transport="webrtc", transceiver=member.url)
         return Response(
             pc.localDescription.sdp,
             status_code=201,

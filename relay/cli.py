@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_relay_options(serve, with_transceiver=False)
     serve.add_argument(
         "--backend",
-        default=os.environ.get("RELAY_BACKEND", "local"),
+        default=os.environ.get("RELAY_BACKEND") or "local",
         choices=["mock", "local", "openai"],
         help="Backend of the transceivers: mock, local or openai (proxy) [env RELAY_BACKEND] "
         "(default 'local').",
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--transceivers",
         type=int,
-        default=int(os.environ.get("RELAY_TRANSCEIVERS", "1")),
+        default=int(os.environ.get("RELAY_TRANSCEIVERS") or "1"),
         help="Number of transceiver processes [env RELAY_TRANSCEIVERS] (default 1).",
     )
     serve.add_argument(
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--json", dest="json_out", help="Write every figure to this file.")
     load.add_argument(
         "--api-key",
-        default=os.environ.get("OPENAI_API_KEY"),
+        default=os.environ.get("OPENAI_API_KEY") or None,
         help="Bearer key [env OPENAI_API_KEY].",
     )
     load.add_argument("--model", default="gpt-realtime", help="Model query parameter.")
@@ -244,8 +244,8 @@ def main(argv: list[str] | None = None) -> None:
         loop.run(_run_relay(settings, banner=True))
         return
     configure_logging(
-        args.log_level or os.environ.get("RELAY_LOG_LEVEL", "info"),
-        args.log_format or os.environ.get("RELAY_LOG_FORMAT", "text"),
+        args.log_level or os.environ.get("RELAY_LOG_LEVEL") or "info",
+        args.log_format or os.environ.get("RELAY_LOG_FORMAT") or "text",
     )
     try:
         loop.run(_serve(args, passthrough))

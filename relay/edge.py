@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relay.drain import LiveSessions
-from relay.ephemeral import KeySigner
+from relay.ephemeral import EphemeralKey, KeySigner
 from relay.pool import TransceiverPool
 from relay.settings import RelaySettings
 from transceiver.observability import Metrics
@@ -18,7 +18,10 @@ from transceiver.protocol.ids import IdFactory
 
 
 class KeyLimits:
-    """At most ``limit`` concurrent sessions per API key on this relay (``None``: no limit)."""
+    """At most ``limit`` concurrent sessions per API key on this relay (``None``: no limit).
+
+    Sessions started with an ephemeral key count against the API key that minted it.
+    """
 
     def __init__(self, limit: int | None) -> None:
         self.limit = limit
@@ -28,9 +31,15 @@ class KeyLimits:
     def identity(key: str | None) -> str:
         return hashlib.sha256((key or "").encode()).hexdigest()[:16]  # keys are never kept
 
-    def acquire(self, key: str | None) -> str | None:
-        """A token to release later, or ``None`` when the key is at its limit."""
-        who = self.identity(key)
+    @classmethod
+    def holder_of(cls, key: str | None, ephemeral: EphemeralKey | None) -> str:
+        if ephemeral is not None and ephemeral.owner is not None:
+            return ephemeral.owner
+        return cls.identity(key)
+
+    def acquire(self, who: str) -> str | None:
+        """``who`` (from ``holder_of``) as a token to release later, or ``None`` when it is
+        at its limit."""
         if self.limit is not None and self._held[who] >= self.limit:
             return None
         self._held[who] += 1

@@ -29,6 +29,7 @@ class InvalidKey(Exception):
 class EphemeralKey:
     expires_at: int
     session: dict[str, Any]
+    owner: str | None = None  # the minting API key's identity (KeyLimits.identity), not the key
 
 
 def _b64(data: bytes) -> str:
@@ -44,11 +45,20 @@ class KeySigner:
         self._secret = (secret or secrets.token_hex(32)).encode()
         self.secret = self._secret
 
-    def mint(self, session: dict[str, Any], seconds: int, now: float | None = None) -> str:
+    def mint(
+        self,
+        session: dict[str, Any],
+        seconds: int,
+        now: float | None = None,
+        owner: str | None = None,
+    ) -> str:
+        """A key for ``session``; ``owner`` names the API key that minted it, so the keys it
+        mints share its session limit."""
         expires_at = int((now if now is not None else time.time()) + seconds)
-        payload = _b64(
-            json.dumps({"exp": expires_at, "session": session}, separators=(",", ":")).encode()
-        )
+        claims: dict[str, Any] = {"exp": expires_at, "session": session}
+        if owner is not None:
+            claims["own"] = owner
+        payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
         signature = _b64(hmac.new(self._secret, payload.encode(), hashlib.sha256).digest())
         return f"ek_{payload}.{signature}"
 
@@ -65,7 +75,10 @@ class KeySigner:
             raise InvalidKey("malformed ephemeral key") from None
         if int(data["exp"]) <= (now if now is not None else time.time()):
             raise InvalidKey("expired ephemeral key")
-        return EphemeralKey(int(data["exp"]), dict(data["session"]))
+        owner = data.get("own")
+        return EphemeralKey(
+            int(data["exp"]), dict(data["session"]), owner if isinstance(owner, str) else None
+        )
 
 
 def _sign(secret: bytes, text: str) -> str:

@@ -50,6 +50,15 @@ class Member:
     healthy: bool = True
 
     @property
+    def tls_name(self) -> str | None:
+        """The name a ``wss://`` member's certificate is checked against: it is dialled by
+        the address its configured name resolved to."""
+        host = urlsplit(self.target).hostname or ""
+        if not self.url.startswith("wss://") or _is_address(host) or host == "localhost":
+            return None
+        return host
+
+    @property
     def http_url(self) -> str:
         return self.url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
 
@@ -149,8 +158,11 @@ class TransceiverPool:
             await asyncio.gather(*(self._poll(client, m) for m in self.members))
 
     async def _poll(self, client: httpx.AsyncClient, member: Member) -> None:
+        extensions: dict[str, Any] = {}
+        if member.tls_name is not None:
+            extensions["sni_hostname"] = member.tls_name
         try:
-            reply = await client.get(f"{member.http_url}/load")
+            reply = await client.get(f"{member.http_url}/load", extensions=extensions)
             load = reply.json()
             member.reported = int(load.get("sessions", 0))
             capacity = load.get("max_sessions")
@@ -197,6 +209,9 @@ class TransceiverPool:
             # Counted before the handshake, so a burst of sessions spreads out.
             member.sessions += 1
             placed = False
+            extra: dict[str, Any] = {}
+            if member.tls_name is not None:
+                extra["server_hostname"] = member.tls_name
             try:
                 connection = await connect(
                     f"{member.url}/v1/sessions?{query}",
@@ -207,6 +222,7 @@ class TransceiverPool:
                     ping_interval=PING_S,
                     ping_timeout=PING_S,
                     open_timeout=min(OPEN_TIMEOUT_S, left_s),
+                    **extra,
                 )
                 placed = True
             except InvalidStatus as exc:  # full or draining (HTTP 503): try the next

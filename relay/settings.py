@@ -15,7 +15,8 @@ def _split(value: object) -> object:
 
 
 class RelaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore")
+    # An empty variable (`RELAY_X=` in a .env file or compose) means unset, not "".
+    model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore", env_ignore_empty=True)
 
     host: str = Field("127.0.0.1", description="Address the relay listens on.")
     port: int = Field(8000, description="Port the relay listens on.")

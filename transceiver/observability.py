@@ -98,6 +98,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.usage_tokens = Counter(
+            f"{prefix}_usage_tokens",
+            "Tokens the upstream reported in response.done usage (openai backend), by kind.",
+            ["kind"],
+            registry=r,
+        )
         self.events_in = self.events.labels("in")
         self.events_out = self.events.labels("out")
 

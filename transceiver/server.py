@@ -193,7 +193,7 @@ class TransceiverServer:
                     metrics=self.metrics,
                 )
                 session_id = proxy.id
-                self._log_start(session_id, kind, arg("model"), arg("beta") == "1", transport)
+                self._log_start(session_id, kind, arg, arg("beta") == "1", transport)
                 await proxy.run()
                 return
             await self._run_local(connection, kind, arg, overrides, transport, started)
@@ -207,14 +207,20 @@ class TransceiverServer:
                 )
 
     def _log_start(
-        self, session_id: str, kind: SessionKind, model: str | None, beta: bool, transport: str
+        self,
+        session_id: str,
+        kind: SessionKind,
+        arg: Callable[[str], str | None],
+        beta: bool,
+        transport: str,
     ) -> None:
         log_event(
             log,
             "session.start",
             id=session_id,
+            conn=arg("conn"),  # the relay's name for the client connection
             kind=kind.value,
-            model=model,
+            model=arg("model"),
             beta=beta,
             transport=transport,
             backend=self.backend.name,
@@ -258,7 +264,7 @@ class TransceiverServer:
         runner = SessionRunner(
             session, self.backend, send, close, faults=self.faults, metrics=self.metrics
         )
-        self._log_start(session.id, kind, arg("model"), session.beta, transport)
+        self._log_start(session.id, kind, arg, session.beta, transport)
         try:
             await runner.run(self._counted(connection))
         except ConnectionClosed:

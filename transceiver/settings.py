@@ -9,7 +9,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class TransceiverSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore")
+    # An empty variable (`RELAY_X=` in a .env file or compose) means unset, not "".
+    model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore", env_ignore_empty=True)
 
     host: str = Field("127.0.0.1", description="Address the transceiver listens on.")
     port: int = Field(8100, description="Port the transceiver listens on.")

@@ -421,3 +421,21 @@ async def test_upstream_drop_while_the_client_streams_audio() -> None:
                                 errors.append(event["error"]["code"])
                     assert errors == ["upstream_unavailable"]
                     assert ws.close_code == 1011
+
+
+async def test_the_mirror_logs_turns_and_usage(upstream: RunningServer) -> None:
+    """Each turn's first-delta latency and the session's usage reach the logs (the same
+    figures feed the transceiver's turn_stage_seconds and usage_tokens metrics)."""
+    with relay_server(*proxy_args(upstream), env={"OPENAI_API_KEY": UPSTREAM_KEY}) as server:
+        async with client_for(server).realtime.connect(model="gpt-realtime") as conn:
+            rec = Recorder(conn)
+            await rec.until("session.created")
+            for text in ("one", "two"):
+                await user_text(rec, text)
+                await rec.send({"type": "response.create"})
+                await rec.until("response.done")
+    # The server has stopped (after draining): every line it wrote is in.
+    turns = [line for line in server.lines if " turn session_id=" in line]
+    assert len(turns) == 2 and all("first_delta_ms=" in line for line in turns)
+    (summary,) = [line for line in server.lines if "proxy.summary" in line]
+    assert "responses=2" in summary and "turns=2" in summary and "output_tokens=" in summary

@@ -265,6 +265,17 @@ async def test_per_key_session_limit() -> None:
                 assert codes == ["session_limit_reached"] and close_code == 1013
                 async with client_for(relay, "sk-b").realtime.connect(model="gpt-realtime") as c:
                     await Recorder(c).until("session.created")  # another key is not limited
+                # Ephemeral keys minted by sk-a share its limit.
+                minted = await request(
+                    "POST",
+                    f"{relay.base_url}/realtime/client_secrets",
+                    headers={"Authorization": "Bearer sk-a"},
+                    json={},
+                )
+                ek = minted.json()["value"]
+                async with client_for(relay, ek).realtime.connect(model="gpt-realtime") as c:
+                    codes, close_code = await closed_with(Recorder(c))
+                assert codes == ["session_limit_reached"] and close_code == 1013
 
 
 async def test_metrics_and_json_logs() -> None:
@@ -294,3 +305,10 @@ async def test_metrics_and_json_logs() -> None:
     assert events["turn"]["session_id"] == events["session.start"]["id"]
     assert events["session.end"]["id"] == events["session.start"]["id"]
     assert "first_delta_ms" in events["turn"]
+    # The relay's lines name the connection and where it went; the transceiver's
+    # session.start joins that name to the session id.
+    placed = next(line for line in relay.lines if "session.placed" in line)
+    assert f"transceiver=ws://127.0.0.1:{members[0].port}" in placed
+    conn = placed.split("conn=")[1].split()[0]
+    assert conn.startswith("conn_") and events["session.start"]["conn"] == conn
+    assert any(f"session.closed conn={conn}" in line for line in relay.lines)

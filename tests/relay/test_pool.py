@@ -82,10 +82,40 @@ def test_call_ids_name_their_relay_and_cannot_be_forged() -> None:
 
 def test_key_limits() -> None:
     limits = KeyLimits(2)
-    first, second = limits.acquire("sk-a"), limits.acquire("sk-a")
+    a, b = KeyLimits.holder_of("sk-a", None), KeyLimits.holder_of("sk-b", None)
+    assert "sk-a" not in a  # an identity, not the key
+    first, second = limits.acquire(a), limits.acquire(a)
     assert first is not None and second is not None
-    assert limits.acquire("sk-a") is None
-    assert limits.acquire("sk-b") is not None
+    assert limits.acquire(a) is None
+    assert limits.acquire(b) is not None
     limits.release(first)
-    assert limits.acquire("sk-a") is not None
-    assert KeyLimits(None).acquire("sk-a") is not None
+    assert limits.acquire(a) is not None
+    assert KeyLimits(None).acquire(a) is not None
+
+
+def test_ephemeral_keys_count_against_the_key_that_minted_them() -> None:
+    signer = KeySigner("s")
+    owner = KeyLimits.identity("sk-a")
+    minted = signer.verify(signer.mint({"type": "realtime"}, 60, owner=owner))
+    assert minted.owner == owner
+    assert KeyLimits.holder_of("ek_whatever", minted) == KeyLimits.holder_of("sk-a", None)
+    unowned = signer.verify(signer.mint({"type": "realtime"}, 60))
+    assert unowned.owner is None
+    assert KeyLimits.holder_of("ek_x", unowned) == KeyLimits.identity("ek_x")
+
+
+def test_empty_environment_variables_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    from relay.settings import RelaySettings
+    from transceiver.settings import TransceiverSettings
+
+    for name in ("RELAY_MAX_SESSIONS_PER_KEY", "RELAY_KEY_SECRET", "RELAY_MAX_SESSIONS"):
+        monkeypatch.setenv(name, "")
+    relay = RelaySettings()
+    assert relay.max_sessions_per_key is None and relay.key_secret is None
+    assert TransceiverSettings().max_sessions == 1000
+
+
+def test_tls_members_are_verified_by_their_configured_name() -> None:
+    assert Member("wss://10.0.0.7:8100", "wss://transceiver:8100").tls_name == "transceiver"
+    assert Member("ws://10.0.0.7:8100", "ws://transceiver:8100").tls_name is None
+    assert Member("wss://10.0.0.7:8100", "wss://10.0.0.7:8100").tls_name is None

@@ -7,6 +7,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+OUTPUT_AUDIO_DELTAS = frozenset({"response.output_audio.delta", "response.audio.delta"})
+_OUTPUT_DELTAS = OUTPUT_AUDIO_DELTAS | frozenset(
+    {
+        "response.output_text.delta",
+        "response.text.delta",
+        "response.output_audio_transcript.delta",
+        "response.audio_transcript.delta",
+        "response.function_call_arguments.delta",
+    }
+)
+
+
+def is_output_delta(event_type: str | None) -> bool:
+    return event_type in _OUTPUT_DELTAS
+
 
 @dataclass
 class Mirror:
@@ -17,10 +32,21 @@ class Mirror:
     responses: int = 0
     errors: int = 0
     usage: dict[str, int] = field(default_factory=dict)
+    turns: int = 0
+    # When the current turn started: the end of the user's speech (speech_stopped), or the
+    # response's creation for a turn without speech. Cleared by its first output delta.
+    turn_start: float | None = None
 
-    def observe(self, event: dict[str, Any]) -> None:
+    def observe(self, event: dict[str, Any], now: float) -> dict[str, int]:
+        """Follow one upstream event; return the usage it reports (``response.done``)."""
         etype = event.get("type")
-        if etype in (
+        if etype in _OUTPUT_DELTAS:
+            return {}
+        if etype == "input_audio_buffer.speech_stopped":
+            self.turn_start = now
+        elif etype == "response.created" and self.turn_start is None:
+            self.turn_start = now
+        elif etype in (
             "conversation.item.added",
             "conversation.item.done",
             "conversation.item.created",
@@ -34,12 +60,27 @@ class Mirror:
             self.transcripts[str(event.get("item_id"))] = str(event.get("transcript", ""))
         elif etype == "response.done":
             self.responses += 1
+            self.turn_start = None  # a response with no output ends its turn too
             usage = (event.get("response") or {}).get("usage") or {}
-            for name in ("input_tokens", "output_tokens", "total_tokens"):
-                if isinstance(usage.get(name), int):
-                    self.usage[name] = self.usage.get(name, 0) + usage[name]
+            reported = {
+                name: usage[name]
+                for name in ("input_tokens", "output_tokens", "total_tokens")
+                if isinstance(usage.get(name), int) and not isinstance(usage.get(name), bool)
+            }
+            for name, count in reported.items():
+                self.usage[name] = self.usage.get(name, 0) + count
+            return reported
         elif etype == "error":
             self.errors += 1
+        return {}
+
+    def first_output(self, now: float) -> float | None:
+        """Seconds from the turn's start to this, its first output delta (once a turn)."""
+        if self.turn_start is None:
+            return None
+        seconds, self.turn_start = now - self.turn_start, None
+        self.turns += 1
+        return seconds
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -47,6 +88,7 @@ class Mirror:
             "transcripts": len(self.transcripts),
             "responses": self.responses,
             "errors": self.errors,
+            "turns": self.turns,
             **self.usage,
         }
 

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
@@ -19,14 +20,13 @@ from websockets.frames import Close
 from transceiver.observability import Metrics, log_event
 from transceiver.protocol.errors import ClientError
 from transceiver.protocol.ids import IdFactory
-from transceiver.proxy.mirror import Mirror, Playback
+from transceiver.proxy.mirror import OUTPUT_AUDIO_DELTAS, Mirror, Playback, is_output_delta
 from transceiver.proxy.policy import ProxyPolicy, client_event, session_update
 from transceiver.settings import TransceiverSettings
 
 log = logging.getLogger(__name__)
 
 _TYPE = re.compile(r'"type"\s*:\s*"([^"]+)"')
-_AUDIO_DELTAS = frozenset({"response.output_audio.delta", "response.audio.delta"})
 _INJECTED = "event_proxy"
 
 
@@ -274,8 +274,9 @@ class ProxySession:
             text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
             etype = peek_type(text)
             self.metrics.events_out.inc()
-            if etype in _AUDIO_DELTAS and not self.media:
+            if etype in OUTPUT_AUDIO_DELTAS and not self.media:
                 await self.client.send(text)  # the hot path: not parsed
+                self._output(etype)
                 continue
             try:
                 event = json.loads(text)
@@ -297,9 +298,21 @@ class ProxySession:
         if self.media:
             await self._media_event(upstream, event)
         await self.client.send(text)
-        self.mirror.observe(event)
-        if event.get("type") == "error":
+        etype = event.get("type")
+        self._output(etype if isinstance(etype, str) else None)
+        for kind, tokens in self.mirror.observe(event, time.monotonic()).items():
+            self.metrics.usage_tokens.labels(kind.removesuffix("_tokens")).inc(tokens)
+        if etype == "error":
             self.metrics.error((event.get("error") or {}).get("code"))
+
+    def _output(self, etype: str | None) -> None:
+        """After a frame reached the client: the turn's first output delta is its latency."""
+        if not is_output_delta(etype):
+            return
+        seconds = self.mirror.first_output(time.monotonic())
+        if seconds is not None:
+            self.metrics.turn_latency.labels("first_delta").observe(seconds)
+            log_event(log, "turn", session_id=self.id, first_delta_ms=round(seconds * 1000))
 
     async def _configure(
         self,
@@ -359,7 +372,7 @@ class ProxySession:
 
     async def _media_event(self, upstream: ClientConnection, event: dict[str, Any]) -> None:
         etype = event.get("type")
-        if etype in _AUDIO_DELTAS:
+        if etype in OUTPUT_AUDIO_DELTAS:
             self.playback.audio(event)
         elif etype == "input_audio_buffer.speech_started":
             await self._truncate(upstream)
