@@ -108,6 +108,7 @@ class Call:
         self._channel: RTCDataChannel | None = None
         self._backlog: list[str] = []  # events before the channel opened
         self._response_id: str | None = None
+        self._cut_response_id: str | None = None  # its playback was cleared: drop the rest
         self._stopped_pending: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_close = on_close
@@ -198,6 +199,8 @@ class Call:
         event = json.loads(text)
         kind = event.get("type")
         if kind == "response.output_audio.delta":  # audio goes on the media track
+            if event.get("response_id") == self._cut_response_id:
+                return  # still in flight when its playback was cut: never played
             if not self.outbound.playing:
                 self._response_id = event.get("response_id")
                 await self.broadcast(
@@ -206,6 +209,7 @@ class Call:
             self.outbound.push(base64.b64decode(event.get("delta", "")))
             return
         if kind == "input_audio_buffer.speech_started" and self.outbound.clear():
+            self._cut_response_id = self._response_id
             await self.broadcast(text)  # barge-in: stop playback at once
             await self.broadcast(
                 self._event("output_audio_buffer.cleared", response_id=self._response_id)
@@ -213,6 +217,7 @@ class Call:
             return
         if kind == "output_audio_buffer.cleared":  # the client's output_audio_buffer.clear
             self.outbound.clear()
+            self._cut_response_id = event.get("response_id") or self._response_id
         if kind == "response.done" and self.outbound.playing:
             self._stopped_pending = event["response"]["id"]
         await self.broadcast(text)

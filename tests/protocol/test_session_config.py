@@ -394,3 +394,26 @@ def test_invalid_voice(make_session, kit, voice) -> None:
     h = make_session()
     error = kit.error_of(update(h, {"audio": {"output": {"voice": voice}}}))
     assert error["param"].startswith("session.audio.output.voice")
+
+
+@pytest.mark.parametrize("direction", ["input", "output"])
+def test_webrtc_sessions_keep_pcm(make_session, kit, direction) -> None:
+    """On a media track the audio is Opus; the session's format stays audio/pcm."""
+    h = make_session(media=True)
+    update = {
+        "type": "session.update",
+        "event_id": "u",
+        "session": {"type": "realtime", "audio": {direction: {"format": {"type": "audio/pcmu"}}}},
+    }
+    error = kit.error_of(h.send(update))
+    assert error["param"] == f"session.audio.{direction}.format" and error["event_id"] == "u"
+    assert h.session.config["audio"][direction]["format"]["type"] == "audio/pcm"
+
+
+def test_webrtc_sessions_ignore_a_format_from_the_offer(make_session) -> None:
+    overrides = {"type": "realtime", "audio": {"output": {"format": {"type": "audio/pcma"}}}}
+    h = make_session(media=True, session_overrides=overrides)
+    assert h.session.config["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    assert make_session(session_overrides=overrides).session.config["audio"]["output"][
+        "format"
+    ] == {"type": "audio/pcma"}

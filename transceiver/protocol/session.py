@@ -74,7 +74,9 @@ class RealtimeSession(SessionResults):
         self.conversation = Conversation(self.ids.new("conv"))
         self.config = default_session(kind.value, model)
         if session_overrides:
-            self.config = apply_session_update(self.config, session_overrides)
+            config = apply_session_update(self.config, session_overrides)
+            # A key's or an offer's audio format means nothing on a media track: keep PCM.
+            self.config = _with_pcm_media(config) if media else config
         self.created_ms = now_ms
         self.expires_ms = now_ms + max_duration_ms
         self.expires_at_s = int(created_at_s + max_duration_ms / 1000)
@@ -198,7 +200,16 @@ class RealtimeSession(SessionResults):
 
     def _on_session_update(self, event: dict[str, Any], now_ms: float) -> None:
         old_td, old_format = self.turn_detection, self.input_format
-        self.config = apply_session_update(self.config, event.get("session"))
+        config = apply_session_update(self.config, event.get("session"))
+        if self.media:
+            for direction, part in config["audio"].items():
+                if part["format"]["type"] != "audio/pcm":
+                    raise ClientError(
+                        "A WebRTC session's audio travels on its media track as Opus; its "
+                        "audio format stays 'audio/pcm'.",
+                        param=f"session.audio.{direction}.format",
+                    )
+        self.config = config
         if self.turn_detection != old_td:
             self._reset_turn()
             self._last_activity_ms = now_ms  # an idle timeout counts from its own start
@@ -554,3 +565,9 @@ class RealtimeSession(SessionResults):
         self._default_response = None
         self._transcribing.clear()  # late transcripts are dropped like late response output
         self.closed = True
+
+
+def _with_pcm_media(config: dict[str, Any]) -> dict[str, Any]:
+    pcm = {"type": "audio/pcm", "rate": 24000}
+    audio = {name: {**part, "format": dict(pcm)} for name, part in config["audio"].items()}
+    return {**config, "audio": audio}

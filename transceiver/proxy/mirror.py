@@ -103,8 +103,11 @@ class Playback:
         self.last_response_id: str | None = None
         self._start = 0.0
         self._sent_ms = 0.0
+        self._cut_response_id: str | None = None
 
     def audio(self, event: dict[str, Any]) -> None:
+        if event.get("response_id") == self._cut_response_id:
+            return  # in flight when the caller's playback was cut: the relay drops it too
         item_id = event.get("item_id")
         now = self._clock()
         if item_id != self.item_id or self.heard_ms() >= self._sent_ms:
@@ -126,5 +129,7 @@ class Playback:
         """Stop playback: the item and the ``audio_end_ms`` to truncate it at, if unheard."""
         item_id, heard = self.item_id, self.heard_ms()
         cut = item_id is not None and heard < self._sent_ms - 1
+        if self.response_id is not None:
+            self._cut_response_id = self.response_id
         self.item_id, self.response_id, self._sent_ms = None, None, 0.0
         return (item_id, int(heard)) if cut and item_id is not None else None

@@ -132,3 +132,31 @@ def session_update(session: dict[str, Any], beta: bool) -> dict[str, Any]:
     if "speed" in audio_out:
         flat["speed"] = audio_out["speed"]
     return flat
+
+
+def check_media_formats(event: dict[str, Any]) -> None:
+    """A WebRTC call's audio is Opus on its track, played as PCM 24 kHz: a ``session.update``
+    that asks for another format (GA or beta shape) is refused."""
+    session = event.get("session")
+    if event.get("type") != "session.update" or not isinstance(session, dict):
+        return
+    audio = _mapping(session.get("audio"))
+    for direction in ("input", "output"):
+        fmt = _mapping(_mapping(audio.get(direction)).get("format"))
+        if fmt.get("type") not in (None, "audio/pcm"):
+            raise _media_format_error(f"session.audio.{direction}.format")
+    for name in ("input_audio_format", "output_audio_format"):
+        if session.get(name) not in (None, "pcm16"):
+            raise _media_format_error(f"session.{name}")
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _media_format_error(param: str) -> ClientError:
+    return ClientError(
+        "A WebRTC session's audio travels on its media track as Opus; its audio format "
+        "stays 'audio/pcm'.",
+        param=param,
+    )

@@ -21,7 +21,12 @@ from transceiver.observability import Metrics, log_event
 from transceiver.protocol.errors import ClientError
 from transceiver.protocol.ids import IdFactory
 from transceiver.proxy.mirror import OUTPUT_AUDIO_DELTAS, Mirror, Playback, is_output_delta
-from transceiver.proxy.policy import ProxyPolicy, client_event, session_update
+from transceiver.proxy.policy import (
+    ProxyPolicy,
+    check_media_formats,
+    client_event,
+    session_update,
+)
 from transceiver.settings import TransceiverSettings
 
 log = logging.getLogger(__name__)
@@ -407,6 +412,8 @@ class ProxySession:
                         await self._clear(upstream, event)
                         continue
                     try:
+                        if self.media:
+                            check_media_formats(event)
                         rewritten = policy.rewrite_client_event(event)
                     except ClientError as exc:
                         frame_out = json.loads(
