@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import socket
 from collections import Counter
 from dataclasses import dataclass, field
@@ -14,7 +13,9 @@ from relay.ephemeral import EphemeralKey, KeySigner
 from relay.pool import TransceiverPool
 from relay.settings import RelaySettings
 from transceiver.observability import Metrics
+from transceiver.protocol.errors import server_error_event
 from transceiver.protocol.ids import IdFactory
+from transceiver.protocol.wire import encode_server_event
 
 
 class KeyLimits:
@@ -87,19 +88,7 @@ class Edge:
 
     def error_event(self, message: str, code: str, type: str = "server_error") -> str:
         self.metrics.error(code)
-        return json.dumps(
-            {
-                "type": "error",
-                "event_id": self.ids.event_id(),
-                "error": {
-                    "type": type,
-                    "code": code,
-                    "message": message,
-                    "param": None,
-                    "event_id": None,
-                },
-            }
-        )
+        return encode_server_event(server_error_event(self.ids.event_id(), message, code, type))
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -36,6 +36,7 @@ from transceiver.protocol.effects import (
     StartResponse,
     Transcribe,
 )
+from transceiver.protocol.errors import server_error_event
 from transceiver.protocol.session import RealtimeSession
 from transceiver.protocol.wire import encode_server_event
 from transceiver.speculation import Speculator, bytes_per_ms
@@ -386,17 +387,9 @@ class SessionRunner:
 
 
 def _injected_error(session: RealtimeSession) -> dict[str, Any]:
-    return {
-        "type": "error",
-        "event_id": session.ids.event_id(),
-        "error": {
-            "type": "server_error",
-            "code": "injected_fault",
-            "message": "An error injected by the mock's fault knobs.",
-            "param": None,
-            "event_id": None,
-        },
-    }
+    return server_error_event(
+        session.ids.event_id(), "An error injected by the mock's fault knobs.", "injected_fault"
+    )
 
 
 def _needs_transcript(ctx: ContextItem) -> bool:

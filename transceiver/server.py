@@ -28,7 +28,7 @@ from websockets.protocol import State
 from transceiver.backends.base import Backend
 from transceiver.lag import LoopLagMonitor
 from transceiver.observability import CONTENT_TYPE, Metrics, log_event
-from transceiver.protocol.errors import ClientError
+from transceiver.protocol.errors import ClientError, server_error_event
 from transceiver.protocol.ids import IdFactory
 from transceiver.protocol.session import RealtimeSession, SessionKind
 from transceiver.protocol.wire import encode_server_event
@@ -291,17 +291,7 @@ class TransceiverServer:
         await asyncio.gather(*(self._close_for_drain(c) for c in list(self._connections)))
 
     async def _close_for_drain(self, connection: ServerConnection) -> None:
-        message = {
-            "type": "error",
-            "event_id": self.ids.event_id(),
-            "error": {
-                "type": "server_error",
-                "code": "server_shutting_down",
-                "message": SHUTDOWN_MESSAGE,
-                "param": None,
-                "event_id": None,
-            },
-        }
+        message = server_error_event(self.ids.event_id(), SHUTDOWN_MESSAGE, "server_shutting_down")
         with contextlib.suppress(ConnectionClosed):
             await self._send_counted(connection, encode_server_event(message))
             await connection.close(1012, "server restarting")

@@ -17,21 +17,10 @@ from pathlib import Path
 import pytest
 
 from tests.clients.tls import Tls, make_tls
+from tests.e2e.conftest import MOCK_ARGS
 from tests.servers import RunningServer, relay_server
 
 NODE_DIR = Path(__file__).with_name("node")
-# The end-to-end tests' mock script: "weather" calls get_weather, "long story" talks long.
-SCRIPT = str(Path(__file__).parents[1] / "e2e" / "mock_script.yaml")
-MOCK_ARGS = (
-    "--backend",
-    "mock",
-    "--mock-script",
-    SCRIPT,
-    "--mock-first-delta-ms",
-    "20",
-    "--mock-words-per-minute",
-    "900",
-)
 
 
 @pytest.fixture(scope="session")

@@ -42,3 +42,14 @@ class ClientError(ProtocolError):
             "param": self.param,
             "event_id": client_event_id,
         }
+
+
+def server_error_event(
+    event_id: str, message: str, code: str, type: str = "server_error"
+) -> dict[str, Any]:
+    """An ``error`` event the server sends of its own accord (answering no client event)."""
+    return {
+        "type": "error",
+        "event_id": event_id,
+        "error": {"type": type, "code": code, "message": message, "param": None, "event_id": None},
+    }

@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.frames import Close
 
 from transceiver.observability import Metrics, log_event
-from transceiver.protocol.errors import ClientError
+from transceiver.protocol.errors import ClientError, server_error_event
 from transceiver.protocol.ids import IdFactory
 from transceiver.proxy.mirror import OUTPUT_AUDIO_DELTAS, Mirror, Playback, is_output_delta
 from transceiver.proxy.policy import (
@@ -151,19 +151,7 @@ class ProxySession:
         self._client_left = False
 
     def _error(self, message: str, code: str, type: str = "server_error") -> str:
-        return json.dumps(
-            {
-                "type": "error",
-                "event_id": self.ids.event_id(),
-                "error": {
-                    "type": type,
-                    "code": code,
-                    "message": message,
-                    "param": None,
-                    "event_id": None,
-                },
-            }
-        )
+        return json.dumps(server_error_event(self.ids.event_id(), message, code, type))
 
     async def _refuse(self, message: str, code: str, close_code: int, **error: Any) -> None:
         frame = json.loads(self._error(message, code))
