@@ -64,14 +64,17 @@ def decode_audio(
     return b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] == delta_type)
 
 
+def user_message(text: str) -> dict[str, Any]:
+    """The ``conversation.item.create`` event of a user text message."""
+    return {
+        "type": "conversation.item.create",
+        "item": {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": text}],
+        },
+    }
+
+
 async def user_text(rec: Recorder, text: str) -> None:
-    await rec.send(
-        {
-            "type": "conversation.item.create",
-            "item": {
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": text}],
-            },
-        }
-    )
+    await rec.send(user_message(text))

@@ -19,7 +19,7 @@ from openai import AsyncOpenAI
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.e2e.client import Recorder, append_audio, silence, speech, user_text
+from tests.e2e.client import Recorder, append_audio, silence, speech, user_message, user_text
 from tests.e2e.conftest import MOCK_ARGS
 from tests.e2e.test_webrtc import Microphone, speaker, until
 from tests.servers import RunningServer, relay_server
@@ -280,18 +280,7 @@ async def test_webrtc_through_the_proxy(proxy: RunningServer) -> None:
         await until(events, "output_audio_buffer.stopped", seen)
         assert len(heard) > 24_000
         # Interrupt a long reply as the Agents SDK does: cancel, then clear.
-        channel.send(
-            json.dumps(
-                {
-                    "type": "conversation.item.create",
-                    "item": {
-                        "type": "message",
-                        "role": "user",
-                        "content": [{"type": "input_text", "text": "tell me a long story"}],
-                    },
-                }
-            )
-        )
+        channel.send(json.dumps(user_message("tell me a long story")))
         channel.send(json.dumps({"type": "response.create"}))
         started = await until(events, "output_audio_buffer.started", seen)
         await asyncio.sleep(1.0)
@@ -347,18 +336,7 @@ async def test_policy_holds_for_any_frame_layout(proxy: RunningServer) -> None:
         for frame in ('[{"type":"session.update"}]', "not json"):
             await ws.send(frame)
             assert (await events_until(ws, "error"))[-1]["error"]["type"] == "invalid_request_error"
-        await ws.send(
-            json.dumps(
-                {
-                    "type": "conversation.item.create",
-                    "item": {
-                        "type": "message",
-                        "role": "user",
-                        "content": [{"type": "input_text", "text": "still here"}],
-                    },
-                }
-            )
-        )
+        await ws.send(json.dumps(user_message("still here")))
         await ws.send('{"type":"response.create"}')
         done = (await events_until(ws, "response.done"))[-1]
         assert done["response"]["status"] == "completed"
@@ -393,16 +371,7 @@ async def test_upstream_drop_while_the_client_streams_audio() -> None:
                             "audio": base64.b64encode(silence(20)).decode(),
                         }
                     )
-                    note = json.dumps(
-                        {
-                            "type": "conversation.item.create",
-                            "item": {
-                                "type": "message",
-                                "role": "user",
-                                "content": [{"type": "input_text", "text": "note"}],
-                            },
-                        }
-                    )
+                    note = json.dumps(user_message("note"))
                     errors: list[str] = []
                     # Audio streams on; each note gives two upstream events, and the
                     # upstream drops the session at its fourth (after created, updated).

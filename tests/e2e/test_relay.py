@@ -14,6 +14,7 @@ from openai import AsyncOpenAI
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from tests.e2e.client import user_message
 from tests.e2e.conftest import MOCK_ARGS
 from tests.servers import RunningServer, relay_server
 
@@ -100,18 +101,7 @@ async def test_transceiver_death_costs_only_its_sessions(auth_server: RunningSer
             with pytest.raises(ConnectionClosed) as closed:
                 await asyncio.wait_for(victim.recv(), 10)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
-            await survivor.send(
-                json.dumps(
-                    {
-                        "type": "conversation.item.create",
-                        "item": {
-                            "type": "message",
-                            "role": "user",
-                            "content": [{"type": "input_text", "text": "still here"}],
-                        },
-                    }
-                )
-            )
+            await survivor.send(json.dumps(user_message("still here")))
             assert (await next_event(survivor))["type"] == "conversation.item.added"
     # serve restarts the dead transceiver.
     for _ in range(100):

@@ -17,7 +17,7 @@ from aiortc.mediastreams import MediaStreamError
 from websockets.asyncio.client import connect
 
 from models.audio import rms
-from tests.e2e.client import silence, speech
+from tests.e2e.client import silence, speech, user_message
 from tests.servers import RunningServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -111,18 +111,7 @@ async def test_webrtc_call(mock_server: RunningServer) -> None:
             sideband_event = json.loads(await asyncio.wait_for(side.recv(), 10))
             assert sideband_event["type"]
             # Interrupt as the Agents SDK does: response.cancel, then output_audio_buffer.clear.
-            channel.send(
-                json.dumps(
-                    {
-                        "type": "conversation.item.create",
-                        "item": {
-                            "type": "message",
-                            "role": "user",
-                            "content": [{"type": "input_text", "text": "tell me a long story"}],
-                        },
-                    }
-                )
-            )
+            channel.send(json.dumps(user_message("tell me a long story")))
             channel.send(json.dumps({"type": "response.create"}))
             await until(events, "output_audio_buffer.started", seen)
             channel.send(json.dumps({"type": "response.cancel"}))
