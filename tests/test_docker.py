@@ -361,9 +361,12 @@ def run_check(argv: list[str], port: int) -> subprocess.CompletedProcess[str]:
 def test_health_checks_pass_against_a_relay_and_a_transceiver() -> None:
     """Each health check command, run as it is, against real servers on loopback."""
     checks = list(health_checks())
-    with relay_server("--backend", "mock", command="transceiver", timeout_s=120) as transceiver:
-        url = f"ws://127.0.0.1:{transceiver.port}"
-        with relay_server("--transceiver", url, command="relay", timeout_s=120) as relay:
+    with relay_server(
+        command="transceiver", timeout_s=120, env={"RELAY_BACKEND": "mock"}
+    ) as transceiver:
+        # As in the compose file: the relay's transceivers come from the environment.
+        env = {"RELAY_TRANSCEIVER": f"ws://127.0.0.1:{transceiver.port}", "RELAY_API_KEYS": ""}
+        with relay_server(command="relay", timeout_s=120, env=env) as relay:
             ports = {"transceiver": transceiver.port, "relay": relay.port}
             for where, container, argv in checks:
                 done = run_check(argv, ports[str(container.subcommand)])
