@@ -138,9 +138,9 @@ def calls_router(edge: Edge, registry: CallRegistry) -> APIRouter:
                 "session_limit_reached",
                 429,
             )
+        call_id = call_id_for(signer, edge.peer_url)
+        query["conn"] = call_id  # the transceiver's session.start line names the call
         try:
-            call_id = call_id_for(signer, edge.peer_url)
-            query["conn"] = call_id  # the transceiver's session.start line names the call
             member, upstream = await pool.open_session(urlencode(query))
         except NoTransceiver:
             edge.limits.release(holder)

@@ -150,15 +150,17 @@ class ProxySession:
         self._early: list[tuple[dict[str, Any], str]] = []
         self._client_left = False
 
-    def _error(self, message: str, code: str, type: str = "server_error") -> str:
-        return json.dumps(server_error_event(self.ids.event_id(), message, code, type))
+    async def _send_error(self, message: str, code: str, **error: Any) -> None:
+        """An ``error`` event of the proxy's own, counted; ``error`` overrides its fields
+        (``type``, ``param``, the client's ``event_id``)."""
+        event = server_error_event(self.ids.event_id(), message, code)
+        event["error"].update(error)
+        self.metrics.error(code)
+        await self.client.send(json.dumps(event))
 
     async def _refuse(self, message: str, code: str, close_code: int, **error: Any) -> None:
-        frame = json.loads(self._error(message, code))
-        frame["error"].update(error)
-        self.metrics.error(code)
         with contextlib.suppress(ConnectionClosed):
-            await self.client.send(json.dumps(frame))
+            await self._send_error(message, code, **error)
             await self.client.close(close_code, code)
 
     async def run(self) -> None:
@@ -404,11 +406,12 @@ class ProxySession:
                             check_media_formats(event)
                         rewritten = policy.rewrite_client_event(event)
                     except ClientError as exc:
-                        frame_out = json.loads(
-                            self._error(exc.message, exc.code or "invalid_value")
+                        await self._send_error(
+                            exc.message,
+                            exc.code or "invalid_value",
+                            **_client(exc),
+                            event_id=event.get("event_id"),
                         )
-                        frame_out["error"].update(_client(exc), event_id=event.get("event_id"))
-                        await self.client.send(json.dumps(frame_out))
                         continue
                     if rewritten is not None:
                         text = json.dumps(rewritten)
@@ -423,9 +426,12 @@ class ProxySession:
     async def _clear(self, upstream: ClientConnection, event: dict[str, Any]) -> None:
         response_id = await self._truncate(upstream)
         if response_id is None:
-            message = json.loads(self._error("There is no output audio to clear.", "invalid_value"))
-            message["error"].update(type="invalid_request_error", event_id=event.get("event_id"))
-            await self.client.send(json.dumps(message))
+            await self._send_error(
+                "There is no output audio to clear.",
+                "invalid_value",
+                type="invalid_request_error",
+                event_id=event.get("event_id"),
+            )
             return
         await self.client.send(
             json.dumps(
