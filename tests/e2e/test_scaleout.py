@@ -65,14 +65,13 @@ async def text_turn(rec: Recorder, text: str = "hello") -> dict[str, Any]:
 
 
 async def closed_with(rec: Recorder, timeout_s: float = 20) -> tuple[list[str], int | None]:
-    """Read until the server closes; the error codes seen and the close code."""
-    codes: list[str] = []
+    """Read until the server closes; the codes of every error the session got (also those a
+    wait before this one read) and the close code."""
     try:
         while True:
-            event = await rec.next(timeout_s)
-            if event["type"] == "error":
-                codes.append(event["error"]["code"])
+            await rec.next(timeout_s)
     except ConnectionClosed as exc:
+        codes = [event["error"]["code"] for event in rec.of_type("error")]
         return codes, exc.rcvd.code if exc.rcvd else None
 
 
