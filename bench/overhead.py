@@ -21,6 +21,8 @@ from collections.abc import Iterator
 import httpx
 from websockets.asyncio.client import connect
 
+from transceiver.protocol.contract import SessionSpec
+
 from bench.harness import free_port
 from bench.stats import machine, percentile, write_section
 
@@ -57,6 +59,8 @@ def wait_http(url: str, timeout_s: float = 30) -> None:
 async def session(url: str, rtts: list[float], stop: asyncio.Event, measure: asyncio.Event) -> bool:
     try:
         async with connect(url, max_size=None, compression=None, open_timeout=30) as ws:
+            if "/v1/sessions" in url:  # straight to the transceiver: open as the relay does
+                await ws.send(SessionSpec(model="gpt-realtime").encode())
             await ws.recv()  # session.created
             pending: list[float] = []
 
@@ -114,7 +118,7 @@ def run_async(coro: object) -> object:
 def main(steps: tuple[int, ...] = (50, 100, 150, 200, 250, 300, 400)) -> str:
     t_port, r_port = free_port(), free_port()
     python = sys.executable
-    direct = f"ws://127.0.0.1:{t_port}/v1/sessions?model=gpt-realtime"
+    direct = f"ws://127.0.0.1:{t_port}/v1/sessions"
     relayed = f"ws://127.0.0.1:{r_port}/v1/realtime?model=gpt-realtime"
     rows = [
         "| path | sessions | p50 ms | p99 ms | pings | failed sessions |",

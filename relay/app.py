@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -31,6 +31,7 @@ from relay.settings import RelaySettings
 from relay.webrtc import Call
 from transceiver.observability import CONTENT_TYPE, log_event
 from transceiver.protocol.beta import BetaDialect
+from transceiver.protocol.contract import Dialect, SessionKind, SessionSpec
 from transceiver.protocol.errors import ClientError
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def create_app(settings: RelaySettings) -> FastAPI:
     @app.get("/v1/models")
     async def models() -> JSONResponse:
         names: list[str] = []
-        async with httpx.AsyncClient(timeout=5) as client:
+        async with pool.http_client(timeout_s=5) as client:
             for member in pool.members:
                 try:
                     reply = await client.get(f"{member.http_url}/v1/models")
@@ -204,7 +205,7 @@ def create_app(settings: RelaySettings) -> FastAPI:
         if edge.live.draining:
             await websocket.send_denial_response(_draining())
             return
-        query = _session_query(params, headers, offered, ephemeral)
+        spec = _session_spec(params, headers, offered, ephemeral)
         holder = edge.limits.acquire(KeyLimits.holder_of(key, ephemeral))
         if holder is None:
             await websocket.accept(subprotocol=subprotocol)
@@ -218,7 +219,7 @@ def create_app(settings: RelaySettings) -> FastAPI:
             await websocket.close(1013, "try again later")
             return
         try:
-            await _session(edge, websocket, subprotocol, urlencode(query))
+            await _session(edge, websocket, subprotocol, spec)
         finally:
             edge.limits.release(holder)
 
@@ -232,40 +233,39 @@ def _draining() -> JSONResponse:
     )
 
 
-def _session_query(
+def _session_spec(
     params: Any, headers: dict[str, str], offered: list[str], ephemeral: EphemeralKey | None
-) -> dict[str, str]:
-    """The transceiver's ``/v1/sessions`` query for a client connection."""
-    query: dict[str, str] = {}
-    if params.get("model"):
-        query["model"] = params["model"]
-    if params.get("intent") == "transcription":
-        query["intent"] = "transcription"
-    if wants_beta(headers, offered):
-        query["beta"] = "1"
+) -> SessionSpec:
+    """The transceiver session for a client connection: its URL, headers and key."""
+    kind = SessionKind.TRANSCRIPTION if params.get("intent") == "transcription" else None
+    model = params.get("model") or None
+    overrides = None
     if ephemeral is not None:  # the key carries its session configuration
+        overrides = ephemeral.session
         if ephemeral.session.get("type") == "transcription":
-            query.pop("model", None)
-            query["intent"] = "transcription"
+            kind = SessionKind.TRANSCRIPTION
         else:
-            query.setdefault("model", str(ephemeral.session.get("model", "gpt-realtime")))
-        query["session"] = base64.urlsafe_b64encode(json.dumps(ephemeral.session).encode()).decode(
-            "ascii"
-        )
-    return query
+            model = model or str(ephemeral.session.get("model", "gpt-realtime"))
+    return SessionSpec(
+        kind=kind or SessionKind.REALTIME,
+        model=None if kind is SessionKind.TRANSCRIPTION else model,
+        dialect=Dialect.BETA if wants_beta(headers, offered) else Dialect.GA,
+        overrides=overrides,
+    )
 
 
-async def _session(edge: Edge, websocket: WebSocket, subprotocol: str | None, query: str) -> None:
+async def _session(
+    edge: Edge, websocket: WebSocket, subprotocol: str | None, spec: SessionSpec
+) -> None:
     """Place the session on a transceiver and pass frames until either side ends.
 
     ``conn`` names the connection in the relay's log lines and the transceiver's
     ``session.start`` line, which joins it to the session id.
     """
     conn = edge.ids.new("conn")
-    query = f"{query}&conn={conn}" if query else f"conn={conn}"
     started = time.monotonic()
     try:
-        member, upstream = await edge.pool.open_session(query)
+        member, upstream = await edge.pool.open_session(replace(spec, conn=conn))
     except NoTransceiver:
         edge.metrics.placement_refusals.labels("none").inc()
         await websocket.accept(subprotocol=subprotocol)

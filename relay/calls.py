@@ -7,12 +7,11 @@ parts (with or without per-part content types). The answer is ``201`` with
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
+from dataclasses import replace
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
@@ -27,6 +26,7 @@ from relay.ephemeral import EphemeralKey, InvalidKey, call_id_for, call_owner, v
 from relay.pool import NoTransceiver
 from relay.webrtc import Call
 from transceiver.observability import log_event
+from transceiver.protocol.contract import SessionKind, SessionSpec, Transport
 from transceiver.protocol.errors import ClientError
 
 log = logging.getLogger(__name__)
@@ -115,14 +115,13 @@ def calls_router(edge: Edge, registry: CallRegistry) -> APIRouter:
             return _error("The 'session' part is not valid JSON.", "invalid_json", 400)
         if "v=0" not in sdp:
             return _error("The body must hold an SDP offer.", "invalid_sdp", 400)
-        query = {
-            "media": "1",
-            "session": base64.urlsafe_b64encode(json.dumps(session).encode()).decode("ascii"),
-        }
-        if session.get("type") == "transcription":
-            query["intent"] = "transcription"
-        else:
-            query["model"] = str(session.get("model", "gpt-realtime"))
+        transcription = session.get("type") == "transcription"
+        spec = SessionSpec(
+            kind=SessionKind.TRANSCRIPTION if transcription else SessionKind.REALTIME,
+            model=None if transcription else str(session.get("model", "gpt-realtime")),
+            transport=Transport.WEBRTC,
+            overrides=session,
+        )
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
@@ -139,9 +138,9 @@ def calls_router(edge: Edge, registry: CallRegistry) -> APIRouter:
                 429,
             )
         call_id = call_id_for(signer, edge.peer_url)
-        query["conn"] = call_id  # the transceiver's session.start line names the call
         try:
-            member, upstream = await pool.open_session(urlencode(query))
+            # The transceiver's session.start line names the call.
+            member, upstream = await pool.open_session(replace(spec, conn=call_id))
         except NoTransceiver:
             edge.limits.release(holder)
             await pc.close()

@@ -25,6 +25,8 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
+from transceiver.protocol.contract import SessionSpec
+
 log = logging.getLogger(__name__)
 
 # One handshake may take OPEN_TIMEOUT_S, all of a placement PLACEMENT_TIMEOUT_S: a client
@@ -107,11 +109,15 @@ class TransceiverPool:
         max_frame_bytes: int,
         refresh_s: float = 5.0,
         resolver: Resolver = resolve,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """``resolver`` and ``transport`` (the HTTP transport of the load polls) are
+        injected by tests, which must not send to the addresses a fake resolver names."""
         self._targets = [url.rstrip("/") for url in urls]
         self._max_frame_bytes = max_frame_bytes
         self._refresh_s = refresh_s
         self._resolver = resolver
+        self._transport = transport
         self._members: dict[str, Member] = {}
         self._task: asyncio.Task[None] | None = None
         self.refusals = 0
@@ -154,8 +160,12 @@ class TransceiverPool:
             if url not in wanted and member.sessions == 0:
                 log.info("transceiver %s left the pool", url)
                 del self._members[url]
-        async with httpx.AsyncClient(timeout=2) as client:
+        async with self.http_client(timeout_s=2) as client:
             await asyncio.gather(*(self._poll(client, m) for m in self.members))
+
+    def http_client(self, timeout_s: float) -> httpx.AsyncClient:
+        """A client for the members' HTTP endpoints (``/load``, ``/v1/models``)."""
+        return httpx.AsyncClient(timeout=timeout_s, transport=self._transport)
 
     async def _poll(self, client: httpx.AsyncClient, member: Member) -> None:
         extensions: dict[str, Any] = {}
@@ -198,8 +208,9 @@ class TransceiverPool:
         others = sorted((m for m in members if not m.has_room()), key=Member.load)
         return roomy + others
 
-    async def open_session(self, query: str) -> tuple[Member, ClientConnection]:
-        """A session on the first candidate that accepts, within ``PLACEMENT_TIMEOUT_S``."""
+    async def open_session(self, spec: SessionSpec) -> tuple[Member, ClientConnection]:
+        """A session on the first candidate that accepts, within ``PLACEMENT_TIMEOUT_S``,
+        opened with ``spec`` (its first frame)."""
         await self.start()
         deadline = asyncio.get_running_loop().time() + PLACEMENT_TIMEOUT_S
         for member in self._candidates():
@@ -214,7 +225,7 @@ class TransceiverPool:
                 extra["server_hostname"] = member.tls_name
             try:
                 connection = await connect(
-                    f"{member.url}/v1/sessions?{query}",
+                    f"{member.url}/v1/sessions",
                     max_size=self._max_frame_bytes,
                     compression=None,
                     # A transceiver that vanishes without a FIN (a dead node, a partition)
@@ -224,6 +235,7 @@ class TransceiverPool:
                     open_timeout=min(OPEN_TIMEOUT_S, left_s),
                     **extra,
                 )
+                await connection.send(spec.encode())
                 placed = True
             except InvalidStatus as exc:  # full or draining (HTTP 503): try the next
                 member.draining = exc.response.status_code == 503

@@ -1,23 +1,23 @@
 """The transceiver's network face: one internal WebSocket per session, plus health and load.
 
-``ws://HOST:PORT/v1/sessions?model=...&intent=transcription&beta=1`` opens a session;
-frames are Realtime JSON events in both directions. ``GET /healthz`` and ``GET /load``
+``ws://HOST:PORT/v1/sessions`` opens a session: the relay's first frame is its
+``session.open`` spec (``transceiver/protocol/contract.py``); every later frame is a
+Realtime JSON event, in both directions. ``GET /healthz`` and ``GET /load``
 answer plain HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import http
 import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -30,13 +30,17 @@ from transceiver.lag import LoopLagMonitor
 from transceiver.observability import CONTENT_TYPE, Metrics, log_event
 from transceiver.protocol.errors import ClientError, server_error_event
 from transceiver.protocol.ids import IdFactory
-from transceiver.protocol.session import RealtimeSession, SessionKind
+from transceiver.protocol.contract import SessionSpec, SpecError
+from transceiver.protocol.session import RealtimeSession
 from transceiver.protocol.wire import encode_server_event
 from transceiver.proxy import ProxyBackend, ProxySession
 from transceiver.runner import Faults, SessionRunner
 from transceiver.settings import TransceiverSettings
 
 log = logging.getLogger(__name__)
+
+# How long a new connection may take to send its session.open frame.
+OPEN_TIMEOUT_S = 10.0
 
 
 def build_backend(settings: TransceiverSettings) -> Backend | ProxyBackend:
@@ -159,101 +163,85 @@ class TransceiverServer:
             yield frame
 
     async def _handler(self, connection: ServerConnection) -> None:
-        assert connection.request is not None
-        query = parse_qs(urlsplit(connection.request.path).query)
-
-        def arg(name: str) -> str | None:
-            values = query.get(name)
-            return values[0] if values else None
-
-        kind = (
-            SessionKind.TRANSCRIPTION if arg("intent") == "transcription" else SessionKind.REALTIME
-        )
-        transport = "webrtc" if arg("media") == "1" else "ws"
-        overrides = None
-        if arg("session"):
-            overrides = json.loads(base64.urlsafe_b64decode(arg("session") or ""))
         self._admitting.discard(connection)
         self._connections.add(connection)
         self.sessions += 1
+        try:
+            spec = await self._open(connection)
+            if spec is not None:
+                await self._run(connection, spec)
+        finally:
+            self._connections.discard(connection)
+            self.sessions -= 1
+
+    async def _open(self, connection: ServerConnection) -> SessionSpec | None:
+        """The session spec the relay sends first, or ``None`` (the connection is closed)."""
+        try:
+            frame = await asyncio.wait_for(connection.recv(), OPEN_TIMEOUT_S)
+            return SessionSpec.decode(frame)
+        except (TimeoutError, SpecError) as exc:
+            log.warning("refused a session that did not open properly: %s", exc or "timeout")
+            with contextlib.suppress(ConnectionClosed):
+                await connection.close(1008, "expected a session.open frame")
+        except ConnectionClosed:
+            pass
+        return None
+
+    async def _run(self, connection: ServerConnection, spec: SessionSpec) -> None:
+        transport = spec.transport.value
         self.metrics.sessions.labels(transport).inc()
         self.metrics.sessions_total.labels(transport).inc()
         started = time.monotonic()
         session_id: str | None = None
+        items: int | None = None
         try:
             if isinstance(self.backend, ProxyBackend):
-                proxy = ProxySession(
-                    self.backend,
-                    connection,
-                    model=arg("model"),
-                    transcription=kind is SessionKind.TRANSCRIPTION,
-                    beta=arg("beta") == "1",
-                    media=arg("media") == "1",
-                    overrides=overrides,
-                    metrics=self.metrics,
-                )
+                proxy = ProxySession(self.backend, connection, spec, metrics=self.metrics)
                 session_id = proxy.id
-                self._log_start(session_id, kind, arg, arg("beta") == "1", transport)
+                self._log_start(session_id, spec)
                 await proxy.run()
                 return
-            await self._run_local(connection, kind, arg, overrides, transport, started)
+            session = await self._core_session(connection, spec)
+            if session is None:
+                return
+            session_id = session.id
+            self._log_start(session_id, spec)
+            await self._run_local(connection, session)
+            items = len(session.conversation)
         finally:
-            self._connections.discard(connection)
-            self.sessions -= 1
             self.metrics.sessions.labels(transport).dec()
             if session_id is not None:
-                log_event(
-                    log, "session.end", id=session_id, seconds=round(time.monotonic() - started, 1)
-                )
+                seconds = round(time.monotonic() - started, 1)
+                log_event(log, "session.end", id=session_id, seconds=seconds, items=items)
 
-    def _log_start(
-        self,
-        session_id: str,
-        kind: SessionKind,
-        arg: Callable[[str], str | None],
-        beta: bool,
-        transport: str,
-    ) -> None:
+    def _log_start(self, session_id: str, spec: SessionSpec) -> None:
         log_event(
             log,
             "session.start",
             id=session_id,
-            conn=arg("conn"),  # the relay's name for the client connection
-            kind=kind.value,
-            model=arg("model"),
-            beta=beta,
-            transport=transport,
+            conn=spec.conn,  # the relay's name for the client connection
+            kind=spec.kind.value,
+            model=spec.model,
+            beta=spec.beta,
+            transport=spec.transport.value,
             backend=self.backend.name,
         )
 
-    async def _run_local(
-        self,
-        connection: ServerConnection,
-        kind: SessionKind,
-        arg: Callable[[str], str | None],
-        overrides: Any,
-        transport: str,
-        started: float,
-    ) -> None:
-        assert not isinstance(self.backend, ProxyBackend)
+    async def _core_session(
+        self, connection: ServerConnection, spec: SessionSpec
+    ) -> RealtimeSession | None:
+        """The core session for ``spec``, or ``None`` when its configuration is refused."""
         try:
-            session = RealtimeSession(
-                kind=kind,
-                model=arg("model"),
-                beta=arg("beta") == "1",
-                media=arg("media") == "1",
-                session_overrides=overrides,
-                created_at_s=time.time(),
-            )
+            return RealtimeSession(spec, created_at_s=time.time())
         except ClientError as exc:
-            await self._send_counted(
-                connection,
-                encode_server_event(
-                    {"type": "error", "event_id": "event_0", "error": exc.to_error(None)}
-                ),
-            )
-            await connection.close(1008, "invalid session configuration")
-            return
+            error = {"type": "error", "event_id": "event_0", "error": exc.to_error(None)}
+            with contextlib.suppress(ConnectionClosed):
+                await self._send_counted(connection, encode_server_event(error))
+                await connection.close(1008, "invalid session configuration")
+            return None
+
+    async def _run_local(self, connection: ServerConnection, session: RealtimeSession) -> None:
+        assert not isinstance(self.backend, ProxyBackend)
 
         async def close(code: int, reason: str) -> None:
             await connection.close(code, reason)
@@ -264,19 +252,8 @@ class TransceiverServer:
         runner = SessionRunner(
             session, self.backend, send, close, faults=self.faults, metrics=self.metrics
         )
-        self._log_start(session.id, kind, arg, session.beta, transport)
-        try:
+        with contextlib.suppress(ConnectionClosed):
             await runner.run(self._counted(connection))
-        except ConnectionClosed:
-            pass
-        finally:
-            log_event(
-                log,
-                "session.end",
-                id=session.id,
-                seconds=round(time.monotonic() - started, 1),
-                items=len(session.conversation),
-            )
 
     async def drain(self, timeout_s: float) -> None:
         """Refuse new sessions; let running ones go on up to ``timeout_s``; close the rest."""

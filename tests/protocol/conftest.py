@@ -18,6 +18,7 @@ from pydantic import TypeAdapter
 
 from tests.invariants import GA_DELTA_DONE, check_stream
 from transceiver.protocol import IdFactory, RealtimeSession, SessionKind
+from transceiver.protocol.contract import Dialect, SessionSpec, Transport
 from transceiver.protocol.effects import Effect, StartResponse
 
 _ADAPTERS: dict[bool, TypeAdapter[Any]] = {}
@@ -180,8 +181,15 @@ class Harness:
     ) -> None:
         self.beta = beta
         self.now_ms = now_ms
+        spec = SessionSpec(
+            kind=kind,
+            model=kwargs.pop("model", None),
+            dialect=Dialect.BETA if beta else Dialect.GA,
+            transport=Transport.WEBRTC if kwargs.pop("media", False) else Transport.WEBSOCKET,
+            overrides=kwargs.pop("session_overrides", None),
+        )
         self.session = RealtimeSession(
-            kind=kind, beta=beta, now_ms=now_ms, ids=IdFactory(random.Random(seed)), **kwargs
+            spec, now_ms=now_ms, ids=IdFactory(random.Random(seed)), **kwargs
         )
         self.stream: list[dict[str, Any]] = []
         self.all_effects: list[Effect] = []

@@ -3,6 +3,7 @@ call ids that name their relay, and per-key limits."""
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from relay.edge import KeyLimits
@@ -22,11 +23,40 @@ class FakeDns:
         return self.answers[host]
 
 
+class FakeLoads:
+    """The members' ``GET /load`` answers, in memory: no request leaves the process (the
+    fake DNS names addresses that must never see traffic)."""
+
+    def __init__(self) -> None:
+        self.polled: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.polled.append(str(request.url))
+        if request.url.host == "10.0.0.3":
+            raise httpx.ConnectError("unreachable", request=request)
+        return httpx.Response(200, json={"sessions": 1, "max_sessions": 4, "cpu": 0.5})
+
+
 @pytest.mark.asyncio(loop_scope="session")
 async def test_a_name_with_many_addresses_is_many_transceivers() -> None:
     dns = FakeDns({"transceiver": ["10.0.0.2", "10.0.0.3", "fd00::4"]})
-    pool = TransceiverPool(["ws://transceiver:8100", "ws://127.0.0.1:9"], 1024, resolver=dns)
-    await pool.refresh()  # the load polls fail: those members are marked unhealthy
+    loads = FakeLoads()
+    pool = TransceiverPool(
+        ["ws://transceiver:8100", "ws://127.0.0.1:9"],
+        1024,
+        resolver=dns,
+        transport=httpx.MockTransport(loads),
+    )
+    await pool.refresh()
+    assert sorted(loads.polled) == [
+        "http://10.0.0.2:8100/load",
+        "http://10.0.0.3:8100/load",
+        "http://127.0.0.1:9/load",
+        "http://[fd00::4]:8100/load",
+    ]
+    health = {m.url: (m.healthy, m.reported, m.capacity) for m in pool.members}
+    assert health["ws://10.0.0.2:8100"] == (True, 1, 4)
+    assert health["ws://10.0.0.3:8100"][0] is False  # an unreachable member is marked down
     urls = sorted(m.url for m in pool.members)
     assert urls == [
         "ws://10.0.0.2:8100",

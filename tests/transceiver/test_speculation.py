@@ -15,6 +15,7 @@ from transceiver.backends.base import ResponseSink, TranscriptSink
 from transceiver.backends.mock import word_audio
 from transceiver.protocol.effects import ResponseRequest, Transcribe
 from transceiver.protocol.items import item_text
+from transceiver.protocol.contract import SessionSpec
 from transceiver.protocol.session import RealtimeSession
 from transceiver.runner import SessionRunner
 from transceiver.speculation import request_signature
@@ -97,7 +98,7 @@ async def run_turns(
 ) -> tuple[ScriptedBackend, Client]:
     """Feed audio pieces or raw client frames (str); ``None`` lets the loop run."""
     backend, client = ScriptedBackend(), Client()
-    session = RealtimeSession(model="gpt-realtime")
+    session = RealtimeSession(SessionSpec(model="gpt-realtime"))
     session.receive_client_event(
         {"type": "session.update", "session": {"type": "realtime", "output_modalities": ["text"]}},
         0,

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import enum
 from collections.abc import Callable
 from typing import Any
 
 from transceiver.protocol.beta import BetaDialect
 from transceiver.protocol.config import BYTES_PER_MS, apply_session_update, default_session
+from transceiver.protocol.contract import SessionKind, SessionSpec
 from transceiver.protocol.conversation import Conversation
 from transceiver.protocol.effects import (
     CancelResponse,
@@ -46,37 +46,30 @@ IDLE_BUFFER_KEEP_MS = 10_000
 # recursion limit (a RecursionError is not a client error).
 
 
-class SessionKind(enum.Enum):
-    REALTIME = "realtime"
-    TRANSCRIPTION = "transcription"
-
-
 class RealtimeSession(SessionResults):
     def __init__(
         self,
+        spec: SessionSpec = SessionSpec(),
         *,
-        kind: SessionKind = SessionKind.REALTIME,
-        model: str | None = None,
-        beta: bool = False,
         now_ms: float = 0.0,
         created_at_s: float = 0.0,
         ids: IdFactory | None = None,
-        media: bool = False,
-        session_overrides: dict[str, Any] | None = None,
         max_duration_ms: int = SESSION_MAX_MS,
     ) -> None:
-        self.kind = kind
-        self.beta = beta
-        self._dialect = BetaDialect() if beta else None
-        self.media = media  # WebRTC/SIP: output audio goes on a media track
+        """Raises ``ClientError`` when ``spec.overrides`` is not a valid configuration."""
+        self.spec = spec
+        self.kind = spec.kind
+        self.beta = spec.beta
+        self._dialect = BetaDialect() if spec.beta else None
+        self.media = spec.media  # WebRTC/SIP: output audio goes on a media track
         self.ids = ids or IdFactory()
         self.id = self.ids.new("sess")
         self.conversation = Conversation(self.ids.new("conv"))
-        self.config = default_session(kind.value, model)
-        if session_overrides:
-            config = apply_session_update(self.config, session_overrides)
+        self.config = default_session(spec.kind.value, spec.model)
+        if spec.overrides:
+            config = apply_session_update(self.config, spec.overrides)
             # A key's or an offer's audio format means nothing on a media track: keep PCM.
-            self.config = _with_pcm_media(config) if media else config
+            self.config = _with_pcm_media(config) if spec.media else config
         self.created_ms = now_ms
         self.expires_ms = now_ms + max_duration_ms
         self.expires_at_s = int(created_at_s + max_duration_ms / 1000)
@@ -109,7 +102,7 @@ class RealtimeSession(SessionResults):
             "response.cancel": self._on_response_cancel,
         }
         self._emit("session.created", session=self.session_object())
-        if beta:
+        if spec.beta:
             self._emit(
                 "conversation.created",
                 conversation={"id": self.conversation.id, "object": "realtime.conversation"},

@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.frames import Close
 
 from transceiver.observability import Metrics, log_event
+from transceiver.protocol.contract import SessionKind, SessionSpec
 from transceiver.protocol.errors import ClientError, server_error_event
 from transceiver.protocol.ids import IdFactory
 from transceiver.proxy.mirror import OUTPUT_AUDIO_DELTAS, Mirror, Playback, is_output_delta
@@ -124,21 +125,16 @@ class ProxySession:
         self,
         backend: ProxyBackend,
         client: Any,
+        spec: SessionSpec,
         *,
-        model: str | None,
-        transcription: bool,
-        beta: bool,
-        media: bool,
-        overrides: dict[str, Any] | None,
         metrics: Metrics | None = None,
     ) -> None:
         self.backend = backend
         self.client = client  # a websockets connection: send, close, async iteration
-        self.model = model
-        self.transcription = transcription
-        self.beta = beta
-        self.media = media
-        self.overrides = overrides
+        self.spec = spec
+        self.transcription = spec.kind is SessionKind.TRANSCRIPTION
+        self.beta = spec.beta
+        self.media = spec.media
         self.ids = IdFactory()
         self.id = self.ids.new("sess")
         self.metrics = metrics or Metrics("realtime_transceiver")
@@ -165,7 +161,7 @@ class ProxySession:
 
     async def run(self) -> None:
         try:
-            upstream = await self.backend.open(self.model, self.transcription, self.beta)
+            upstream = await self.backend.open(self.spec.model, self.transcription, self.beta)
         except ClientError as exc:
             await self._refuse(exc.message, exc.code or "invalid_value", 1008, **_client(exc))
             return
@@ -180,7 +176,7 @@ class ProxySession:
             log_event(log, "proxy.summary", id=self.id, **self.mirror.summary())
 
     def _initial_update(self) -> dict[str, Any] | None:
-        session = dict(self.overrides or {})
+        session = dict(self.spec.overrides or {})
         if not self.transcription:
             instructions = self.backend.policy.instructions(session.get("instructions"))
             if instructions is not None:
