@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test check bench install clean
+.PHONY: serve test test-deps check bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,12 +22,17 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/realtime-relay serve --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+# Chromium and the Node clients' packages for the end-to-end tests (scripts/test-deps).
+test-deps:
+	scripts/test-deps
+
+test: $(STAMP) test-deps
 	$(BIN)/python -m pytest
 
 check: $(STAMP)
-	$(BIN)/ruff check relay transceiver models tests bench
+	$(BIN)/ruff check relay transceiver models loadgen tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

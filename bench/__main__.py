@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from bench import overhead, stt, voice
+from bench import overhead, resample, stt, voice
 
-BENCHES = {"relay": overhead.main, "stt": stt.main, "voice": voice.main}
+BENCHES = {
+    "relay": overhead.main,
+    "stt": stt.main,
+    "voice": voice.main,
+    "resample": resample.main,
+}
 
 
 def main(argv: list[str]) -> None:

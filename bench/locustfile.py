@@ -19,9 +19,9 @@ from typing import Any
 import gevent
 from locust import User, between, task
 
-from relay import loadgen
+import loadgen
 
-_SPEECH = loadgen.synthetic_speech()
+_SPEECH = loadgen.default_speech()
 _NAMES = {
     "speech_end_to_first_audio_ms": "speech end -> first audio delta",
     "commit_to_created_ms": "commit -> response.created",

@@ -21,10 +21,9 @@ from collections.abc import Iterator
 import httpx
 from websockets.asyncio.client import connect
 
-from transceiver.protocol.contract import SessionSpec
-
 from bench.harness import free_port
 from bench.stats import machine, percentile, write_section
+from transceiver.protocol.contract import SessionSpec
 
 APPEND = json.dumps(
     {"type": "input_audio_buffer.append", "audio": base64.b64encode(b"\0" * 960).decode()}

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from models.audio import resample_array
 from models.errors import SttError
 
 if TYPE_CHECKING:
@@ -50,20 +51,6 @@ def pcm16_to_float32(pcm16: bytes) -> npt.NDArray[np.float32]:
         pcm16 = pcm16[:-1]  # drop a dangling half sample
     samples = np.frombuffer(pcm16, dtype="<i2")
     return (samples.astype(np.float32) / 32768.0).astype(np.float32)
-
-
-def resample_linear(
-    audio: npt.NDArray[np.float32], src_hz: int, dst_hz: int
-) -> npt.NDArray[np.float32]:
-    """Resample by linear interpolation (adequate for speech into Whisper)."""
-    if src_hz <= 0 or dst_hz <= 0:
-        raise ValueError(f"invalid sample rates {src_hz} -> {dst_hz}")
-    if src_hz == dst_hz or audio.size == 0:
-        return audio
-    n_out = max(1, round(audio.size * dst_hz / src_hz))
-    positions = np.arange(n_out, dtype=np.float64) * (src_hz / dst_hz)
-    src_index = np.arange(audio.size, dtype=np.float64)
-    return np.interp(positions, src_index, audio).astype(np.float32)
 
 
 # Short-window decoding (see WhisperStt._short_window): 100 mel frames a second.
@@ -136,7 +123,8 @@ class WhisperStt:
             lang = "en"
         if duration_s < MIN_AUDIO_S or float(np.max(np.abs(audio))) < SILENCE_PEAK:
             return Transcript(text="", language=lang, duration_s=duration_s)
-        audio = resample_linear(audio, sample_rate_hz, WHISPER_SAMPLE_RATE_HZ)
+        if sample_rate_hz != WHISPER_SAMPLE_RATE_HZ:
+            audio = resample_array(audio, sample_rate_hz, WHISPER_SAMPLE_RATE_HZ).astype(np.float32)
         if self.short_window and lang is not None and duration_s <= SHORT_WINDOW_MAX_S:
             try:
                 text = self._short_window(audio, lang, prompt)

@@ -1,4 +1,4 @@
-"""Server VAD: webrtcvad run incrementally on each new 20 ms frame (LESSONS.md 4).
+"""Server VAD: webrtcvad run incrementally on each new 20 ms frame.
 
 Never rescans a window: each frame is classified once, and a small counter state
 machine turns frame decisions into speech start and stop at the session's

@@ -18,6 +18,7 @@ from relay.drain import DrainingServer
 from relay.settings import RelaySettings
 from relay.supervisor import Supervisor, TransceiverProcess, free_port
 from transceiver.observability import configure_logging
+from transceiver.settings import TransceiverSettings
 
 log = logging.getLogger("relay")
 
@@ -37,6 +38,40 @@ def _add_relay_options(parser: argparse.ArgumentParser, with_transceiver: bool) 
             )
 
 
+# Transceiver options that serve sets itself, or that name a relay option of serve's own.
+_SERVE_OWN = {"host", "port", "backend", "log_level", "log_format", "drain_timeout_s"}
+_PASSED = "transceiver__"  # the dest prefix of the options serve passes on
+
+
+def _add_transceiver_options(parser: argparse.ArgumentParser) -> None:
+    """The backend options ``serve`` passes on to each transceiver, so ``serve --help``
+    lists them."""
+    group = parser.add_argument_group(
+        "transceiver options", "Passed on to each transceiver (see 'transceiver --help')."
+    )
+    for name, field in TransceiverSettings.model_fields.items():
+        if name in _SERVE_OWN or name in RelaySettings.model_fields:
+            continue
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{field.description} [env RELAY_{name.upper()}; default {field.default!r}]"
+        action = argparse.BooleanOptionalAction if field.annotation is bool else "store"
+        group.add_argument(flag, dest=_PASSED + name, action=action, default=None, help=help_text)
+
+
+def _transceiver_args(args: argparse.Namespace) -> list[str]:
+    """The transceiver options given to ``serve``, as a transceiver's command line."""
+    argv: list[str] = []
+    for dest, value in vars(args).items():
+        if not dest.startswith(_PASSED) or value is None:
+            continue
+        flag = dest.removeprefix(_PASSED).replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            argv += [f"--{flag}", str(value)]
+    return argv
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="realtime-relay",
@@ -47,9 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="Start the relay and N transceivers, supervised.",
-        description="Start the relay and N transceiver processes and supervise them. Options "
-        "not listed here are passed to each transceiver (see 'realtime-relay transceiver "
-        "--help'), e.g. --mock-script FILE.",
+        description="Start the relay and N transceiver processes and supervise them. The "
+        "transceiver options below are passed on to each transceiver.",
     )
     _add_relay_options(serve, with_transceiver=False)
     serve.add_argument(
@@ -71,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=600.0,
         help="Seconds to wait for transceivers to load their models (default 600).",
     )
+    _add_transceiver_options(serve)
     relay = commands.add_parser(
         "relay", help="Run the relay alone, in front of running transceivers."
     )
@@ -170,13 +205,17 @@ async def _run_relay(settings: RelaySettings, banner: bool) -> None:
         await edge.pool.stop()
 
 
-async def _serve(args: argparse.Namespace, passthrough: list[str]) -> None:
+async def _serve(args: argparse.Namespace) -> None:
     host = "127.0.0.1"
     extra = ["--log-level", args.log_level] if args.log_level else []
     if args.log_format:
         extra += ["--log-format", args.log_format]
     processes = [
-        TransceiverProcess(host, free_port(host), ["--backend", args.backend, *extra, *passthrough])
+        TransceiverProcess(
+            host,
+            free_port(host),
+            ["--backend", args.backend, *extra, *_transceiver_args(args)],
+        )
         for _ in range(max(1, args.transceivers))
     ]
     supervisor = Supervisor(processes)
@@ -189,12 +228,12 @@ async def _serve(args: argparse.Namespace, passthrough: list[str]) -> None:
 
 
 def _load(args: argparse.Namespace) -> int:
-    from relay import loadgen
+    import loadgen  # client code (loadgen/), imported only for this subcommand
 
     audio = (
         b""
         if args.text
-        else (loadgen.read_wav(args.audio) if args.audio else loadgen.synthetic_speech())
+        else (loadgen.read_wav(args.audio) if args.audio else loadgen.default_speech())
     )
     options = loadgen.LoadOptions(
         url=args.url,
@@ -231,12 +270,10 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "transceiver":
         os.execv(sys.executable, [sys.executable, "-m", "transceiver", *argv[1:]])
     parser = build_parser()
-    args, passthrough = parser.parse_known_args(argv)
+    args = parser.parse_args(argv)
     if args.command == "load":
         sys.exit(_load(args))
     if args.command == "relay":
-        if passthrough:
-            parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
         settings = _relay_settings(args)
         if not settings.transceiver:
             parser.error("relay needs at least one --transceiver URL")
@@ -248,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
         args.log_format or os.environ.get("RELAY_LOG_FORMAT") or "text",
     )
     try:
-        loop.run(_serve(args, passthrough))
+        loop.run(_serve(args))
     except KeyboardInterrupt:
         pass
 

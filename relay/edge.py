@@ -1,4 +1,5 @@
-"""What the relay's routes share: settings, placement, keys, live sessions, metrics, limits."""
+"""What the relay's routes share: settings, placement, keys, live sessions and calls, metrics,
+limits. Routes reach the one :class:`Edge` of their app through the ``EdgeDep`` dependency."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import hashlib
 import socket
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends
+from starlette.requests import HTTPConnection
 
 from relay.drain import LiveSessions
 from relay.ephemeral import EphemeralKey, KeySigner
@@ -16,6 +20,9 @@ from transceiver.observability import Metrics
 from transceiver.protocol.errors import server_error_event
 from transceiver.protocol.ids import IdFactory
 from transceiver.protocol.wire import encode_server_event
+
+if TYPE_CHECKING:
+    from relay.webrtc import Call
 
 
 class KeyLimits:
@@ -52,6 +59,25 @@ class KeyLimits:
             del self._held[who]
 
 
+class CallRegistry:
+    """The WebRTC calls this relay holds, by call id (a sideband or hangup finds them here)."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, Call] = {}
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def get(self, call_id: str) -> Call | None:
+        return self.calls.get(call_id)
+
+    def add(self, call: Call) -> None:
+        self.calls[call.id] = call
+
+    def drop(self, call: Call) -> None:
+        self.calls.pop(call.id, None)
+
+
 def default_peer_url(settings: RelaySettings) -> str:
     scheme = "https" if settings.ssl_certfile else "http"
     host = settings.host
@@ -69,6 +95,7 @@ class Edge:
     live: LiveSessions = field(default_factory=LiveSessions)
     ids: IdFactory = field(default_factory=IdFactory)
     limits: KeyLimits = field(default_factory=lambda: KeyLimits(None))
+    calls: CallRegistry = field(default_factory=CallRegistry)
     peer_url: str = ""
 
     @classmethod
@@ -87,7 +114,12 @@ class Edge:
         return edge
 
     def error_event(self, message: str, code: str, type: str = "server_error") -> str:
+        """An ``error`` server event, counted in the errors metric."""
         self.metrics.error(code)
+        return self.encode_error(message, code, type)
+
+    def encode_error(self, message: str, code: str, type: str = "server_error") -> str:
+        """An ``error`` server event for an error already counted."""
         return encode_server_event(server_error_event(self.ids.event_id(), message, code, type))
 
     def describe(self) -> dict[str, Any]:
@@ -96,3 +128,13 @@ class Edge:
             "sessions": len(self.live),
             "transceivers": [m.describe() for m in self.pool.members],
         }
+
+
+def get_edge(connection: HTTPConnection) -> Edge:
+    """The app's :class:`Edge` (``app.state.edge``), for HTTP and WebSocket routes alike."""
+    edge = connection.app.state.edge
+    assert isinstance(edge, Edge)
+    return edge
+
+
+EdgeDep = Annotated[Edge, Depends(get_edge)]

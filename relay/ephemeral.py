@@ -1,7 +1,9 @@
 """Ephemeral keys (``ek_...``): signed, so any relay sharing the secret accepts them.
 
-A key carries its expiry and its session configuration (PROTOCOL.md 3.1: "A secret can
-be used to create multiple sessions until it expires"). The relay keeps no state.
+A key carries its expiry and its session configuration; as the OpenAI API reference says of
+``POST /v1/realtime/client_secrets`` ``expires_after``, "A secret can be used to create
+multiple sessions until it expires"
+(https://platform.openai.com/docs/api-reference/realtime-sessions). The relay keeps no state.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from transceiver.protocol.config import apply_session_update, default_session
+from transceiver.protocol.config import apply_session_update, default_config, session_wire
+from transceiver.protocol.contract import SessionKind
 from transceiver.protocol.errors import ClientError
 
 MIN_SECONDS, MAX_SECONDS, DEFAULT_SECONDS = 10, 7200, 600
@@ -119,7 +122,8 @@ def validate_session(session: Any) -> dict[str, Any]:
             f"Invalid value: '{kind}'. Supported values are: 'realtime' and 'transcription'.",
             param="session.type",
         )
-    return apply_session_update(default_session(kind, session.get("model")), session)
+    default = default_config(SessionKind(kind), session.get("model"))
+    return session_wire(apply_session_update(default, session))
 
 
 def expiry_seconds(body: dict[str, Any], default: int = DEFAULT_SECONDS) -> int:

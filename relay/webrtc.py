@@ -1,11 +1,20 @@
-"""WebRTC calls (PROTOCOL.md sections 3.2 and 9): aiortc media and the ``oai-events`` channel.
+"""WebRTC calls: aiortc media and the ``oai-events`` data channel.
 
-Each call is one transceiver session, opened with ``media=1``. The relay decodes the
-caller's Opus to PCM16 24 kHz and appends it to the session; the session's audio
-deltas go back as Opus on the outgoing track, in 20 ms frames paced on a monotonic
-clock (silence when idle). Every other server event goes on the data channel and to
-any sideband WebSocket (``?call_id=``); the ``output_audio_buffer.*`` events come from
-here, since only the media shell knows what is playing.
+Each call is one transceiver session with the WebRTC transport (a media session, see
+transceiver/protocol/contract.py). The relay decodes the caller's Opus to PCM16 24 kHz and
+appends it to the session; the session's audio deltas go back as Opus on the outgoing
+track, in 20 ms frames paced on a monotonic clock (silence when idle). Every other server
+event goes on the data channel and to any sideband WebSocket (``?call_id=``).
+
+Playback is the relay's alone, so the ``output_audio_buffer.*`` events come from here, and
+so do cuts: on barge-in (``input_audio_buffer.speech_started`` while a reply plays, when
+the session's turn detection interrupts responses) or the client's
+``output_audio_buffer.clear``, the relay stops the track at once, drops the rest of that
+response's audio, and truncates each cut item to what the caller heard (counted in the
+frames the track sent) with a ``conversation.item.truncate`` of its own, for every
+backend: the truncate "will synchronize the server's understanding of the audio with the
+client's playback" (OpenAI API reference, ``conversation.item.truncate``), and here the
+relay is the client that plays it.
 """
 
 from __future__ import annotations
@@ -17,7 +26,9 @@ import fractions
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import av
@@ -27,6 +38,7 @@ from aiortc.mediastreams import MediaStreamError
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from transceiver.protocol.errors import ClientError, server_error_event
 from transceiver.protocol.ids import IdFactory
 
 log = logging.getLogger(__name__)
@@ -34,34 +46,71 @@ log = logging.getLogger(__name__)
 RATE_HZ = 48_000
 FRAME_SAMPLES = 960  # 20 ms
 _FRAME_BYTES = FRAME_SAMPLES * 2
+_BYTES_PER_MS = RATE_HZ * 2 // 1000  # PCM16 48 kHz on the track
 _TIME_BASE = fractions.Fraction(1, RATE_HZ)
+_CLEAR = "output_audio_buffer.clear"
+_CUT_EVENT_PREFIX = "relay_cut_"  # the event ids of the relay's own truncates
 Send = Callable[[str], Awaitable[None]]
 
 
 class OutboundAudio(MediaStreamTrack):
-    """The server's voice: 20 ms Opus frames on a monotonic clock, silence when idle."""
+    """The server's voice: 20 ms Opus frames on a monotonic clock, silence when idle.
+
+    It counts, per item, the audio it has sent in frames: what the caller heard.
+    """
 
     kind = "audio"
 
     def __init__(self, on_drained: Callable[[], None]) -> None:
         super().__init__()
         self._pending = bytearray()  # PCM16 48 kHz mono
+        # Whose audio is pending, in order: [item id, bytes of it still in _pending].
+        self._segments: deque[list[Any]] = deque()
+        # Bytes of each item's audio sent in frames, for the items pending or last pushed.
+        self._played: dict[str, int] = {}
         self._start: float | None = None
         self._pts = 0
         self._on_drained = on_drained
 
-    def push(self, pcm16_24k: bytes) -> None:
+    def push(self, pcm16_24k: bytes, item_id: str = "") -> None:
         samples = np.frombuffer(pcm16_24k[: len(pcm16_24k) // 2 * 2], dtype="<i2")
-        self._pending += np.repeat(samples, 2).astype("<i2").tobytes()  # 24 -> 48 kHz
+        audio = np.repeat(samples, 2).astype("<i2").tobytes()  # 24 -> 48 kHz
+        if not audio:
+            return
+        self._pending += audio
+        if self._segments and self._segments[-1][0] == item_id:
+            self._segments[-1][1] += len(audio)
+            return
+        self._segments.append([item_id, len(audio)])
+        keep = {segment[0] for segment in self._segments}
+        self._played = {item: sent for item, sent in self._played.items() if item in keep}
+        self._played.setdefault(item_id, 0)
 
     @property
     def playing(self) -> bool:
         return bool(self._pending)
 
-    def clear(self) -> bool:
-        had = bool(self._pending)
+    def played_ms(self, item_id: str) -> int:
+        """How much of the item's audio went out on the track, in whole milliseconds."""
+        return self._played.get(item_id, 0) // _BYTES_PER_MS
+
+    def clear(self) -> list[str]:
+        """Drop the audio not yet played; the items it belonged to, in order."""
+        items = list(dict.fromkeys(segment[0] for segment in self._segments))
         self._pending.clear()
-        return had
+        self._segments.clear()
+        return items
+
+    def _sent(self, size: int) -> None:
+        """``size`` bytes from the head of ``_pending`` went out in a frame."""
+        while size and self._segments:
+            segment = self._segments[0]
+            taken = min(size, segment[1])
+            self._played[segment[0]] = self._played.get(segment[0], 0) + taken
+            segment[1] -= taken
+            size -= taken
+            if not segment[1]:
+                self._segments.popleft()
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
@@ -74,6 +123,7 @@ class OutboundAudio(MediaStreamTrack):
         was_playing = bool(self._pending)
         chunk = bytes(self._pending[:_FRAME_BYTES])
         del self._pending[:_FRAME_BYTES]
+        self._sent(len(chunk))
         chunk += b"\0" * (_FRAME_BYTES - len(chunk))
         if was_playing and not self._pending:
             self._on_drained()
@@ -85,6 +135,14 @@ class OutboundAudio(MediaStreamTrack):
         frame.time_base = _TIME_BASE
         self._pts += FRAME_SAMPLES
         return frame
+
+
+@dataclass
+class _Truncation:
+    """A truncate the relay sent; ``cleared`` is announced when the transceiver answers."""
+
+    event_id: str
+    cleared: str | None  # the response id for output_audio_buffer.cleared, if still due
 
 
 class Call:
@@ -107,9 +165,12 @@ class Call:
         self.sidebands: set[Send] = set()
         self._channel: RTCDataChannel | None = None
         self._backlog: list[str] = []  # events before the channel opened
-        self._response_id: str | None = None
-        self._cut_response_id: str | None = None  # its playback was cleared: drop the rest
-        self._stopped_pending: str | None = None
+        self._response_id: str | None = None  # whose audio is playing or played last
+        self._item_id = ""  # the item of that audio
+        self._response_open = False  # no response.done for it yet: more audio may come
+        self._cut_response_id: str | None = None  # its playback was cut: drop the rest
+        self._barge_in = True  # the session's turn detection interrupts responses
+        self._truncations: dict[str, _Truncation] = {}  # by item id, until answered
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_close = on_close
         self.closed = asyncio.Event()
@@ -137,7 +198,7 @@ class Call:
             def flush() -> None:
                 backlog, self._backlog = self._backlog, []
                 for event in backlog:
-                    channel.send(event)
+                    self._send_on_channel(channel, event)
 
             if channel.readyState == "open":
                 flush()
@@ -155,6 +216,20 @@ class Call:
         task.add_done_callback(self._tasks.discard)
 
     async def from_client(self, message: str | bytes) -> None:
+        """A client event (data channel or sideband) for the session; playback's own,
+        ``output_audio_buffer.clear``, is answered here."""
+        if isinstance(message, bytes):
+            text = message.decode("utf-8", "replace") if _CLEAR.encode() in message else ""
+        else:
+            text = message
+        if _CLEAR in text:
+            event = _json_object(text)
+            if event is not None and event.get("type") == _CLEAR:
+                await self._clear(event)
+                return
+        await self._to_session(message)
+
+    async def _to_session(self, message: str | bytes) -> None:
         with contextlib.suppress(ConnectionClosed):
             await self.upstream.send(message)
 
@@ -176,9 +251,75 @@ class Call:
             )
             if pcm:
                 audio = base64.b64encode(pcm).decode("ascii")
-                await self.from_client(
+                await self._to_session(
                     json.dumps({"type": "input_audio_buffer.append", "audio": audio})
                 )
+
+    # -- playback cuts -----------------------------------------------------------------
+
+    def _stop_playback(self) -> list[tuple[str, int]] | None:
+        """Stop the reply's audio at once. ``None`` if no response's audio is playing or
+        still to come; else each cut item with the milliseconds of it the caller heard."""
+        items = self.outbound.clear()
+        if not items and not self._response_open:
+            return None
+        if self._response_open and self._item_id not in items:
+            items.append(self._item_id)  # the track ran dry, but more of it was coming
+        self._cut_response_id = self._response_id
+        self._response_open = False
+        return [(item, self.outbound.played_ms(item)) for item in items if item]
+
+    async def _truncate(self, item_id: str, audio_end_ms: int, cleared: str | None) -> None:
+        """Truncate the item in the session to what the caller heard."""
+        event_id = _CUT_EVENT_PREFIX + self.ids.event_id()
+        self._truncations[item_id] = _Truncation(event_id, cleared)
+        await self._to_session(
+            json.dumps(
+                {
+                    "type": "conversation.item.truncate",
+                    "event_id": event_id,
+                    "item_id": item_id,
+                    "content_index": 0,
+                    "audio_end_ms": audio_end_ms,
+                }
+            )
+        )
+
+    async def _clear(self, event: dict[str, Any]) -> None:
+        """The client's ``output_audio_buffer.clear``."""
+        response_id = self._response_id
+        if response_id is None:
+            client_event_id = event.get("event_id")
+            error = ClientError("There is no output audio to clear.", code="invalid_value")
+            shown = client_event_id if isinstance(client_event_id, str) else None
+            await self.broadcast(self._event("error", error=error.to_error(shown)))
+            return
+        cut = self._stop_playback()
+        if not cut:  # nothing left to play: the buffer is clear already
+            await self.broadcast(self._cleared(response_id))
+            return
+        # Announced when the session has answered the truncate, so the client sees it
+        # after the answers to everything it sent before (a response.cancel, say).
+        for index, (item_id, audio_end_ms) in enumerate(cut):
+            await self._truncate(item_id, audio_end_ms, response_id if index == 0 else None)
+
+    def _answered(self, event: dict[str, Any]) -> tuple[_Truncation | None, bool]:
+        """The relay's truncation an event answers, if any; and whether to hide the event
+        (an error answering the relay's own truncate is the relay's, not the client's)."""
+        if event.get("type") == "conversation.item.truncated":
+            return self._truncations.pop(str(event.get("item_id")), None), False
+        if event.get("type") == "error":
+            event_id = (event.get("error") or {}).get("event_id")
+            if isinstance(event_id, str) and event_id.startswith(_CUT_EVENT_PREFIX):
+                for item_id, truncation in list(self._truncations.items()):
+                    if truncation.event_id == event_id:
+                        del self._truncations[item_id]
+                        return truncation, True
+                return None, True
+        return None, False
+
+    def _cleared(self, response_id: str | None) -> str:
+        return self._event("output_audio_buffer.cleared", response_id=response_id)
 
     # -- server events ----------------------------------------------------------------
 
@@ -199,41 +340,52 @@ class Call:
         event = json.loads(text)
         kind = event.get("type")
         if kind == "response.output_audio.delta":  # audio goes on the media track
-            if event.get("response_id") == self._cut_response_id:
+            response_id = event.get("response_id")
+            if response_id == self._cut_response_id:
                 return  # still in flight when its playback was cut: never played
+            if response_id != self._response_id:
+                self._response_id, self._response_open = response_id, True
+            self._item_id = str(event.get("item_id") or "")
             if not self.outbound.playing:
-                self._response_id = event.get("response_id")
                 await self.broadcast(
-                    self._event("output_audio_buffer.started", response_id=self._response_id)
+                    self._event("output_audio_buffer.started", response_id=response_id)
                 )
-            self.outbound.push(base64.b64decode(event.get("delta", "")))
+            self.outbound.push(base64.b64decode(event.get("delta", "")), self._item_id)
             return
-        if kind == "input_audio_buffer.speech_started" and self.outbound.clear():
-            self._cut_response_id = self._response_id
-            await self.broadcast(text)  # barge-in: stop playback at once
-            await self.broadcast(
-                self._event("output_audio_buffer.cleared", response_id=self._response_id)
-            )
-            return
-        if kind == "output_audio_buffer.cleared":  # the client's output_audio_buffer.clear
-            self.outbound.clear()
-            self._cut_response_id = event.get("response_id") or self._response_id
-        if kind == "response.done" and self.outbound.playing:
-            self._stopped_pending = event["response"]["id"]
+        if kind == "input_audio_buffer.speech_started" and self._barge_in:
+            cut = self._stop_playback()
+            if cut is not None:  # barge-in: the reply stops at once
+                for item_id, audio_end_ms in cut:
+                    await self._truncate(item_id, audio_end_ms, None)
+                await self.broadcast(text)
+                await self.broadcast(self._cleared(self._response_id))
+                return
+        if kind in ("session.created", "session.updated"):
+            self._barge_in = _interrupts(event.get("session"))
+        elif kind == "response.done":
+            if (event.get("response") or {}).get("id") == self._response_id:
+                self._response_open = False
+        else:
+            truncation, hidden = self._answered(event)
+            if truncation is not None and truncation.cleared is not None:
+                await self.broadcast(self._cleared(truncation.cleared))
+            if hidden:
+                log.warning("call %s: the session refused a truncate: %s", self.id, text)
+                return
         await self.broadcast(text)
 
     def _drained(self) -> None:
         """The outgoing track played its last buffered frame."""
-        response_id = self._stopped_pending or self._response_id
-        self._stopped_pending = None
         self._spawn(
-            self.broadcast(self._event("output_audio_buffer.stopped", response_id=response_id))
+            self.broadcast(
+                self._event("output_audio_buffer.stopped", response_id=self._response_id)
+            )
         )
 
     async def broadcast(self, text: str) -> None:
         channel = self._channel
         if channel is not None and channel.readyState == "open":
-            channel.send(text)
+            self._send_on_channel(channel, text)
         elif channel is None or channel.readyState == "connecting":
             self._backlog.append(text)
         for send in list(self.sidebands):
@@ -241,6 +393,21 @@ class Call:
                 await send(text)
             except Exception:  # a sideband that went away
                 self.sidebands.discard(send)
+
+    def _send_on_channel(self, channel: RTCDataChannel, text: str) -> None:
+        try:
+            channel.send(text)
+        except ValueError as exc:
+            # Larger than the caller's data channel takes (its SDP's max-message-size; a
+            # long item's audio in conversation.item.retrieved, say). The call goes on; a
+            # sideband connection, whose frames may be far larger, receives the event.
+            log.warning("call %s: an event was not sent on the data channel: %s", self.id, exc)
+            message = (
+                f"A server event of {len(text.encode())} bytes is larger than this data "
+                "channel takes; a sideband connection (?call_id=) receives it."
+            )
+            error = server_error_event(self.ids.event_id(), message, "event_too_large")
+            channel.send(json.dumps(error))
 
     async def close(self) -> None:
         if self.closed.is_set():
@@ -252,6 +419,29 @@ class Call:
             await self.upstream.close()
         await self.pc.close()
         log.info("call %s ended", self.id)
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        event = json.loads(text)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def _interrupts(session: Any) -> bool:
+    """Whether the session's turn detection cuts a reply when the user starts speaking
+    (``interrupt_response``, true by default); GA or beta session shape."""
+    if not isinstance(session, dict):
+        return True
+    audio = session.get("audio")
+    if isinstance(audio, dict):
+        turn_detection = (audio.get("input") or {}).get("turn_detection")
+    else:
+        turn_detection = session.get("turn_detection")
+    if not isinstance(turn_detection, dict):
+        return True
+    return turn_detection.get("interrupt_response", True) is not False
 
 
 async def _discard(track: MediaStreamTrack) -> None:

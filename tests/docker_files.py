@@ -285,12 +285,11 @@ def subparsers() -> dict[str, argparse.ArgumentParser]:
 
 
 def options_of(subcommand: str) -> set[str]:
-    """Flags ``realtime-relay SUBCOMMAND`` accepts; serve passes unknown ones to transceivers."""
-    transceiver = set(build_transceiver_parser()._option_string_actions)
+    """Flags ``realtime-relay SUBCOMMAND`` accepts (serve lists the transceiver options it
+    passes on among its own)."""
     if subcommand == "transceiver":
-        return transceiver
-    own = set(subparsers()[subcommand]._option_string_actions)
-    return own | transceiver if subcommand == "serve" else own
+        return set(build_transceiver_parser()._option_string_actions)
+    return set(subparsers()[subcommand]._option_string_actions)
 
 
 def subcommand_of(argv: list[str]) -> str | None:

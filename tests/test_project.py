@@ -1,9 +1,9 @@
-"""Project-level checks: import arrows, the README snippet, the CLI."""
+"""Project-level checks: the import contracts, the README snippet, the CLI."""
 
 from __future__ import annotations
 
-import ast
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,46 +16,45 @@ from tests.servers import relay_server
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def imports_of(package: str) -> set[tuple[str, str]]:
-    found = set()
-    root = ROOT / package
-    for path in [root] if root.is_file() else root.rglob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                found.update((str(path.relative_to(ROOT)), a.name) for a in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                found.add((str(path.relative_to(ROOT)), node.module))
-    return found
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+# One import that breaks each import-linter contract in pyproject.toml.
+VIOLATIONS = {
+    "transceiver/protocol/ids.py": ("import asyncio", "The protocol core is pure"),
+    "relay/auth.py": ("import models.vad", "The relay never imports models"),
+    "transceiver/lag.py": ("import relay.auth", "The transceiver never imports the relay"),
+    "models/errors.py": ("import transceiver.runner", "Models import no layer above them"),
+}
 
 
-def test_import_arrows_point_inward() -> None:
-    """relay -> transceiver.protocol and the leaf transceiver.observability only; the protocol
-    core is pure; models import no layer."""
-    for where, module in imports_of("relay"):
-        assert not module.startswith("models"), f"{where} imports {module}"
-        if module.startswith("transceiver"):
-            assert module.startswith(("transceiver.protocol", "transceiver.observability")), (
-                f"{where} imports {module}"
-            )
-    for where, module in imports_of("transceiver/observability.py"):
-        assert not module.startswith(("relay", "transceiver", "models")), f"{where} {module}"
-    pure_forbidden = (
-        "asyncio",
-        "socket",
-        "threading",
-        "time",
-        "numpy",
-        "models",
-        "relay",
-        "websockets",
-        "fastapi",
+def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--config", str(root / "pyproject.toml"), "--no-cache"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
-    for where, module in imports_of("transceiver/protocol"):
-        assert module.split(".")[0] not in pure_forbidden, f"{where} imports {module}"
-        assert not module.startswith(("transceiver.backends", "transceiver.runner")), where
-    for where, module in imports_of("models"):
-        assert not module.startswith(("relay", "transceiver")), f"{where} imports {module}"
+
+
+def test_import_contracts_hold_and_fail_when_broken(tmp_path: Path) -> None:
+    """The layer rules of pyproject.toml's [tool.importlinter] hold here, and each one
+    fails when a module breaks it."""
+    kept = lint_imports(ROOT)
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+    assert " BROKEN" not in kept.stdout
+    for package in ("relay", "transceiver", "models"):
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("*.pyc"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    for path, (line, _) in VIOLATIONS.items():
+        with (tmp_path / path).open("a") as module:
+            module.write(f"\n{line}  # noqa\n")
+    broken = lint_imports(tmp_path)
+    assert broken.returncode != 0
+    report = " ".join(broken.stdout.split())  # long contract names wrap
+    for _, contract in VIOLATIONS.values():
+        assert re.search(re.escape(contract) + r".* BROKEN", report), (contract, report)
+    assert f"Contracts: 0 kept, {len(VIOLATIONS)} broken." in report
 
 
 def test_readme_snippet_runs_against_a_server() -> None:
@@ -94,3 +93,23 @@ def test_serve_stops_children_on_sigterm() -> None:
     for port in ports:
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_serve_lists_and_passes_on_the_transceiver_options() -> None:
+    from relay.cli import _transceiver_args, build_parser
+
+    help_text = subprocess.run(
+        [sys.executable, "-m", "relay.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "transceiver options" in help_text
+    for flag in ("--mock-script", "--llm-url", "--upstream-url", "--max-sessions"):
+        assert flag in help_text, flag
+    args = build_parser().parse_args(
+        ["serve", "--backend", "mock", "--mock-script", "s.yaml", "--no-mock-realtime"]
+    )
+    assert _transceiver_args(args) == ["--mock-script", "s.yaml", "--no-mock-realtime"]
+    with pytest.raises(SystemExit):  # a misspelt option is an error, not passed on
+        build_parser().parse_args(["serve", "--mock-scrpit", "s.yaml"])

@@ -12,8 +12,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 
 from models.audio import from_pcm16, to_pcm16
 from models.vad import (
@@ -26,25 +25,24 @@ from models.vad import (
 )
 from transceiver.backends.base import Backend
 from transceiver.observability import Metrics, log_event
+from transceiver.outbox import CloseMarker, Outbox
+from transceiver.protocol.audio import AudioFormatType
 from transceiver.protocol.effects import (
     CancelResponse,
     Close,
     ContextItem,
+    Effect,
     FeedVad,
     ResetVad,
     ResponseRequest,
     StartResponse,
     Transcribe,
 )
-from transceiver.protocol.errors import server_error_event
 from transceiver.protocol.session import RealtimeSession
 from transceiver.protocol.wire import encode_server_event
-from transceiver.speculation import Speculator, bytes_per_ms
+from transceiver.speculation import Speculator
 
 log = logging.getLogger(__name__)
-
-HIGH_WATER = 64  # queued frames before a producer waits for the client
-
 
 # The marks a turn sets, by the name of the stage they end (observability.TURN_STAGES).
 STAGE_NAMES = {
@@ -54,21 +52,6 @@ STAGE_NAMES = {
     "tts_first_audio": "tts_first_audio",
     "first_audio": "first_delta",
 }
-
-
-@dataclass(frozen=True)
-class Faults:
-    """Fault knobs for testing clients (mock backend)."""
-
-    error_after: int | None = None
-    close_after: int | None = None
-    stall_after: int | None = None
-
-
-@dataclass(frozen=True)
-class _CloseMarker:
-    code: int
-    reason: str
 
 
 class _ResponseSink:
@@ -93,7 +76,9 @@ class _ResponseSink:
     async def transcript(self, delta: str) -> None:
         await self._after(self._runner.session.response_transcript_delta(self._id, delta))
 
-    async def audio(self, pcm16: bytes, sample_rate_hz: int = 24000) -> None:
+    async def audio(
+        self, pcm16: bytes, sample_rate_hz: int = AudioFormatType.PCM.sample_rate_hz
+    ) -> None:
         self.mark("first_audio")
         wire = from_pcm16(pcm16, self.output_format, sample_rate_hz)
         await self._after(self._runner.session.response_audio_delta(self._id, wire))
@@ -122,34 +107,33 @@ class SessionRunner:
         send: Callable[[str], Awaitable[None]],
         close: Callable[[int, str], Awaitable[None]],
         *,
-        faults: Faults | None = None,
-        t0: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
+        """``clock`` is a monotonic clock in seconds: session time starts at its first
+        reading."""
         self.session = session
         self.backend = backend
         self.state: dict[str, Any] = {}
         self._send = send
         self._close = close
-        self._faults = faults or Faults()
         self._metrics = metrics
-        self._t0 = time.monotonic() if t0 is None else t0
-        self._queue: asyncio.Queue[str | _CloseMarker | None] = asyncio.Queue()
-        self._drained = asyncio.Event()
-        self._drained.set()
+        self._clock = clock
+        self._t0 = clock()
+        self.outbox = outbox or Outbox()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._transcripts: dict[str, asyncio.Future[str]] = {}
         self._vad: ServerVad | None = None
-        self._vad_config: dict[str, Any] | None = None
+        self._vad_config: tuple[float, int, int] | None = None
         self._speech_end_ms: float | None = None
         self._speculator = Speculator(
             session, backend, self.state, self.now_ms, self.known_transcripts
         )
-        self._sent = 0
         self.closed = asyncio.Event()
 
     def now_ms(self) -> float:
-        return (time.monotonic() - self._t0) * 1000
+        return (self._clock() - self._t0) * 1000
 
     # -- the loop -------------------------------------------------------------------
 
@@ -163,12 +147,15 @@ class SessionRunner:
                 self.pump()
                 if self.closed.is_set():
                     break
+                # A client that does not read its events is not read either: what it
+                # can make the session hold stays bounded (transceiver/outbox.py).
+                await self.backpressure()
         finally:
             self.session.close(self.now_ms())
             self._speculator.close()
             for task in [*self._tasks.values(), timer]:
                 task.cancel()
-            self._queue.put_nowait(None)
+            self.outbox.put(None)
             await asyncio.gather(writer, timer, *self._tasks.values(), return_exceptions=True)
 
     def pump(self) -> None:
@@ -181,35 +168,21 @@ class SessionRunner:
             for effect in effects:
                 self._handle(effect)
         for event in session.events_to_send():
-            self._queue.put_nowait(encode_server_event(event))
-        if self._queue.qsize() > HIGH_WATER:
-            self._drained.clear()
+            self.outbox.put(encode_server_event(event))
 
     async def backpressure(self) -> None:
-        await self._drained.wait()
+        await self.outbox.room()
 
     async def _writer(self) -> None:
-        faults = self._faults
         while True:
-            message = await self._queue.get()
-            if self._queue.qsize() <= HIGH_WATER // 2:
-                self._drained.set()
+            message = await self.outbox.get()
             if message is None:
                 return
-            if isinstance(message, _CloseMarker):
+            if isinstance(message, CloseMarker):
                 await self._close(message.code, message.reason)
                 self.closed.set()
                 return
-            if faults.stall_after is not None and self._sent >= faults.stall_after:
-                continue  # stalled: swallow everything from now on
             await self._send(message)
-            self._sent += 1
-            if faults.error_after is not None and self._sent == faults.error_after:
-                await self._send(encode_server_event(_injected_error(self.session)))
-            if faults.close_after is not None and self._sent >= faults.close_after:
-                await self._close(1011, "injected fault")
-                self.closed.set()
-                return
 
     async def _timer(self) -> None:
         while True:
@@ -220,38 +193,41 @@ class SessionRunner:
 
     # -- effects --------------------------------------------------------------------
 
-    def _handle(self, effect: object) -> None:
-        if isinstance(effect, FeedVad):
-            self._feed_vad(effect)
-        elif isinstance(effect, ResetVad):
-            if self._vad is not None:
-                self._vad.reset()
-            self._speculator.reset()
-        elif isinstance(effect, StartResponse):
-            rid = effect.request.response_id
-            self._tasks[rid] = asyncio.create_task(self._respond(effect.request))
-        elif isinstance(effect, CancelResponse):
-            task = self._tasks.pop(effect.response_id, None)
-            if task is not None:
-                task.cancel()
-        elif isinstance(effect, Transcribe):
-            future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-            self._transcripts[effect.item_id] = future
-            self._tasks["trx_" + effect.item_id] = asyncio.create_task(
-                self._transcribe(effect, future)
-            )
-        elif isinstance(effect, Close):
-            self._queue.put_nowait(_CloseMarker(effect.code, effect.reason))
+    def _handle(self, effect: Effect) -> None:
+        match effect:
+            case FeedVad():
+                self._feed_vad(effect)
+            case ResetVad():
+                if self._vad is not None:
+                    self._vad.reset()
+                self._speculator.reset()
+            case StartResponse(request=request):
+                self._tasks[request.response_id] = asyncio.create_task(self._respond(request))
+            case CancelResponse(response_id=response_id):
+                task = self._tasks.pop(response_id, None)
+                if task is not None:
+                    task.cancel()
+            case Transcribe(item_id=item_id):
+                future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+                self._transcripts[item_id] = future
+                self._tasks["trx_" + item_id] = asyncio.create_task(
+                    self._transcribe(effect, future)
+                )
+            case Close(code=code, reason=reason):
+                self.outbox.put(CloseMarker(code, reason))
+            case _:
+                assert_never(effect)
 
     def _feed_vad(self, effect: FeedVad) -> None:
-        if self._vad is None or self._vad_config != effect.turn_detection:
-            td = effect.turn_detection
+        td = effect.turn_detection  # semantic_vad too runs as a server VAD, for now
+        vad_config = (td.threshold, td.prefix_padding_ms, td.silence_duration_ms)
+        if self._vad is None or self._vad_config != vad_config:
             self._vad = ServerVad(
-                threshold=float(td.get("threshold", 0.5)),
-                prefix_padding_ms=int(td.get("prefix_padding_ms", 300)),
-                silence_duration_ms=int(td.get("silence_duration_ms", 500)),
+                threshold=td.threshold,
+                prefix_padding_ms=td.prefix_padding_ms,
+                silence_duration_ms=td.silence_duration_ms,
             )
-            self._vad_config = effect.turn_detection
+            self._vad_config = vad_config
         self._speculator.remember(effect)
         pcm = to_pcm16(effect.audio, effect.audio_format, VAD_RATE_HZ)
         for event in self._vad.feed(pcm, effect.start_ms):
@@ -265,7 +241,8 @@ class SessionRunner:
                 self._speculator.drop()
             elif isinstance(event, SpeechStopped):
                 # Audio arrives in real time, so speech ended this long before now.
-                behind = effect.start_ms + len(effect.audio) / bytes_per_ms(effect.audio_format)
+                fmt = AudioFormatType(effect.audio_format)
+                behind = effect.start_ms + fmt.duration_ms(len(effect.audio))
                 self._speech_end_ms = now - max(0.0, behind - event.audio_end_ms)
                 self._speculator.turn_ended()
                 self.session.vad_speech_stopped(event.audio_end_ms, now)
@@ -275,10 +252,8 @@ class SessionRunner:
         if speculation is not None:
             text, usage = await speculation
             if "seconds" in usage:  # bill the whole committed audio, not the speculated part
-                usage = {
-                    **usage,
-                    "seconds": round(len(job.audio) / bytes_per_ms(job.audio_format) / 1000, 3),
-                }
+                seconds = AudioFormatType(job.audio_format).duration_ms(len(job.audio)) / 1000
+                usage = {**usage, "seconds": round(seconds, 3)}
             if item_id is not None and text:
                 await _TranscriptSink(self, item_id).delta(text)
             return text, usage
@@ -384,12 +359,6 @@ class SessionRunner:
             if not future.done():
                 future.set_result(text)
             self.pump()
-
-
-def _injected_error(session: RealtimeSession) -> dict[str, Any]:
-    return server_error_event(
-        session.ids.event_id(), "An error injected by the mock's fault knobs.", "injected_fault"
-    )
 
 
 def _needs_transcript(ctx: ContextItem) -> bool:

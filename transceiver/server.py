@@ -26,15 +26,16 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from transceiver.backends.base import Backend
+from transceiver.faults import Faults
 from transceiver.lag import LoopLagMonitor
 from transceiver.observability import CONTENT_TYPE, Metrics, log_event
+from transceiver.protocol.contract import SessionSpec, SpecError
 from transceiver.protocol.errors import ClientError, server_error_event
 from transceiver.protocol.ids import IdFactory
-from transceiver.protocol.contract import SessionSpec, SpecError
 from transceiver.protocol.session import RealtimeSession
 from transceiver.protocol.wire import encode_server_event
 from transceiver.proxy import ProxyBackend, ProxySession
-from transceiver.runner import Faults, SessionRunner
+from transceiver.runner import SessionRunner
 from transceiver.settings import TransceiverSettings
 
 log = logging.getLogger(__name__)
@@ -250,7 +251,11 @@ class TransceiverServer:
             await self._send_counted(connection, message)
 
         runner = SessionRunner(
-            session, self.backend, send, close, faults=self.faults, metrics=self.metrics
+            session,
+            self.backend,
+            self.faults.wrap(send, close, session.ids),
+            close,
+            metrics=self.metrics,
         )
         with contextlib.suppress(ConnectionClosed):
             await runner.run(self._counted(connection))

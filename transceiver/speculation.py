@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transceiver.backends.base import Backend, ResponseSink
+from transceiver.protocol.audio import AudioFormatType
+from transceiver.protocol.config import Transcription
 from transceiver.protocol.effects import FeedVad, ResponseRequest, Transcribe
 from transceiver.protocol.items import item_text
 from transceiver.protocol.session import RealtimeSession
@@ -26,10 +28,6 @@ log = logging.getLogger(__name__)
 
 RECENT_AUDIO_MS = 30_000  # input audio kept for speculative transcription
 _END = ("end", ())
-
-
-def bytes_per_ms(audio_format: str) -> float:
-    return 48.0 if audio_format == "audio/pcm" else 8.0
 
 
 def request_signature(request: ResponseRequest) -> str:
@@ -88,7 +86,9 @@ class BufferSink:
     async def transcript(self, delta: str) -> None:
         self.ops.put_nowait(("transcript", (delta,)))
 
-    async def audio(self, pcm16: bytes, sample_rate_hz: int = 24000) -> None:
+    async def audio(
+        self, pcm16: bytes, sample_rate_hz: int = AudioFormatType.PCM.sample_rate_hz
+    ) -> None:
         self.ops.put_nowait(("audio", (pcm16, sample_rate_hz)))
 
     async def function_call(self, name: str, arguments: str, call_id: str | None = None) -> None:
@@ -134,16 +134,17 @@ class Speculator:
 
     def remember(self, effect: FeedVad) -> None:
         """Keep the last ``RECENT_AUDIO_MS`` of input audio, in its wire format."""
-        per_ms = bytes_per_ms(effect.audio_format)
-        if abs(effect.start_ms - (self._recent_start_ms + len(self._recent) / per_ms)) > 1:
+        fmt = AudioFormatType(effect.audio_format)
+        end_ms = self._recent_start_ms + fmt.duration_ms(len(self._recent))
+        if abs(effect.start_ms - end_ms) > 1:
             self._recent.clear()
             self._recent_start_ms = effect.start_ms
         self._recent += effect.audio
-        excess = len(self._recent) - int(RECENT_AUDIO_MS * per_ms)
+        excess = len(self._recent) - fmt.byte_count(RECENT_AUDIO_MS)
         if excess > 0:
-            excess += excess % 2
+            excess += -excess % fmt.sample_bytes  # whole samples
             del self._recent[:excess]
-            self._recent_start_ms += excess / per_ms
+            self._recent_start_ms += fmt.duration_ms(excess)
 
     def speech_started(self, audio_start_ms: float) -> None:
         self._speech_start_ms = audio_start_ms
@@ -152,11 +153,12 @@ class Speculator:
         if not getattr(self.backend, "speculative_stt", False):
             return
         self.drop()
-        per_ms = bytes_per_ms(audio_format)
-        start = int(max(0.0, self._speech_start_ms - self._recent_start_ms) * per_ms) & ~1
-        end = int(max(0.0, until_ms - self._recent_start_ms) * per_ms) & ~1
-        config = dict(self.session.config["audio"]["input"]["transcription"] or {})
-        job = Transcribe("speculation", bytes(self._recent[start:end]), audio_format, config)
+        fmt = AudioFormatType(audio_format)
+        start = fmt.byte_count(max(0.0, self._speech_start_ms - self._recent_start_ms))
+        end = fmt.byte_count(max(0.0, until_ms - self._recent_start_ms))
+        transcription = self.session.config.audio.input.transcription
+        config = transcription if transcription is not None else Transcription()
+        job = Transcribe("speculation", bytes(self._recent[start:end]), fmt, config)
         log.debug("session %s: speculative STT at %.0f ms", self.session.id, until_ms)
         task = asyncio.create_task(self.backend.transcribe(job, _NullTranscript(), self.state))
         task.add_done_callback(self._transcribed)

@@ -1,16 +1,15 @@
 """Stock Realtime clients against ``realtime-relay serve --backend mock`` over TLS.
 
-The Node SDK and the Python beta client always dial ``wss://`` (PROTOCOL.md 2.1), so
-these tests run the server with a certificate made at test time by a throwaway CA.
+The Node SDK and the Python beta client always dial ``wss://`` (they derive the WebSocket
+URL from an https base URL), so these tests run the server with a certificate made at test
+time by a throwaway CA.
 Python clients trust the CA through ``SSL_CERT_FILE``, Node through
 ``NODE_EXTRA_CA_CERTS``.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,16 +56,9 @@ def _stale(node_modules: Path) -> bool:
 
 @pytest.fixture(scope="session")
 def node_clients() -> Path:
-    """tests/clients/node with its pinned packages installed (``npm ci``, only when stale)."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node and npm are needed for the Node client tests (not on PATH)")
-    node_modules = NODE_DIR / "node_modules"
-    if _stale(node_modules):
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=NODE_DIR,
-            check=True,
-            timeout=300,
-            env={**os.environ, "npm_config_update_notifier": "false"},
-        )
+    """tests/clients/node with its pinned packages, installed by ``make test-deps``."""
+    if shutil.which("node") is None:
+        pytest.skip("node is needed for the Node client tests (not on PATH)")
+    if _stale(NODE_DIR / "node_modules"):
+        pytest.skip("the Node clients' packages are not installed: run `make test-deps`")
     return NODE_DIR

@@ -2,7 +2,7 @@
 
 Each (client, scenario) runs ``node tests/clients/node/SCRIPT.mjs SCENARIO``; the script
 prints one JSON result line and writes every server event it saw, which is then checked
-here against the GA SDK's types and PROTOCOL.md section 12 (tests/invariants.py).
+here against the GA SDK's types and the event-stream invariants (tests/invariants.py).
 
 - ``openai`` (npm): ``OpenAIRealtimeWS`` from ``openai/realtime/ws`` (on ``ws``).
 - ``@openai/agents-realtime``: ``RealtimeSession`` on ``OpenAIRealtimeWebSocket`` with a

@@ -2,7 +2,7 @@
 
 - ``openai`` GA (``client.realtime.connect``) and beta (``client.beta.realtime.connect``,
   which always dials wss) with an https ``base_url``: each event is validated against the
-  SDK's types and each stream against PROTOCOL.md section 12 (tests/invariants.py).
+  SDK's types and each stream against the event-stream invariants (tests/invariants.py).
 - ``openai-agents`` (``agents.realtime``): a RealtimeAgent with a function tool, run by
   RealtimeRunner with the model config's ``url``: a text turn, an audio turn, a function
   call round trip and an interruption. The SDK validates every server event

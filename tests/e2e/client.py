@@ -7,8 +7,8 @@ import base64
 import json
 from typing import Any
 
+from models.synth import speech as speech  # the tests' speech: the mock's own voice
 from tests.invariants import check_stream, validate_with_sdk
-from transceiver.backends.mock import word_audio
 
 
 class Recorder:
@@ -42,11 +42,6 @@ class Recorder:
         check_stream(self.events, beta=self.beta)
 
 
-def speech(words: str, word_ms: int = 320) -> bytes:
-    """Speech-like PCM16 24 kHz that the server VAD detects as speech (deterministic)."""
-    return b"".join(word_audio(word, word_ms) for word in words.split())
-
-
 def silence(ms: int) -> bytes:
     return b"\x00\x00" * (24 * ms)
 
@@ -78,3 +73,20 @@ def user_message(text: str) -> dict[str, Any]:
 
 async def user_text(rec: Recorder, text: str) -> None:
     await rec.send(user_message(text))
+
+
+# The function tool of the weather scenarios (tests/e2e/mock_script.yaml answers with it).
+WEATHER_TOOL: dict[str, Any] = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+
+
+async def long_audio_response(rec: Recorder) -> dict[str, Any]:
+    """Ask for a long spoken reply; return its ``response.created`` once audio flows."""
+    await user_text(rec, "tell me a long story")
+    await rec.send({"type": "response.create"})
+    await rec.until("response.output_audio.delta")
+    return rec.of_type("response.created")[-1]

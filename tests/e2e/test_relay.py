@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from tests.e2e.client import user_message
 from tests.e2e.conftest import MOCK_ARGS
 from tests.servers import RunningServer, relay_server
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -103,17 +104,16 @@ async def test_transceiver_death_costs_only_its_sessions(auth_server: RunningSer
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
             await survivor.send(json.dumps(user_message("still here")))
             assert (await next_event(survivor))["type"] == "conversation.item.added"
+
     # serve restarts the dead transceiver.
-    for _ in range(100):
-        await asyncio.sleep(0.2)
+    async def restarted() -> bool:
         try:
             after = await transceiver_pids(auth_server)
         except httpx.HTTPError:
-            continue  # still restarting
-        if after[victim_url][0] != before[victim_url][0]:
-            break
-    else:
-        pytest.fail("the transceiver was not restarted")
+            return False  # still restarting
+        return after[victim_url][0] != before[victim_url][0]
+
+    await eventually(restarted, timeout_s=20, what="the transceiver restarted")
 
 
 async def test_fault_knobs() -> None:

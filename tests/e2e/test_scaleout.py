@@ -22,6 +22,7 @@ from tests.e2e.client import Recorder, silence, speech, user_text
 from tests.e2e.conftest import SCRIPT
 from tests.e2e.test_webrtc import Microphone, until
 from tests.servers import RunningServer, relay_server
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -129,9 +130,10 @@ async def test_transceiver_drains_on_sigterm() -> None:
                 assert [(await load_of(m))["sessions"] for m in members] == [1, 1]
                 draining = members[0]
                 draining.process.send_signal(signal.SIGTERM)
-                await asyncio.sleep(0.3)
-                health = await request("GET", f"{draining.base_url}/healthz")
-                assert health.status_code == 503 and health.json()["status"] == "draining"
+                health = await eventually(
+                    lambda: _unavailable(f"{draining.base_url}/healthz"), what="draining"
+                )
+                assert health.json()["status"] == "draining"
                 # Running sessions go on while draining...
                 for rec in recs:
                     assert (await text_turn(rec))["response"]["status"] == "completed"
@@ -177,9 +179,7 @@ async def test_relay_drains_on_sigterm() -> None:
                 rec = Recorder(conn)
                 await rec.until("session.created")
                 relay.process.send_signal(signal.SIGTERM)
-                await asyncio.sleep(0.3)
-                health = await request("GET", f"{root}/healthz")
-                assert health.status_code == 503
+                await eventually(lambda: _unavailable(f"{root}/healthz"), what="draining")
                 refused = await request("POST", f"{root}/v1/realtime/calls", content="v=0")
                 assert refused.status_code == 503
                 assert refused.json()["error"]["code"] == "server_shutting_down"
@@ -284,10 +284,14 @@ async def test_metrics_and_json_logs() -> None:
                 rec = Recorder(conn)
                 await rec.until("session.created")
                 await text_turn(rec)
-            await asyncio.sleep(0.3)
-            relay_metrics = (
-                await request("GET", f"{relay.base_url.removesuffix('/v1')}/metrics")
-            ).text
+
+            async def relay_metrics_after_close() -> str | None:
+                url = f"{relay.base_url.removesuffix('/v1')}/metrics"
+                text = (await request("GET", url)).text
+                gone = 'realtime_relay_active_sessions{transport="ws"} 0.0' in text
+                return text if gone else None
+
+            relay_metrics = await eventually(relay_metrics_after_close, what="session closed")
             assert 'realtime_relay_sessions_total{transport="ws"} 1.0' in relay_metrics
             assert 'realtime_relay_events_total{direction="in"}' in relay_metrics
             metrics = (await request("GET", f"{members[0].base_url}/metrics")).text
@@ -311,3 +315,9 @@ async def test_metrics_and_json_logs() -> None:
     conn = placed.split("conn=")[1].split()[0]
     assert conn.startswith("conn_") and events["session.start"]["conn"] == conn
     assert any(f"session.closed conn={conn}" in line for line in relay.lines)
+
+
+async def _unavailable(url: str) -> httpx.Response | None:
+    """The reply from ``url`` once it answers 503 (draining)."""
+    reply = await request("GET", url)
+    return reply if reply.status_code == 503 else None

@@ -4,16 +4,11 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 
+from models.audio import resample
 from models.errors import SttError
-from models.stt import (
-    WhisperStt,
-    bundled_whisper_path,
-    pcm16_to_float32,
-    resample_linear,
-)
+from models.stt import WhisperStt, bundled_whisper_path, pcm16_to_float32
 from models.tts import PiperTts
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
@@ -30,10 +25,6 @@ def _words(text: str) -> set[str]:
     return set(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split())
 
 
-def _to_pcm16(audio: npt.NDArray[np.float32]) -> bytes:
-    return bytes((np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes())
-
-
 @pytest.fixture(scope="module")
 def speech_22k(piper_tts: PiperTts) -> bytes:
     return piper_tts.synthesize(SENTENCE)
@@ -41,8 +32,7 @@ def speech_22k(piper_tts: PiperTts) -> bytes:
 
 @pytest.fixture(scope="module")
 def speech_16k(speech_22k: bytes, piper_tts: PiperTts) -> bytes:
-    audio = pcm16_to_float32(speech_22k)
-    return _to_pcm16(resample_linear(audio, piper_tts.sample_rate_hz, 16000))
+    return resample(speech_22k, piper_tts.sample_rate_hz, 16000)
 
 
 def test_bundled_model_path_has_model_bin() -> None:
@@ -55,17 +45,6 @@ def test_pcm16_to_float32_scaling() -> None:
     audio = pcm16_to_float32(pcm + b"\x01")  # dangling odd byte is ignored
     assert audio.dtype == np.float32
     assert audio.tolist() == pytest.approx([0.0, 0.5, -1.0, 32767 / 32768])
-
-
-def test_resample_linear_length_and_shape() -> None:
-    t = np.arange(24000) / 24000
-    audio = np.sin(2 * np.pi * 440 * t).astype(np.float32)
-    out = resample_linear(audio, 24000, 16000)
-    assert out.dtype == np.float32
-    assert out.size == 16000
-    expected = np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)
-    assert np.max(np.abs(out - expected)) < 0.05
-    assert resample_linear(audio, 16000, 16000) is audio
 
 
 def test_transcribes_synthesized_speech(whisper_stt: WhisperStt, speech_16k: bytes) -> None:

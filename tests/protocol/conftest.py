@@ -2,7 +2,7 @@
 
 Every server event a test sees goes through ``Harness.drain``, which validates it
 against the official SDK union (GA or beta). At teardown every session's whole
-stream is checked against the PROTOCOL.md section 12 invariants.
+stream is checked against the event-stream invariants of tests/invariants.py.
 """
 
 from __future__ import annotations
@@ -14,157 +14,23 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from pydantic import TypeAdapter
 
-from tests.invariants import GA_DELTA_DONE, check_stream
+from tests.invariants import check_stream
+from tests.invariants import validate_with_sdk as validate_event
 from transceiver.protocol import IdFactory, RealtimeSession, SessionKind
 from transceiver.protocol.contract import Dialect, SessionSpec, Transport
 from transceiver.protocol.effects import Effect, StartResponse
-
-_ADAPTERS: dict[bool, TypeAdapter[Any]] = {}
-
-# Beta names of GA events, so one checker reads both dialects.
-_BETA_TO_GA = {
-    "response.text.delta": "response.output_text.delta",
-    "response.text.done": "response.output_text.done",
-    "response.audio.delta": "response.output_audio.delta",
-    "response.audio.done": "response.output_audio.done",
-    "response.audio_transcript.delta": "response.output_audio_transcript.delta",
-    "response.audio_transcript.done": "response.output_audio_transcript.done",
-    "conversation.item.created": "conversation.item.added",
-    "transcription_session.created": "session.created",
-    "transcription_session.updated": "session.updated",
-}
-_DELTA_DONE = GA_DELTA_DONE
-_DONE_FIELD = {done: (delta, name) for delta, (done, name) in _DELTA_DONE.items()}
-
-
-def _adapter(beta: bool) -> TypeAdapter[Any]:
-    if beta not in _ADAPTERS:
-        if beta:
-            from openai.types.beta.realtime import RealtimeServerEvent as BetaEvent
-
-            _ADAPTERS[beta] = TypeAdapter(BetaEvent)
-        else:
-            from openai.types.realtime import RealtimeServerEvent as GaEvent
-
-            _ADAPTERS[beta] = TypeAdapter(GaEvent)
-    return _ADAPTERS[beta]
-
-
-def validate_event(event: dict[str, Any], beta: bool) -> None:
-    """The event parses as the official SDK's server event union."""
-    if beta and event["type"].startswith("transcription_session."):
-        # The beta union lacks transcription_session.created (PROTOCOL.md section 5), and
-        # its session model requires the REST-only client_secret, which WebSocket events
-        # carry as null: check the rest of the session against the .updated model.
-        session = {**event["session"], "client_secret": {"expires_at": 0, "value": ""}}
-        event = {**event, "type": "transcription_session.updated", "session": session}
-    _adapter(beta).validate_python(event)
-
-
-def ga_type(event: dict[str, Any], beta: bool) -> str:
-    etype: str = event["type"]
-    return _BETA_TO_GA.get(etype, etype) if beta else etype
 
 
 def check_invariants(
     events: list[dict[str, Any]], *, beta: bool = False, allow_open: bool = False
 ) -> None:
-    """PROTOCOL.md section 12 "Event contract" on one session's whole stream.
+    """The event-stream invariants (tests/invariants.py) on one session's whole stream;
+    ``Harness.drain`` has validated each event against the SDK already.
 
     ``allow_open``: responses may lack ``response.done`` (the session was closed).
     """
-    assert events and ga_type(events[0], beta) == "session.created", events[:1]
-    seen_ids: set[str] = set()
-    responses: dict[str, dict[str, Any]] = {}
-    finished: set[str] = set()
-    default_active: str | None = None
-    out_of_band_items: set[str] = set()
-    for event in events:
-        etype = ga_type(event, beta)
-        event_id = event.get("event_id")
-        assert isinstance(event_id, str) and event_id.startswith("event_"), event
-        assert event_id not in seen_ids, f"duplicate event_id {event_id}"
-        seen_ids.add(event_id)
-        if etype.startswith("conversation.item.") and isinstance(event.get("item"), dict):
-            assert event["item"]["id"] not in out_of_band_items, "out-of-band item in conversation"
-        if etype.startswith("output_audio_buffer."):
-            continue
-        if etype == "response.created":
-            response = event["response"]
-            rid = response["id"]
-            assert rid not in responses and rid not in finished, f"{rid} created twice"
-            assert response["status"] == "in_progress" and response["output"] == []
-            assert response["usage"] is None
-            fmt = (
-                response.get("output_audio_format")
-                if beta
-                else (response["audio"]["output"]["format"]["type"])
-            )
-            responses[rid] = {
-                "items": {},
-                "parts": set(),
-                "text": {},
-                "done_items": [],
-                "next": 0,
-                "oob": response["conversation_id"] is None,
-                "pcm": fmt in ("audio/pcm", "pcm16"),
-            }
-            if response["conversation_id"] is not None:
-                assert default_active is None, f"{rid} while {default_active} is active"
-                default_active = rid
-            continue
-        rid = event.get("response_id")
-        if etype == "response.done":
-            rid = event["response"]["id"]
-        if rid is None:
-            continue
-        assert rid not in finished, f"{etype} after response.done of {rid}"
-        assert rid in responses, f"{etype} before response.created of {rid}"
-        state = responses[rid]
-        if etype == "response.output_item.added":
-            assert event["output_index"] == state["next"], "output_index must count up from 0"
-            state["next"] += 1
-            state["items"][event["output_index"]] = event["item"]["id"]
-            if state["oob"]:
-                out_of_band_items.add(event["item"]["id"])
-        elif etype == "response.output_item.done":
-            assert state["items"].pop(event["output_index"]) == event["item"]["id"]
-            state["done_items"].append(event["item"])
-        elif etype == "response.content_part.added":
-            assert state["items"].get(event["output_index"]) == event["item_id"]
-            key = (event["item_id"], event["output_index"], event["content_index"])
-            assert key not in state["parts"]
-            state["parts"].add(key)
-        elif etype == "response.content_part.done":
-            state["parts"].remove((event["item_id"], event["output_index"], event["content_index"]))
-        elif etype == "response.output_audio.delta":
-            audio = base64.b64decode(event["delta"], validate=True)
-            assert not state["pcm"] or len(audio) % 2 == 0, "PCM16 delta with half a sample"
-        elif etype in _DELTA_DONE:
-            assert state["items"].get(event["output_index"]) == event["item_id"]
-            key = (etype, event["item_id"])
-            state["text"][key] = state["text"].get(key, "") + event["delta"]
-        elif etype in _DONE_FIELD:
-            delta_type, name = _DONE_FIELD[etype]
-            assert state["text"].pop((delta_type, event["item_id"]), "") == event[name], etype
-        elif etype == "response.done":
-            response = event["response"]
-            assert not state["items"], f"output items without .done in {rid}"
-            assert not state["parts"], f"content parts without .done in {rid}"
-            assert response["status"] in ("completed", "cancelled", "incomplete", "failed")
-            assert response["output"] == state["done_items"], "done output != output_item.done"
-            assert response["usage"] is not None
-            for item in response["output"]:
-                for part in item.get("content", []):
-                    assert "audio" not in part, "response.done carries audio bytes"
-            del responses[rid]
-            finished.add(rid)
-            if default_active == rid:
-                default_active = None
-    if not allow_open:
-        assert not responses, f"responses without response.done: {list(responses)}"
+    check_stream(events, beta=beta, sdk=False, allow_open=allow_open)
 
 
 class Harness:
@@ -211,8 +77,7 @@ class Harness:
         return self.drain()
 
     def fmt_bytes_per_ms(self) -> int:
-        fmt = self.session.input_format
-        return 48 if fmt == "audio/pcm" else 8
+        return self.session.input_format.bytes_per_ms
 
     def append_ms(self, ms: int, byte: int = 1) -> bytes:
         audio = bytes([byte]) * (ms * self.fmt_bytes_per_ms())

@@ -155,7 +155,7 @@ def test_append_feeds_the_vad_with_session_audio_time(make_session, kit) -> None
         (0.0, 4800, "audio/pcm"),
         (100.0, 1920, "audio/pcm"),
     ]
-    assert feeds[0].turn_detection["type"] == "server_vad"
+    assert feeds[0].turn_detection.type == "server_vad"
 
 
 def test_no_vad_feed_without_turn_detection(make_session) -> None:
@@ -184,7 +184,7 @@ def test_commit_with_transcription_emits_a_transcribe_effect(make_session, kit) 
     item_id = commit(h)[0]["item_id"]
     (effect,) = [e for e in h.effects() if isinstance(e, Transcribe)]
     assert effect.item_id == item_id and effect.audio == audio
-    assert effect.audio_format == "audio/pcm" and effect.config["model"] == "whisper-1"
+    assert effect.audio_format == "audio/pcm" and effect.config.model == "whisper-1"
     h.session.transcription_delta(item_id, "Hello")
     h.session.transcription_delta(item_id, " world")
     usage = {"type": "duration", "seconds": 0.2}

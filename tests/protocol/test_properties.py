@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from transceiver.protocol import SessionKind
+from transceiver.protocol.audio import AudioFormatType
 from transceiver.protocol.effects import FeedVad, StartResponse, Transcribe
 
 MINUTE_MS = 60_000
@@ -40,7 +41,7 @@ SETTINGS = settings(
     beta=st.booleans(),
 )
 def test_any_chunking_commits_the_same_bytes(kit, data, fmt, with_vad, beta) -> None:
-    bytes_per_ms = 48 if fmt == "audio/pcm" else 8
+    bytes_per_ms = AudioFormatType(fmt).bytes_per_ms
     length = data.draw(st.integers(100 * bytes_per_ms, 2000 * bytes_per_ms), label="length")
     audio = random.Random(data.draw(st.integers(0, 2**32))).randbytes(length)
     cuts = sorted(data.draw(st.lists(st.integers(0, length), max_size=40), label="cuts"))

@@ -1,4 +1,4 @@
-"""Responses: create, overrides, out-of-band, cancel, output (PROTOCOL.md 4, 7.2, 8.2-8.7)."""
+"""Responses: create, overrides, out-of-band, cancel, output."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def test_response_create_starts_a_response(make_session, kit) -> None:
     request = start.request
     assert request.response_id == response["id"] and request.in_conversation
     assert [c.item["id"] for c in request.context] == [user]
-    assert request.instructions == h.session.config["instructions"]
+    assert request.instructions == h.session.config.instructions
     assert request.output_modalities == ("audio",) and request.output_format == "audio/pcm"
     assert request.model == "gpt-realtime" and request.tools == ()
 
@@ -66,7 +66,7 @@ def test_per_response_overrides_apply_to_that_response_only(make_session, kit) -
     h.session.response_finished(request.response_id, 0)
     h.drain()
     _, start = h.create_response()
-    assert start.request.instructions == h.session.config["instructions"]
+    assert start.request.instructions == h.session.config.instructions
     assert start.request.output_modalities == ("audio",) and start.request.tools == ()
     assert start.request.voice == "alloy" and start.request.max_output_tokens is None
 
@@ -93,6 +93,20 @@ def test_per_response_overrides_apply_to_that_response_only(make_session, kit) -
             "response.audio.output.format.type",
             "invalid_value",
         ),
+        ({"conversation": 5}, "response.conversation", "invalid_value"),
+        ({"metadata": "topic"}, "response.metadata", "invalid_value"),
+        ({"max_output_tokens": True}, "response.max_output_tokens", "invalid_value"),
+        ({"max_output_tokens": 5.0}, "response.max_output_tokens", "invalid_value"),
+        ({"tool_choice": 5}, "response.tool_choice", "invalid_value"),
+        # Left out, a field takes the session's value; null is no value.
+        ({"instructions": None}, "response.instructions", "invalid_value"),
+        ({"output_modalities": None}, "response.output_modalities", "invalid_value"),
+        ({"input": None}, "response.input", "invalid_value"),
+        ({"audio": None}, "response.audio", "invalid_value"),
+        ({"audio": {"output": {"voice": None}}}, "response.audio.output.voice", "invalid_value"),
+        ({"audio": {"output": {"speed": 1.2}}}, "response.audio.output.speed", "unknown_parameter"),
+        # An unknown parameter is named before a bad value.
+        ({"instructions": 5, "bogus": 1}, "response.bogus", "unknown_parameter"),
     ],
 )
 def test_invalid_response_create(make_session, kit, params, param, code) -> None:
@@ -101,6 +115,22 @@ def test_invalid_response_create(make_session, kit, params, param, code) -> None
     assert error["param"] == param and error["code"] == code and error["event_id"] == "r"
     assert h.effects() == [] and h.session.active_response_ids() == []
     assert kit.types(h.send({"type": "response.create"})) == ["response.created"]
+
+
+def test_response_must_be_an_object(make_session, kit) -> None:
+    h = make_session()
+    error = kit.error_of(h.send({"type": "response.create", "response": ["text"]}))
+    assert error["param"] == "response" and error["code"] == "invalid_value"
+
+
+def test_explicit_defaults_are_accepted(make_session, kit) -> None:
+    h = make_session()
+    events, start = h.create_response(
+        metadata=None, max_output_tokens="inf", conversation=h.session.conversation.id
+    )
+    assert events[0]["response"]["max_output_tokens"] == "inf"
+    assert start.request.max_output_tokens is None and start.request.metadata is None
+    assert start.request.in_conversation
 
 
 def test_one_default_conversation_response_at_a_time(make_session, kit) -> None:

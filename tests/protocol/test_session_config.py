@@ -1,4 +1,4 @@
-"""Session start and ``session.update`` (PROTOCOL.md sections 4, 6, 8.1, 11)."""
+"""Session start and ``session.update``: defaults, partial merges, errors, the beta shape."""
 
 from __future__ import annotations
 
@@ -8,6 +8,17 @@ from typing import Any
 import pytest
 
 from transceiver.protocol import SessionKind
+from transceiver.protocol.audio import AudioFormatType
+from transceiver.protocol.config import (
+    AudioFormat,
+    FunctionTool,
+    RealtimeSessionConfig,
+    ServerVad,
+    apply_session_update,
+    default_config,
+    default_session,
+    session_wire,
+)
 from transceiver.protocol.effects import ResetVad
 
 GA_FIELDS = {
@@ -156,6 +167,36 @@ def test_update_merges_audio_objects_field_by_field(make_session, kit) -> None:
     assert td["threshold"] == 0.7 and td["prefix_padding_ms"] == 300  # defaults filled in
     assert any(isinstance(e, ResetVad) for e in h.effects())
     assert kit.one(events, "session.updated")["session"]["audio"]["output"]["voice"] == "marin"
+
+
+def test_the_session_keeps_the_validated_model(make_session, kit) -> None:
+    h = make_session()
+    vad = {"type": "server_vad", "silence_duration_ms": 800, "create_response": False}
+    tool = {"type": "function", "name": "f"}
+    events = update(h, {"audio": {"input": {"turn_detection": vad}}, "tools": [tool]})
+    config = h.session.config
+    assert isinstance(config, RealtimeSessionConfig)
+    td = config.audio.input.turn_detection
+    assert isinstance(td, ServerVad) and td.silence_duration_ms == 800 and not td.create_response
+    assert isinstance(config.tools[0], FunctionTool) and config.tools[0].name == "f"
+    shown = kit.one(events, "session.updated")["session"]
+    read_only = {"object": "realtime.session", "id": h.session.id, "expires_at": 3600}
+    assert shown == {**session_wire(config), **read_only}
+    # The same update on the wire form (an ephemeral key's session) gives the wire form.
+    wire = apply_session_update(default_session("realtime", None), {"audio": {"input": {}}})
+    assert wire == session_wire(default_config(SessionKind.REALTIME, None))
+    assert apply_session_update(config, {"instructions": "x"}).instructions == "x"
+    assert config.instructions != "x"  # a model is never changed in place
+
+
+@pytest.mark.parametrize(
+    "session",
+    [{"instructions": "x"}, {"audio": {"input": {"turn_detection": {"type": "server_vad"}}}}],
+)
+def test_an_update_that_keeps_turn_detection_does_not_reset_it(make_session, session) -> None:
+    h = make_session()
+    update(h, session)
+    assert not any(isinstance(e, ResetVad) for e in h.effects())
 
 
 def test_update_without_type_keeps_the_session_type(make_session, kit) -> None:
@@ -314,7 +355,7 @@ def test_beta_flat_update_maps_to_ga(make_session, kit) -> None:
     assert session["modalities"] == ["text"] and session["voice"] == "verse"
     assert session["max_response_output_tokens"] == 300
     assert session["input_audio_transcription"]["model"] == "whisper-1"
-    config = h.session.config
+    config = session_wire(h.session.config)
     assert config["audio"]["input"]["format"] == {"type": "audio/pcmu"}
     assert config["audio"]["output"]["format"] == {"type": "audio/pcma"}
     assert config["audio"]["input"]["turn_detection"] is None
@@ -335,7 +376,7 @@ def test_beta_invalid_update(make_session, kit, session, param) -> None:
     h = make_session(beta=True)
     error = kit.error_of(update(h, session, event_id="b1"))
     assert error["param"] == param and error["event_id"] == "b1"
-    assert h.session.config["audio"]["input"]["format"]["type"] == "audio/pcm"
+    assert h.session.input_format == "audio/pcm"
 
 
 def test_beta_transcription_session_update(make_session, kit) -> None:
@@ -407,13 +448,13 @@ def test_webrtc_sessions_keep_pcm(make_session, kit, direction) -> None:
     }
     error = kit.error_of(h.send(update))
     assert error["param"] == f"session.audio.{direction}.format" and error["event_id"] == "u"
-    assert h.session.config["audio"][direction]["format"]["type"] == "audio/pcm"
+    assert session_wire(h.session.config)["audio"][direction]["format"]["type"] == "audio/pcm"
 
 
 def test_webrtc_sessions_ignore_a_format_from_the_offer(make_session) -> None:
     overrides = {"type": "realtime", "audio": {"output": {"format": {"type": "audio/pcma"}}}}
     h = make_session(media=True, session_overrides=overrides)
-    assert h.session.config["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 24000}
-    assert make_session(session_overrides=overrides).session.config["audio"]["output"][
-        "format"
-    ] == {"type": "audio/pcma"}
+    assert h.session.config.audio.output.format == AudioFormat(type=AudioFormatType.PCM)
+    assert h.session.config.audio.output.format.rate == 24000
+    plain = make_session(session_overrides=overrides).session.config
+    assert plain.audio.output.format == AudioFormat(type=AudioFormatType.PCMA)

@@ -1,4 +1,4 @@
-"""Turn detection, barge-in, idle timeout and session expiry (PROTOCOL.md 8.2, 8.6, 8.9, 12.9)."""
+"""Turn detection, barge-in, idle timeout and session expiry."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from transceiver.protocol.effects import CancelResponse, Close, StartResponse
+from transceiver.protocol.config import SemanticVad, ServerVad
+from transceiver.protocol.effects import CancelResponse, Close, FeedVad, StartResponse
 
 MINUTE_MS = 60_000
 
@@ -51,6 +52,46 @@ def test_voice_turn(make_session, kit, semantic) -> None:
     (start,) = [e for e in h.effects() if isinstance(e, StartResponse)]
     (context,) = start.request.context
     assert context.item["id"] == item_id and context.audio == b"\x07" * (700 * 48)
+
+
+def test_the_vad_gets_the_typed_turn_detection(make_session) -> None:
+    h = make_session(session_overrides=vad(threshold=0.8, silence_duration_ms=300))
+    h.append_ms(100)
+    (feed,) = [e for e in h.effects() if isinstance(e, FeedVad)]
+    assert feed.turn_detection == ServerVad(
+        type="server_vad", threshold=0.8, silence_duration_ms=300
+    )
+    assert feed.turn_detection.prefix_padding_ms == 300
+
+
+def test_semantic_vad_runs_with_the_server_vad_defaults(make_session, kit) -> None:
+    semantic = {"type": "semantic_vad", "eagerness": "low"}
+    h = make_session(session_overrides={"audio": {"input": {"turn_detection": semantic}}})
+    h.append_ms(100)
+    (feed,) = [e for e in h.effects() if isinstance(e, FeedVad)]
+    td, server = feed.turn_detection, ServerVad(type="server_vad")
+    assert isinstance(td, SemanticVad) and td.eagerness == "low"
+    assert (td.threshold, td.prefix_padding_ms, td.silence_duration_ms) == (0.5, 300, 500)
+    assert (td.threshold, td.prefix_padding_ms, td.silence_duration_ms) == (
+        server.threshold,
+        server.prefix_padding_ms,
+        server.silence_duration_ms,
+    )
+    assert td.idle_timeout_ms is None
+    # Those parameters are no part of the semantic_vad object, nor can a client set them.
+    events = h.send({"type": "session.update", "session": {"instructions": "x"}})
+    shown = kit.one(events, "session.updated")["session"]["audio"]["input"]["turn_detection"]
+    assert shown == {**semantic, "create_response": True, "interrupt_response": True}
+    error = kit.error_of(
+        h.send(
+            {
+                "type": "session.update",
+                "session": {"audio": {"input": {"turn_detection": {**semantic, "threshold": 1}}}},
+            }
+        )
+    )
+    assert error["code"] == "unknown_parameter"
+    assert error["param"] == "session.audio.input.turn_detection.threshold"
 
 
 def test_beta_voice_turn(make_session, kit) -> None:

@@ -1,14 +1,20 @@
-"""The proxy's pure parts: reading client frames, the policy, the mirror, the playback clock."""
+"""The proxy's pure parts: reading client frames, the policy, the mirror, the media check,
+the initial update in either dialect."""
 
 from __future__ import annotations
 
-import base64
+from typing import Any
 
 import pytest
 
+from transceiver.protocol.config import apply_session_update, default_session
+from transceiver.protocol.contract import Dialect, SessionKind, SessionSpec, Transport
 from transceiver.protocol.errors import ClientError
-from transceiver.proxy.mirror import Mirror, Playback
-from transceiver.proxy.policy import ProxyPolicy, check_media_formats, client_event
+from transceiver.protocol.media import check_media_formats
+from transceiver.proxy.mirror import Mirror
+from transceiver.proxy.policy import ProxyPolicy, client_event
+from transceiver.proxy.session import ProxyBackend, ProxySession
+from transceiver.settings import TransceiverSettings
 
 
 def test_only_plain_audio_appends_skip_parsing() -> None:
@@ -48,37 +54,82 @@ def test_mirror_times_each_turn_once_and_sums_usage() -> None:
     assert mirror.summary()["output_tokens"] == 10 and mirror.summary()["turns"] == 1
 
 
-def delta(response_id: str, item_id: str, ms: int) -> dict[str, str]:
-    audio = base64.b64encode(b"\0" * (48 * ms)).decode()
-    return {"response_id": response_id, "item_id": item_id, "delta": audio}
-
-
-def test_playback_cuts_at_what_was_heard_and_ignores_late_audio() -> None:
-    now = [0.0]
-    playback = Playback(clock=lambda: now[0])
-    playback.audio(delta("resp_1", "item_1", 1000))
-    now[0] = 0.5
-    assert playback.interrupt() == ("item_1", 500)
-    # Audio of the cut response still in flight neither restarts nor extends playback.
-    playback.audio(delta("resp_1", "item_1", 1000))
-    assert playback.interrupt() is None
-    now[0] = 1.0
-    playback.audio(delta("resp_2", "item_2", 1000))
-    now[0] = 1.25
-    assert playback.interrupt() == ("item_2", 250)
-
-
-def test_webrtc_calls_keep_pcm_through_the_proxy() -> None:
-    ga = {
-        "type": "session.update",
-        "session": {"audio": {"output": {"format": {"type": "audio/pcmu"}}}},
-    }
+def test_webrtc_calls_keep_pcm() -> None:
+    ga = {"audio": {"output": {"format": {"type": "audio/pcmu"}}}}
     with pytest.raises(ClientError) as refused:
         check_media_formats(ga)
     assert refused.value.param == "session.audio.output.format"
-    beta = {"type": "session.update", "session": {"input_audio_format": "g711_alaw"}}
-    with pytest.raises(ClientError):
-        check_media_formats(beta)
-    check_media_formats({"type": "session.update", "session": {"instructions": "hi"}})
-    pcm = {"audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000}}}}
-    check_media_formats({"type": "session.update", "session": pcm})
+    with pytest.raises(ClientError) as refused:
+        check_media_formats({"input_audio_format": "g711_alaw"})  # the beta shape
+    assert refused.value.param == "session.input_audio_format"
+    check_media_formats({"instructions": "hi"})
+    check_media_formats({"audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000}}}})
+    check_media_formats({"audio": {"input": {"format": {"rate": 24000}}}})  # PCM by default
+    check_media_formats(default_session("realtime", None))  # the core checks whole configs
+    check_media_formats("not an object")  # names no format: the validation answers it
+
+
+def proxied(overrides: dict[str, Any] | None, **spec: Any) -> ProxySession:
+    settings = {"backend": "openai", "instructions_prefix": "PREFIX"}
+    backend = ProxyBackend(TransceiverSettings.model_validate(settings))
+    return ProxySession(backend, client=None, spec=SessionSpec(overrides=overrides, **spec))
+
+
+def test_the_initial_update_of_a_webrtc_call_keeps_pcm() -> None:
+    """An offer's or a key's G.711 would reach the upstream, whose audio the relay plays as
+    PCM: the proxy sends PCM instead, as the core keeps it."""
+    pcmu = {"audio": {"input": {"format": {"type": "audio/pcmu"}}}}
+    key = apply_session_update(default_session("realtime", None), pcmu)
+    update = proxied(key, transport=Transport.WEBRTC)._initial_update()
+    assert update is not None and update["type"] == "session.update"
+    audio = update["session"]["audio"]
+    assert (
+        audio["input"]["format"]
+        == audio["output"]["format"]
+        == {
+            "type": "audio/pcm",
+            "rate": 24000,
+        }
+    )
+    assert update["session"]["instructions"].startswith("PREFIX")
+    assert "model" not in update["session"]
+    over_websocket = proxied(key)._initial_update()
+    assert over_websocket is not None
+    assert over_websocket["session"]["audio"]["input"]["format"] == {"type": "audio/pcmu"}
+
+
+def test_a_beta_upstream_gets_the_flat_shape() -> None:
+    key = apply_session_update(
+        default_session("realtime", None),
+        {
+            "instructions": "Be brief.",
+            "output_modalities": ["text"],
+            "max_output_tokens": 200,
+            "audio": {
+                "input": {"format": {"type": "audio/pcmu"}, "turn_detection": None},
+                "output": {"voice": {"id": "voice_1"}, "speed": 1.2},
+            },
+        },
+    )
+    update = proxied(key, dialect=Dialect.BETA)._initial_update()
+    assert update is not None and update["type"] == "session.update"
+    flat = update["session"]
+    assert flat["instructions"] == "PREFIX\n\nBe brief."
+    assert flat["modalities"] == ["text"]
+    assert flat["max_response_output_tokens"] == 200
+    assert flat["input_audio_format"] == "g711_ulaw" and flat["output_audio_format"] == "pcm16"
+    assert flat["turn_detection"] is None
+    assert flat["voice"] == "voice_1" and flat["speed"] == 1.2
+    assert "audio" not in flat and "type" not in flat and "model" not in flat
+    # Without a key, only the prefix; a beta transcription session has its own event.
+    only_prefix = proxied(None, dialect=Dialect.BETA)._initial_update()
+    assert only_prefix == {"type": "session.update", "session": {"instructions": "PREFIX"}}
+    transcription = proxied(
+        default_session("transcription", None),
+        dialect=Dialect.BETA,
+        kind=SessionKind.TRANSCRIPTION,
+    )._initial_update()
+    assert transcription is not None
+    assert transcription["type"] == "transcription_session.update"
+    assert transcription["session"]["input_audio_format"] == "pcm16"
+    assert "instructions" not in transcription["session"]

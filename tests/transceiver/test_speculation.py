@@ -13,9 +13,10 @@ import pytest
 from tests.transceiver.requests import request as request_for
 from transceiver.backends.base import ResponseSink, TranscriptSink
 from transceiver.backends.mock import word_audio
+from transceiver.protocol.audio import AudioFormatType
+from transceiver.protocol.contract import SessionSpec
 from transceiver.protocol.effects import ResponseRequest, Transcribe
 from transceiver.protocol.items import item_text
-from transceiver.protocol.contract import SessionSpec
 from transceiver.protocol.session import RealtimeSession
 from transceiver.runner import SessionRunner
 from transceiver.speculation import request_signature
@@ -39,7 +40,7 @@ class ScriptedBackend:
     async def transcribe(
         self, job: Transcribe, sink: TranscriptSink, state: dict[str, Any]
     ) -> tuple[str, dict[str, Any]]:
-        seconds = len(job.audio) / 48000
+        seconds = AudioFormatType(job.audio_format).duration_ms(len(job.audio)) / 1000
         self.transcribed.append(seconds)
         return f"words {len(self.transcribed)}", {"type": "duration", "seconds": seconds}
 
@@ -175,3 +176,17 @@ async def test_signature_ignores_the_response_id() -> None:
     request = request_for()
     assert request_signature(request) == request_signature(replace(request, response_id="b"))
     assert request_signature(request) != request_signature(replace(request, instructions="y"))
+
+
+async def test_semantic_vad_turns_run_on_the_server_vad() -> None:
+    td = {"type": "semantic_vad", "eagerness": "high"}
+    update = {
+        "type": "session.update",
+        "session": {"type": "realtime", "audio": {"input": {"turn_detection": td}}},
+    }
+    backend, client = await run_turns(
+        [json.dumps(update), None, speech("what is the time please"), SILENCE_MS * 800]
+    )
+    types = [e["type"] for e in client.events]
+    assert "input_audio_buffer.speech_stopped" in types and "response.done" in types
+    assert backend.requests[-1].context[-1].item["role"] == "user"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from transceiver.protocol.audio import AudioFormatType
 from transceiver.protocol.effects import ResponseRequest, Transcribe
 
 
@@ -14,11 +15,13 @@ class BackendError(Exception):
 class ResponseSink(Protocol):
     """Where a backend writes one response. Each call may wait (backpressure)."""
 
-    output_format: str
+    output_format: str  # the wire format of the response's audio (an AudioFormatType value)
 
     async def text(self, delta: str) -> None: ...
     async def transcript(self, delta: str) -> None: ...
-    async def audio(self, pcm16: bytes, sample_rate_hz: int = 24000) -> None: ...
+    async def audio(
+        self, pcm16: bytes, sample_rate_hz: int = AudioFormatType.PCM.sample_rate_hz
+    ) -> None: ...
     async def function_call(
         self, name: str, arguments: str, call_id: str | None = None
     ) -> None: ...

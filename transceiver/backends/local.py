@@ -24,7 +24,7 @@ from models.stt import WhisperStt
 from models.tts import PiperTts
 from transceiver.backends.base import BackendError, ResponseSink, TranscriptSink
 from transceiver.backends.conversation import chat_messages
-from transceiver.protocol.config import BYTES_PER_MS
+from transceiver.protocol.audio import AudioFormatType
 from transceiver.protocol.effects import ResponseRequest, Transcribe
 from transceiver.settings import TransceiverSettings
 
@@ -150,9 +150,9 @@ class LocalBackend:
         self, job: Transcribe, sink: TranscriptSink, state: dict[str, Any]
     ) -> tuple[str, dict[str, Any]]:
         pcm = to_pcm16(job.audio, job.audio_format, STT_RATE_HZ)
-        seconds = len(job.audio) / BYTES_PER_MS[job.audio_format] / 1000
-        language = job.config.get("language") or self._language
-        prompt = job.config.get("prompt") or None
+        seconds = AudioFormatType(job.audio_format).duration_ms(len(job.audio)) / 1000
+        language = job.config.language or self._language
+        prompt = job.config.prompt or None
         started = time.monotonic()
         try:
             result = await self._run(

@@ -20,8 +20,6 @@ Script format (YAML or JSON)::
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
 import json
 import re
 import time
@@ -29,15 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
+from models.synth import word_audio
 from transceiver.backends.base import ResponseSink, TranscriptSink
-from transceiver.protocol.config import BYTES_PER_MS
+from transceiver.protocol.audio import AudioFormatType
 from transceiver.protocol.effects import ContextItem, ResponseRequest, Transcribe
 from transceiver.protocol.items import item_text
 
-RATE_HZ = 24_000
+PCM = AudioFormatType.PCM  # the audio the mock speaks: PCM16 at the wire rate
 CHUNK_MS = 100  # output audio delta size
 
 
@@ -78,24 +76,6 @@ class MockScript:
         )
 
 
-@functools.lru_cache(maxsize=4096)
-def word_audio(word: str, duration_ms: int) -> bytes:
-    """A deterministic speech-like sound for one word: PCM16 24 kHz."""
-    seed = int.from_bytes(hashlib.blake2s(word.lower().encode()).digest()[:4], "little")
-    f0 = 110 + seed % 110  # a speaking pitch, 110-220 Hz
-    n = RATE_HZ * duration_ms // 1000
-    t = np.arange(n) / RATE_HZ
-    glide = f0 * (1 + 0.08 * np.sin(2 * np.pi * 1.5 * t))
-    phase = 2 * np.pi * np.cumsum(glide) / RATE_HZ
-    voice = np.sin(phase) + 0.5 * np.sin(2 * phase) + 0.25 * np.sin(3 * phase)
-    syllables = max(1, min(4, len(word) // 3))
-    envelope = np.sin(np.pi * syllables * t / max(t[-1], 1e-3)) ** 2 if n else t
-    gap = int(n * 0.85)  # a short pause between words
-    envelope[gap:] = 0
-    pcm: bytes = np.clip(voice * envelope * 6000, -32768, 32767).astype("<i2").tobytes()
-    return pcm
-
-
 @dataclass
 class MockOptions:
     script: MockScript | None = None
@@ -116,7 +96,7 @@ class MockBackend:
     def _audio_seconds(self, item: ContextItem) -> float:
         if item.audio is None or item.audio_format is None:
             return 0.0
-        return len(item.audio) / BYTES_PER_MS[item.audio_format] / 1000
+        return AudioFormatType(item.audio_format).duration_ms(len(item.audio)) / 1000
 
     def _reply(self, request: ResponseRequest) -> tuple[str, dict[str, Any] | None]:
         last = request.context[-1] if request.context else None
@@ -171,8 +151,8 @@ class MockBackend:
         pending = b""
         for index, word in enumerate(words):
             await sink.transcript(word if index == 0 else " " + word)
-            pending += word_audio(word, word_ms)
-            chunk_bytes = CHUNK_MS * 48
+            pending += word_audio(word, word_ms, PCM.sample_rate_hz)
+            chunk_bytes = PCM.byte_count(CHUNK_MS)
             while len(pending) >= chunk_bytes:
                 chunk, pending = pending[:chunk_bytes], pending[chunk_bytes:]
                 sent_ms = await self._send(sink, chunk, started, sent_ms)
@@ -187,13 +167,13 @@ class MockBackend:
             ahead = (sent_ms - CHUNK_MS) / 1000 - (time.monotonic() - started)
             if ahead > 0:
                 await asyncio.sleep(ahead)
-        await sink.audio(chunk, RATE_HZ)
-        return sent_ms + len(chunk) / 48
+        await sink.audio(chunk, PCM.sample_rate_hz)
+        return sent_ms + PCM.duration_ms(len(chunk))
 
     async def transcribe(
         self, job: Transcribe, sink: TranscriptSink, state: dict[str, Any]
     ) -> tuple[str, dict[str, Any]]:
-        seconds = len(job.audio) / BYTES_PER_MS[job.audio_format] / 1000
+        seconds = AudioFormatType(job.audio_format).duration_ms(len(job.audio)) / 1000
         script = self.options.script
         index = state.get("mock_transcripts", 0)
         if script is not None and index < len(script.transcripts):

@@ -6,9 +6,9 @@ Push client events in with ``RealtimeSession.receive_client_event`` and the
 ``effects()``.
 """
 
+from transceiver.protocol.contract import SessionKind
 from transceiver.protocol.errors import ClientError
 from transceiver.protocol.ids import IdFactory
-from transceiver.protocol.contract import SessionKind
 from transceiver.protocol.session import RealtimeSession
 
 __all__ = ["ClientError", "IdFactory", "RealtimeSession", "SessionKind"]

@@ -145,35 +145,21 @@ class BetaDialect:
     # -- GA -> client ------------------------------------------------------------------
 
     def session_to_beta(self, session: dict[str, Any], kind: str) -> dict[str, Any]:
-        audio_in = session["audio"]["input"]
+        """A whole GA session object (``session.created``, ``session.updated``) as beta."""
         flat: dict[str, Any] = {"object": session.get("object"), "id": session.get("id")}
         if kind == "realtime":
-            audio_out = session["audio"]["output"]
             flat.update(
                 model=session["model"],
-                modalities=(
-                    ["audio", "text"] if session["output_modalities"] == ["audio"] else ["text"]
-                ),
-                instructions=session["instructions"],
-                voice=voice_name(audio_out["voice"]),
-                output_audio_format=_FORMAT_TO_BETA[audio_out["format"]["type"]],
-                tools=session["tools"],
-                tool_choice=session["tool_choice"],
                 temperature=self.temperature,
-                max_response_output_tokens=session["max_output_tokens"],
-                speed=audio_out["speed"],
                 tracing=session["tracing"],
                 truncation=session["truncation"],
                 prompt=session["prompt"],
             )
-        else:
+        flat.update(session_fields_to_beta(session))
+        if kind != "realtime":
             flat["modalities"] = ["text"]
         flat.update(
             expires_at=session.get("expires_at"),
-            turn_detection=audio_in["turn_detection"],
-            input_audio_noise_reduction=audio_in["noise_reduction"],
-            input_audio_format=_FORMAT_TO_BETA[audio_in["format"]["type"]],
-            input_audio_transcription=audio_in["transcription"],
             client_secret=None,
             include=session.get("include"),
         )
@@ -208,6 +194,53 @@ class BetaDialect:
         if etype == "conversation.item.input_audio_transcription.completed":
             event.pop("languages", None)
         return event
+
+
+def session_fields_to_beta(session: dict[str, Any]) -> dict[str, Any]:
+    """The GA session fields present in ``session``, whole or partial, in the beta flat shape.
+
+    The one GA -> beta session mapping: for the session objects a beta client is shown, and
+    for the ``session.update`` body the proxy sends a beta upstream (transceiver/proxy).
+    Fields the beta shape has no place for are left out.
+    """
+    flat: dict[str, Any] = {}
+    for name in ("instructions", "tools", "tool_choice", "include"):
+        if name in session:
+            flat[name] = session[name]
+    if "output_modalities" in session:
+        audio_reply = session["output_modalities"] == ["audio"]
+        flat["modalities"] = ["audio", "text"] if audio_reply else ["text"]
+    if "max_output_tokens" in session:
+        flat["max_response_output_tokens"] = session["max_output_tokens"]
+    audio = _mapping(session.get("audio"))
+    audio_in, audio_out = _mapping(audio.get("input")), _mapping(audio.get("output"))
+    if "format" in audio_in:
+        flat["input_audio_format"] = _format_to_beta(audio_in["format"])
+    for ga_key, beta_key in _AUDIO_INPUT_TO_BETA:
+        if ga_key in audio_in:
+            flat[beta_key] = audio_in[ga_key]
+    if "format" in audio_out:
+        flat["output_audio_format"] = _format_to_beta(audio_out["format"])
+    if "voice" in audio_out:
+        flat["voice"] = voice_name(audio_out["voice"])
+    if "speed" in audio_out:
+        flat["speed"] = audio_out["speed"]
+    return flat
+
+
+_AUDIO_INPUT_TO_BETA = (
+    ("turn_detection", "turn_detection"),
+    ("transcription", "input_audio_transcription"),
+    ("noise_reduction", "input_audio_noise_reduction"),
+)
+
+
+def _format_to_beta(fmt: Any) -> str:
+    return _FORMAT_TO_BETA.get(str(_mapping(fmt).get("type", "audio/pcm")), "pcm16")
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _item_to_beta(item: dict[str, Any]) -> dict[str, Any]:

@@ -1,13 +1,15 @@
-"""Session configuration: GA shapes, defaults, partial-merge updates (PROTOCOL.md section 6).
+"""Session configuration: GA shapes, defaults, partial-merge updates.
 
-The effective session is kept as a plain GA dict; updates are merged into a copy
-and the result is validated as a whole, so a rejected update changes nothing.
+A session keeps its configuration as a validated, frozen model (``RealtimeSessionConfig``
+or ``TranscriptionSessionConfig``) and writes it out (``session_wire``) only in events.
+An update is merged into the wire form of the current configuration and the result is
+validated as a whole, so a rejected update changes nothing.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, overload
 
 from pydantic import (
     BaseModel,
@@ -18,38 +20,48 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
+from transceiver.protocol.audio import AudioFormatType
+from transceiver.protocol.contract import SessionKind
 from transceiver.protocol.errors import ClientError
 
 DEFAULT_INSTRUCTIONS = (
     "You are a helpful, witty, and friendly AI. Keep your answers short: they are spoken aloud."
 )
-# The issue asks for a 500 ms silence window by default (the SDK docstring's value);
+# Server VAD defaults. The silence window is 500 ms, the openai SDK docstring's value;
 # OpenAI's observed default is 200 ms, which cuts CPU-transcribed speech too eagerly.
+DEFAULT_VAD_THRESHOLD = 0.5
+DEFAULT_PREFIX_PADDING_MS = 300
 DEFAULT_SILENCE_DURATION_MS = 500
 
-AUDIO_FORMATS = ("audio/pcm", "audio/pcmu", "audio/pcma")
-# Bytes per millisecond of each wire format (PCM16 24 kHz = 48, G.711 8 kHz = 8).
-BYTES_PER_MS = {"audio/pcm": 48, "audio/pcmu": 8, "audio/pcma": 8}
 
+class StrictModel(BaseModel):
+    """Frozen, and an unknown field is an error (``unknown_parameter``)."""
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", frozen=True)
 
 
-class AudioFormat(_Strict):
-    type: Literal["audio/pcm", "audio/pcmu", "audio/pcma"] = "audio/pcm"
+class AudioFormat(StrictModel):
+    type: AudioFormatType = AudioFormatType.PCM
     rate: Literal[24000] | None = None
 
-    @model_validator(mode="after")
-    def _pcm_rate(self) -> AudioFormat:
-        if self.type == "audio/pcm":
-            self.rate = 24000
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _pcm_rate(cls, data: Any) -> Any:
+        # audio/pcm has one rate, which the session shows even when the client left it out.
+        if isinstance(data, dict) and data.get("type", "audio/pcm") == "audio/pcm":
+            if data.get("rate") is None:
+                return {**data, "rate": AudioFormatType.PCM.sample_rate_hz}
+        return data
+
+    @property
+    def bytes_per_ms(self) -> int:
+        return self.type.bytes_per_ms
 
     @model_serializer(mode="wrap")
     def _drop_null_rate(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -59,7 +71,7 @@ class AudioFormat(_Strict):
         return data
 
 
-class Transcription(_Strict):
+class Transcription(StrictModel):
     model: str | None = None
     language: str | None = None
     languages: list[str] | None = None
@@ -68,54 +80,74 @@ class Transcription(_Strict):
     delay: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
 
 
-class NoiseReduction(_Strict):
+class NoiseReduction(StrictModel):
     type: Literal["near_field", "far_field"]
     strength: float | None = None
 
 
-class ServerVad(_Strict):
+class ServerVad(StrictModel):
     type: Literal["server_vad"]
-    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
-    prefix_padding_ms: int = Field(default=300, ge=0, le=10_000)
+    threshold: float = Field(default=DEFAULT_VAD_THRESHOLD, ge=0.0, le=1.0)
+    prefix_padding_ms: int = Field(default=DEFAULT_PREFIX_PADDING_MS, ge=0, le=10_000)
     silence_duration_ms: int = Field(default=DEFAULT_SILENCE_DURATION_MS, ge=0, le=10_000)
     idle_timeout_ms: int | None = Field(default=None, ge=5000, le=30000)
     create_response: bool = True
     interrupt_response: bool = True
 
 
-class SemanticVad(_Strict):
+class SemanticVad(StrictModel):
+    """Semantic VAD. Until an end-of-turn model judges its turns, it runs as a server VAD
+    with the server VAD's defaults: its parameters are these properties, not fields (the
+    GA ``semantic_vad`` object has none of them, nor an idle timeout)."""
+
     type: Literal["semantic_vad"]
     eagerness: Literal["low", "medium", "high", "auto"] = "auto"
     create_response: bool = True
     interrupt_response: bool = True
 
+    @property
+    def threshold(self) -> float:
+        return DEFAULT_VAD_THRESHOLD
+
+    @property
+    def prefix_padding_ms(self) -> int:
+        return DEFAULT_PREFIX_PADDING_MS
+
+    @property
+    def silence_duration_ms(self) -> int:
+        return DEFAULT_SILENCE_DURATION_MS
+
+    @property
+    def idle_timeout_ms(self) -> int | None:
+        return None
+
 
 TurnDetection = Annotated[ServerVad | SemanticVad, Field(discriminator="type")]
 
 
-class AudioInput(_Strict):
+class AudioInput(StrictModel):
     format: AudioFormat = AudioFormat()
     transcription: Transcription | None = None
     noise_reduction: NoiseReduction | None = None
     turn_detection: TurnDetection | None = ServerVad(type="server_vad")
 
 
-class CustomVoice(_Strict):
+class CustomVoice(StrictModel):
     id: str  # SDK VoiceID: {"id": "voice_1234"}
 
 
-class AudioOutput(_Strict):
+class AudioOutput(StrictModel):
     format: AudioFormat = AudioFormat()
     voice: str | CustomVoice = "alloy"
     speed: float = Field(default=1.0, ge=0.25, le=1.5)
 
 
-class SessionAudio(_Strict):
+class SessionAudio(StrictModel):
     input: AudioInput = AudioInput()
     output: AudioOutput = AudioOutput()
 
 
-class FunctionTool(_Strict):
+class FunctionTool(StrictModel):
     type: Literal["function"] = "function"
     name: str = Field(min_length=1, max_length=64)
     description: str | None = None
@@ -132,7 +164,7 @@ ToolChoice = Literal["auto", "none", "required"] | dict[str, Any]
 MaxTokens = Annotated[int, Field(ge=1, le=4096)] | Literal["inf"]
 
 
-class _ReadOnly(_Strict):
+class _ReadOnly(StrictModel):
     # Clients may send back a session object they received; these are ignored.
     object: str | None = None
     id: str | None = None
@@ -164,7 +196,7 @@ class RealtimeSessionConfig(_ReadOnly):
 
     @model_serializer(mode="wrap")
     def _drop_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # reasoning and parallel_tool_calls are absent, not null, unless set (section 6.1).
+        # reasoning and parallel_tool_calls appear in session objects only once set.
         data: dict[str, Any] = handler(self)
         for key in ("reasoning", "parallel_tool_calls"):
             if data.get(key) is None:
@@ -172,7 +204,7 @@ class RealtimeSessionConfig(_ReadOnly):
         return data
 
 
-class TranscriptionAudio(_Strict):
+class TranscriptionAudio(StrictModel):
     input: AudioInput = AudioInput()
 
 
@@ -181,6 +213,8 @@ class TranscriptionSessionConfig(_ReadOnly):
     audio: TranscriptionAudio = TranscriptionAudio()
     include: list[Literal["item.input_audio_transcription.logprobs"]] | None = None
 
+
+SessionConfig = RealtimeSessionConfig | TranscriptionSessionConfig
 
 _READ_ONLY = ("object", "id", "expires_at", "client_secret")
 # Objects merged field by field; anything deeper is replaced whole (defaults filled in).
@@ -218,39 +252,73 @@ def _param(loc: tuple[int | str, ...], prefix: str, data: Any, error_type: str) 
     return "".join(parts).replace(".[", "[")
 
 
-def validation_to_client_error(exc: ValidationError, prefix: str, data: Any) -> ClientError:
-    first = exc.errors()[0]
-    param = _param(tuple(first["loc"]), prefix, data, first["type"])
-    if first["type"] == "extra_forbidden":
+def error_to_client_error(error: ErrorDetails, prefix: str, data: Any) -> ClientError:
+    """One pydantic error in ``data`` (found at ``prefix``) as the client's ``error``."""
+    param = _param(tuple(error["loc"]), prefix, data, error["type"])
+    if error["type"] == "extra_forbidden":
         return ClientError(f"Unknown parameter: '{param}'.", code="unknown_parameter", param=param)
-    if first["type"] == "missing":
+    if error["type"] == "missing":
         return ClientError(
             f"Missing required parameter: '{param}'.",
             code="missing_required_parameter",
             param=param,
         )
-    value = first.get("input")
+    value = error.get("input")
     shown = value if isinstance(value, str | int | float | bool) or value is None else "…"
     return ClientError(
-        f"Invalid value: '{shown}' for '{param}': {first['msg']}.",
+        f"Invalid value: '{shown}' for '{param}': {error['msg']}.",
         code="invalid_value",
         param=param,
     )
 
 
-def default_session(kind: str, model: str | None) -> dict[str, Any]:
-    if kind == "transcription":
-        return TranscriptionSessionConfig().model_dump(mode="json", exclude=set(_READ_ONLY))
-    config = RealtimeSessionConfig(model=model or "gpt-realtime")
+def validation_to_client_error(exc: ValidationError, prefix: str, data: Any) -> ClientError:
+    return error_to_client_error(exc.errors()[0], prefix, data)
+
+
+def default_config(kind: SessionKind, model: str | None) -> SessionConfig:
+    if kind is SessionKind.TRANSCRIPTION:
+        return TranscriptionSessionConfig()
+    return RealtimeSessionConfig(model=model or "gpt-realtime")
+
+
+def session_wire(config: SessionConfig) -> dict[str, Any]:
+    """The configuration as session objects show it (without their read-only fields)."""
     return config.model_dump(mode="json", exclude=set(_READ_ONLY))
 
 
-def apply_session_update(current: dict[str, Any], update: Any) -> dict[str, Any]:
-    """Return the new effective session, or raise ``ClientError`` (nothing changes)."""
+def default_session(kind: str, model: str | None) -> dict[str, Any]:
+    """``default_config`` in wire form."""
+    return session_wire(default_config(SessionKind(kind), model))
+
+
+@overload
+def apply_session_update(current: SessionConfig, update: Any) -> SessionConfig: ...
+
+
+@overload
+def apply_session_update(current: dict[str, Any], update: Any) -> dict[str, Any]: ...
+
+
+def apply_session_update(
+    current: SessionConfig | dict[str, Any], update: Any
+) -> SessionConfig | dict[str, Any]:
+    """The configuration after ``update``, or ``ClientError`` (nothing changes).
+
+    A configuration given in wire form (``default_session``) comes back in wire form:
+    the relay checks the session of an ephemeral key so.
+    """
+    if isinstance(current, dict):
+        return session_wire(_updated(current, update))
+    return _updated(session_wire(current), update)
+
+
+def _updated(current: dict[str, Any], update: Any) -> SessionConfig:
     if not isinstance(update, dict):
         raise ClientError("'session' must be an object.", param="session")
     kind = current["type"]
-    requested = update.get("type", kind)  # a missing type keeps the current one (section 6.1)
+    # A missing type keeps the current one; another one is refused.
+    requested = update.get("type", kind)
     if requested != kind:
         raise ClientError(
             f"Invalid value: '{requested}'. This is a {kind} session; "
@@ -258,7 +326,9 @@ def apply_session_update(current: dict[str, Any], update: Any) -> dict[str, Any]
             param="session.type",
         )
     merged = _merge(current, {k: v for k, v in update.items() if k not in _READ_ONLY}, ())
-    model_cls = TranscriptionSessionConfig if kind == "transcription" else RealtimeSessionConfig
+    model_cls: type[SessionConfig] = (
+        TranscriptionSessionConfig if kind == "transcription" else RealtimeSessionConfig
+    )
     try:
         validated = model_cls.model_validate(merged)
     except ValidationError as exc:
@@ -267,40 +337,24 @@ def apply_session_update(current: dict[str, Any], update: Any) -> dict[str, Any]
         raise ClientError(
             "The model of a session cannot be changed.", code="invalid_value", param="session.model"
         )
-    return validated.model_dump(mode="json", exclude=set(_READ_ONLY))
+    return validated
 
 
-def validate_tools(tools: Any, prefix: str) -> list[dict[str, Any]]:
-    class _Tools(_Strict):
-        tools: list[Tool]
-
-    try:
-        parsed = _Tools.model_validate({"tools": tools})
-    except ValidationError as exc:
-        raise validation_to_client_error(exc, prefix.rsplit(".", 1)[0], {"tools": tools}) from None
-    return [tool.model_dump(mode="json", exclude_none=True) for tool in parsed.tools]
-
-
-def validate_audio_format(value: Any, param: str) -> dict[str, Any]:
-    try:
-        return AudioFormat.model_validate(value).model_dump(mode="json", exclude_none=True)
-    except ValidationError as exc:
-        raise validation_to_client_error(exc, param, value) from None
+def with_pcm_formats(config: SessionConfig) -> SessionConfig:
+    """``config`` with PCM audio both ways (what a WebRTC or SIP media track carries)."""
+    pcm = {"format": AudioFormat()}
+    audio_in = config.audio.input.model_copy(update=pcm)
+    if isinstance(config, TranscriptionSessionConfig):
+        return config.model_copy(
+            update={"audio": config.audio.model_copy(update={"input": audio_in})}
+        )
+    audio_out = config.audio.output.model_copy(update=pcm)
+    audio = config.audio.model_copy(update={"input": audio_in, "output": audio_out})
+    return config.model_copy(update={"audio": audio})
 
 
-def validate_voice(value: Any, param: str) -> str | dict[str, Any]:
-    if isinstance(value, str):
-        return value
-    try:
-        return CustomVoice.model_validate(value).model_dump(mode="json")
-    except ValidationError as exc:
-        raise validation_to_client_error(exc, param, value) from None
-
-
-def voice_name(voice: Any) -> str:
+def voice_name(voice: str | CustomVoice | dict[str, Any]) -> str:
     """A voice as a string: responses and beta sessions have no custom voice object."""
-    return voice if isinstance(voice, str) else str(voice["id"])
-
-
-def format_type(fmt: dict[str, Any]) -> str:
-    return str(fmt.get("type", "audio/pcm"))
+    if isinstance(voice, str):
+        return voice
+    return voice.id if isinstance(voice, CustomVoice) else str(voice["id"])

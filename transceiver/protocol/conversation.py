@@ -1,4 +1,4 @@
-"""The default conversation: ordered items with their audio (PROTOCOL.md section 7.1)."""
+"""The default conversation: ordered items with their audio."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
-from transceiver.protocol.config import BYTES_PER_MS
+from transceiver.protocol.audio import AudioFormatType
 from transceiver.protocol.errors import ClientError
 
 
@@ -14,15 +14,15 @@ from transceiver.protocol.errors import ClientError
 class StoredItem:
     item: dict[str, Any]
     audio: bytearray = field(default_factory=bytearray)
-    audio_format: str | None = None
+    audio_format: AudioFormatType | None = None
     # For assistant audio: (audio bytes sent, transcript chars sent) at the start of
     # each transcript delta, so a truncation keeps the transcript the user heard.
     marks: list[tuple[int, int]] = field(default_factory=list)
 
     def audio_ms(self) -> float:
-        if not self.audio_format:
+        if self.audio_format is None:
             return 0.0
-        return len(self.audio) / BYTES_PER_MS[self.audio_format]
+        return self.audio_format.duration_ms(len(self.audio))
 
 
 class Conversation:
@@ -62,7 +62,7 @@ class Conversation:
         previous_item_id: str | None = None,
         after_given: bool = False,
         audio: bytes | None = None,
-        audio_format: str | None = None,
+        audio_format: AudioFormatType | None = None,
     ) -> str | None:
         """Insert ``item``; return the id of the item before it (``None`` at the start).
 
@@ -99,9 +99,7 @@ class Conversation:
     def truncate_audio(self, stored: StoredItem, audio_end_ms: int) -> None:
         """Cut assistant audio at ``audio_end_ms`` and keep only the transcript heard."""
         assert stored.audio_format is not None
-        keep = int(audio_end_ms * BYTES_PER_MS[stored.audio_format])
-        if stored.audio_format == "audio/pcm":
-            keep -= keep % 2
+        keep = stored.audio_format.byte_count(audio_end_ms)
         total = len(stored.audio)
         del stored.audio[keep:]
         for part in stored.item.get("content", []):

@@ -1,9 +1,16 @@
-"""Commands the core hands to its shell, drained with ``RealtimeSession.effects()``."""
+"""Commands the core hands to its shell, drained with ``RealtimeSession.effects()``.
+
+An audio format is its GA ``type`` string (``audio/pcm``, ``audio/pcmu``, ``audio/pcma``);
+the core puts ``AudioFormatType`` members there, and ``AudioFormatType(fmt)`` gives
+anyone its rate and size.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from transceiver.protocol.config import Transcription, TurnDetection
 
 
 @dataclass(frozen=True)
@@ -24,10 +31,10 @@ class ResponseRequest:
     context: tuple[ContextItem, ...]
     instructions: str
     tools: tuple[dict[str, Any], ...]
-    tool_choice: Any
+    tool_choice: str | dict[str, Any]
     output_modalities: tuple[str, ...]
     output_format: str
-    voice: Any
+    voice: str | dict[str, Any]  # a custom voice is {"id": ...}
     speed: float
     max_output_tokens: int | None
     metadata: dict[str, Any] | None
@@ -52,7 +59,7 @@ class FeedVad:
     audio: bytes
     audio_format: str
     start_ms: float
-    turn_detection: dict[str, Any]
+    turn_detection: TurnDetection
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,7 @@ class Transcribe:
     item_id: str
     audio: bytes
     audio_format: str
-    config: dict[str, Any] = field(default_factory=dict)
+    config: Transcription = field(default_factory=Transcription)
 
 
 @dataclass(frozen=True)

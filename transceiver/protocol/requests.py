@@ -1,164 +1,180 @@
-"""``response.create`` parameters: per-response overrides of the session (section 7.4)."""
+"""``response.create`` parameters: per-response overrides of the session.
+
+https://platform.openai.com/docs/api-reference/realtime-client-events/response/create
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
 
-from transceiver.protocol.config import validate_audio_format, validate_tools, validate_voice
-from transceiver.protocol.conversation import Conversation
+from pydantic import (
+    BeforeValidator,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
+from pydantic_core import PydanticCustomError
+
+from transceiver.protocol.audio import AudioFormatType
+from transceiver.protocol.config import (
+    AudioFormat,
+    CustomVoice,
+    RealtimeSessionConfig,
+    StrictModel,
+    Tool,
+    ToolChoice,
+    error_to_client_error,
+)
+from transceiver.protocol.conversation import Conversation, StoredItem
 from transceiver.protocol.effects import ContextItem, ResponseRequest
 from transceiver.protocol.errors import ClientError
 from transceiver.protocol.ids import IdFactory
 from transceiver.protocol.items import item_text, normalize_item
 from transceiver.protocol.responses import Response
 
-_KNOWN = {
-    "conversation",
-    "input",
-    "instructions",
-    "tools",
-    "tool_choice",
-    "output_modalities",
-    "audio",
-    "max_output_tokens",
-    "metadata",
-    "prompt",
-    "reasoning",
-    "parallel_tool_calls",
-}
+_T = TypeVar("_T")
 
 
-def _modalities(value: Any) -> list[str]:
-    if not isinstance(value, list) or len(value) != 1 or value[0] not in ("audio", "text"):
-        raise ClientError(
-            f"Invalid value: '{value}'. Supported values are: ['audio'] and ['text'].",
-            param="response.output_modalities",
-        )
-    return list(value)
-
-
-def _max_tokens(value: Any, param: str) -> int | str:
-    if value == "inf":
-        return "inf"
-    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 4096:
-        return value
-    raise ClientError(
-        f"Invalid value: '{value}'. Expected an integer from 1 to 4096 or 'inf'.", param=param
-    )
-
-
-def _metadata(value: Any) -> dict[str, Any] | None:
+def _not_null(value: Any) -> Any:
     if value is None:
-        return None
-    ok = (
-        isinstance(value, dict)
-        and len(value) <= 16
-        and all(
-            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
-            for k, v in value.items()
-        )
-    )
-    if not ok:
+        raise PydanticCustomError("null_value", "Input should not be null")
+    return value
+
+
+# An override: left out (None), the session's value applies; an explicit null is refused.
+Override = Annotated[_T | None, BeforeValidator(_not_null)]
+
+
+def _one_metadata_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    try:
+        return handler(value)
+    except ValidationError:
+        raise PydanticCustomError(
+            "invalid_metadata",
+            "metadata holds at most 16 string pairs (keys up to 64 characters, values up to 512)",
+        ) from None
+
+
+Metadata = Annotated[
+    dict[
+        Annotated[str, StringConstraints(max_length=64)],
+        Annotated[str, StringConstraints(max_length=512)],
+    ],
+    Field(max_length=16),
+    WrapValidator(_one_metadata_error),  # one error, for the whole object
+]
+# Unlike the session's, no bool or float passes for an integer here.
+ResponseMaxTokens = Annotated[int, Field(strict=True, ge=1, le=4096)] | Literal["inf"]
+Modalities = Annotated[list[Literal["audio", "text"]], Field(min_length=1, max_length=1)]
+
+
+class ResponseAudioOutput(StrictModel):
+    format: Override[AudioFormat] = None
+    voice: Override[str | CustomVoice] = None
+
+
+class ResponseAudio(StrictModel):
+    output: ResponseAudioOutput = ResponseAudioOutput()
+
+
+class ResponseParams(StrictModel):
+    """The ``response`` object of ``response.create``."""
+
+    conversation: str = "auto"  # "auto", "none", or the default conversation's id
+    input: Override[list[Any]] = None  # left out: the whole conversation
+    instructions: Override[str] = None
+    tools: Override[list[Tool]] = None
+    tool_choice: Override[ToolChoice] = None
+    output_modalities: Override[Modalities] = None
+    audio: ResponseAudio = ResponseAudio()
+    max_output_tokens: Override[ResponseMaxTokens] = None
+    metadata: Metadata | None = None
+    prompt: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+
+
+def parse_response_params(params: Any, conversation_id: str) -> ResponseParams:
+    """``response.create``'s ``response`` (``None``: left out), or ``ClientError``."""
+    if params is None:
+        return ResponseParams()
+    if not isinstance(params, dict):
+        raise ClientError("'response' must be an object.", param="response")
+    try:
+        parsed = ResponseParams.model_validate(params)
+    except ValidationError as exc:
+        errors = exc.errors()
+        # An unknown parameter is named before any bad value.
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+        raise error_to_client_error(first, "response", params) from None
+    if parsed.conversation not in ("auto", "none", conversation_id):
         raise ClientError(
-            "'metadata' must hold at most 16 string pairs (keys up to 64 characters, "
-            "values up to 512).",
-            param="response.metadata",
+            f"Invalid value: '{parsed.conversation}'. Supported values are: 'auto' and 'none'.",
+            param="response.conversation",
         )
-    return dict(value)
+    return parsed
+
+
+def _stored_context(stored: StoredItem) -> ContextItem:
+    audio = bytes(stored.audio) if stored.audio_format else None
+    return ContextItem(dict(stored.item), audio, stored.audio_format)
 
 
 def _context(
-    params: dict[str, Any], conversation: Conversation, ids: IdFactory
+    raw_input: list[Any] | None, conversation: Conversation, ids: IdFactory
 ) -> list[ContextItem]:
-    if "input" not in params:
-        return [
-            ContextItem(dict(s.item), bytes(s.audio) if s.audio_format else None, s.audio_format)
-            for s in conversation.items()
-        ]
-    raw_input = params["input"]
-    if not isinstance(raw_input, list):
-        raise ClientError("'response.input' must be an array.", param="response.input")
+    if raw_input is None:
+        return [_stored_context(stored) for stored in conversation.items()]
     context = []
     for index, raw in enumerate(raw_input):
         param = f"response.input[{index}]"
         if isinstance(raw, dict) and raw.get("type") == "item_reference":
-            stored = conversation.get(raw.get("id"), f"{param}.id")
-            context.append(
-                ContextItem(
-                    dict(stored.item),
-                    bytes(stored.audio) if stored.audio_format else None,
-                    stored.audio_format,
-                )
-            )
+            context.append(_stored_context(conversation.get(raw.get("id"), f"{param}.id")))
             continue
         item, audio = normalize_item(raw, param)
         item.setdefault("id", ids.new("item"))
-        context.append(ContextItem(item, audio, "audio/pcm" if audio is not None else None))
+        fmt = AudioFormatType.PCM if audio is not None else None
+        context.append(ContextItem(item, audio, fmt))
     return context
 
 
+def _tools(parsed: ResponseParams, config: RealtimeSessionConfig) -> list[dict[str, Any]]:
+    if parsed.tools is not None:
+        return [tool.model_dump(mode="json", exclude_none=True) for tool in parsed.tools]
+    # The session's tools as session objects show them.
+    return [tool.model_dump(mode="json") for tool in config.tools]
+
+
 def build_response(
-    params: Any, config: dict[str, Any], conversation: Conversation, ids: IdFactory
+    params: Any, config: RealtimeSessionConfig, conversation: Conversation, ids: IdFactory
 ) -> tuple[Response, ResponseRequest]:
     """Validate ``response.create``'s ``response`` against the session; raise ``ClientError``."""
-    if params is None:
-        params = {}
-    if not isinstance(params, dict):
-        raise ClientError("'response' must be an object.", param="response")
-    for key in params:
-        if key not in _KNOWN:
-            raise ClientError(
-                f"Unknown parameter: 'response.{key}'.",
-                code="unknown_parameter",
-                param=f"response.{key}",
-            )
-    conv = params.get("conversation", "auto")
-    if conv not in ("auto", "none", conversation.id):
-        raise ClientError(
-            f"Invalid value: '{conv}'. Supported values are: 'auto' and 'none'.",
-            param="response.conversation",
-        )
-    in_conversation = conv != "none"
-    modalities = _modalities(params.get("output_modalities", config["output_modalities"]))
-    instructions = params.get("instructions", config["instructions"])
-    if not isinstance(instructions, str):
-        raise ClientError(
-            "'response.instructions' must be a string.", param="response.instructions"
-        )
-    tools = (
-        validate_tools(params["tools"], "response.tools")
-        if "tools" in params
-        else list(config["tools"])
+    parsed = parse_response_params(params, conversation.id)
+    in_conversation = parsed.conversation != "none"
+    output = parsed.audio.output
+    fmt = output.format if output.format is not None else config.audio.output.format
+    voice = output.voice if output.voice is not None else config.audio.output.voice
+    modalities = (
+        config.output_modalities if parsed.output_modalities is None else parsed.output_modalities
     )
-    audio_out = params.get("audio", {})
-    output = audio_out.get("output", {}) if isinstance(audio_out, dict) else None
-    if not isinstance(output, dict):
-        raise ClientError("'response.audio.output' must be an object.", param="response.audio")
-    fmt = (
-        validate_audio_format(output["format"], "response.audio.output.format")
-        if "format" in output
-        else dict(config["audio"]["output"]["format"])
+    instructions = config.instructions if parsed.instructions is None else parsed.instructions
+    max_tokens = (
+        config.max_output_tokens if parsed.max_output_tokens is None else parsed.max_output_tokens
     )
-    voice = (
-        validate_voice(output["voice"], "response.audio.output.voice")
-        if "voice" in output
-        else config["audio"]["output"]["voice"]
-    )
-    max_tokens = _max_tokens(
-        params.get("max_output_tokens", config["max_output_tokens"]), "response.max_output_tokens"
-    )
-    metadata = _metadata(params.get("metadata"))
-    context = _context(params, conversation, ids)
+    metadata = parsed.metadata
+    context = _context(parsed.input, conversation, ids)
     input_tokens = (len(instructions) + sum(len(item_text(c.item)) for c in context) + 3) // 4
     resp = Response(
         id=ids.new("resp"),
         in_conversation=in_conversation,
         conversation=conversation,
-        output_modalities=modalities,
+        output_modalities=list(modalities),
         output_format=fmt,
         voice=voice,
         max_output_tokens=max_tokens,
-        metadata=metadata,
+        metadata=dict(metadata) if metadata is not None else None,
         input_tokens=input_tokens,
     )
     request = ResponseRequest(
@@ -166,14 +182,14 @@ def build_response(
         in_conversation=in_conversation,
         context=tuple(context),
         instructions=instructions,
-        tools=tuple(tools),
-        tool_choice=params.get("tool_choice", config["tool_choice"]),
+        tools=tuple(_tools(parsed, config)),
+        tool_choice=config.tool_choice if parsed.tool_choice is None else parsed.tool_choice,
         output_modalities=tuple(modalities),
-        output_format=str(fmt["type"]),
-        voice=voice,
-        speed=float(config["audio"]["output"]["speed"]),
+        output_format=fmt.type,
+        voice=voice if isinstance(voice, str) else voice.model_dump(mode="json"),
+        speed=config.audio.output.speed,
         max_output_tokens=max_tokens if isinstance(max_tokens, int) else None,
-        metadata=metadata,
-        model=str(config.get("model", "")),
+        metadata=dict(metadata) if metadata is not None else None,
+        model=config.model,
     )
     return resp, request

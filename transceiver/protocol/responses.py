@@ -1,4 +1,4 @@
-"""One response's output: items, content parts, deltas and their ``done`` events (section 8).
+"""One response's output: items, content parts, deltas and their ``done`` events.
 
 Every ``.added`` gets its ``.done``, also on cancel; nothing is written after
 ``response.done`` (the session drops stale output by response id).
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from transceiver.protocol.config import BYTES_PER_MS, voice_name
+from transceiver.protocol.config import AudioFormat, CustomVoice, voice_name
 from transceiver.protocol.conversation import Conversation, StoredItem
 from transceiver.protocol.errors import ProtocolMisuse
 from transceiver.protocol.ids import IdFactory
@@ -36,8 +36,8 @@ class Response:
     in_conversation: bool
     conversation: Conversation
     output_modalities: list[str]
-    output_format: dict[str, Any]
-    voice: Any
+    output_format: AudioFormat
+    voice: str | CustomVoice
     max_output_tokens: int | str
     metadata: dict[str, Any] | None
     input_tokens: int = 0
@@ -61,16 +61,18 @@ class Response:
             "output_modalities": list(self.output_modalities),
             "max_output_tokens": self.max_output_tokens,
             "audio": {
-                "output": {"format": dict(self.output_format), "voice": voice_name(self.voice)}
+                "output": {
+                    "format": self.output_format.model_dump(mode="json"),
+                    "voice": voice_name(self.voice),
+                }
             },
             "usage": self._usage() if final else None,
-            "metadata": self.metadata,
+            "metadata": dict(self.metadata) if self.metadata is not None else None,
         }
 
     def _usage(self) -> dict[str, Any]:
-        # Audio tokens: 1 per 50 ms of assistant audio (DOC-CONV costs); text: ~4 chars a token.
-        bytes_per_ms = BYTES_PER_MS[self.output_format.get("type", "audio/pcm")]
-        audio_tokens = int(self.audio_bytes / bytes_per_ms / 50)
+        # Audio tokens: 1 per 50 ms of assistant audio; text: ~4 characters a token.
+        audio_tokens = int(self.output_format.type.duration_ms(self.audio_bytes) / 50)
         text_tokens = (self.text_chars + 3) // 4
         output_tokens = audio_tokens + text_tokens
         return {
@@ -107,7 +109,7 @@ class ResponseWriter:
         )
         if resp.in_conversation:
             previous = resp.conversation.add(
-                item, audio_format=resp.output_format["type"] if kind == "audio" else None
+                item, audio_format=resp.output_format.type if kind == "audio" else None
             )
             opened.stored = resp.conversation.get(item["id"])
             self._emit("conversation.item.added", previous_item_id=previous, item=dict(item))

@@ -15,7 +15,13 @@ from collections.abc import Callable
 from typing import Any
 
 from transceiver.protocol.beta import BetaDialect
-from transceiver.protocol.config import BYTES_PER_MS, apply_session_update, default_session
+from transceiver.protocol.config import (
+    RealtimeSessionConfig,
+    apply_session_update,
+    default_config,
+    session_wire,
+    with_pcm_formats,
+)
 from transceiver.protocol.contract import SessionKind, SessionSpec
 from transceiver.protocol.conversation import Conversation
 from transceiver.protocol.effects import (
@@ -23,33 +29,29 @@ from transceiver.protocol.effects import (
     Close,
     ContextItem,
     Effect,
-    FeedVad,
-    ResetVad,
     ResponseRequest,
     StartResponse,
-    Transcribe,
 )
 from transceiver.protocol.errors import ClientError
 from transceiver.protocol.ids import IdFactory
-from transceiver.protocol.items import copy_item, decode_base64, normalize_item
+from transceiver.protocol.input_audio import InputBuffer, SessionInput
+from transceiver.protocol.items import copy_item, normalize_item
+from transceiver.protocol.media import check_media_formats
 from transceiver.protocol.requests import build_response
 from transceiver.protocol.responses import Response, ResponseWriter
 from transceiver.protocol.results import SessionResults
 from transceiver.protocol.wire import check_depth, parse_client_frame
 
-# DOC-CONV: "The maximum duration of a Realtime session is 60 minutes"
+# OpenAI's Realtime conversations guide: "The maximum duration of a Realtime session is
+# 60 minutes".
 SESSION_MAX_MS = 60 * 60 * 1000
-MIN_COMMIT_MS = 100
-# With turn detection on and nobody speaking, keep only this much buffered audio.
-IDLE_BUFFER_KEEP_MS = 10_000
-# Deeper client JSON is refused up front: copying or validating it would hit Python's
-# recursion limit (a RecursionError is not a client error).
+_DEFAULT_SPEC = SessionSpec()
 
 
-class RealtimeSession(SessionResults):
+class RealtimeSession(SessionInput, SessionResults):
     def __init__(
         self,
-        spec: SessionSpec = SessionSpec(),
+        spec: SessionSpec = _DEFAULT_SPEC,
         *,
         now_ms: float = 0.0,
         created_at_s: float = 0.0,
@@ -65,11 +67,11 @@ class RealtimeSession(SessionResults):
         self.ids = ids or IdFactory()
         self.id = self.ids.new("sess")
         self.conversation = Conversation(self.ids.new("conv"))
-        self.config = default_session(spec.kind.value, spec.model)
+        self.config = default_config(spec.kind, spec.model)
         if spec.overrides:
             config = apply_session_update(self.config, spec.overrides)
             # A key's or an offer's audio format means nothing on a media track: keep PCM.
-            self.config = _with_pcm_media(config) if spec.media else config
+            self.config = with_pcm_formats(config) if spec.media else config
         self.created_ms = now_ms
         self.expires_ms = now_ms + max_duration_ms
         self.expires_at_s = int(created_at_s + max_duration_ms / 1000)
@@ -77,10 +79,7 @@ class RealtimeSession(SessionResults):
         self._events: list[dict[str, Any]] = []
         self._effects: list[Effect] = []
         self._writer = ResponseWriter(self._emit, self.ids)
-        # Input audio buffer, in the session's input format.
-        self._buffer = bytearray()
-        self._buffer_start_ms = 0.0
-        self._audio_ms = 0.0  # session audio time: all audio appended so far
+        self._input = InputBuffer()  # in the session's input format
         self._speech_item: str | None = None
         self._speech_start_ms = 0.0
         self._last_activity_ms = now_ms
@@ -138,24 +137,15 @@ class RealtimeSession(SessionResults):
                 else "realtime.session"
             ),
             "id": self.id,
-            **self.config,
+            **session_wire(self.config),
             "expires_at": self.expires_at_s,
         }
         return obj
 
     @property
-    def turn_detection(self) -> dict[str, Any] | None:
-        td: dict[str, Any] | None = self.config["audio"]["input"]["turn_detection"]
-        return td
-
-    @property
-    def speech_item_id(self) -> str | None:
-        """The id the user item will have if the current speech is committed."""
-        return self._speech_item
-
-    @property
-    def input_format(self) -> str:
-        return str(self.config["audio"]["input"]["format"]["type"])
+    def realtime_config(self) -> RealtimeSessionConfig | None:
+        """The configuration of a realtime session (``None`` in a transcription session)."""
+        return self.config if isinstance(self.config, RealtimeSessionConfig) else None
 
     # -- client events -----------------------------------------------------------
 
@@ -195,90 +185,10 @@ class RealtimeSession(SessionResults):
         old_td, old_format = self.turn_detection, self.input_format
         config = apply_session_update(self.config, event.get("session"))
         if self.media:
-            for direction, part in config["audio"].items():
-                if part["format"]["type"] != "audio/pcm":
-                    raise ClientError(
-                        "A WebRTC session's audio travels on its media track as Opus; its "
-                        "audio format stays 'audio/pcm'.",
-                        param=f"session.audio.{direction}.format",
-                    )
+            check_media_formats(session_wire(config))
         self.config = config
-        if self.turn_detection != old_td:
-            self._reset_turn()
-            self._last_activity_ms = now_ms  # an idle timeout counts from its own start
-        if self.input_format != old_format and self._buffer:
-            # Buffered audio is in the old format: drop it rather than mix formats.
-            self._buffer.clear()
-            self._buffer_start_ms = self._audio_ms
-            self._reset_turn()
+        self._input_config_changed(old_td, old_format, now_ms)
         self._emit("session.updated", session=self.session_object())
-
-    def _on_append(self, event: dict[str, Any], now_ms: float) -> None:
-        audio = decode_base64(event.get("audio"), "audio")
-        self.append_audio(audio)
-
-    def append_audio(self, audio: bytes) -> None:
-        """Audio into the input buffer (client appends, or decoded media on WebRTC)."""
-        fmt = self.input_format
-        start_ms = self._audio_ms
-        self._buffer += audio
-        self._audio_ms += len(audio) / BYTES_PER_MS[fmt]
-        td = self.turn_detection
-        if td is None:
-            return
-        self._effects.append(FeedVad(audio, fmt, start_ms, td))
-        if self._speech_item is None and self._buffer_ms() > 2 * IDLE_BUFFER_KEEP_MS:
-            drop = len(self._buffer) - IDLE_BUFFER_KEEP_MS * BYTES_PER_MS[fmt]
-            drop -= drop % 2
-            del self._buffer[:drop]
-            self._buffer_start_ms += drop / BYTES_PER_MS[fmt]
-
-    def _buffer_ms(self) -> float:
-        return len(self._buffer) / BYTES_PER_MS[self.input_format]
-
-    def _on_commit(self, event: dict[str, Any], now_ms: float) -> None:
-        buffered = self._buffer_ms()
-        if buffered < MIN_COMMIT_MS:
-            raise ClientError(
-                "Error committing input audio buffer: buffer too small. Expected at least "
-                f"100ms of audio, but buffer only has {buffered:.2f}ms of audio.",
-                code="input_audio_buffer_commit_empty",
-            )
-        self._commit(self._speech_item or self.ids.new("item"), self._buffer_start_ms)
-        self._reset_turn()
-
-    def _on_clear(self, event: dict[str, Any], now_ms: float) -> None:
-        self._buffer.clear()
-        self._buffer_start_ms = self._audio_ms
-        self._reset_turn()
-        self._emit("input_audio_buffer.cleared")
-
-    def _reset_turn(self) -> None:
-        self._speech_item = None
-        self._effects.append(ResetVad())
-
-    def _commit(self, item_id: str, from_ms: float) -> None:
-        fmt = self.input_format
-        skip = int(max(0.0, from_ms - self._buffer_start_ms) * BYTES_PER_MS[fmt])
-        skip -= skip % 2
-        audio = bytes(self._buffer[skip:])
-        self._buffer.clear()
-        self._buffer_start_ms = self._audio_ms
-        item = {
-            "id": item_id,
-            "type": "message",
-            "status": "completed",
-            "role": "user",
-            "content": [{"type": "input_audio", "transcript": None}],
-        }
-        previous = self.conversation.add(item, audio=audio, audio_format=fmt)
-        self._emit("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
-        self._emit("conversation.item.added", previous_item_id=previous, item=copy_item(item))
-        self._emit("conversation.item.done", previous_item_id=previous, item=copy_item(item))
-        transcription = self.config["audio"]["input"]["transcription"]
-        if transcription is not None or self.kind is SessionKind.TRANSCRIPTION:
-            self._transcribing.add(item_id)
-            self._effects.append(Transcribe(item_id, audio, fmt, dict(transcription or {})))
 
     def _on_output_clear(self, event: dict[str, Any], now_ms: float) -> None:
         if not self.media:
@@ -389,7 +299,7 @@ class RealtimeSession(SessionResults):
         )
 
     def _on_response_create(self, event: dict[str, Any], now_ms: float) -> None:
-        if self.kind is SessionKind.TRANSCRIPTION:
+        if self.realtime_config is None:
             raise ClientError("Transcription sessions do not create responses.", param="type")
         params = event.get("response")
         in_conversation = not (isinstance(params, dict) and params.get("conversation") == "none")
@@ -403,7 +313,10 @@ class RealtimeSession(SessionResults):
         self._start_response(params)
 
     def _start_response(self, params: Any) -> None:
-        resp, request = build_response(params, self.config, self.conversation, self.ids)
+        config = self.realtime_config
+        if config is None:
+            raise ClientError("Transcription sessions do not create responses.", param="type")
+        resp, request = build_response(params, config, self.conversation, self.ids)
         self._responses[resp.id] = resp
         if resp.in_conversation:
             self._default_response = self._last_default_response = resp.id
@@ -416,17 +329,17 @@ class RealtimeSession(SessionResults):
         For preemptive generation: the shell may start the reply while the silence
         window runs, and keep it only if the real request turns out the same.
         """
-        td = self.turn_detection
+        td, config = self.turn_detection, self.realtime_config
         if (
             self.closed
             or td is None
-            or not td.get("create_response", True)
-            or self.kind is not SessionKind.REALTIME
+            or not td.create_response
+            or config is None
             or self._default_response is not None
             or self._speech_item is None
         ):
             return None
-        _, request = build_response(None, self.config, self.conversation, self.ids)
+        _, request = build_response(None, config, self.conversation, self.ids)
         item = {
             "id": self._speech_item,
             "type": "message",
@@ -460,38 +373,6 @@ class RealtimeSession(SessionResults):
             self._default_response = None
         self._last_activity_ms = now_ms
 
-    # -- turn detection (the shell runs the VAD) ------------------------------------
-
-    def vad_speech_started(self, audio_start_ms: float, now_ms: float) -> None:
-        td = self.turn_detection
-        if self.closed or td is None or self._speech_item is not None:
-            return
-        self._speech_item = self.ids.new("item")
-        self._speech_start_ms = max(audio_start_ms, self._buffer_start_ms)
-        self._last_activity_ms = now_ms
-        self._emit(
-            "input_audio_buffer.speech_started",
-            audio_start_ms=int(self._speech_start_ms),
-            item_id=self._speech_item,
-        )
-        if td.get("interrupt_response", True) and self._default_response is not None:
-            self._cancel(self._responses[self._default_response], "turn_detected", now_ms)
-
-    def vad_speech_stopped(self, audio_end_ms: float, now_ms: float) -> None:
-        td = self.turn_detection
-        item_id = self._speech_item
-        if self.closed or td is None or item_id is None:
-            return
-        self._speech_item = None
-        self._last_activity_ms = now_ms
-        self._emit(
-            "input_audio_buffer.speech_stopped", audio_end_ms=int(audio_end_ms), item_id=item_id
-        )
-        self._commit(item_id, self._speech_start_ms)
-        if td.get("create_response", True) and self.kind is SessionKind.REALTIME:
-            if self._default_response is None:
-                self._start_response(None)
-
     def active_response_ids(self) -> list[str]:
         return list(self._responses)
 
@@ -502,19 +383,12 @@ class RealtimeSession(SessionResults):
         idle = self._idle_deadline()
         return min(deadline, idle) if idle is not None else deadline
 
-    def _idle_deadline(self) -> float | None:
-        td = self.turn_detection
-        timeout = td.get("idle_timeout_ms") if td else None
-        if not timeout or self._speech_item is not None or self._default_response is not None:
-            return None
-        return self._last_activity_ms + float(timeout)
-
     def tick(self, now_ms: float) -> None:
         if self.closed:
             return
         if now_ms >= self.expires_ms:
             minutes = int((self.expires_ms - self.created_ms) // 60_000)
-            # Every response.created still gets its response.done (LESSONS.md 2).
+            # Every response.created still gets its response.done.
             expired = {
                 "type": "invalid_request_error",
                 "code": "session_expired",
@@ -533,20 +407,7 @@ class RealtimeSession(SessionResults):
             self.close(now_ms)
             self._effects.append(Close(1000, "session expired"))
             return
-        idle = self._idle_deadline()
-        if idle is not None and now_ms >= idle:
-            item_id = self.ids.new("item")
-            self._last_activity_ms = now_ms
-            self._emit(
-                "input_audio_buffer.timeout_triggered",
-                item_id=item_id,
-                audio_start_ms=int(self._buffer_start_ms),
-                audio_end_ms=int(self._audio_ms),
-            )
-            self._commit(item_id, self._buffer_start_ms)
-            td = self.turn_detection or {}
-            if td.get("create_response", True) and self.kind is SessionKind.REALTIME:
-                self._start_response(None)
+        self._idle_timeout(now_ms)
 
     def close(self, now_ms: float) -> None:
         """Idempotent teardown: cancel what runs; nothing is emitted afterwards."""
@@ -558,9 +419,3 @@ class RealtimeSession(SessionResults):
         self._default_response = None
         self._transcribing.clear()  # late transcripts are dropped like late response output
         self.closed = True
-
-
-def _with_pcm_media(config: dict[str, Any]) -> dict[str, Any]:
-    pcm = {"type": "audio/pcm", "rate": 24000}
-    audio = {name: {**part, "format": dict(pcm)} for name, part in config["audio"].items()}
-    return {**config, "audio": audio}

@@ -8,9 +8,10 @@ operator's policy or the transport requires it:
 - ``--instructions-prefix`` goes before the client's instructions (``session.update`` and
   ``response.create``), and a session configuration carried by an ephemeral key or a WebRTC
   offer is applied before the client sees ``session.created``;
-- on WebRTC sessions (``media``) the reply's audio plays on the caller's track in real
-  time, so the proxy tracks how much of each item was heard and truncates it upstream on
-  barge-in or ``output_audio_buffer.clear``, as OpenAI does for its own WebRTC calls.
+- on WebRTC sessions (``media``) the audio format stays PCM (transceiver/protocol/media.py).
+  Playback is the relay's: on barge-in or ``output_audio_buffer.clear`` it truncates the
+  item to what the caller heard with a ``conversation.item.truncate`` of its own
+  (relay/webrtc.py), which passes upstream like any client event.
 
 The conversation seen in passing (items, transcripts, usage) is mirrored for logs and
 metrics after each frame is forwarded, so it adds nothing to the hot path.

@@ -1,9 +1,7 @@
-"""What a proxied session saw: the conversation mirror and a WebRTC caller's playback."""
+"""What a proxied session saw of its conversation: for the session-end log line and metrics."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,45 +89,3 @@ class Mirror:
             "turns": self.turns,
             **self.usage,
         }
-
-
-class Playback:
-    """How much of each assistant audio item a WebRTC caller has heard (real-time playback)."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self.item_id: str | None = None
-        self.response_id: str | None = None
-        self.last_response_id: str | None = None
-        self._start = 0.0
-        self._sent_ms = 0.0
-        self._cut_response_id: str | None = None
-
-    def audio(self, event: dict[str, Any]) -> None:
-        if event.get("response_id") == self._cut_response_id:
-            return  # in flight when the caller's playback was cut: the relay drops it too
-        item_id = event.get("item_id")
-        now = self._clock()
-        if item_id != self.item_id or self.heard_ms() >= self._sent_ms:
-            if item_id != self.item_id:
-                self._sent_ms = 0.0
-                self._start = now
-            else:  # playback ran dry and restarts: keep the heard part
-                self._start = now - self._sent_ms / 1000
-            self.item_id = item_id if isinstance(item_id, str) else None
-        self.response_id = event.get("response_id")
-        self.last_response_id = self.response_id
-        delta = event.get("delta") or ""
-        self._sent_ms += len(delta) * 3 / 4 / 2 / 24  # base64 PCM16 at 24 kHz, in ms
-
-    def heard_ms(self) -> float:
-        return min(self._sent_ms, (self._clock() - self._start) * 1000)
-
-    def interrupt(self) -> tuple[str, int] | None:
-        """Stop playback: the item and the ``audio_end_ms`` to truncate it at, if unheard."""
-        item_id, heard = self.item_id, self.heard_ms()
-        cut = item_id is not None and heard < self._sent_ms - 1
-        if self.response_id is not None:
-            self._cut_response_id = self.response_id
-        self.item_id, self.response_id, self._sent_ms = None, None, 0.0
-        return (item_id, int(heard)) if cut and item_id is not None else None

@@ -1,4 +1,4 @@
-"""The operator's policy for proxied sessions: models, instructions, the initial update.
+"""The operator's policy for proxied sessions: the models clients may use, and instructions.
 
 Also how client frames are read: an audio append passes unparsed, everything else is parsed,
 so that no frame can slip a ``session.update`` past the policy.
@@ -91,72 +91,3 @@ class ProxyPolicy:
             response["instructions"] = self.instructions(response["instructions"])
             return {**event, "response": response}
         return None
-
-
-_BETA_FORMATS = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}
-
-
-def session_update(session: dict[str, Any], beta: bool) -> dict[str, Any]:
-    """A GA session configuration (as validated by the relay) as a ``session.update`` body.
-
-    Beta upstreams take the flat beta shape; only the fields a key or an offer can carry
-    are translated.
-    """
-    session = {k: v for k, v in session.items() if k not in ("model", "object", "id")}
-    if not beta:
-        return session
-    flat: dict[str, Any] = {}
-    for name in ("instructions", "tools", "tool_choice", "include"):
-        if name in session:
-            flat[name] = session[name]
-    if "output_modalities" in session:
-        flat["modalities"] = (
-            ["audio", "text"] if session["output_modalities"] == ["audio"] else ["text"]
-        )
-    if "max_output_tokens" in session:
-        flat["max_response_output_tokens"] = session["max_output_tokens"]
-    audio = session.get("audio") or {}
-    audio_in, audio_out = audio.get("input") or {}, audio.get("output") or {}
-    if "format" in audio_in:
-        flat["input_audio_format"] = _BETA_FORMATS.get(audio_in["format"].get("type"), "pcm16")
-    if "turn_detection" in audio_in:
-        flat["turn_detection"] = audio_in["turn_detection"]
-    if "transcription" in audio_in:
-        flat["input_audio_transcription"] = audio_in["transcription"]
-    if "noise_reduction" in audio_in:
-        flat["input_audio_noise_reduction"] = audio_in["noise_reduction"]
-    if "format" in audio_out:
-        flat["output_audio_format"] = _BETA_FORMATS.get(audio_out["format"].get("type"), "pcm16")
-    if "voice" in audio_out:
-        flat["voice"] = audio_out["voice"]
-    if "speed" in audio_out:
-        flat["speed"] = audio_out["speed"]
-    return flat
-
-
-def check_media_formats(event: dict[str, Any]) -> None:
-    """A WebRTC call's audio is Opus on its track, played as PCM 24 kHz: a ``session.update``
-    that asks for another format (GA or beta shape) is refused."""
-    session = event.get("session")
-    if event.get("type") != "session.update" or not isinstance(session, dict):
-        return
-    audio = _mapping(session.get("audio"))
-    for direction in ("input", "output"):
-        fmt = _mapping(_mapping(audio.get(direction)).get("format"))
-        if fmt.get("type") not in (None, "audio/pcm"):
-            raise _media_format_error(f"session.audio.{direction}.format")
-    for name in ("input_audio_format", "output_audio_format"):
-        if session.get(name) not in (None, "pcm16"):
-            raise _media_format_error(f"session.{name}")
-
-
-def _mapping(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _media_format_error(param: str) -> ClientError:
-    return ClientError(
-        "A WebRTC session's audio travels on its media track as Opus; its audio format "
-        "stays 'audio/pcm'.",
-        param=param,
-    )

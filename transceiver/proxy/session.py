@@ -18,16 +18,13 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.frames import Close
 
 from transceiver.observability import Metrics, log_event
+from transceiver.protocol.beta import session_fields_to_beta
 from transceiver.protocol.contract import SessionKind, SessionSpec
 from transceiver.protocol.errors import ClientError, server_error_event
 from transceiver.protocol.ids import IdFactory
-from transceiver.proxy.mirror import OUTPUT_AUDIO_DELTAS, Mirror, Playback, is_output_delta
-from transceiver.proxy.policy import (
-    ProxyPolicy,
-    check_media_formats,
-    client_event,
-    session_update,
-)
+from transceiver.protocol.media import check_media_formats, with_pcm_audio
+from transceiver.proxy.mirror import OUTPUT_AUDIO_DELTAS, Mirror, is_output_delta
+from transceiver.proxy.policy import ProxyPolicy, client_event
 from transceiver.settings import TransceiverSettings
 
 log = logging.getLogger(__name__)
@@ -139,7 +136,6 @@ class ProxySession:
         self.id = self.ids.new("sess")
         self.metrics = metrics or Metrics("realtime_transceiver")
         self.mirror = Mirror()
-        self.playback = Playback()
         self._injected: set[str] = set()
         self._held_created: dict[str, Any] | None = None
         self._ready = asyncio.Event()
@@ -176,12 +172,17 @@ class ProxySession:
             log_event(log, "proxy.summary", id=self.id, **self.mirror.summary())
 
     def _initial_update(self) -> dict[str, Any] | None:
-        session = dict(self.spec.overrides or {})
+        """The ``session.update`` that applies the key's or the offer's configuration (GA,
+        as the relay validated it) and the instructions prefix, in the upstream's dialect."""
+        overrides = self.spec.overrides or {}
+        session = {k: v for k, v in overrides.items() if k not in ("model", "object", "id")}
+        if self.media:  # a format in an offer's or a key's session means nothing on a track
+            session = with_pcm_audio(session)
         if not self.transcription:
             instructions = self.backend.policy.instructions(session.get("instructions"))
             if instructions is not None:
                 session["instructions"] = instructions
-        body = session_update(session, self.beta)
+        body = session_fields_to_beta(session) if self.beta else session
         if not [k for k in body if k != "type"]:
             return None
         if self.beta:
@@ -265,7 +266,7 @@ class ProxySession:
             text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
             etype = peek_type(text)
             self.metrics.events_out.inc()
-            if etype in OUTPUT_AUDIO_DELTAS and not self.media:
+            if etype in OUTPUT_AUDIO_DELTAS:
                 await self.client.send(text)  # the hot path: not parsed
                 self._output(etype)
                 continue
@@ -283,11 +284,9 @@ class ProxySession:
             if event.get("type") == "error" and self._answers_injection(event):
                 log.warning("upstream refused a proxy event: %s", event.get("error"))
                 continue
-            await self._forward(upstream, event, text)
+            await self._forward(event, text)
 
-    async def _forward(self, upstream: ClientConnection, event: dict[str, Any], text: str) -> None:
-        if self.media:
-            await self._media_event(upstream, event)
+    async def _forward(self, event: dict[str, Any], text: str) -> None:
         await self.client.send(text)
         etype = event.get("type")
         self._output(etype if isinstance(etype, str) else None)
@@ -331,7 +330,7 @@ class ProxySession:
                 await self._inject(upstream, update)
                 return None
             self._ready.set()
-            await self._forward(upstream, event, text)
+            await self._forward(event, text)
             return update
         if etype.endswith("session.updated") and isinstance(event.get("session"), dict):
             await self.client.send(json.dumps({**self._held_created, "session": event["session"]}))
@@ -353,37 +352,13 @@ class ProxySession:
         self._held_created = None
         self._ready.set()
         for early_event, early_text in self._early:
-            await self._forward(upstream, early_event, early_text)
+            await self._forward(early_event, early_text)
         self._early.clear()
         return None
 
     def _answers_injection(self, event: dict[str, Any]) -> bool:
         """Whether an ``error`` answers an event the proxy sent (not the client)."""
         return (event.get("error") or {}).get("event_id") in self._injected
-
-    async def _media_event(self, upstream: ClientConnection, event: dict[str, Any]) -> None:
-        etype = event.get("type")
-        if etype in OUTPUT_AUDIO_DELTAS:
-            self.playback.audio(event)
-        elif etype == "input_audio_buffer.speech_started":
-            await self._truncate(upstream)
-
-    async def _truncate(self, upstream: ClientConnection) -> str | None:
-        """Barge-in on a WebRTC call: cut the item where the caller stopped hearing it."""
-        response_id = self.playback.response_id or self.playback.last_response_id
-        cut = self.playback.interrupt()
-        if cut is not None:
-            item_id, audio_end_ms = cut
-            await self._inject(
-                upstream,
-                {
-                    "type": "conversation.item.truncate",
-                    "item_id": item_id,
-                    "content_index": 0,
-                    "audio_end_ms": audio_end_ms,
-                },
-            )
-        return response_id
 
     async def _client_to_upstream(self, upstream: ClientConnection) -> None:
         await self._ready.wait()  # the configuration is applied before any client event
@@ -394,12 +369,9 @@ class ProxySession:
                 self.metrics.events_in.inc()
                 event = client_event(text)
                 if event is not None:
-                    if event.get("type") == "output_audio_buffer.clear" and self.media:
-                        await self._clear(upstream, event)
-                        continue
                     try:
-                        if self.media:
-                            check_media_formats(event)
+                        if self.media and event.get("type") == "session.update":
+                            check_media_formats(event.get("session"))
                         rewritten = policy.rewrite_client_event(event)
                     except ClientError as exc:
                         await self._send_error(
@@ -418,26 +390,6 @@ class ProxySession:
         except ConnectionClosed:
             pass
         self._client_left = True
-
-    async def _clear(self, upstream: ClientConnection, event: dict[str, Any]) -> None:
-        response_id = await self._truncate(upstream)
-        if response_id is None:
-            await self._send_error(
-                "There is no output audio to clear.",
-                "invalid_value",
-                type="invalid_request_error",
-                event_id=event.get("event_id"),
-            )
-            return
-        await self.client.send(
-            json.dumps(
-                {
-                    "type": "output_audio_buffer.cleared",
-                    "event_id": self.ids.event_id(),
-                    "response_id": response_id,
-                }
-            )
-        )
 
 
 class _Refused(Exception):

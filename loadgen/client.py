@@ -20,6 +20,9 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from models.audio import resample
+from models.synth import speech
+
 CHUNK_MS = 20
 MAX_SESSIONS = 2000
 MAX_DURATION_S = 3600.0
@@ -56,15 +59,12 @@ class Figures:
     finished: int = 0
 
 
-def synthetic_speech(seconds: float = 1.5, rate_hz: int = 24000) -> bytes:
-    """A speech-like test signal: pitched, syllable-shaped tone bursts (what VADs call speech)."""
-    t = np.arange(int(seconds * rate_hz)) / rate_hz
-    pitch = 140 * (1 + 0.1 * np.sin(2 * np.pi * 1.3 * t))
-    phase = 2 * np.pi * np.cumsum(pitch) / rate_hz
-    voice = np.sin(phase) + 0.5 * np.sin(2 * phase) + 0.25 * np.sin(3 * phase)
-    syllables = np.sin(np.pi * 4 * t) ** 2
-    pcm: bytes = (voice * syllables * 6000).astype("<i2").tobytes()
-    return pcm
+SPOKEN_TEXT = "hello there how are you"  # 1.5 s of synthetic speech at 300 ms a word
+
+
+def default_speech() -> bytes:
+    """What each simulated client says without ``--audio``: PCM16 24 kHz, 1.5 s."""
+    return speech(SPOKEN_TEXT, word_ms=300)
 
 
 def read_wav(path: str) -> bytes:
@@ -76,10 +76,7 @@ def read_wav(path: str) -> bytes:
         samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
     if channels > 1:
         samples = samples.reshape(-1, channels).mean(axis=1).astype(np.int16)
-    if rate != 24000:
-        positions = np.arange(int(len(samples) * 24000 / rate)) * rate / 24000
-        samples = np.interp(positions, np.arange(len(samples)), samples).astype(np.int16)
-    return samples.astype("<i2").tobytes()
+    return resample(samples.astype("<i2").tobytes(), rate, 24000)
 
 
 class SimulatedClient:
@@ -239,7 +236,7 @@ async def run_load(options: LoadOptions, progress: Any = None) -> tuple[Figures,
         if options.ramp_s and options.sessions > 1:
             await asyncio.sleep(options.ramp_s * index / (options.sessions - 1))
         if options.transport == "webrtc":
-            from relay.loadgen_webrtc import WebRtcClient
+            from loadgen.webrtc import WebRtcClient
 
             await WebRtcClient(options, figures, deadline).run()
         else:

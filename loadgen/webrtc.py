@@ -19,7 +19,8 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from relay.loadgen import RESPONSE_TIMEOUT_S, Figures, LoadOptions
+from loadgen.client import RESPONSE_TIMEOUT_S, Figures, LoadOptions
+from models.audio import resample
 
 _RATE = 48_000
 _FRAME = 960  # 20 ms
@@ -40,7 +41,7 @@ class _Microphone(MediaStreamTrack):
 
     def say(self, pcm16_24k: bytes) -> None:
         self.spoken.clear()
-        self._pending = np.repeat(np.frombuffer(pcm16_24k, dtype="<i2"), 2).astype("<i2")
+        self._pending = np.frombuffer(resample(pcm16_24k, 24000, _RATE), dtype="<i2")
 
     async def recv(self) -> av.AudioFrame:
         if self._start is None:

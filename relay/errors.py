@@ -1,0 +1,105 @@
+"""The relay's HTTP errors: always the OpenAI JSON error envelope, never FastAPI's ``detail``.
+
+``{"error": {"message", "type", "param", "code"}}`` is the shape of every error the OpenAI
+REST API answers with (https://platform.openai.com/docs/guides/error-codes); SDKs read it
+to raise their typed errors. Routes raise :class:`ApiError`; unknown routes (404), wrong
+methods (405) and request validation failures (422) are answered in the same shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+def error_body(
+    message: str,
+    code: str | None,
+    type: str = "invalid_request_error",
+    param: str | None = None,
+) -> dict[str, object]:
+    """The standard OpenAI JSON error envelope."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+class ApiError(Exception):
+    """An error answered as the JSON envelope with an HTTP status (raise it from a route)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.type = type
+        self.param = param
+        self.headers = headers
+
+    def response(self) -> JSONResponse:
+        body = error_body(self.message, self.code, self.type, self.param)
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def unauthorized(message: str = "Incorrect API key provided.") -> ApiError:
+    return ApiError(401, message, "invalid_api_key")
+
+
+def draining() -> ApiError:
+    return ApiError(503, "This server is restarting; try again shortly.", "server_shutting_down")
+
+
+def _code(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return f"http_{status}"
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own errors: 404 for an unknown route, 405 for a wrong method."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        message = f"Invalid URL ({request.method} {request.url.path})"
+    elif exc.status_code == 405:
+        message = f"Method {request.method} is not allowed for {request.url.path}."
+    else:
+        message = str(exc.detail)
+    error = ApiError(exc.status_code, message, _code(exc.status_code), headers=exc.headers)
+    return error.response()
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """A request that does not fit a route's declared parameters (FastAPI's 422)."""
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    first = errors[0] if errors else {}
+    loc = [str(part) for part in first.get("loc", ())]
+    if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
+        loc = loc[1:]
+    message = str(first.get("msg", "The request is not valid."))
+    param = ".".join(loc) or None
+    return ApiError(422, message, "invalid_request", param=param).response()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)

@@ -1,0 +1,241 @@
+"""``WS /v1/realtime``: a client session forwarded to a transceiver, frame for frame.
+
+With ``?call_id=rtc_...`` it is a sideband instead: a server-side control connection to a
+WebRTC call (https://platform.openai.com/docs/guides/realtime-server-controls), served here
+or, for a call another relay holds, forwarded to that relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, WebSocket
+from fastapi.responses import Response
+from starlette.websockets import WebSocketDisconnect
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.typing import Subprotocol
+
+from relay.admission import Refused, admit
+from relay.auth import Credentials, authenticate, lower_headers, wants_beta
+from relay.drain import SHUTDOWN_MESSAGE
+from relay.edge import Edge, EdgeDep
+from relay.ephemeral import EphemeralKey, call_owner
+from relay.errors import ApiError
+from relay.webrtc import Call
+from transceiver.protocol.contract import Dialect, SessionKind, SessionSpec
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+
+@router.websocket("/v1/realtime")
+async def realtime(websocket: WebSocket, edge: EdgeDep) -> None:
+    headers = lower_headers(websocket.headers)
+    offered = list(websocket.scope.get("subprotocols", []))
+    subprotocol = "realtime" if "realtime" in offered else None
+    try:
+        credentials = authenticate(edge, headers, offered)
+    except ApiError as exc:
+        await websocket.send_denial_response(exc.response())
+        return
+    params = websocket.query_params
+    if params.get("call_id"):  # an existing call: also while draining, until it ends
+        await sideband_or_forward(edge, websocket, params["call_id"], credentials)
+        return
+    spec = session_spec(params, headers, offered, credentials.ephemeral)
+    try:
+        admission = await admit(edge, credentials, spec)
+    except Refused as exc:
+        await websocket.accept(subprotocol=subprotocol)
+        await websocket.send_text(exc.event(edge))
+        await websocket.close(1013, "try again later")
+        return
+    except ApiError as exc:  # draining
+        await websocket.send_denial_response(exc.response())
+        return
+
+    async def close_for_drain() -> None:
+        await websocket.send_text(edge.error_event(SHUTDOWN_MESSAGE, "server_shutting_down"))
+        await websocket.close(1012, "server restarting")
+
+    async with admission:
+        admission.on_drain(close_for_drain)
+        await websocket.accept(subprotocol=subprotocol)
+        await forward(websocket, admission.upstream, edge)
+
+
+def session_spec(
+    params: Any, headers: dict[str, str], offered: list[str], ephemeral: EphemeralKey | None
+) -> SessionSpec:
+    """The transceiver session for a client connection: kind, model, dialect, and the
+    session configuration an ephemeral key carries."""
+    kind = SessionKind.TRANSCRIPTION if params.get("intent") == "transcription" else None
+    model = params.get("model") or None
+    overrides = None
+    if ephemeral is not None:  # the key carries its session configuration
+        overrides = ephemeral.session
+        if ephemeral.session.get("type") == "transcription":
+            kind = SessionKind.TRANSCRIPTION
+        else:
+            model = model or str(ephemeral.session.get("model", "gpt-realtime"))
+    return SessionSpec(
+        kind=kind or SessionKind.REALTIME,
+        model=None if kind is SessionKind.TRANSCRIPTION else model,
+        dialect=Dialect.BETA if wants_beta(headers, offered) else Dialect.GA,
+        overrides=overrides,
+    )
+
+
+async def sideband_or_forward(
+    edge: Edge, websocket: WebSocket, call_id: str, credentials: Credentials
+) -> None:
+    """``?call_id=``: the call's events here, or on the relay that holds the call."""
+    offered = list(websocket.scope.get("subprotocols", []))
+    subprotocol = "realtime" if "realtime" in offered else None
+    call = edge.calls.get(call_id)
+    if call is not None:
+        await websocket.accept(subprotocol=subprotocol)
+        await sideband(websocket, call)
+        return
+    owner = call_owner(edge.signer, call_id)
+    if owner is None or owner.rstrip("/") == edge.peer_url:
+        error = ApiError(404, f"Call '{call_id}' not found.", "call_not_found")
+        await websocket.send_denial_response(error.response())
+        return
+    upstream = await _connect_owner(websocket, owner, call_id, credentials, edge)
+    if upstream is None:
+        return
+    try:
+        await websocket.accept(subprotocol=subprotocol)
+        await forward(websocket, upstream, edge)
+    finally:
+        await upstream.close()
+
+
+async def _connect_owner(
+    websocket: WebSocket, owner: str, call_id: str, credentials: Credentials, edge: Edge
+) -> ClientConnection | None:
+    """A sideband on the relay holding the call, with the caller's credentials; ``None``
+    once the client has been answered with that relay's refusal or a 502."""
+    target = owner.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+    key = credentials.key
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        return await connect(
+            f"{target}/v1/realtime?{urlencode({'call_id': call_id})}",
+            additional_headers=headers,
+            subprotocols=[Subprotocol("realtime")],
+            max_size=edge.settings.max_frame_bytes,
+            open_timeout=10,
+            ping_interval=None,
+        )
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        body = bytes(exc.response.body or b"{}")  # websockets may hold it as a bytearray
+        await websocket.send_denial_response(
+            Response(body, status_code=status, media_type="application/json")
+        )
+    except (OSError, TimeoutError, InvalidHandshake) as exc:
+        log.warning("relay %s holding call %s is unreachable: %s", owner, call_id, exc)
+        error = ApiError(502, "The relay holding this call cannot be reached.", "call_unreachable")
+        await websocket.send_denial_response(error.response())
+    return None
+
+
+async def sideband(websocket: WebSocket, call: Call) -> None:
+    """A server-side control connection to a WebRTC call: the same events, both ways.
+
+    It ends with the call (hangup, idle caller, lost transceiver): close code 1000.
+    """
+    call.sidebands.add(websocket.send_text)
+    ended = asyncio.create_task(call.closed.wait())
+    try:
+        while True:
+            receive = asyncio.ensure_future(websocket.receive())
+            await asyncio.wait({receive, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if not receive.done():
+                receive.cancel()
+                with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                    await websocket.close(1000, "call ended")
+                return
+            message = receive.result()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("text")
+            await call.from_client(data if data is not None else message.get("bytes") or b"")
+    finally:
+        ended.cancel()
+        call.sidebands.discard(websocket.send_text)
+
+
+async def forward(websocket: WebSocket, upstream: ClientConnection, edge: Edge) -> None:
+    """Pass frames both ways unchanged until either side ends.
+
+    When the client leaves, the caller closes upstream. When upstream ends (the transceiver
+    closed the session, drained, or died), the client gets its close code, or an error and
+    1011 for a lost transceiver, whichever direction noticed first.
+    """
+    events_in, events_out = edge.metrics.events_in, edge.metrics.events_out
+    client_left = False
+
+    async def client_to_upstream() -> None:
+        nonlocal client_left
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                client_left = True
+                return
+            events_in.inc()
+            data = message.get("text")
+            try:
+                await upstream.send(data if data is not None else message.get("bytes") or b"")
+            except ConnectionClosed:
+                return  # upstream ended: answered below
+
+    async def upstream_to_client() -> None:
+        nonlocal client_left
+        async for frame in upstream:
+            events_out.inc()
+            try:
+                if isinstance(frame, str):
+                    await websocket.send_text(frame)
+                else:
+                    await websocket.send_bytes(frame)
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                client_left = True
+                return
+
+    to_up = asyncio.create_task(client_to_upstream())
+    to_client = asyncio.create_task(upstream_to_client())
+    done, _ = await asyncio.wait({to_up, to_client}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (to_up, to_client):
+        if task not in done:
+            task.cancel()
+    results = await asyncio.gather(to_up, to_client, return_exceptions=True)
+    if client_left or any(isinstance(r, WebSocketDisconnect) for r in results):
+        return
+    await _answer_upstream_end(websocket, upstream, edge)
+
+
+async def _answer_upstream_end(
+    websocket: WebSocket, upstream: ClientConnection, edge: Edge
+) -> None:
+    """Pass on the transceiver's close code. A lost transceiver (no close frame) gets an
+    ``error`` event and 1011, RFC 6455's code for a server that met an unexpected condition."""
+    rcvd = upstream.protocol.close_rcvd
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError, ConnectionClosed):
+        if rcvd is None:
+            log.warning("transceiver connection lost mid-session")
+            await websocket.send_text(
+                edge.error_event(
+                    "The server lost this session's transceiver.", "transceiver_unavailable"
+                )
+            )
+            await websocket.close(1011, "transceiver failed")
+        else:
+            await websocket.close(rcvd.code, rcvd.reason)

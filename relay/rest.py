@@ -1,0 +1,144 @@
+"""The relay's REST routes: health, metrics, models, and minting ephemeral keys.
+
+``POST /v1/realtime/client_secrets`` is the GA way to mint a key
+(https://platform.openai.com/docs/api-reference/realtime-sessions); the beta API's
+``POST /v1/realtime/sessions`` and ``/v1/realtime/transcription_sessions`` take a flat
+beta session configuration and answer with it and a ``client_secret``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from relay.auth import Credentials, MintingAuth
+from relay.edge import Edge, EdgeDep
+from relay.ephemeral import expiry_seconds, validate_session
+from relay.errors import ApiError
+from transceiver.observability import CONTENT_TYPE
+from transceiver.protocol.beta import BetaDialect
+from transceiver.protocol.errors import ClientError
+
+INDEX_HTML = Path(__file__).with_name("static") / "index.html"
+router = APIRouter()
+
+
+@router.get("/", include_in_schema=False)
+async def index() -> HTMLResponse:
+    """A small page that talks to the server over WebRTC (mic in, reply out)."""
+    return HTMLResponse(INDEX_HTML.read_text(encoding="utf-8"))
+
+
+@router.get("/healthz")
+async def healthz(edge: EdgeDep) -> JSONResponse:
+    """200 while serving; 503 while draining, so load balancers stop sending here."""
+    if edge.live.draining:
+        return JSONResponse({"status": "draining", **edge.describe()}, status_code=503)
+    return JSONResponse({"status": "ok", **edge.describe()})
+
+
+@router.get("/metrics", include_in_schema=False)
+async def prometheus(edge: EdgeDep) -> Response:
+    return Response(edge.metrics.render(), media_type=CONTENT_TYPE)
+
+
+@router.get("/v1/models")
+async def models(edge: EdgeDep) -> JSONResponse:
+    """The models every reachable transceiver serves, in the OpenAI list shape."""
+    names: list[str] = []
+    async with edge.pool.http_client(timeout_s=5) as client:
+        for member in edge.pool.members:
+            try:
+                reply = await client.get(f"{member.http_url}/v1/models")
+                names.extend(n for n in reply.json()["models"] if n not in names)
+            except (httpx.HTTPError, ValueError, KeyError):
+                continue
+    created = int(time.time())
+    data = [
+        {"id": n, "object": "model", "created": created, "owned_by": "realtime-relay"}
+        for n in names
+    ]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def json_object_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object body (``{}`` when empty), else a 400."""
+    try:
+        body = await request.json() if await request.body() else {}
+    except ValueError:
+        raise ApiError(400, "The body is not valid JSON.", "invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "The body must be a JSON object.", "invalid_request")
+    return body
+
+
+JsonObject = Annotated[dict[str, Any], Depends(json_object_body)]
+
+
+def bad_request(exc: ClientError) -> ApiError:
+    return ApiError(400, exc.message, exc.code or "invalid_value", param=exc.param)
+
+
+def _mint(
+    edge: Edge, credentials: Credentials, session: dict[str, Any], seconds: int
+) -> tuple[str, int]:
+    """A new key for ``session``, counted against the minting key's limit, and its expiry."""
+    value = edge.signer.mint(session, seconds, owner=credentials.holder)
+    return value, edge.signer.verify(value).expires_at
+
+
+def _shown(edge: Edge, kind: str, session: dict[str, Any], expires_at: int) -> dict[str, Any]:
+    return {
+        "object": "realtime.session" if kind == "realtime" else "realtime.transcription_session",
+        "id": edge.ids.new("sess"),
+        **session,
+        "expires_at": expires_at,
+    }
+
+
+# The credentials come first: a caller without them gets 401 whatever its body.
+@router.post("/v1/realtime/client_secrets")
+async def client_secrets(edge: EdgeDep, credentials: MintingAuth, body: JsonObject) -> JSONResponse:
+    """Mint an ephemeral key (GA): ``{value: "ek_...", expires_at, session}``."""
+    try:
+        seconds = expiry_seconds(body)
+        session = validate_session(body.get("session"))
+    except ClientError as exc:
+        raise bad_request(exc) from None
+    value, expires_at = _mint(edge, credentials, session, seconds)
+    shown = _shown(edge, session["type"], session, 0)
+    return JSONResponse({"value": value, "expires_at": expires_at, "session": shown})
+
+
+async def _beta_session(
+    edge: Edge, credentials: Credentials, body: dict[str, Any], kind: str
+) -> JSONResponse:
+    """Beta ephemeral sessions: a flat beta config in, the session plus ``client_secret``."""
+    dialect = BetaDialect()
+    try:
+        secret = body.pop("client_secret", None) or {}
+        seconds = expiry_seconds(secret if isinstance(secret, dict) else {}, default=60)
+        session = validate_session(dialect.session_to_ga(body, kind))
+    except ClientError as exc:
+        raise bad_request(exc) from None
+    value, expires_at = _mint(edge, credentials, session, seconds)
+    shown = dialect.session_to_beta(_shown(edge, kind, session, expires_at), kind)
+    shown["client_secret"] = {"value": value, "expires_at": expires_at}
+    return JSONResponse(shown)
+
+
+@router.post("/v1/realtime/sessions")
+async def beta_sessions(edge: EdgeDep, credentials: MintingAuth, body: JsonObject) -> JSONResponse:
+    return await _beta_session(edge, credentials, body, "realtime")
+
+
+@router.post("/v1/realtime/transcription_sessions")
+async def beta_transcription_sessions(
+    edge: EdgeDep, credentials: MintingAuth, body: JsonObject
+) -> JSONResponse:
+    return await _beta_session(edge, credentials, body, "transcription")

@@ -1,0 +1,41 @@
+"""Wire audio formats: the one place that knows their sample rates and sizes.
+
+The GA API names a format by its ``type`` (``audio.input.format.type``): ``audio/pcm``
+is 16-bit little-endian mono PCM at 24 kHz, ``audio/pcmu`` and ``audio/pcma`` are
+G.711 mu-law and A-law at 8 kHz, one byte a sample
+(https://platform.openai.com/docs/api-reference/realtime-client-events/session/update).
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class AudioFormatType(enum.StrEnum):
+    """A wire audio format; a ``str`` (its GA ``type``), so effects may carry either."""
+
+    PCM = "audio/pcm"
+    PCMU = "audio/pcmu"
+    PCMA = "audio/pcma"
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return 24_000 if self is AudioFormatType.PCM else 8_000
+
+    @property
+    def sample_bytes(self) -> int:
+        return 2 if self is AudioFormatType.PCM else 1
+
+    @property
+    def bytes_per_ms(self) -> int:
+        """48 for PCM16 at 24 kHz, 8 for G.711."""
+        return self.sample_rate_hz * self.sample_bytes // 1000
+
+    def duration_ms(self, byte_count: int) -> float:
+        """How long ``byte_count`` bytes of this format play."""
+        return byte_count / self.bytes_per_ms
+
+    def byte_count(self, ms: float) -> int:
+        """The bytes of whole samples that play in ``ms`` milliseconds (``ms`` >= 0)."""
+        count = int(ms * self.bytes_per_ms)
+        return count - count % self.sample_bytes

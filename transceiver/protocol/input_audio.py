@@ -1,0 +1,225 @@
+"""The input audio buffer and turn detection: appends, commits, VAD turns, idle timeouts.
+
+``SessionInput`` is a mixin of ``RealtimeSession``, kept apart so each file stays
+readable. The shell runs the voice activity detector on the ``FeedVad`` audio and
+reports speech with ``vad_speech_started`` / ``vad_speech_stopped``; the core decides
+what a turn does (commit, response, barge-in), as in
+https://platform.openai.com/docs/guides/realtime-vad.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transceiver.protocol.audio import AudioFormatType
+from transceiver.protocol.config import SessionConfig, Transcription, TurnDetection
+from transceiver.protocol.contract import SessionKind
+from transceiver.protocol.conversation import Conversation
+from transceiver.protocol.effects import Effect, FeedVad, ResetVad, Transcribe
+from transceiver.protocol.errors import ClientError
+from transceiver.protocol.ids import IdFactory
+from transceiver.protocol.items import copy_item, decode_base64
+from transceiver.protocol.responses import Response
+
+MIN_COMMIT_MS = 100
+# With turn detection on and nobody speaking, keep only this much buffered audio.
+IDLE_BUFFER_KEEP_MS = 10_000
+
+
+@dataclass
+class InputBuffer:
+    """Input audio not yet committed, placed on the session audio clock."""
+
+    audio: bytearray = field(default_factory=bytearray)
+    start_ms: float = 0.0  # session audio time of the first buffered byte
+    end_ms: float = 0.0  # session audio time: all audio appended so far
+
+    def append(self, audio: bytes, fmt: AudioFormatType) -> None:
+        self.audio += audio
+        self.end_ms += fmt.duration_ms(len(audio))
+
+    def duration_ms(self, fmt: AudioFormatType) -> float:
+        return fmt.duration_ms(len(self.audio))
+
+    def keep_last(self, ms: float, fmt: AudioFormatType) -> None:
+        drop = len(self.audio) - fmt.byte_count(ms)
+        drop -= drop % fmt.sample_bytes
+        if drop > 0:
+            del self.audio[:drop]
+            self.start_ms += fmt.duration_ms(drop)
+
+    def take(self, from_ms: float, fmt: AudioFormatType) -> bytes:
+        """The audio from ``from_ms`` on; the buffer is left empty."""
+        audio = bytes(self.audio[fmt.byte_count(max(0.0, from_ms - self.start_ms)) :])
+        self.clear()
+        return audio
+
+    def clear(self) -> None:
+        self.audio.clear()
+        self.start_ms = self.end_ms
+
+
+class SessionInput:
+    config: SessionConfig
+    kind: SessionKind
+    ids: IdFactory
+    conversation: Conversation
+    closed: bool
+    _effects: list[Effect]
+    _responses: dict[str, Response]
+    _default_response: str | None
+    _transcribing: set[str]
+    _last_activity_ms: float
+    _input: InputBuffer
+    _speech_item: str | None
+    _speech_start_ms: float
+
+    def _emit(self, type: str, **fields: Any) -> None:
+        raise NotImplementedError
+
+    def _cancel(self, resp: Response, reason: str, now_ms: float) -> None:
+        raise NotImplementedError
+
+    def _start_response(self, params: Any) -> None:
+        raise NotImplementedError
+
+    @property
+    def turn_detection(self) -> TurnDetection | None:
+        return self.config.audio.input.turn_detection
+
+    @property
+    def input_format(self) -> AudioFormatType:
+        return self.config.audio.input.format.type
+
+    @property
+    def speech_item_id(self) -> str | None:
+        """The id the user item will have if the current speech is committed."""
+        return self._speech_item
+
+    def _input_config_changed(
+        self, old_td: TurnDetection | None, old_format: AudioFormatType, now_ms: float
+    ) -> None:
+        """After a session update: restart turn detection if its configuration changed."""
+        if self.turn_detection != old_td:
+            self._reset_turn()
+            self._last_activity_ms = now_ms  # an idle timeout counts from its own start
+        if self.input_format != old_format and self._input.audio:
+            # Buffered audio is in the old format: drop it rather than mix formats.
+            self._input.clear()
+            self._reset_turn()
+
+    # -- the input audio buffer -------------------------------------------------------
+
+    def _on_append(self, event: dict[str, Any], now_ms: float) -> None:
+        audio = decode_base64(event.get("audio"), "audio")
+        self.append_audio(audio)
+
+    def append_audio(self, audio: bytes) -> None:
+        """Audio into the input buffer (client appends, or decoded media on WebRTC)."""
+        fmt = self.input_format
+        start_ms = self._input.end_ms
+        self._input.append(audio, fmt)
+        td = self.turn_detection
+        if td is None:
+            return
+        self._effects.append(FeedVad(audio, fmt, start_ms, td))
+        if self._speech_item is None and self._input.duration_ms(fmt) > 2 * IDLE_BUFFER_KEEP_MS:
+            self._input.keep_last(IDLE_BUFFER_KEEP_MS, fmt)
+
+    def _on_commit(self, event: dict[str, Any], now_ms: float) -> None:
+        buffered = self._input.duration_ms(self.input_format)
+        if buffered < MIN_COMMIT_MS:
+            raise ClientError(
+                "Error committing input audio buffer: buffer too small. Expected at least "
+                f"100ms of audio, but buffer only has {buffered:.2f}ms of audio.",
+                code="input_audio_buffer_commit_empty",
+            )
+        self._commit(self._speech_item or self.ids.new("item"), self._input.start_ms)
+        self._reset_turn()
+
+    def _on_clear(self, event: dict[str, Any], now_ms: float) -> None:
+        self._input.clear()
+        self._reset_turn()
+        self._emit("input_audio_buffer.cleared")
+
+    def _reset_turn(self) -> None:
+        self._speech_item = None
+        self._effects.append(ResetVad())
+
+    def _commit(self, item_id: str, from_ms: float) -> None:
+        fmt = self.input_format
+        audio = self._input.take(from_ms, fmt)
+        item = {
+            "id": item_id,
+            "type": "message",
+            "status": "completed",
+            "role": "user",
+            "content": [{"type": "input_audio", "transcript": None}],
+        }
+        previous = self.conversation.add(item, audio=audio, audio_format=fmt)
+        self._emit("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
+        self._emit("conversation.item.added", previous_item_id=previous, item=copy_item(item))
+        self._emit("conversation.item.done", previous_item_id=previous, item=copy_item(item))
+        transcription = self.config.audio.input.transcription
+        if transcription is not None or self.kind is SessionKind.TRANSCRIPTION:
+            self._transcribing.add(item_id)
+            config = transcription if transcription is not None else Transcription()
+            self._effects.append(Transcribe(item_id, audio, fmt, config))
+
+    # -- turn detection (the shell runs the VAD) ------------------------------------
+
+    def vad_speech_started(self, audio_start_ms: float, now_ms: float) -> None:
+        td = self.turn_detection
+        if self.closed or td is None or self._speech_item is not None:
+            return
+        self._speech_item = self.ids.new("item")
+        self._speech_start_ms = max(audio_start_ms, self._input.start_ms)
+        self._last_activity_ms = now_ms
+        self._emit(
+            "input_audio_buffer.speech_started",
+            audio_start_ms=int(self._speech_start_ms),
+            item_id=self._speech_item,
+        )
+        if td.interrupt_response and self._default_response is not None:
+            self._cancel(self._responses[self._default_response], "turn_detected", now_ms)
+
+    def vad_speech_stopped(self, audio_end_ms: float, now_ms: float) -> None:
+        td = self.turn_detection
+        item_id = self._speech_item
+        if self.closed or td is None or item_id is None:
+            return
+        self._speech_item = None
+        self._last_activity_ms = now_ms
+        self._emit(
+            "input_audio_buffer.speech_stopped", audio_end_ms=int(audio_end_ms), item_id=item_id
+        )
+        self._commit(item_id, self._speech_start_ms)
+        if td.create_response and self.kind is SessionKind.REALTIME:
+            if self._default_response is None:
+                self._start_response(None)
+
+    def _idle_deadline(self) -> float | None:
+        td = self.turn_detection
+        timeout = td.idle_timeout_ms if td is not None else None
+        if not timeout or self._speech_item is not None or self._default_response is not None:
+            return None
+        return self._last_activity_ms + float(timeout)
+
+    def _idle_timeout(self, now_ms: float) -> None:
+        """Nobody spoke for the idle timeout: commit what there is and respond."""
+        idle = self._idle_deadline()
+        if idle is None or now_ms < idle:
+            return
+        item_id = self.ids.new("item")
+        self._last_activity_ms = now_ms
+        self._emit(
+            "input_audio_buffer.timeout_triggered",
+            item_id=item_id,
+            audio_start_ms=int(self._input.start_ms),
+            audio_end_ms=int(self._input.end_ms),
+        )
+        self._commit(item_id, self._input.start_ms)
+        td = self.turn_detection
+        if td is not None and td.create_response and self.kind is SessionKind.REALTIME:
+            self._start_response(None)
