@@ -42,10 +42,11 @@ _TURN = re.compile(r"turn session=\S+ response=(\S+) (.*)")
 
 
 def spoken(tts: PiperTts, text: str) -> bytes:
+    """Piper's speech as PCM16 24 kHz, with the silence trimmed off both ends."""
     pcm = resample(tts.synthesize(text), tts.sample_rate_hz, 24000)
     samples = pcm16_to_array(pcm)
     loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > 500)
-    return samples[loud[0] : loud[-1] + 1].tobytes()
+    return samples[loud[0] : loud[-1] + 1].tobytes() if loud.size else pcm
 
 
 async def stream(conn: object, pcm: bytes, clock: list[float]) -> None:

@@ -172,9 +172,9 @@ def check_stream(
             state["done_items"].append(event["item"])
         elif etype == "response.content_part.added":
             assert state["items"].get(event["output_index"]) == event["item_id"]
-            key = (event["item_id"], event["output_index"], event["content_index"])
-            assert key not in state["parts"], f"content part {key} added twice"
-            state["parts"].add(key)
+            part = (event["item_id"], event["output_index"], event["content_index"])
+            assert part not in state["parts"], f"content part {part} added twice"
+            state["parts"].add(part)
         elif etype == "response.content_part.done":
             state["parts"].remove((event["item_id"], event["output_index"], event["content_index"]))
         elif etype == "response.output_audio.delta":

@@ -13,7 +13,6 @@ import base64
 import fractions
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import av
@@ -23,24 +22,14 @@ import pytest
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
 from tests.e2e.client import speech, user_message
-from tests.e2e.conftest import MOCK_ARGS
-from tests.e2e.test_proxy import UPSTREAM_KEY, proxy_args
 from tests.e2e.test_webrtc import speaker, until
-from tests.servers import RunningServer, relay_server
+from tests.servers import RunningServer
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 AUDIBLE = 300  # PCM16 amplitude: the mock voice peaks near 6000, silence decodes to ~0
 FRAME_MS = 20
-
-
-@pytest.fixture(scope="module")
-def proxied() -> Iterator[RunningServer]:
-    """The proxy in front of a mock upstream, both on loopback."""
-    with relay_server(*MOCK_ARGS, "--api-keys", UPSTREAM_KEY) as upstream:
-        with relay_server(*proxy_args(upstream), env={"OPENAI_API_KEY": UPSTREAM_KEY}) as proxy:
-            yield proxy
 
 
 class Microphone(MediaStreamTrack):
@@ -84,9 +73,8 @@ def audible_ms(pcm16_24k: bytes) -> float:
 async def test_a_cut_truncates_the_item_to_what_the_caller_heard(
     request: pytest.FixtureRequest, backend: str, cut: str
 ) -> None:
-    server: RunningServer = request.getfixturevalue(
-        "mock_server" if backend == "mock" else "proxied"
-    )
+    # The proxy's upstream is the mock server's twin (tests/e2e/conftest.py).
+    server: RunningServer = request.getfixturevalue("mock_server" if backend == "mock" else "proxy")
     pc = RTCPeerConnection()
     channel = pc.createDataChannel("oai-events")
     events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
 import pytest
 
-from models.audio import pcm16_to_array, resample
+from bench.voice import spoken
 from models.tts import PiperTts
 from tests.chat_server import ChatServer, chat_server
 from tests.servers import RunningServer, relay_server
@@ -47,7 +46,4 @@ class Speaker:
         self._tts = tts
 
     def __call__(self, text: str) -> bytes:
-        pcm = resample(self._tts.synthesize(text), self._tts.sample_rate_hz, 24000)
-        samples = pcm16_to_array(pcm)
-        loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > 500)
-        return samples[loud[0] : loud[-1] + 1].tobytes() if loud.size else pcm
+        return spoken(self._tts, text)

@@ -10,7 +10,14 @@ from openai import AsyncOpenAI
 
 from models.audio import alaw_decode, rms
 from tests.chat_server import STORY, TOOL_ANSWER, ChatServer
-from tests.e2e.client import Recorder, append_audio, decode_audio, silence, user_text
+from tests.e2e.client import (
+    WEATHER_TOOL,
+    Recorder,
+    append_audio,
+    decode_audio,
+    silence,
+    user_text,
+)
 from tests.local.conftest import Speaker
 from tests.servers import RunningServer, relay_server
 
@@ -161,17 +168,7 @@ async def test_function_call_through_url_engine(
                 "type": "session.update",
                 "session": {
                     "type": "realtime",
-                    "tools": [
-                        {
-                            "type": "function",
-                            "name": "get_weather",
-                            "description": "Weather in a city",
-                            "parameters": {
-                                "type": "object",
-                                "properties": {"city": {"type": "string"}},
-                            },
-                        }
-                    ],
+                    "tools": [WEATHER_TOOL],
                 },
             }
         )

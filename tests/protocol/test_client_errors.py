@@ -200,28 +200,6 @@ def test_output_audio_buffer_clear_is_refused_over_websocket(make_session, kit) 
     assert error["event_id"] == "o1"
 
 
-def test_output_audio_buffer_clear_over_media(make_session, kit) -> None:
-    h = make_session(media=True)
-    rid = h.start()
-    events = h.send({"type": "output_audio_buffer.clear"})
-    assert kit.types(events) == ["output_audio_buffer.cleared"]
-    assert events[0]["response_id"] == rid
-
-
-def test_output_audio_buffer_clear_after_response_done_names_that_response(
-    make_session, kit
-) -> None:
-    h = make_session(media=True)
-    kit.error_of(h.send({"type": "output_audio_buffer.clear"}))  # nothing ever played
-    rid = h.start()
-    h.session.response_audio_delta(rid, b"\0" * 4800)
-    h.session.response_finished(rid, 0)
-    h.drain()
-    events = h.send({"type": "output_audio_buffer.clear"})  # still playing after done
-    assert kit.types(events) == ["output_audio_buffer.cleared"]
-    assert events[0]["response_id"] == rid
-
-
 def test_transcription_session_refuses_response_create(make_session, kit) -> None:
     h = make_session(kind=SessionKind.TRANSCRIPTION)
     error = kit.error_of(h.send({"type": "response.create", "event_id": "r1"}))

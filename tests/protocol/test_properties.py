@@ -367,7 +367,6 @@ OUTPUTS = st.sampled_from(
         "finish",
         "finish",
         "fail",
-        "cleared",
     ]
 )
 STT = st.sampled_from(["delta", "completed", "failed"])
@@ -431,8 +430,6 @@ def backend_output(w: World, data: st.DataObject, rid: str) -> None:
         )
     elif op == "fail":
         session.response_failed(rid, "The model failed.", w.now_ms)
-    elif op == "cleared" and session.media:
-        session.output_audio_cleared(rid)
 
 
 @SETTINGS

@@ -290,7 +290,6 @@ def test_session_expires_after_60_minutes(make_session, kit) -> None:
     h.session.transcription_delta(item_id, "late")
     h.session.transcription_completed(item_id, "late", {"type": "duration", "seconds": 1})
     h.session.transcription_failed(item_id, "late")
-    h.session.output_audio_cleared(rid)
     assert h.drain() == [] and h.effects() == []
 
 

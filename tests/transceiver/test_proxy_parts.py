@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from transceiver.protocol.config import apply_session_update, default_session
 from transceiver.protocol.contract import Dialect, SessionKind, SessionSpec, Transport
 from transceiver.protocol.errors import ClientError
 from transceiver.protocol.media import check_media_formats
@@ -54,8 +53,12 @@ def test_mirror_times_each_turn_once_and_sums_usage() -> None:
     assert mirror.summary()["output_tokens"] == 10 and mirror.summary()["turns"] == 1
 
 
+PCM = {"type": "audio/pcm", "rate": 24000}
+PCMU = {"type": "audio/pcmu"}
+
+
 def test_webrtc_calls_keep_pcm() -> None:
-    ga = {"audio": {"output": {"format": {"type": "audio/pcmu"}}}}
+    ga = {"audio": {"output": {"format": PCMU}}}
     with pytest.raises(ClientError) as refused:
         check_media_formats(ga)
     assert refused.value.param == "session.audio.output.format"
@@ -63,10 +66,21 @@ def test_webrtc_calls_keep_pcm() -> None:
         check_media_formats({"input_audio_format": "g711_alaw"})  # the beta shape
     assert refused.value.param == "session.input_audio_format"
     check_media_formats({"instructions": "hi"})
-    check_media_formats({"audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000}}}})
+    check_media_formats({"audio": {"input": {"format": PCM}}})
     check_media_formats({"audio": {"input": {"format": {"rate": 24000}}}})  # PCM by default
-    check_media_formats(default_session("realtime", None))  # the core checks whole configs
+    whole = {"type": "realtime", "audio": {"input": {"format": PCM}, "output": {"format": PCM}}}
+    check_media_formats(whole)  # the core checks whole configurations
     check_media_formats("not an object")  # names no format: the validation answers it
+
+
+def key_session(**fields: Any) -> dict[str, Any]:
+    """A key's or an offer's session as the relay validated it (GA, whole)."""
+    audio = {
+        "input": {"format": PCM, "turn_detection": {"type": "server_vad"}, "transcription": None},
+        "output": {"format": PCM, "voice": "alloy", "speed": 1.0},
+    }
+    session = {"type": "realtime", "model": "gpt-realtime", "instructions": "Hi.", "audio": audio}
+    return session | fields
 
 
 def proxied(overrides: dict[str, Any] | None, **spec: Any) -> ProxySession:
@@ -78,37 +92,30 @@ def proxied(overrides: dict[str, Any] | None, **spec: Any) -> ProxySession:
 def test_the_initial_update_of_a_webrtc_call_keeps_pcm() -> None:
     """An offer's or a key's G.711 would reach the upstream, whose audio the relay plays as
     PCM: the proxy sends PCM instead, as the core keeps it."""
-    pcmu = {"audio": {"input": {"format": {"type": "audio/pcmu"}}}}
-    key = apply_session_update(default_session("realtime", None), pcmu)
+    key = key_session(
+        audio={"input": {"format": PCMU}, "output": {"format": PCMU, "voice": "alloy"}}
+    )
     update = proxied(key, transport=Transport.WEBRTC)._initial_update()
     assert update is not None and update["type"] == "session.update"
     audio = update["session"]["audio"]
-    assert (
-        audio["input"]["format"]
-        == audio["output"]["format"]
-        == {
-            "type": "audio/pcm",
-            "rate": 24000,
-        }
-    )
-    assert update["session"]["instructions"].startswith("PREFIX")
+    assert audio["input"]["format"] == audio["output"]["format"] == PCM
+    assert audio["output"]["voice"] == "alloy"
+    assert update["session"]["instructions"] == "PREFIX\n\nHi."
     assert "model" not in update["session"]
     over_websocket = proxied(key)._initial_update()
     assert over_websocket is not None
-    assert over_websocket["session"]["audio"]["input"]["format"] == {"type": "audio/pcmu"}
+    assert over_websocket["session"]["audio"]["input"]["format"] == PCMU
 
 
 def test_a_beta_upstream_gets_the_flat_shape() -> None:
-    key = apply_session_update(
-        default_session("realtime", None),
-        {
-            "instructions": "Be brief.",
-            "output_modalities": ["text"],
-            "max_output_tokens": 200,
-            "audio": {
-                "input": {"format": {"type": "audio/pcmu"}, "turn_detection": None},
-                "output": {"voice": {"id": "voice_1"}, "speed": 1.2},
-            },
+    key = key_session(
+        instructions="Be brief.",
+        output_modalities=["text"],
+        max_output_tokens=200,
+        tracing=None,  # no place in the beta shape: left out
+        audio={
+            "input": {"format": PCMU, "turn_detection": None},
+            "output": {"format": PCM, "voice": {"id": "voice_1"}, "speed": 1.2},
         },
     )
     update = proxied(key, dialect=Dialect.BETA)._initial_update()
@@ -120,16 +127,17 @@ def test_a_beta_upstream_gets_the_flat_shape() -> None:
     assert flat["input_audio_format"] == "g711_ulaw" and flat["output_audio_format"] == "pcm16"
     assert flat["turn_detection"] is None
     assert flat["voice"] == "voice_1" and flat["speed"] == 1.2
-    assert "audio" not in flat and "type" not in flat and "model" not in flat
+    for ga_only in ("audio", "type", "model", "tracing", "output_modalities"):
+        assert ga_only not in flat
     # Without a key, only the prefix; a beta transcription session has its own event.
     only_prefix = proxied(None, dialect=Dialect.BETA)._initial_update()
     assert only_prefix == {"type": "session.update", "session": {"instructions": "PREFIX"}}
     transcription = proxied(
-        default_session("transcription", None),
+        {"type": "transcription", "audio": {"input": {"format": PCM}}},
         dialect=Dialect.BETA,
         kind=SessionKind.TRANSCRIPTION,
     )._initial_update()
-    assert transcription is not None
-    assert transcription["type"] == "transcription_session.update"
-    assert transcription["session"]["input_audio_format"] == "pcm16"
-    assert "instructions" not in transcription["session"]
+    assert transcription == {
+        "type": "transcription_session.update",
+        "session": {"input_audio_format": "pcm16"},
+    }

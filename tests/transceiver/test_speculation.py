@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.transceiver.requests import request as request_for
+from tests.waiting import eventually
 from transceiver.backends.base import ResponseSink, TranscriptSink
 from transceiver.backends.mock import word_audio
 from transceiver.protocol.audio import AudioFormatType
@@ -114,10 +115,9 @@ async def run_turns(
         else:
             client.append(piece)
             await settle()
-    for _ in range(100):
-        if any(e["type"] == "response.done" for e in client.events):
-            break
-        await asyncio.sleep(0.01)
+    await eventually(
+        lambda: any(e["type"] == "response.done" for e in client.events), 2, 0.01, "a reply"
+    )
     client.incoming.put_nowait(None)
     await task
     return backend, client

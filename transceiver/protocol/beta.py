@@ -1,7 +1,9 @@
-"""The beta dialect as a shim over GA (LESSONS.md 5: GA is primary, beta is a translation).
+"""The beta dialect as a shim over GA: GA is the one model of a session, beta a translation.
 
-Inbound beta events are rewritten to GA before the session sees them; outbound GA
-events are rewritten to beta names and flat shapes (PROTOCOL.md sections 6.3-6.5, 11).
+Inbound beta events (``OpenAI-Beta: realtime=v1``) are rewritten to GA before the session
+sees them; outbound GA events are rewritten to the beta names (``response.audio.delta``,
+``conversation.item.created``...) and the beta flat session shape (``input_audio_format``,
+``modalities``...), as OpenAI's beta Realtime API reference has them.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ validated as a whole, so a rejected update changes nothing.
 from __future__ import annotations
 
 import copy
-from typing import Annotated, Any, Literal, overload
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -287,29 +287,8 @@ def session_wire(config: SessionConfig) -> dict[str, Any]:
     return config.model_dump(mode="json", exclude=set(_READ_ONLY))
 
 
-def default_session(kind: str, model: str | None) -> dict[str, Any]:
-    """``default_config`` in wire form."""
-    return session_wire(default_config(SessionKind(kind), model))
-
-
-@overload
-def apply_session_update(current: SessionConfig, update: Any) -> SessionConfig: ...
-
-
-@overload
-def apply_session_update(current: dict[str, Any], update: Any) -> dict[str, Any]: ...
-
-
-def apply_session_update(
-    current: SessionConfig | dict[str, Any], update: Any
-) -> SessionConfig | dict[str, Any]:
-    """The configuration after ``update``, or ``ClientError`` (nothing changes).
-
-    A configuration given in wire form (``default_session``) comes back in wire form:
-    the relay checks the session of an ephemeral key so.
-    """
-    if isinstance(current, dict):
-        return session_wire(_updated(current, update))
+def apply_session_update(current: SessionConfig, update: Any) -> SessionConfig:
+    """The configuration after ``update``, or ``ClientError`` (nothing changes)."""
     return _updated(session_wire(current), update)
 
 
@@ -338,19 +317,6 @@ def _updated(current: dict[str, Any], update: Any) -> SessionConfig:
             "The model of a session cannot be changed.", code="invalid_value", param="session.model"
         )
     return validated
-
-
-def with_pcm_formats(config: SessionConfig) -> SessionConfig:
-    """``config`` with PCM audio both ways (what a WebRTC or SIP media track carries)."""
-    pcm = {"format": AudioFormat()}
-    audio_in = config.audio.input.model_copy(update=pcm)
-    if isinstance(config, TranscriptionSessionConfig):
-        return config.model_copy(
-            update={"audio": config.audio.model_copy(update={"input": audio_in})}
-        )
-    audio_out = config.audio.output.model_copy(update=pcm)
-    audio = config.audio.model_copy(update={"input": audio_in, "output": audio_out})
-    return config.model_copy(update={"audio": audio})
 
 
 def voice_name(voice: str | CustomVoice | dict[str, Any]) -> str:

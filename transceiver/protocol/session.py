@@ -20,7 +20,6 @@ from transceiver.protocol.config import (
     apply_session_update,
     default_config,
     session_wire,
-    with_pcm_formats,
 )
 from transceiver.protocol.contract import SessionKind, SessionSpec
 from transceiver.protocol.conversation import Conversation
@@ -36,7 +35,7 @@ from transceiver.protocol.errors import ClientError
 from transceiver.protocol.ids import IdFactory
 from transceiver.protocol.input_audio import InputBuffer, SessionInput
 from transceiver.protocol.items import copy_item, normalize_item
-from transceiver.protocol.media import check_media_formats
+from transceiver.protocol.media import check_media_formats, with_pcm_audio
 from transceiver.protocol.requests import build_response
 from transceiver.protocol.responses import Response, ResponseWriter
 from transceiver.protocol.results import SessionResults
@@ -69,9 +68,10 @@ class RealtimeSession(SessionInput, SessionResults):
         self.conversation = Conversation(self.ids.new("conv"))
         self.config = default_config(spec.kind, spec.model)
         if spec.overrides:
-            config = apply_session_update(self.config, spec.overrides)
-            # A key's or an offer's audio format means nothing on a media track: keep PCM.
-            self.config = with_pcm_formats(config) if spec.media else config
+            overrides = spec.overrides
+            if spec.media:  # a key's or an offer's audio format means nothing on a track
+                overrides = with_pcm_audio(overrides)
+            self.config = apply_session_update(self.config, overrides)
         self.created_ms = now_ms
         self.expires_ms = now_ms + max_duration_ms
         self.expires_at_s = int(created_at_s + max_duration_ms / 1000)
@@ -85,7 +85,6 @@ class RealtimeSession(SessionInput, SessionResults):
         self._last_activity_ms = now_ms
         self._responses: dict[str, Response] = {}
         self._default_response: str | None = None
-        self._last_default_response: str | None = None
         self._transcribing: set[str] = set()
         self._handlers: dict[str, Callable[[dict[str, Any], float], None]] = {
             "session.update": self._on_session_update,
@@ -191,21 +190,13 @@ class RealtimeSession(SessionInput, SessionResults):
         self._emit("session.updated", session=self.session_object())
 
     def _on_output_clear(self, event: dict[str, Any], now_ms: float) -> None:
-        if not self.media:
-            raise ClientError(
-                "output_audio_buffer.clear is only supported on WebRTC and SIP connections.",
-                param="type",
-            )
-        # Playback can outlast response.done: name the response whose audio was playing.
-        response_id = self._default_response or self._last_default_response
-        if response_id is None:
-            raise ClientError("There is no output audio to clear.", code="invalid_value")
-        self.output_audio_cleared(response_id)
-
-    def output_audio_cleared(self, response_id: str) -> None:
-        """The media shell stopped playback (barge-in or ``output_audio_buffer.clear``)."""
-        if not self.closed:
-            self._emit("output_audio_buffer.cleared", response_id=response_id)
+        # On WebRTC the relay plays the audio, so it answers output_audio_buffer.clear
+        # itself and truncates the item to what was heard (relay/webrtc.py); the event
+        # reaches the core only from a WebSocket client, where there is no playback.
+        raise ClientError(
+            "output_audio_buffer.clear is only supported on WebRTC and SIP connections.",
+            param="type",
+        )
 
     def _on_item_create(self, event: dict[str, Any], now_ms: float) -> None:
         item, audio = normalize_item(event.get("item"))
@@ -319,7 +310,7 @@ class RealtimeSession(SessionInput, SessionResults):
         resp, request = build_response(params, config, self.conversation, self.ids)
         self._responses[resp.id] = resp
         if resp.in_conversation:
-            self._default_response = self._last_default_response = resp.id
+            self._default_response = resp.id
         self._emit("response.created", response=resp.wire("in_progress"))
         self._effects.append(StartResponse(request))
 

@@ -236,7 +236,7 @@ class ProxySession:
 
     async def _upstream_closed(self, rcvd: Close | None) -> None:
         """The upstream ended the session: tell the client, with a close code that says
-        whether to reconnect (PROTOCOL.md 2.5)."""
+        whether to reconnect (1011 and 1012/1013 invite a retry, 1008 does not)."""
         if rcvd is not None and rcvd.code in (1000, 1001):
             await self.client.close(rcvd.code, rcvd.reason)
             return
