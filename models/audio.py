@@ -2,19 +2,27 @@
 
 All PCM is mono, signed 16-bit little-endian.
 
-:func:`resample` is the project's one resampler (the relay, which may not import this
-package, uses PyAV in relay/webrtc.py). It is stateless: linear interpolation
-(``np.interp``), or the mean of each block for integer down-ratios (24 kHz -> 8 kHz).
-Measured against PyAV's libswresample with ``python -m bench resample`` (results in
-bench/results.md): libswresample is far cleaner (60-80 dB SNR against 11-30 dB here;
-30 dB of alias rejection against 3-10 dB) and no cheaper on whole buffers (both about
-0.2 ms per second of audio), but the runner converts every 20 ms append and every TTS
-chunk on its own, and there a fresh libswresample costs about 350 us a chunk against
-about 20 us here (20 times as much, per session, for every append), and its filter
-edges drop it to 26-53 dB, while converting chunk by chunk here measures the same as
-converting the whole buffer. In the speech band that the VAD (8 kHz) and Whisper
-(16 kHz) listen to, 24 kHz -> 16 kHz keeps 30 dB SNR. Better quality for a stream
-needs one libswresample per stream (about 40 us a chunk, 60+ dB), kept by the caller.
+:func:`resample` (and :func:`resample_array` for float samples) is the project's one
+resampler; the relay, which may not import this package, uses PyAV in relay/webrtc.py.
+It is stateless: linear interpolation (``np.interp``), or the mean of each block for
+integer down-ratios (24 kHz -> 8 kHz). Measured against PyAV's libswresample with
+``python -m bench resample`` (bench/results.md, "Resampling"):
+
+- quality: libswresample is far cleaner, 60-80 dB SNR on whole buffers against 11-30 dB
+  here in the speech band (30 dB for 24 -> 16 kHz, what Whisper gets), and 32 dB of
+  alias rejection against 3-10 dB;
+- cost on whole buffers: the same, about 0.2 ms per second of audio;
+- cost on 20 ms chunks, which is how the runner converts every append (for the VAD) and
+  every TTS chunk, one at a time and without state: a fresh libswresample costs
+  250-320 us a chunk against 17-19 us here, for each session and each chunk, and its
+  filter edges bring it down to 26-53 dB; chunk by chunk, this one measures the same as
+  on the whole buffer.
+
+So the one resampler is this stateless function: the per-chunk path, taken by every
+session, decides, and whole buffers (the utterance for Whisper, test audio) use it too
+rather than a second implementation; the VAD and Whisper work well at its quality
+(tests/models, tests/local). A caller that keeps one libswresample per stream gets
+50-77 dB for about 40 us a chunk, as relay/webrtc.py does.
 """
 
 from __future__ import annotations
