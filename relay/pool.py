@@ -120,7 +120,6 @@ class TransceiverPool:
         self._transport = transport
         self._members: dict[str, Member] = {}
         self._task: asyncio.Task[None] | None = None
-        self.refusals = 0
         self.on_refusal: Callable[[Member], None] = lambda member: None
         for target in self._targets:  # literal addresses need no lookup
             host = urlsplit(target).hostname or ""
@@ -254,7 +253,6 @@ class TransceiverPool:
 
     def _refused(self, member: Member, why: str) -> None:
         log.warning("transceiver %s refused a session: %s", member.url, why)
-        self.refusals += 1
         self.on_refusal(member)
 
     def release(self, member: Member) -> None:

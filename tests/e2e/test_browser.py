@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import shutil
 import subprocess
-import time
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +16,7 @@ from websockets.asyncio.client import connect
 
 from tests.e2e.client import silence, speech
 from tests.servers import RunningServer, free_port
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -91,15 +90,18 @@ async def test_browser_page_talks_over_webrtc(mock_server: RunningServer, tmp_pa
         out.writeframes(silence(500) + speech("hello there how are you today") + silence(1500))
     url = f"http://127.0.0.1:{mock_server.port}/?autostart=1"
     with browser(url, wav, tmp_path / "profile") as port:
-        deadline = time.monotonic() + 60
         state: dict[str, str] = {}
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.5)
+
+        async def conversed() -> bool:
+            nonlocal state
             with contextlib.suppress(httpx.HTTPError, OSError, StopIteration, KeyError):
                 state = await page_state(port)
-                if "Assistant:" in state["transcript"] and int(state["audio-level"] or 0) > 0:
-                    break
-        else:
+                return "Assistant:" in state["transcript"] and int(state["audio-level"] or 0) > 0
+            return False
+
+        try:
+            await eventually(conversed, 60, 0.5, "a conversation on the page")
+        except TimeoutError:
             pytest.fail(f"the page did not converse: {state}")
     assert state["status"] == "connected: speak"
     assert "You:" in state["transcript"] and "seconds of audio" in state["transcript"]

@@ -25,6 +25,7 @@ from tests.e2e.client import Recorder, silence, speech, user_message, user_text
 from tests.e2e.conftest import MOCK_ARGS, PREFIX, UPSTREAM_KEY, proxy_args
 from tests.e2e.test_webrtc import Microphone, speaker, until
 from tests.servers import RunningServer, relay_server
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -200,7 +201,8 @@ async def test_webrtc_through_the_proxy(proxy: RunningServer) -> None:
         channel.send(json.dumps(user_message("tell me a long story")))
         channel.send(json.dumps({"type": "response.create"}))
         started = await until(events, "output_audio_buffer.started", seen)
-        await asyncio.sleep(1.0)
+        at = len(heard)  # let the caller hear about a second of it (PCM16 24 kHz)
+        await eventually(lambda: len(heard) >= at + 48_000, 10, what="a second heard")
         channel.send(json.dumps({"type": "response.cancel"}))
         channel.send(json.dumps({"type": "output_audio_buffer.clear"}))
         cleared = await until(events, "output_audio_buffer.cleared", seen)

@@ -1,4 +1,4 @@
-"""Bad client input becomes an ``error`` and the session goes on (PROTOCOL.md 4, 7.5, 12.3)."""
+"""Bad client input becomes an ``error`` and the session goes on."""
 
 from __future__ import annotations
 

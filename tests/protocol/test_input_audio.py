@@ -1,4 +1,4 @@
-"""The input audio buffer and input transcription (PROTOCOL.md sections 4, 8.3, 8.8, 12 Audio)."""
+"""The input audio buffer and input transcription."""
 
 from __future__ import annotations
 

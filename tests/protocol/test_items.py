@@ -1,4 +1,4 @@
-"""Conversation items: create, retrieve, delete, truncate (PROTOCOL.md sections 4, 7.1, 12.8)."""
+"""Conversation items: create, retrieve, delete, truncate."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hypothesis properties of the core (STYLE.md "Tests and habits"; PROTOCOL.md section 12).
+"""Hypothesis properties of the core.
 
 * Any chunking of appended audio commits the same bytes.
 * No sequence of client events, VAD calls, backend output and ticks raises, and every

@@ -1,4 +1,5 @@
-"""Identifiers in the formats OpenAI uses (PROTOCOL.md section 12, "Identifiers")."""
+"""Identifiers in the formats OpenAI uses (the Realtime API reference's prefixes:
+``sess_``, ``item_``, ``resp_``, ``event_``...)."""
 
 from __future__ import annotations
 
@@ -29,9 +30,6 @@ class IdFactory:
 
     def new(self, prefix: str, length: int = 21) -> str:
         return f"{prefix}_{self._chars(length)}"
-
-    def hex(self, prefix: str, length: int = 32) -> str:
-        return f"{prefix}_{self._chars(length, '0123456789abcdef')}"
 
     def event_id(self) -> str:
         self._counter += 1

@@ -1,4 +1,5 @@
-"""Conversation items from clients: validation and normalisation (PROTOCOL.md section 7.1)."""
+"""Conversation items from clients: validation and normalisation (the Realtime API's
+``conversation.item.create``)."""
 
 from __future__ import annotations
 

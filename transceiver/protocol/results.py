@@ -1,8 +1,8 @@
 """Results pushed into a session by its shell: input transcripts and backend output.
 
 A mixin of ``RealtimeSession``, kept apart so each file stays readable. Backend output
-is tagged with its response id; output for a response that has ended is dropped
-(LESSONS.md 3), so cancellation is deterministic.
+is tagged with its response id; output for a response that has ended is dropped, so
+cancellation is deterministic: nothing of a cancelled response reaches the client.
 """
 
 from __future__ import annotations
