@@ -43,10 +43,12 @@ from transceiver.protocol.ids import IdFactory
 
 log = logging.getLogger(__name__)
 
-RATE_HZ = 48_000
-FRAME_SAMPLES = 960  # 20 ms
+# The session's PCM16 24 kHz goes on the track as it is: aiortc's Opus encoder resamples
+# it to 48 kHz with one libswresample per track (aiortc/codecs/opus.py).
+RATE_HZ = 24_000
+FRAME_SAMPLES = 480  # 20 ms
 _FRAME_BYTES = FRAME_SAMPLES * 2
-_BYTES_PER_MS = RATE_HZ * 2 // 1000  # PCM16 48 kHz on the track
+_BYTES_PER_MS = RATE_HZ * 2 // 1000
 _TIME_BASE = fractions.Fraction(1, RATE_HZ)
 _CLEAR = "output_audio_buffer.clear"
 _CUT_EVENT_PREFIX = "relay_cut_"  # the event ids of the relay's own truncates
@@ -63,7 +65,7 @@ class OutboundAudio(MediaStreamTrack):
 
     def __init__(self, on_drained: Callable[[], None]) -> None:
         super().__init__()
-        self._pending = bytearray()  # PCM16 48 kHz mono
+        self._pending = bytearray()  # PCM16 24 kHz mono
         # Whose audio is pending, in order: [item id, bytes of it still in _pending].
         self._segments: deque[list[Any]] = deque()
         # Bytes of each item's audio sent in frames, for the items pending or last pushed.
@@ -73,8 +75,7 @@ class OutboundAudio(MediaStreamTrack):
         self._on_drained = on_drained
 
     def push(self, pcm16_24k: bytes, item_id: str = "") -> None:
-        samples = np.frombuffer(pcm16_24k[: len(pcm16_24k) // 2 * 2], dtype="<i2")
-        audio = np.repeat(samples, 2).astype("<i2").tobytes()  # 24 -> 48 kHz
+        audio = pcm16_24k[: len(pcm16_24k) // 2 * 2]
         if not audio:
             return
         self._pending += audio

@@ -16,7 +16,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from websockets.asyncio.client import connect
 
-from models.audio import rms
+from models.audio import resample, rms
 from tests.e2e.client import silence, speech, user_message
 from tests.servers import RunningServer
 from tests.waiting import eventually
@@ -31,8 +31,7 @@ class Microphone(MediaStreamTrack):
 
     def __init__(self, pcm16_24k: bytes) -> None:
         super().__init__()
-        samples = np.frombuffer(pcm16_24k, dtype="<i2")
-        self._pcm = np.repeat(samples, 2).astype("<i2")
+        self._pcm = np.frombuffer(resample(pcm16_24k, 24_000, 48_000), dtype="<i2")
         self._pts = 0
         self._start: float | None = None
 
