@@ -114,6 +114,38 @@ def run_async(coro: object) -> object:
         return asyncio.run(coro)  # type: ignore[arg-type]
 
 
+def _overhead(direct: str, relayed: str, rows: list[str]) -> dict[int, tuple[float, float]]:
+    """Relay minus direct round trips (p50, p99) at 1 and 100 sessions; a row each run."""
+    overhead: dict[int, tuple[float, float]] = {}
+    for sessions in (1, 100):
+        figures = {}
+        for name, url in (("direct", direct), ("relay", relayed)):
+            rtts, failed = run_async(measure_load(url, sessions))  # type: ignore[misc]
+            p50, p99 = percentile(rtts, 50), percentile(rtts, 99)
+            figures[name] = (p50, p99)
+            rows.append(f"| {name} | {sessions} | {p50:.2f} | {p99:.2f} | {len(rtts)} | {failed} |")
+            print(rows[-1], flush=True)
+        overhead[sessions] = (
+            figures["relay"][0] - figures["direct"][0],
+            figures["relay"][1] - figures["direct"][1],
+        )
+    return overhead
+
+
+def _capacity(relayed: str, steps: tuple[int, ...], rows: list[str]) -> int:
+    """The most sessions with p99 under 50 ms and none failed, trying ``steps`` in order."""
+    capacity = 0
+    for sessions in steps:
+        rtts, failed = run_async(measure_load(relayed, sessions))  # type: ignore[misc]
+        p50, p99 = percentile(rtts, 50), percentile(rtts, 99)
+        rows.append(f"| {sessions} | {p50:.1f} | {p99:.1f} | {failed} |")
+        print(rows[-1], flush=True)
+        if p99 >= 50 or failed:
+            break
+        capacity = sessions
+    return capacity
+
+
 def main(steps: tuple[int, ...] = (50, 100, 150, 200, 250, 300, 400)) -> str:
     t_port, r_port = free_port(), free_port()
     python = sys.executable
@@ -123,61 +155,20 @@ def main(steps: tuple[int, ...] = (50, 100, 150, 200, 250, 300, 400)) -> str:
         "| path | sessions | p50 ms | p99 ms | pings | failed sessions |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    overhead: dict[int, tuple[float, float]] = {}
-    capacity = 0
+    cap_rows = [
+        "| sessions (through the relay) | p50 ms | p99 ms | failed sessions |",
+        "|---:|---:|---:|---:|",
+    ]
+    quiet = ["--log-level", "warning"]
+    transceiver = [python, "-m", "transceiver", "--port", str(t_port), "--backend", "mock"]
+    relay = [python, "-m", "relay.cli", "relay", "--port", str(r_port)]
     with processes(
-        [
-            python,
-            "-m",
-            "transceiver",
-            "--port",
-            str(t_port),
-            "--backend",
-            "mock",
-            "--log-level",
-            "warning",
-        ],
-        [
-            python,
-            "-m",
-            "relay.cli",
-            "relay",
-            "--port",
-            str(r_port),
-            "--transceiver",
-            f"ws://127.0.0.1:{t_port}",
-            "--log-level",
-            "warning",
-        ],
+        [*transceiver, *quiet], [*relay, "--transceiver", f"ws://127.0.0.1:{t_port}", *quiet]
     ):
         wait_http(f"http://127.0.0.1:{t_port}/healthz")
         wait_http(f"http://127.0.0.1:{r_port}/healthz")
-        for sessions in (1, 100):
-            figures = {}
-            for name, url in (("direct", direct), ("relay", relayed)):
-                rtts, failed = run_async(measure_load(url, sessions))  # type: ignore[misc]
-                p50, p99 = percentile(rtts, 50), percentile(rtts, 99)
-                figures[name] = (p50, p99)
-                rows.append(
-                    f"| {name} | {sessions} | {p50:.2f} | {p99:.2f} | {len(rtts)} | {failed} |"
-                )
-                print(rows[-1], flush=True)
-            overhead[sessions] = (
-                figures["relay"][0] - figures["direct"][0],
-                figures["relay"][1] - figures["direct"][1],
-            )
-        cap_rows = [
-            "| sessions (through the relay) | p50 ms | p99 ms | failed sessions |",
-            "|---:|---:|---:|---:|",
-        ]
-        for sessions in steps:
-            rtts, failed = run_async(measure_load(relayed, sessions))  # type: ignore[misc]
-            p50, p99 = percentile(rtts, 50), percentile(rtts, 99)
-            cap_rows.append(f"| {sessions} | {p50:.1f} | {p99:.1f} | {failed} |")
-            print(cap_rows[-1], flush=True)
-            if p99 >= 50 or failed:
-                break
-            capacity = sessions
+        overhead = _overhead(direct, relayed, rows)
+        capacity = _capacity(relayed, steps, cap_rows)
     lines = [
         f"| {n} sessions | {d50:+.2f} ms | {d99:+.2f} ms |" for n, (d50, d99) in overhead.items()
     ]

@@ -68,6 +68,11 @@ def normalize_item(raw: Any, param: str = "item") -> tuple[dict[str, Any], bytes
             "'function_call', and 'function_call_output'.",
             param=f"{param}.type",
         )
+    return item, _normalize_message(item, param)
+
+
+def _normalize_message(item: dict[str, Any], param: str) -> bytes | None:
+    """Check a message item's role and content parts in place; return its input audio."""
     role = item.get("role")
     allowed = _CONTENT_BY_ROLE.get(role) if isinstance(role, str) else None
     if allowed is None:
@@ -102,7 +107,7 @@ def normalize_item(raw: Any, param: str = "item") -> tuple[dict[str, Any], bytes
                 param=f"{part_param}.type",
             )
     item.setdefault("status", "completed")
-    return item, audio
+    return audio
 
 
 def item_text(item: dict[str, Any]) -> str:
