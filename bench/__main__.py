@@ -1,16 +1,17 @@
-"""``python -m bench [voice ...]``: run the benchmarks and write bench/results.md."""
+"""``python -m bench [NAME ...]``: run the benchmarks and write bench/results.md."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import overhead, resample, stt, voice
+from bench import overhead, resample, soak, stt, voice
 
 BENCHES = {
     "relay": overhead.main,
     "stt": stt.main,
     "voice": voice.main,
     "resample": resample.main,
+    "soak": soak.main,
 }
 
 
