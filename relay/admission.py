@@ -73,10 +73,6 @@ class Admission:
             transceiver=member.url,
         )
 
-    @property
-    def released(self) -> bool:
-        return self._released
-
     def on_drain(self, closer: Closer) -> None:
         """Register the session for drain: ``closer`` ends it if it outlives the drain."""
         if not self._released:
@@ -142,4 +138,8 @@ async def admit(edge: Edge, credentials: Credentials, spec: SessionSpec) -> Admi
     except BaseException:  # cancelled while placing: the key's slot is not held
         edge.limits.release(holder)
         raise
-    return Admission(edge, spec, holder, member, upstream)
+    admission = Admission(edge, spec, holder, member, upstream)
+    if edge.live.draining:  # drain began while we placed: it would not close this session
+        await admission.close()
+        raise draining()
+    return admission

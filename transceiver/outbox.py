@@ -37,6 +37,7 @@ class Outbox:
         self._ready = asyncio.Event()  # something to send
         self._room = asyncio.Event()  # below the low-water mark: producers may go on
         self._room.set()
+        self._closed = False
 
     @property
     def queued_bytes(self) -> int:
@@ -46,7 +47,10 @@ class Outbox:
         return len(self._frames)
 
     def put(self, frame: str | CloseMarker | None) -> None:
-        """Queue a frame (``None`` ends the writer). Never waits: call ``room()`` after."""
+        """Queue a frame (``None`` ends the writer). Never waits: call ``room()`` after.
+        Once the outbox is closed, frames are dropped: there is nobody to send them to."""
+        if self._closed:
+            return
         self._frames.append(frame)
         if isinstance(frame, str):
             self._bytes += len(frame)
@@ -66,5 +70,18 @@ class Outbox:
         return frame
 
     async def room(self) -> None:
-        """Wait until the writer has brought the queue below its low-water mark."""
+        """Wait until the writer has brought the queue below its low-water mark (or the
+        outbox is closed)."""
         await self._room.wait()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """The writer is gone (the connection ended): drop what is queued and never make a
+        producer wait again."""
+        self._closed = True
+        self._frames.clear()
+        self._bytes = 0
+        self._room.set()

@@ -121,7 +121,7 @@ class SessionRunner:
         self._metrics = metrics
         self._clock = clock
         self._t0 = clock()
-        self.outbox = outbox or Outbox()
+        self.outbox = outbox if outbox is not None else Outbox()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._transcripts: dict[str, asyncio.Future[str]] = {}
         self._vad: ServerVad | None = None
@@ -150,6 +150,8 @@ class SessionRunner:
                 # A client that does not read its events is not read either: what it
                 # can make the session hold stays bounded (transceiver/outbox.py).
                 await self.backpressure()
+                if self.closed.is_set():  # the connection ended while we waited
+                    break
         finally:
             self.session.close(self.now_ms())
             self._speculator.close()
@@ -174,15 +176,20 @@ class SessionRunner:
         await self.outbox.room()
 
     async def _writer(self) -> None:
-        while True:
-            message = await self.outbox.get()
-            if message is None:
-                return
-            if isinstance(message, CloseMarker):
-                await self._close(message.code, message.reason)
-                self.closed.set()
-                return
-            await self._send(message)
+        """Send in order until the end, a close, or a failed send (the connection is gone);
+        then nothing waits on the outbox any more."""
+        try:
+            while True:
+                message = await self.outbox.get()
+                if message is None:
+                    return
+                if isinstance(message, CloseMarker):
+                    await self._close(message.code, message.reason)
+                    return
+                await self._send(message)
+        finally:
+            self.outbox.close()
+            self.closed.set()
 
     async def _timer(self) -> None:
         while True:

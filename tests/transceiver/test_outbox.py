@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.waiting import eventually
+from transceiver.backends.mock import MockBackend, MockOptions
 from transceiver.faults import Faults
 from transceiver.outbox import CloseMarker, Outbox
+from transceiver.protocol.contract import SessionSpec
 from transceiver.protocol.ids import IdFactory
+from transceiver.protocol.session import RealtimeSession
+from transceiver.runner import SessionRunner
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -78,3 +84,42 @@ async def test_fault_knobs_wrap_send() -> None:
     for n in range(4):
         await send(f"m{n}")
     assert stalled.sent == ["m0", "m1"] and stalled.closed is None
+
+
+async def test_a_connection_that_ends_while_the_outbox_is_full_ends_the_session() -> None:
+    """The writer's send fails (the client is gone) while the read loop waits for room:
+    the session ends instead of waiting for ever."""
+    gone = asyncio.Event()
+    sent: list[str] = []
+
+    async def send(message: str) -> None:
+        await gone.wait()  # a client that stopped reading, then left
+        raise OSError("connection lost")
+
+    async def close(code: int, reason: str) -> None:
+        sent.append(f"close {code}")
+
+    frames: asyncio.Queue[str] = asyncio.Queue()
+
+    async def incoming() -> AsyncIterator[str]:
+        while True:
+            yield await frames.get()
+
+    session = RealtimeSession(SessionSpec(model="gpt-realtime"))
+    runner = SessionRunner(
+        session,
+        MockBackend(MockOptions()),
+        send,
+        close,
+        outbox=Outbox(high_water_bytes=10_000, high_water_frames=4),
+    )
+    task = asyncio.create_task(runner.run(incoming()))
+    item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "x"}]}
+    for _ in range(10):
+        frames.put_nowait(json.dumps({"type": "conversation.item.create", "item": item}))
+    await eventually(lambda: len(runner.outbox) >= 4, 2, 0.01, "a full outbox")
+    assert not frames.empty()  # the read loop waits for room: the rest stays unread
+    assert not task.done()
+    gone.set()
+    await asyncio.wait_for(task, 2)
+    assert runner.outbox.closed and runner.closed.is_set()

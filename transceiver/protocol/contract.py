@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 OPEN_TYPE = "session.open"
+# The contract's version: a relay and a transceiver of different versions refuse each
+# other plainly (1008 naming both) instead of misreading each other's sessions.
+VERSION = 1
 _E = TypeVar("_E", bound=enum.Enum)
 
 
@@ -72,6 +75,7 @@ class SessionSpec:
     def encode(self) -> str:
         body: dict[str, Any] = {
             "type": OPEN_TYPE,
+            "v": VERSION,
             "kind": self.kind.value,
             "dialect": self.dialect.value,
             "transport": self.transport.value,
@@ -93,7 +97,10 @@ class SessionSpec:
             raise SpecError("the session.open frame is not JSON") from exc
         if not isinstance(body, dict) or body.get("type") != OPEN_TYPE:
             raise SpecError("the first frame must be a session.open object")
-        unknown = set(body) - {"type", "kind", "model", "dialect", "transport", "session", "conn"}
+        if body.get("v") != VERSION:
+            raise SpecError(f"session.open version {body.get('v')!r}; this side speaks {VERSION}")
+        fields = {"type", "v", "kind", "model", "dialect", "transport", "session", "conn"}
+        unknown = set(body) - fields
         if unknown:
             raise SpecError(f"unknown session.open fields: {sorted(unknown)}")
         model, overrides, conn = body.get("model"), body.get("session"), body.get("conn")
