@@ -13,6 +13,8 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
+import secrets
 import subprocess
 import sys
 import time
@@ -29,12 +31,17 @@ APPEND = json.dumps(
     {"type": "input_audio_buffer.append", "audio": base64.b64encode(b"\0" * 960).decode()}
 )
 PING = json.dumps({"type": "input_audio_buffer.clear"})
+# The relay <-> transceiver link secret: both processes get it, and the direct sessions
+# present it as the relay does.
+LINK_SECRET = secrets.token_urlsafe(32)
 
 
 @contextlib.contextmanager
 def processes(*commands: list[str]) -> Iterator[None]:
+    env = {**os.environ, "RELAY_LINK_SECRET": LINK_SECRET}
     procs = [
-        subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for c in commands
+        subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        for c in commands
     ]
     try:
         yield
@@ -57,8 +64,12 @@ def wait_http(url: str, timeout_s: float = 30) -> None:
 
 async def session(url: str, rtts: list[float], stop: asyncio.Event, measure: asyncio.Event) -> bool:
     try:
-        async with connect(url, max_size=None, compression=None, open_timeout=30) as ws:
-            if "/v1/sessions" in url:  # straight to the transceiver: open as the relay does
+        direct = "/v1/sessions" in url
+        headers = {"Authorization": f"Bearer {LINK_SECRET}"} if direct else {}
+        async with connect(
+            url, max_size=None, compression=None, open_timeout=30, additional_headers=headers
+        ) as ws:
+            if direct:  # straight to the transceiver: open as the relay does
                 await ws.send(SessionSpec(model="gpt-realtime").encode())
             await ws.recv()  # session.created
             pending: list[float] = []

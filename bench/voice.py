@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import secrets
 import time
 
 import httpx
@@ -118,11 +119,17 @@ async def run(server: RunningServer, clips: list[list[bytes]]) -> dict[str, list
     return results
 
 
+# The relay <-> transceiver link secret of the served stack: the bench asks a transceiver
+# for its /load itself.
+LINK_SECRET = secrets.token_urlsafe(32)
+
+
 def loop_lag(server: RunningServer) -> dict[str, float]:
     """The transceiver's event-loop lag over the last minute (from its /load)."""
-    health = httpx.get(f"http://127.0.0.1:{server.port}/healthz").json()
-    url = health["transceivers"][0]["url"].replace("ws://", "http://")
-    return dict(httpx.get(f"{url}/load").json()["loop_lag"])
+    status = httpx.get(f"http://127.0.0.1:{server.port}/status").json()
+    url = status["transceivers"][0]["url"].replace("ws://", "http://")
+    headers = {"Authorization": f"Bearer {LINK_SECRET}"}
+    return dict(httpx.get(f"{url}/load", headers=headers).json()["loop_lag"])
 
 
 def table(results: dict[str, list[float]]) -> str:
@@ -147,7 +154,7 @@ def main(turns: int = len(QUESTIONS), concurrent: int = 3) -> str:
     print("voice-to-voice: local pipeline, bundled models, real-time 20 ms chunks", flush=True)
     tts = PiperTts()
     clips = [spoken(tts, q) for q in QUESTIONS[:turns]]
-    with relay_server("--backend", "local") as server:
+    with relay_server("--backend", "local", env={"RELAY_LINK_SECRET": LINK_SECRET}) as server:
         single = asyncio.run(run(server, [clips]))
         print(table(single), flush=True)
         print(f"{concurrent} concurrent sessions, 3 turns each", flush=True)

@@ -3,7 +3,8 @@
 # It needs no models, so the project is installed without the `local` extra.
 #
 #   docker build -f docker/relay.Dockerfile -t realtime-relay-relay .
-#   docker run -p 8000:8000 -e RELAY_TRANSCEIVER=ws://TRANSCEIVER_HOST:8100 realtime-relay-relay
+#   docker run -p 8000:8000 -e RELAY_TRANSCEIVER=ws://TRANSCEIVER_HOST:8100 \
+#       -e RELAY_LINK_SECRET realtime-relay-relay      (the transceivers' secret)
 #
 # WebRTC media is UDP on ephemeral ports picked per call, which a bridge network does not
 # publish. For WebRTC calls from other machines run the relay with host networking
@@ -43,5 +44,5 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('RELAY_PORT', '8000'), timeout=4)"]
 
 # Exec form: the relay is PID 1 and gets SIGTERM itself, so it drains (RELAY_DRAIN_TIMEOUT_S).
-# RELAY_TRANSCEIVER (ws://HOST:8100, comma-separated) must be set.
+# RELAY_TRANSCEIVER (ws://HOST:8100, comma-separated) and RELAY_LINK_SECRET must be set.
 CMD ["realtime-relay", "relay"]

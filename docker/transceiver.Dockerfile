@@ -4,7 +4,11 @@
 # `local` extra, so they are baked in at build time and the image runs offline.
 #
 #   docker build -f docker/transceiver.Dockerfile -t realtime-relay-transceiver .
-#   docker run -e RELAY_BACKEND=mock realtime-relay-transceiver
+#   docker run -e RELAY_BACKEND=mock -e RELAY_LINK_SECRET realtime-relay-transceiver
+#
+# RELAY_LINK_SECRET (the relay's too) must be set: without it the transceiver does not start,
+# since its port gives sessions to anyone who reaches it (RELAY_INSECURE_NO_LINK_SECRET=true
+# runs it open anyway).
 #
 # Extra weights go in /models (a volume in docker-compose.yml): RELAY_STT_MODEL,
 # RELAY_LLM_GGUF and RELAY_TTS_VOICE take paths there.

@@ -9,11 +9,10 @@ import os
 import sys
 from typing import Any
 
-import uvicorn
-
 from relay import loop
 from relay.app import create_app
 from relay.drain import DrainingServer
+from relay.server import raise_fd_limit, server_config
 from relay.settings import RelaySettings
 from relay.supervisor import Supervisor, TransceiverProcess, free_port
 from transceiver.observability import configure_logging
@@ -136,19 +135,8 @@ async def _run_relay(settings: RelaySettings, banner: bool) -> None:
     app = create_app(settings)
     edge = app.state.edge
     await edge.pool.start()  # resolve names and read every transceiver's load up front
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        ws_max_size=settings.max_frame_bytes,
-        ws_ping_interval=None,
-        log_level=settings.log_level,
-        log_config=None,  # our handler (text or JSON) formats uvicorn's lines too
-        ws="websockets-sansio",
-        lifespan="off",
-        ssl_certfile=settings.ssl_certfile,
-        ssl_keyfile=settings.ssl_keyfile,
-    )
+    raise_fd_limit(2 * settings.max_client_connections + 256)
+    config = server_config(app, settings)
     server = DrainingServer(config, edge.live, settings.drain_timeout_s)
 
     async def announce() -> None:

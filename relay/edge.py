@@ -4,6 +4,7 @@ limits. Routes reach the one :class:`Edge` of their app through the ``EdgeDep`` 
 from __future__ import annotations
 
 import hashlib
+import logging
 import socket
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from transceiver.protocol.wire import encode_server_event
 
 if TYPE_CHECKING:
     from relay.webrtc import Call
+
+log = logging.getLogger(__name__)
 
 
 class KeyLimits:
@@ -100,8 +103,16 @@ class Edge:
 
     @classmethod
     def create(cls, settings: RelaySettings) -> Edge:
+        if settings.transceiver and not settings.link_secret:
+            log.warning(
+                "no link secret (RELAY_LINK_SECRET): the transceivers accept this relay only "
+                "if they run with --insecure-no-link-secret"
+            )
         pool = TransceiverPool(
-            settings.transceiver, settings.max_frame_bytes, settings.resolve_interval_s
+            settings.transceiver,
+            settings.max_frame_bytes,
+            settings.resolve_interval_s,
+            link_secret=settings.link_secret,
         )
         edge = cls(
             settings,
@@ -123,6 +134,19 @@ class Edge:
         return encode_server_event(server_error_event(self.ids.event_id(), message, code, type))
 
     def describe(self) -> dict[str, Any]:
+        """Counts only, for the open ``/healthz``: no internal address or load."""
+        members = self.pool.members
+        return {
+            "draining": self.live.draining,
+            "sessions": len(self.live),
+            "transceivers": {
+                "healthy": sum(1 for m in members if m.healthy and not m.draining),
+                "total": len(members),
+            },
+        }
+
+    def details(self) -> dict[str, Any]:
+        """Every transceiver's URL and load, for ``/status`` (API keys only)."""
         return {
             "draining": self.live.draining,
             "sessions": len(self.live),

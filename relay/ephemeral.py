@@ -17,7 +17,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from transceiver.protocol.config import apply_session_update, default_config, session_wire
+from transceiver.protocol.config import (
+    apply_session_update,
+    default_config,
+    session_wire,
+    shown_value,
+)
 from transceiver.protocol.contract import SessionKind
 from transceiver.protocol.errors import ClientError
 
@@ -119,22 +124,26 @@ def validate_session(session: Any) -> dict[str, Any]:
     kind = session.get("type", "realtime")
     if kind not in ("realtime", "transcription"):
         raise ClientError(
-            f"Invalid value: '{kind}'. Supported values are: 'realtime' and 'transcription'.",
+            f"Invalid value: '{shown_value(kind)}'. "
+            "Supported values are: 'realtime' and 'transcription'.",
             param="session.type",
         )
     default = default_config(SessionKind(kind), session.get("model"))
     return session_wire(apply_session_update(default, session))
 
 
-def expiry_seconds(body: dict[str, Any], default: int = DEFAULT_SECONDS) -> int:
-    """``expires_after`` (GA body, or the beta ``client_secret``) in seconds."""
-    after = body.get("expires_after") or {}
+def expiry_seconds(
+    body: dict[str, Any], default: int = DEFAULT_SECONDS, param: str = "expires_after"
+) -> int:
+    """``expires_after`` (GA body, or the beta ``client_secret``, whose ``param`` names its
+    place) in seconds. Left out or null, the default; anything but an object is an error."""
+    after = body.get("expires_after")
+    if after is None:
+        after = {}
     if not isinstance(after, dict):
-        raise ClientError("'expires_after' must be an object.", param="expires_after")
+        raise ClientError(f"'{param}' must be an object.", param=param)
     if after.get("anchor", "created_at") != "created_at":
-        raise ClientError(
-            "Invalid value: only 'created_at' is supported.", param="expires_after.anchor"
-        )
+        raise ClientError("Invalid value: only 'created_at' is supported.", param=f"{param}.anchor")
     seconds = after.get("seconds", default)
     if (
         isinstance(seconds, bool)
@@ -142,7 +151,8 @@ def expiry_seconds(body: dict[str, Any], default: int = DEFAULT_SECONDS) -> int:
         or not (MIN_SECONDS <= seconds <= MAX_SECONDS)
     ):
         raise ClientError(
-            f"Invalid value: '{seconds}'. Expected an integer from {MIN_SECONDS} to {MAX_SECONDS}.",
-            param="expires_after.seconds",
+            f"Invalid value: '{shown_value(seconds)}'. "
+            f"Expected an integer from {MIN_SECONDS} to {MAX_SECONDS}.",
+            param=f"{param}.seconds",
         )
     return seconds

@@ -3,7 +3,8 @@
 ``{"error": {"message", "type", "param", "code"}}`` is the shape of every error the OpenAI
 REST API answers with (https://platform.openai.com/docs/guides/error-codes); SDKs read it
 to raise their typed errors. Routes raise :class:`ApiError`; unknown routes (404), wrong
-methods (405) and request validation failures (422) are answered in the same shape.
+methods (405), request validation failures (422) and, should a bug raise, the 500 are
+answered in the same shape.
 """
 
 from __future__ import annotations
@@ -99,7 +100,15 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return ApiError(422, message, "invalid_request", param=param).response()
 
 
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """A bug: still the envelope (OpenAI's ``server_error``), never a bare text 500. The
+    exception is then logged by the server (Starlette's ServerErrorMiddleware re-raises it)."""
+    message = "The server had an error while processing your request."
+    return ApiError(500, message, "internal_error", type="server_error").response()
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(Exception, _internal_error)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -7,6 +7,10 @@ and every transceiver's ``GET /load`` is polled every ``refresh_s``.
 
 A new session goes to the least-loaded transceiver with room; one that refuses (full,
 draining, gone) is skipped for the next. When none accepts, :class:`NoTransceiver`.
+
+Every request to a transceiver (the session handshake, ``/load``, ``/v1/models``) carries
+the link secret (``--link-secret``) as ``Authorization: Bearer``; a transceiver that
+answers 401 has another secret, and is marked down until it accepts ours.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class Member:
     cpu: float = 0.0
     draining: bool = False
     healthy: bool = True
+    refused_secret: bool = False  # it answered 401: its link secret is not ours
 
     @property
     def tls_name(self) -> str | None:
@@ -82,6 +87,7 @@ class Member:
             "cpu": self.cpu,
             "draining": self.draining,
             "healthy": self.healthy,
+            "refused_link_secret": self.refused_secret,
         }
 
 
@@ -110,10 +116,14 @@ class TransceiverPool:
         refresh_s: float = 5.0,
         resolver: Resolver = resolve,
         transport: httpx.AsyncBaseTransport | None = None,
+        link_secret: str | None = None,
     ) -> None:
         """``resolver`` and ``transport`` (the HTTP transport of the load polls) are
-        injected by tests, which must not send to the addresses a fake resolver names."""
+        injected by tests, which must not send to the addresses a fake resolver names.
+        ``link_secret`` goes with every request (none: the transceivers must run with
+        ``--insecure-no-link-secret``)."""
         self._targets = [url.rstrip("/") for url in urls]
+        self._headers = {"Authorization": f"Bearer {link_secret}"} if link_secret else {}
         self._max_frame_bytes = max_frame_bytes
         self._refresh_s = refresh_s
         self._resolver = resolver
@@ -163,8 +173,11 @@ class TransceiverPool:
             await asyncio.gather(*(self._poll(client, m) for m in self.members))
 
     def http_client(self, timeout_s: float) -> httpx.AsyncClient:
-        """A client for the members' HTTP endpoints (``/load``, ``/v1/models``)."""
-        return httpx.AsyncClient(timeout=timeout_s, transport=self._transport)
+        """A client for the members' HTTP endpoints (``/load``, ``/v1/models``), sending
+        the link secret."""
+        return httpx.AsyncClient(
+            timeout=timeout_s, transport=self._transport, headers=self._headers
+        )
 
     async def _poll(self, client: httpx.AsyncClient, member: Member) -> None:
         extensions: dict[str, Any] = {}
@@ -172,6 +185,10 @@ class TransceiverPool:
             extensions["sni_hostname"] = member.tls_name
         try:
             reply = await client.get(f"{member.http_url}/load", extensions=extensions)
+            if reply.status_code == 401:
+                self._secret_refused(member)
+                return
+            reply.raise_for_status()
             load = reply.json()
             member.reported = int(load.get("sessions", 0))
             capacity = load.get("max_sessions")
@@ -179,8 +196,20 @@ class TransceiverPool:
             member.cpu = float(load.get("cpu", 0.0))
             member.draining = bool(load.get("draining", False))
             member.healthy = True
+            member.refused_secret = False
         except (httpx.HTTPError, ValueError, TypeError, AttributeError):
             member.healthy = False
+
+    def _secret_refused(self, member: Member) -> None:
+        """The member answered 401: marked down, and said once until it accepts again."""
+        member.healthy = False
+        if not member.refused_secret:
+            member.refused_secret = True
+            log.error(
+                "transceiver %s refused the link secret (HTTP 401): give the relay and its "
+                "transceivers the same RELAY_LINK_SECRET",
+                member.url,
+            )
 
     async def _refresher(self) -> None:
         while True:
@@ -232,13 +261,17 @@ class TransceiverPool:
                     ping_interval=PING_S,
                     ping_timeout=PING_S,
                     open_timeout=min(OPEN_TIMEOUT_S, left_s),
+                    additional_headers=self._headers,
                     **extra,
                 )
                 await connection.send(spec.encode())
                 placed = True
             except InvalidStatus as exc:  # full or draining (HTTP 503): try the next
-                member.draining = exc.response.status_code == 503
-                self._refused(member, f"HTTP {exc.response.status_code}")
+                status = exc.response.status_code
+                member.draining = status == 503
+                if status == 401:
+                    self._secret_refused(member)
+                self._refused(member, f"HTTP {status}")
                 continue
             except Exception as exc:  # unreachable: try the next, and mark it down
                 member.healthy = False

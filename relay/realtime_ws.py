@@ -18,6 +18,7 @@ from fastapi.responses import Response
 from starlette.websockets import WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from relay.admission import Refused, admit
@@ -125,6 +126,8 @@ async def _connect_owner(
     target = owner.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
     key = credentials.key
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    # Pinged like a client (relay/server.py): a relay that vanishes ends the sideband.
+    ping_s = edge.settings.client_ping_interval_s or None
     try:
         return await connect(
             f"{target}/v1/realtime?{urlencode({'call_id': call_id})}",
@@ -132,7 +135,8 @@ async def _connect_owner(
             subprotocols=[Subprotocol("realtime")],
             max_size=edge.settings.max_frame_bytes,
             open_timeout=10,
-            ping_interval=None,
+            ping_interval=ping_s,
+            ping_timeout=edge.settings.client_ping_timeout_s if ping_s else None,
         )
     except InvalidStatus as exc:
         status = exc.response.status_code
@@ -218,8 +222,31 @@ async def forward(websocket: WebSocket, upstream: ClientConnection, edge: Edge) 
             task.cancel()
     results = await asyncio.gather(to_up, to_client, return_exceptions=True)
     if client_left or any(isinstance(r, WebSocketDisconnect) for r in results):
+        await close_discarding(upstream)
         return
     await _answer_upstream_end(websocket, upstream, edge)
+
+
+async def close_discarding(upstream: ClientConnection) -> None:
+    """Close upstream, dropping what it still has for a client that is gone.
+
+    A client that stopped reading leaves upstream's receive queue full, and a full queue
+    stops reading (websockets' ``max_queue``), so the transceiver's closing frame would not
+    be read before ``close_timeout`` (10 s): the session would stay open that long.
+    """
+    if upstream.state is State.CLOSED:
+        return
+
+    async def discard() -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for _ in upstream:
+                pass
+
+    discarding = asyncio.create_task(discard())
+    try:
+        await upstream.close()
+    finally:
+        discarding.cancel()
 
 
 async def _answer_upstream_end(

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import httpx
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from relay.auth import Credentials, MintingAuth
+from relay.auth import ApiKeyAuth, Credentials, MintingAuth
+from relay.bodies import JsonObject
 from relay.edge import Edge, EdgeDep
 from relay.ephemeral import expiry_seconds, validate_session
 from relay.errors import ApiError
@@ -36,20 +37,32 @@ async def index() -> HTMLResponse:
 
 @router.get("/healthz")
 async def healthz(edge: EdgeDep) -> JSONResponse:
-    """200 while serving; 503 while draining, so load balancers stop sending here."""
+    """200 while serving; 503 while draining, so load balancers stop sending here. Open to
+    all, so it shows counts only: no transceiver address or load."""
     if edge.live.draining:
         return JSONResponse({"status": "draining", **edge.describe()}, status_code=503)
     return JSONResponse({"status": "ok", **edge.describe()})
 
 
+@router.get("/status")
+async def status(edge: EdgeDep, credentials: MintingAuth) -> JSONResponse:
+    """``/healthz`` with every transceiver's URL and load, for an API key (not an
+    ephemeral key, which browsers hold)."""
+    return JSONResponse({"status": "draining" if edge.live.draining else "ok", **edge.details()})
+
+
 @router.get("/metrics", include_in_schema=False)
-async def prometheus(edge: EdgeDep) -> Response:
+async def prometheus(edge: EdgeDep, credentials: MintingAuth) -> Response:
+    """Prometheus metrics, for an API key as ``/status`` (they name the transceivers): a
+    scraper sends it as a bearer token (``authorization: {credentials: ...}``)."""
     return Response(edge.metrics.render(), media_type=CONTENT_TYPE)
 
 
 @router.get("/v1/models")
-async def models(edge: EdgeDep) -> JSONResponse:
-    """The models every reachable transceiver serves, in the OpenAI list shape."""
+async def models(edge: EdgeDep, credentials: ApiKeyAuth) -> JSONResponse:
+    """The models every reachable transceiver serves, in the OpenAI list shape. OpenAI's
+    ``GET /v1/models`` wants an API key (https://platform.openai.com/docs/api-reference/models),
+    so does this one: an ephemeral key is for sessions only."""
     names: list[str] = []
     async with edge.pool.http_client(timeout_s=5) as client:
         for member in edge.pool.members:
@@ -64,20 +77,6 @@ async def models(edge: EdgeDep) -> JSONResponse:
         for n in names
     ]
     return JSONResponse({"object": "list", "data": data})
-
-
-async def json_object_body(request: Request) -> dict[str, Any]:
-    """The request's JSON object body (``{}`` when empty), else a 400."""
-    try:
-        body = await request.json() if await request.body() else {}
-    except ValueError:
-        raise ApiError(400, "The body is not valid JSON.", "invalid_json") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "The body must be a JSON object.", "invalid_request")
-    return body
-
-
-JsonObject = Annotated[dict[str, Any], Depends(json_object_body)]
 
 
 def bad_request(exc: ClientError) -> ApiError:
@@ -121,8 +120,12 @@ async def _beta_session(
     """Beta ephemeral sessions: a flat beta config in, the session plus ``client_secret``."""
     dialect = BetaDialect()
     try:
-        secret = body.pop("client_secret", None) or {}
-        seconds = expiry_seconds(secret if isinstance(secret, dict) else {}, default=60)
+        secret = body.pop("client_secret", None)
+        if secret is None:
+            secret = {}
+        if not isinstance(secret, dict):
+            raise ClientError("'client_secret' must be an object.", param="client_secret")
+        seconds = expiry_seconds(secret, default=60, param="client_secret.expires_after")
         session = validate_session(dialect.session_to_ga(body, kind))
     except ClientError as exc:
         raise bad_request(exc) from None

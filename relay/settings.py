@@ -24,6 +24,12 @@ class RelaySettings(BaseSettings):
         default_factory=list,
         description="Transceiver URL(s), ws://HOST:PORT (comma-separated in the env var).",
     )
+    link_secret: str | None = Field(
+        None,
+        description="Secret sent to the transceivers on every request (Authorization: Bearer); "
+        "theirs must be the same. Give it as the environment variable, not an option. serve "
+        "uses RELAY_LINK_SECRET if set, else a random one per run.",
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Accepted API keys (comma-separated). Empty: no auth required.",
@@ -48,9 +54,64 @@ class RelaySettings(BaseSettings):
         "1:1 NAT (its host candidates carry this IP instead of the local one).",
     )
     webrtc_idle_timeout_s: float = Field(
-        20.0, description="End a WebRTC call when no caller audio arrives for this long."
+        20.0,
+        gt=0,
+        description="End a WebRTC call when no caller audio arrives for this long (from the "
+        "call's start: a caller that never connects or never sends audio is ended too).",
+    )
+    webrtc_max_offer_bytes: int = Field(
+        1024 * 1024,
+        gt=0,
+        description="Largest WebRTC offer request body (raw SDP, or the whole multipart form "
+        "with its sdp and session parts); a longer one gets 413.",
+    )
+    webrtc_max_media_sections: int = Field(
+        8,
+        gt=0,
+        description="Most media sections (m= lines) a WebRTC offer may have; a call needs "
+        "one audio section (and a data channel for events).",
     )
     max_frame_bytes: int = Field(32 * 1024 * 1024, description="Largest WebSocket frame.")
+    max_body_bytes: int = Field(
+        2 * 1024 * 1024,
+        gt=0,
+        description="Largest request body of the REST endpoints (client_secrets, beta "
+        "sessions); a larger one gets 413.",
+    )
+    # Client connections (relay/server.py): nothing a client opens is held forever.
+    client_ping_interval_s: float = Field(
+        20.0,
+        ge=0,
+        description="Ping each WebSocket client this often (0: no pings); one that does not "
+        "answer within --client-ping-timeout-s is closed (1011).",
+    )
+    client_ping_timeout_s: float = Field(
+        20.0, gt=0, description="How long a WebSocket client has to answer a ping."
+    )
+    client_stall_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="Drop a connection whose client reads nothing of what is waiting for it "
+        "for this long (a WebSocket session then ends as if the client had left).",
+    )
+    client_header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connection must send its request line and headers within this long "
+        "(of connecting, or of a keep-alive request's first byte), else 408 and closed.",
+    )
+    client_body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A request body must arrive whole within this long of its headers, "
+        "else 408 and closed.",
+    )
+    max_client_connections: int = Field(
+        1000,
+        gt=0,
+        description="Most open client connections (HTTP and WebSocket); past it a request "
+        "or WebSocket handshake gets 503 (too_many_connections) and is closed.",
+    )
     ssl_certfile: str | None = Field(
         None, description="TLS certificate (PEM); with --ssl-keyfile the relay serves https/wss."
     )

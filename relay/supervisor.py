@@ -1,4 +1,9 @@
-"""``serve``: start N transceiver processes, keep them alive, stop them with the relay."""
+"""``serve``: start N transceiver processes, keep them alive, stop them with the relay.
+
+The relay and its transceivers share a link secret (``RELAY_LINK_SECRET``: the one in the
+environment, else a random one per run). Each transceiver gets it in its environment, never
+on its command line, which every local user can read in the process list.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import os
+import secrets
 import signal
 import socket
 import sys
@@ -16,6 +23,7 @@ import httpx
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+LINK_SECRET_ENV = "RELAY_LINK_SECRET"
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -29,6 +37,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def link_secret() -> str:
+    """The link secret of ``serve``: ``RELAY_LINK_SECRET`` if set, else a new random one,
+    put in this process's environment, where the relay's settings read it."""
+    secret = os.environ.get(LINK_SECRET_ENV) or secrets.token_urlsafe(32)
+    os.environ[LINK_SECRET_ENV] = secret
+    return secret
+
+
 class TransceiverProcess:
     def __init__(self, host: str, port: int, args: list[str]) -> None:
         self.host = host
@@ -36,6 +52,7 @@ class TransceiverProcess:
         self.args = args
         self.process: asyncio.subprocess.Process | None = None
         self.restarts = 0
+        self.link_secret: str | None = None  # set by the Supervisor
 
     @property
     def url(self) -> str:
@@ -52,7 +69,14 @@ class TransceiverProcess:
             str(self.port),
             *self.args,
             preexec_fn=_die_with_parent,
+            env=self._env(),
         )
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.link_secret is not None:
+            env[LINK_SECRET_ENV] = self.link_secret
+        return env
 
     async def wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -83,7 +107,11 @@ class TransceiverProcess:
 
 
 class Supervisor:
-    def __init__(self, processes: list[TransceiverProcess]) -> None:
+    def __init__(self, processes: list[TransceiverProcess], secret: str | None = None) -> None:
+        """``secret``: the link secret (default: :func:`link_secret`)."""
+        self.link_secret = secret or link_secret()
+        for process in processes:
+            process.link_secret = self.link_secret
         self.processes = processes
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []

@@ -175,16 +175,21 @@ class Call:
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_close = on_close
         self.closed = asyncio.Event()
+        self._heard = time.monotonic()  # when caller audio last arrived (or the call began)
 
     # -- wiring ------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._heard = time.monotonic()
         self._spawn(self._pump_upstream())
+        self._spawn(self._end_when_idle())
 
-        # The offer's tracks exist once the remote description is set; drain them all.
+        # The offer's tracks exist once the remote description is set; drain them all. A
+        # section the caller only receives on (``recvonly``) has none.
         for receiver in self.pc.getReceivers():
             track = receiver.track
-            self._spawn(self._drain(track) if track.kind == "audio" else _discard(track))
+            if track is not None:
+                self._spawn(self._drain(track) if track.kind == "audio" else _discard(track))
 
         @self.pc.on("datachannel")
         def on_datachannel(channel: RTCDataChannel) -> None:
@@ -234,19 +239,35 @@ class Call:
         with contextlib.suppress(ConnectionClosed):
             await self.upstream.send(message)
 
+    async def _end_when_idle(self) -> None:
+        """End the call once no caller audio has arrived for ``idle_timeout_s``, counted from
+        the call's start: whatever its offer held, and whether or not ICE and DTLS ever
+        completed, every call ends (or is hung up, drained, or closed by its session)."""
+        while True:
+            left = self._heard + self.idle_timeout_s - time.monotonic()
+            if left <= 0:
+                log.info("call %s: no caller audio for %.1f s", self.id, self.idle_timeout_s)
+                await self.close()
+                return
+            try:
+                await asyncio.wait_for(self.closed.wait(), left)
+                return  # ended some other way
+            except TimeoutError:
+                continue
+
     async def _drain(self, track: MediaStreamTrack) -> None:
         """Caller audio -> PCM16 24 kHz -> ``input_audio_buffer.append``."""
         resampler = av.AudioResampler(format="s16", layout="mono", rate=24000)
         while True:
             try:
-                frame = await asyncio.wait_for(track.recv(), self.idle_timeout_s)
-            except (MediaStreamError, TimeoutError):
-                # The caller hung up or vanished: a bounded wait, then the call ends.
+                frame = await track.recv()
+            except MediaStreamError:  # the caller hung up: the call ends
                 log.info("call %s: caller audio stopped", self.id)
                 await self.close()
                 return
             if not isinstance(frame, av.AudioFrame):
                 continue
+            self._heard = time.monotonic()
             pcm = b"".join(
                 bytes(out.planes[0])[: out.samples * 2] for out in resampler.resample(frame)
             )
@@ -418,7 +439,16 @@ class Call:
         self.outbound.stop()
         with contextlib.suppress(Exception):
             await self.upstream.close()
-        await self.pc.close()
+        try:
+            await self.pc.close()
+        except Exception as exc:  # aiortc's close can raise on a half-negotiated connection
+            log.warning("call %s: closing its peer connection failed: %r", self.id, exc)
+        # Nothing of the call outlives it: a track whose media never started (no ICE or
+        # DTLS) is not ended by closing the connection, so its drain is cancelled here.
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
         log.info("call %s ended", self.id)
 
 

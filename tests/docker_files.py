@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILES = sorted((ROOT / "docker").glob("*Dockerfile"))
 ENV_NAME = re.compile(r"\bRELAY_[A-Z0-9_]+\b")
-INTERPOLATION = re.compile(r"^\$\{(\w+)(?::?-([^}]*))?\}$")
+# ${NAME}, ${NAME:-default} / ${NAME-default}, or ${NAME:?message} / ${NAME?message}
+# (required: compose refuses to start without it).
+INTERPOLATION = re.compile(r"^\$\{(\w+)(?::?-([^}]*)|(:?\?)[^}]*)?\}$")
 HEALTH_URL = re.compile(r"http://127\.0\.0\.1:(?P<port>\d+|%s)(?P<path>/[\w/.-]*)")
 SETTINGS: dict[str, type[RelaySettings] | type[TransceiverSettings]] = {
     "relay": RelaySettings,
@@ -167,8 +169,14 @@ def resolved(value: str | None) -> str | None:
         return None
     match = INTERPOLATION.match(value)
     if match:
-        return match.group(2)  # None for ${NAME} without a default
+        return match.group(2)  # None for ${NAME} without a default, or a required one
     return value
+
+
+def required_from_host(value: str | None) -> str | None:
+    """The host variable a ``${NAME:?message}`` value requires (None: not a required one)."""
+    match = INTERPOLATION.match(value or "")
+    return match.group(1) if match and match.group(3) else None
 
 
 def dockerfile_of(service: dict[str, Any]) -> Path | None:

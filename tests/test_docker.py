@@ -43,6 +43,7 @@ from tests.docker_files import (
     known_env_names,
     ours,
     python_code,
+    required_from_host,
     services,
     split_flags,
     stages_of,
@@ -147,6 +148,17 @@ def test_compose_env_values_are_valid_settings(monkeypatch: pytest.MonkeyPatch) 
                 if name.startswith("RELAY_") and value is not None:
                     env.setenv(name, value)
             container.settings()
+
+
+def test_relay_and_transceivers_share_a_required_link_secret() -> None:
+    """One host variable gives the relay and every transceiver their link secret, and
+    compose refuses to start without it (``${RELAY_LINK_SECRET:?...}``): a transceiver
+    without one would not start, and one with a default would share a public secret."""
+    for container in ours():
+        value = environment(container.service).get("RELAY_LINK_SECRET")
+        assert required_from_host(value) == "RELAY_LINK_SECRET", f"{container.name}: {value}"
+    for image in images():  # no image bakes a secret in
+        assert "RELAY_LINK_SECRET" not in image.env, image.name
 
 
 def test_commands_are_real_subcommands_with_real_options() -> None:
@@ -361,11 +373,16 @@ def run_check(argv: list[str], port: int) -> subprocess.CompletedProcess[str]:
 def test_health_checks_pass_against_a_relay_and_a_transceiver() -> None:
     """Each health check command, run as it is, against real servers on loopback."""
     checks = list(health_checks())
+    link = {"RELAY_LINK_SECRET": "a-link-secret-for-the-health-checks"}
     with relay_server(
-        command="transceiver", timeout_s=120, env={"RELAY_BACKEND": "mock"}
+        command="transceiver", timeout_s=120, env={"RELAY_BACKEND": "mock", **link}
     ) as transceiver:
         # As in the compose file: the relay's transceivers come from the environment.
-        env = {"RELAY_TRANSCEIVER": f"ws://127.0.0.1:{transceiver.port}", "RELAY_API_KEYS": ""}
+        env = {
+            "RELAY_TRANSCEIVER": f"ws://127.0.0.1:{transceiver.port}",
+            "RELAY_API_KEYS": "",
+            **link,
+        }
         with relay_server(command="relay", timeout_s=120, env=env) as relay:
             ports = {"transceiver": transceiver.port, "relay": relay.port}
             for where, container, argv in checks:

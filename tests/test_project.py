@@ -89,8 +89,9 @@ def test_cli_help_documents_env_vars(command: str) -> None:
 
 def test_serve_stops_children_on_sigterm() -> None:
     with relay_server("--backend", "mock", "--transceivers", "2") as server:
-        health = httpx.get(f"http://127.0.0.1:{server.port}/healthz").json()
-        ports = [int(m["url"].rsplit(":", 1)[1]) for m in health["transceivers"]]
+        status = httpx.get(f"http://127.0.0.1:{server.port}/status").json()
+        ports = [int(m["url"].rsplit(":", 1)[1]) for m in status["transceivers"]]
+        assert len(ports) == 2
     for port in ports:
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)

@@ -1,6 +1,7 @@
 """Logs and metrics, shared by the relay and the transceiver (a leaf: imports no layer).
 
-- :func:`configure_logging` sets text or JSON lines (``--log-format json``).
+- :func:`configure_logging` sets text or JSON lines (``--log-format json``), with
+  credentials redacted (:func:`redact`) from every line, uvicorn's access lines included.
 - :func:`log_event` writes one structured line: ``session.start id=sess_... model=...`` in
   text, or an object with those fields in JSON.
 - :class:`Metrics` holds one process's Prometheus metrics in its own registry.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -17,6 +19,55 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _RESERVED = set(vars(logging.makeLogRecord({})))
+
+
+REDACTED = "[REDACTED]"
+# Names whose value is a credential, in a query string (?api_key=...), a header line
+# (authorization: ..., api-key: ...) or a key=value field.
+_SECRET_NAMES = (
+    r"api[-_]?key|x-api-key|openai-api-key|key|token|access[-_]?token|id[-_]?token|"
+    r"refresh[-_]?token|client[-_]?secret|secret|password|passwd|authorization|"
+    r"proxy-authorization|auth|signature|sig|link[-_]?secret|key[-_]?secret"
+)
+_REDACTIONS = (
+    # A URL's user:password@ part.
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s@'\"]+@"), rf"\1{REDACTED}@"),
+    # An Authorization header's credentials (RFC 9110 section 11.6.2): Bearer, Basic.
+    (re.compile(r"\b((?i:bearer)|Basic)(\s+)[^\s,;'\"]+"), rf"\1\2{REDACTED}"),
+    # The browser's WebSocket subprotocol carrying a key.
+    (re.compile(r"(?i)(openai-insecure-api-key\.)[^\s,;'\"]+"), rf"\1{REDACTED}"),
+    # name=value, name: value, "name": "value" (not a scheme's credentials, done above).
+    (
+        re.compile(
+            rf"(?i)(?<![\w-])((?:{_SECRET_NAMES})['\"]?\s*[=:]\s*['\"]?)"
+            rf"(?!(?i:bearer)\b|Basic\b|\[REDACTED\])[^\s&;,#'\"]+"
+        ),
+        rf"\1{REDACTED}",
+    ),
+    # Keys by their look: OpenAI's sk-..., ephemeral ek_..., restricted rk-... keys.
+    (re.compile(r"(?<![\w-])(?:sk|rk|ek)[-_][\w.=-]{3,}"), REDACTED),
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with anything that looks like a credential replaced by ``[REDACTED]``."""
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _redact_value(value: Any) -> Any:
+    return redact(value) if isinstance(value, str) else value
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: message``, credentials redacted."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -38,7 +89,7 @@ class JsonFormatter(logging.Formatter):
                 line[key] = value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return json.dumps({k: _redact_value(v) for k, v in line.items()}, default=str)
 
 
 def configure_logging(level: str, fmt: str = "text") -> None:
@@ -46,7 +97,7 @@ def configure_logging(level: str, fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -102,6 +153,13 @@ class Metrics:
             f"{prefix}_usage_tokens",
             "Tokens the upstream reported in response.done usage (openai backend), by kind.",
             ["kind"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            f"{prefix}_fallbacks",
+            "Sessions the openai backend moved to its fallback backend (--fallback), by "
+            "reason: unreachable, capacity (429, 503, 1013) or dropped (mid-session).",
+            ["reason"],
             registry=r,
         )
         self.events_in = self.events.labels("in")

@@ -2,14 +2,21 @@
 
 ``ws://HOST:PORT/v1/sessions`` opens a session: the relay's first frame is its
 ``session.open`` spec (``transceiver/protocol/contract.py``); every later frame is a
-Realtime JSON event, in both directions. ``GET /healthz`` and ``GET /load``
+Realtime JSON event, in both directions. ``GET /load``, ``/metrics`` and ``/v1/models``
 answer plain HTTP.
+
+Every request but ``GET /healthz`` must carry the link secret (``--link-secret``, the
+relay's too) as ``Authorization: Bearer``, or gets 401: the port gives sessions that no
+API key guards. ``/healthz`` stays open for container health checks and says only
+``{"status": "ok"}`` (or ``"draining"``, with 503).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import http
 import json
 import logging
@@ -42,12 +49,48 @@ log = logging.getLogger(__name__)
 
 # How long a new connection may take to send its session.open frame.
 OPEN_TIMEOUT_S = 10.0
+# How long drain waits for one session's shutdown error and close before it drops the link.
+DRAIN_CLOSE_TIMEOUT_S = 5.0
+
+
+class LinkSecretMissing(Exception):
+    """No ``--link-secret`` and no ``--insecure-no-link-secret``: the transceiver does not
+    start."""
+
+
+def check_link_secret(settings: TransceiverSettings) -> None:
+    if settings.link_secret:
+        return
+    if not settings.insecure_no_link_secret:
+        raise LinkSecretMissing(
+            "no link secret: set RELAY_LINK_SECRET (the same for the relay and its "
+            "transceivers, e.g. `openssl rand -hex 32`), or run with "
+            "--insecure-no-link-secret to let anyone who reaches this port start sessions"
+        )
+    log.warning(
+        "running WITHOUT a link secret (--insecure-no-link-secret): anyone who reaches "
+        "ws://%s:%d gets sessions, bypassing the relay's API keys",
+        settings.host,
+        settings.port,
+    )
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode()).digest()
 
 
 def build_backend(settings: TransceiverSettings) -> Backend | ProxyBackend:
     if settings.backend == "openai":
-        return ProxyBackend(settings)
-    if settings.backend == "mock":
+        # The fallback is built once, at start: the local pipeline's models take seconds to
+        # load, which a session that lost its upstream cannot wait for.
+        fallback = None if settings.fallback == "none" else _engine(settings, settings.fallback)
+        return ProxyBackend(settings, fallback)
+    return _engine(settings, settings.backend)
+
+
+def _engine(settings: TransceiverSettings, name: str) -> Backend:
+    """The mock or the local backend."""
+    if name == "mock":
         from transceiver.backends.mock import MockBackend, MockOptions, MockScript
 
         script = MockScript.load(settings.mock_script) if settings.mock_script else None
@@ -64,10 +107,26 @@ def build_backend(settings: TransceiverSettings) -> Backend | ProxyBackend:
     return LocalBackend.from_settings(settings)
 
 
-def _json_response(status: http.HTTPStatus, body: dict[str, Any]) -> Response:
+def _json_response(
+    status: http.HTTPStatus, body: dict[str, Any], extra: list[tuple[str, str]] | None = None
+) -> Response:
     data = json.dumps(body).encode()
     headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    for name, value in extra or []:
+        headers[name] = value
     return Response(status.value, status.phrase, headers, data)
+
+
+def _error_response(
+    status: http.HTTPStatus,
+    message: str,
+    code: str,
+    type: str = "invalid_request_error",
+    extra: list[tuple[str, str]] | None = None,
+) -> Response:
+    """OpenAI's error envelope (relay/errors.py writes the same for the relay)."""
+    error = {"message": message, "type": type, "param": None, "code": code}
+    return _json_response(status, {"error": error}, extra)
 
 
 class CpuMeter:
@@ -118,14 +177,37 @@ class TransceiverServer:
             "loop_lag": self.lag.stats(),
         }
 
+    def _authorized(self, request: Request) -> bool:
+        """The request carries the link secret (compared in constant time), or none is
+        configured (``--insecure-no-link-secret``)."""
+        secret = self.settings.link_secret
+        if not secret:
+            return True
+        given = request.headers.get_all("Authorization")
+        if len(given) != 1:
+            return False
+        scheme, _, presented = given[0].partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            _digest(presented.strip()), _digest(secret)
+        )
+
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
-        if path == "/healthz":
+        if path == "/healthz":  # open, for container health checks: the status only
             if self.draining:
-                return _json_response(
-                    http.HTTPStatus.SERVICE_UNAVAILABLE, {"status": "draining", **self.load()}
-                )
-            return _json_response(http.HTTPStatus.OK, {"status": "ok", **self.load()})
+                return _json_response(http.HTTPStatus.SERVICE_UNAVAILABLE, {"status": "draining"})
+            return _json_response(http.HTTPStatus.OK, {"status": "ok"})
+        if not self._authorized(request):
+            return _error_response(
+                http.HTTPStatus.UNAUTHORIZED,
+                "This transceiver accepts only its relay: send the link secret "
+                "(RELAY_LINK_SECRET) as 'Authorization: Bearer'.",
+                "invalid_link_secret",
+                extra=[("WWW-Authenticate", "Bearer")],
+            )
+        return self._route(connection, path)
+
+    def _route(self, connection: ServerConnection, path: str) -> Response | None:
         if path == "/load":
             return _json_response(http.HTTPStatus.OK, self.load())
         if path == "/metrics":
@@ -135,18 +217,17 @@ class TransceiverServer:
         if path == "/v1/models":
             return _json_response(http.HTTPStatus.OK, {"models": self.backend.model_ids()})
         if path != "/v1/sessions":
-            return _json_response(http.HTTPStatus.NOT_FOUND, {"error": "not found"})
+            return _error_response(
+                http.HTTPStatus.NOT_FOUND, f"No route {path}.", "not_found", "invalid_request_error"
+            )
         self._admitting = {c for c in self._admitting if c.state is not State.CLOSED}
         if self.draining or self.sessions + len(self._admitting) >= self.settings.max_sessions:
             reason = "draining" if self.draining else "full"
-            return _json_response(
+            return _error_response(
                 http.HTTPStatus.SERVICE_UNAVAILABLE,
-                {
-                    "error": {
-                        "code": "session_limit_reached",
-                        "message": f"This transceiver is {reason}.",
-                    }
-                },
+                f"This transceiver is {reason}.",
+                "session_limit_reached",
+                "server_error",
             )
         self._admitting.add(connection)
         return None
@@ -233,7 +314,11 @@ class TransceiverServer:
     ) -> RealtimeSession | None:
         """The core session for ``spec``, or ``None`` when its configuration is refused."""
         try:
-            return RealtimeSession(spec, created_at_s=time.time())
+            return RealtimeSession(
+                spec,
+                created_at_s=time.time(),
+                max_input_audio_ms=int(self.settings.max_input_audio_s * 1000),
+            )
         except ClientError as exc:
             error = {"type": "error", "event_id": "event_0", "error": exc.to_error(None)}
             with contextlib.suppress(ConnectionClosed):
@@ -274,9 +359,15 @@ class TransceiverServer:
 
     async def _close_for_drain(self, connection: ServerConnection) -> None:
         message = server_error_event(self.ids.event_id(), SHUTDOWN_MESSAGE, "server_shutting_down")
-        with contextlib.suppress(ConnectionClosed):
-            await self._send_counted(connection, encode_server_event(message))
-            await connection.close(1012, "server restarting")
+        try:
+            # A peer that stopped reading cannot hold the shutdown: bounded, then dropped.
+            async with asyncio.timeout(DRAIN_CLOSE_TIMEOUT_S):
+                await self._send_counted(connection, encode_server_event(message))
+                await connection.close(1012, "server restarting")
+        except ConnectionClosed:
+            pass
+        except TimeoutError:
+            connection.transport.abort()
 
     async def start(self) -> Server:
         self.lag.start()
@@ -298,7 +389,15 @@ SHUTDOWN_MESSAGE = "The server is restarting; reconnect to continue."
 
 
 async def run_transceiver(settings: TransceiverSettings, stop: asyncio.Event) -> None:
-    """Serve until ``stop`` is set, then drain (``--drain-timeout-s``) and exit."""
+    """Serve until ``stop`` is set, then drain (``--drain-timeout-s``) and exit.
+
+    Without a link secret (and without ``--insecure-no-link-secret``) it logs why and
+    exits with status 2 before loading anything."""
+    try:
+        check_link_secret(settings)
+    except LinkSecretMissing as exc:
+        log.error("transceiver not started: %s", exc)
+        raise SystemExit(2) from None
     backend = build_backend(settings)
     server = TransceiverServer(settings, backend)
     ws_server = await server.start()

@@ -24,6 +24,23 @@ class TransceiverSettings(BaseSettings):
         description="On SIGTERM: refuse new sessions, let running ones go on this long, then "
         "close them with an error (1012, service restart).",
     )
+    link_secret: str | None = Field(
+        None,
+        description="Secret the relay must send (Authorization: Bearer) on every request but "
+        "/healthz; the same as the relay's. Give it as the environment variable, not an "
+        "option. Without it the transceiver does not start, unless --insecure-no-link-secret.",
+    )
+    insecure_no_link_secret: bool = Field(
+        False,
+        description="Run without a link secret: anyone who reaches the port gets sessions, "
+        "bypassing the relay's API keys (serve always gives its transceivers a secret).",
+    )
+    max_input_audio_s: float = Field(
+        900.0,
+        ge=60,
+        description="mock and local backends: most seconds of audio the input audio buffer, "
+        "or one conversation.item.create, holds; more is refused with an error event.",
+    )
     log_level: str = Field("info", description="Log level.")
     log_format: Literal["text", "json"] = Field("text", description="Log format: text or json.")
 
@@ -58,6 +75,24 @@ class TransceiverSettings(BaseSettings):
     )
     upstream_open_timeout_s: float = Field(
         10.0, description="openai backend: give up connecting upstream after this long."
+    )
+    fallback: Literal["none", "local", "mock"] = Field(
+        "none",
+        description="openai backend: when the upstream cannot be reached, is at capacity or "
+        "drops a session, go on with this backend (local: the local pipeline, loaded at "
+        "start; mock: for tests and demos) and the conversation so far, instead of closing.",
+    )
+    mirror_max_items: int = Field(
+        500,
+        ge=1,
+        description="openai backend: the most conversation items a session's proxy keeps "
+        "(the newest) to replay into a fallback.",
+    )
+    mirror_max_bytes: int = Field(
+        2 * 1024 * 1024,
+        ge=1024,
+        description="openai backend: the most bytes of items (as JSON, without audio) and of "
+        "in-progress response text a session's proxy keeps for a fallback.",
     )
 
     # Local backend: STT

@@ -223,4 +223,16 @@ class Speculator:
         return preemption
 
     def close(self) -> None:
+        """Stop what runs and let go of the runner (its bound methods would keep it and its
+        session alive until a GC cycle)."""
         self.drop()
+        self.now_ms = _never_now
+        self.fill = _never_fill
+
+
+def _never_now() -> float:
+    return 0.0
+
+
+def _never_fill(request: ResponseRequest) -> ResponseRequest | None:
+    return None

@@ -20,6 +20,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.e2e.conftest import MOCK_ARGS
+from tests.e2e.link import LINK_ENV, LINK_HEADERS, transceiver_urls
 from tests.servers import relay_server
 from tests.waiting import eventually
 
@@ -38,10 +39,9 @@ def peak_rss_bytes(pid: int) -> int:
 
 
 async def test_a_client_that_never_reads_cannot_grow_the_transceiver() -> None:
-    with relay_server(*MOCK_ARGS) as server:
-        async with httpx.AsyncClient(timeout=5) as http:
-            health = (await http.get(f"{server.base_url.removesuffix('/v1')}/healthz")).json()
-            member = health["transceivers"][0]["url"].replace("ws://", "http://")
+    with relay_server(*MOCK_ARGS, env=LINK_ENV) as server:
+        async with httpx.AsyncClient(timeout=5, headers=LINK_HEADERS) as http:
+            (member,) = await transceiver_urls(server)
             pid = (await http.get(f"{member}/load")).json()["pid"]
             url = f"{server.ws_base_url}/realtime?model=gpt-realtime"
             # max_queue=1: the client's library reads one frame ahead, then leaves the

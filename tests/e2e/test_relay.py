@@ -16,6 +16,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.e2e.client import user_message
 from tests.e2e.conftest import MOCK_ARGS
+from tests.e2e.link import LINK_ENV, LINK_HEADERS
 from tests.servers import RunningServer, relay_server
 from tests.waiting import eventually
 
@@ -26,7 +27,8 @@ KEY = "sk-relay-test-key-123"
 
 @pytest.fixture(scope="module")
 def auth_server() -> Iterator[RunningServer]:
-    with relay_server(*MOCK_ARGS, "--api-keys", KEY, "--transceivers", "2") as server:
+    args = (*MOCK_ARGS, "--api-keys", KEY, "--transceivers", "2")
+    with relay_server(*args, env=LINK_ENV) as server:
         yield server
 
 
@@ -68,7 +70,7 @@ async def test_header_and_subprotocol_auth(auth_server: RunningServer) -> None:
 async def test_rest_endpoints(auth_server: RunningServer) -> None:
     async with httpx.AsyncClient() as http:
         health = (await http.get(f"http://127.0.0.1:{auth_server.port}/healthz")).json()
-        assert health["status"] == "ok" and len(health["transceivers"]) == 2
+        assert health["status"] == "ok" and health["transceivers"]["total"] == 2
     async with AsyncOpenAI(api_key=KEY, base_url=auth_server.base_url) as client:
         models = [m.id async for m in client.models.list()]
     assert "gpt-realtime" in models
@@ -76,12 +78,14 @@ async def test_rest_endpoints(auth_server: RunningServer) -> None:
 
 async def transceiver_pids(server: RunningServer) -> dict[str, tuple[int, int]]:
     """url -> (pid, sessions on it as the relay counts them)."""
-    async with httpx.AsyncClient() as http:
-        health = (await http.get(f"http://127.0.0.1:{server.port}/healthz")).json()
+    status = f"http://127.0.0.1:{server.port}/status"
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}) as http:
+        members = (await http.get(status)).json()["transceivers"]
+    async with httpx.AsyncClient(headers=LINK_HEADERS) as http:
         result = {}
-        for member in health["transceivers"]:
+        for member in members:
             url = member["url"].replace("ws://", "http://")
-            info = (await http.get(f"{url}/healthz")).json()
+            info = (await http.get(f"{url}/load")).json()
             result[url] = (info["pid"], member["sessions"])
         return result
 

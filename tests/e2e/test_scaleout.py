@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.e2e.client import Recorder, silence, speech, user_text
 from tests.e2e.conftest import SCRIPT
+from tests.e2e.link import LINK_ENV, LINK_HEADERS, LINK_SECRET
 from tests.e2e.test_webrtc import Microphone, until
 from tests.servers import RunningServer, relay_server
 from tests.waiting import eventually
@@ -34,13 +35,13 @@ MOCK += ("--mock-words-per-minute", "900")
 def transceivers(n: int, *extra: str) -> Iterator[list[RunningServer]]:
     with contextlib.ExitStack() as stack:
         yield [
-            stack.enter_context(relay_server(*MOCK, *extra, command="transceiver"))
+            stack.enter_context(relay_server(*MOCK, *extra, command="transceiver", env=LINK_ENV))
             for _ in range(n)
         ]
 
 
 def relay_args(members: list[RunningServer], *extra: str) -> tuple[str, ...]:
-    args: list[str] = []
+    args: list[str] = ["--link-secret", LINK_SECRET]  # the transceivers' (LINK_ENV)
     for member in members:
         args += ["--transceiver", f"ws://127.0.0.1:{member.port}"]
     return (*args, "--resolve-interval-s", "0.5", *extra)
@@ -52,7 +53,8 @@ async def request(method: str, url: str, **kwargs: Any) -> httpx.Response:
 
 
 async def load_of(member: RunningServer) -> dict[str, Any]:
-    return (await request("GET", f"{member.base_url}/load")).json()  # type: ignore[no-any-return]
+    reply = await request("GET", f"{member.base_url}/load", headers=LINK_HEADERS)
+    return reply.json()  # type: ignore[no-any-return]
 
 
 def client_for(server: RunningServer, key: str = "sk-test") -> AsyncOpenAI:
@@ -294,7 +296,8 @@ async def test_metrics_and_json_logs() -> None:
             relay_metrics = await eventually(relay_metrics_after_close, what="session closed")
             assert 'realtime_relay_sessions_total{transport="ws"} 1.0' in relay_metrics
             assert 'realtime_relay_events_total{direction="in"}' in relay_metrics
-            metrics = (await request("GET", f"{members[0].base_url}/metrics")).text
+            url = f"{members[0].base_url}/metrics"
+            metrics = (await request("GET", url, headers=LINK_HEADERS)).text
             assert 'realtime_transceiver_sessions_total{transport="ws"} 1.0' in metrics
             assert 'realtime_transceiver_turn_stage_seconds_count{stage="first_delta"} 1.0' in (
                 metrics

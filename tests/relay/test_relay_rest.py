@@ -125,6 +125,17 @@ async def test_hangup_needs_an_api_key(http: httpx.AsyncClient) -> None:
     assert error["message"] == "Call 'rtc_x' not found."
 
 
+async def test_metrics_and_status_need_an_api_key(http: httpx.AsyncClient) -> None:
+    """They name the transceivers: not for anyone who can reach the port."""
+    for path in ("/metrics", "/status"):
+        assert_envelope(await http.get(path), 401, "invalid_api_key")
+        assert (await http.get(path, headers=bearer(KEY))).status_code == 200
+    minted = await http.post("/v1/realtime/client_secrets", headers=bearer(KEY), json={})
+    ephemeral = minted.json()["value"]
+    assert_envelope(await http.get("/metrics", headers=bearer(ephemeral)), 401, "invalid_api_key")
+    assert (await http.get("/healthz")).status_code == 200  # for load balancers, open
+
+
 async def test_calls_check_credentials_and_the_offer(http: httpx.AsyncClient) -> None:
     reply = await http.post("/v1/realtime/calls", content="v=0")
     assert_envelope(reply, 401, "invalid_api_key")
@@ -142,9 +153,16 @@ async def test_calls_check_credentials_and_the_offer(http: httpx.AsyncClient) ->
 async def test_health_and_models_from_the_transceivers() -> None:
     async with fake_transceiver() as fake, running_relay([fake]) as relay:
         async with relay.http() as http:
-            health = (await http.get("/healthz")).json()
-            assert health["status"] == "ok" and health["sessions"] == 0
-            assert [m["url"] for m in health["transceivers"]] == [fake.url]
+            health = await http.get("/healthz")
+            assert health.json() == {
+                "status": "ok",
+                "draining": False,
+                "sessions": 0,
+                "transceivers": {"healthy": 1, "total": 1},
+            }
+            assert "127.0.0.1" not in health.text  # open to all: no internal address
+            status = (await http.get("/status")).json()  # no --api-keys: any caller
+            assert [m["url"] for m in status["transceivers"]] == [fake.url]
             models = (await http.get("/v1/models")).json()
             assert models["object"] == "list"
             assert [m["id"] for m in models["data"]] == ["gpt-realtime"]

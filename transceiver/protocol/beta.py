@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from transceiver.protocol.config import voice_name
+from transceiver.protocol.config import shown_value, voice_name
 from transceiver.protocol.errors import ClientError
 
 _FORMAT_TO_GA: dict[str, dict[str, Any]] = {
@@ -45,6 +45,22 @@ def _format_to_ga(value: Any, param: str) -> dict[str, Any]:
     return dict(_FORMAT_TO_GA[value])
 
 
+def _session_modalities(value: Any) -> bool:
+    """Whether a beta session's ``modalities`` (``["text"]`` or ``["audio", "text"]`` in the
+    beta reference) asks for audio replies; ``ClientError`` if it is not such a list."""
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(m, str) and m in ("audio", "text") for m in value)
+    ):
+        raise ClientError(
+            f"Invalid value: '{shown_value(value)}'. 'modalities' must be a non-empty array "
+            "of 'text' and 'audio'.",
+            param="session.modalities",
+        )
+    return "audio" in value
+
+
 class BetaDialect:
     """Per-session translation state (beta's ``temperature`` has no GA field)."""
 
@@ -60,16 +76,22 @@ class BetaDialect:
         out: dict[str, Any] = {"type": kind}
         audio_in: dict[str, Any] = {}
         audio_out: dict[str, Any] = {}
-        if "modalities" in flat:
-            modalities = flat.pop("modalities")
+        if flat.get("modalities", None) is None:  # left out or null: unchanged
+            flat.pop("modalities", None)
+        else:
+            audio = _session_modalities(flat.pop("modalities"))
             if kind == "realtime":
-                audio = isinstance(modalities, list) and "audio" in modalities
                 out["output_modalities"] = ["audio"] if audio else ["text"]
         if "temperature" in flat:
             temperature = flat.pop("temperature")
-            if not isinstance(temperature, int | float) or not 0.6 <= temperature <= 1.2:
+            if (
+                isinstance(temperature, bool)
+                or not isinstance(temperature, int | float)
+                or not 0.6 <= temperature <= 1.2
+            ):
                 raise ClientError(
-                    f"Invalid value: '{temperature}'. Expected a number from 0.6 to 1.2.",
+                    f"Invalid value: '{shown_value(temperature)}'. "
+                    "Expected a number from 0.6 to 1.2.",
                     param="session.temperature",
                 )
             self.temperature = float(temperature)

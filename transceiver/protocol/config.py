@@ -25,6 +25,7 @@ from pydantic_core import ErrorDetails
 from transceiver.protocol.audio import AudioFormatType
 from transceiver.protocol.contract import SessionKind
 from transceiver.protocol.errors import ClientError
+from transceiver.protocol.wire import check_depth
 
 DEFAULT_INSTRUCTIONS = (
     "You are a helpful, witty, and friendly AI. Keep your answers short: they are spoken aloud."
@@ -37,9 +38,17 @@ DEFAULT_SILENCE_DURATION_MS = 500
 
 
 class StrictModel(BaseModel):
-    """Frozen, and an unknown field is an error (``unknown_parameter``)."""
+    """Frozen, and an unknown field is an error (``unknown_parameter``).
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strict types, as OpenAI's API has them: a string is not a number ("500" for
+    ``silence_duration_ms``), a number is not a string, a bool is not a number, and a
+    decimal is not an integer (500.0 for ``silence_duration_ms``; OpenAI answers "expected
+    an integer, but got a decimal number instead", and ``response.create``'s
+    ``max_output_tokens`` refuses it too, transceiver/protocol/requests.py). An integer is a
+    number.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class _Open(BaseModel):
@@ -47,7 +56,8 @@ class _Open(BaseModel):
 
 
 class AudioFormat(StrictModel):
-    type: AudioFormatType = AudioFormatType.PCM
+    # Not strict: a strict enum field takes only AudioFormatType members, not their values.
+    type: AudioFormatType = Field(default=AudioFormatType.PCM, strict=False)
     rate: Literal[24000] | None = None
 
     @model_validator(mode="before")
@@ -252,6 +262,17 @@ def _param(loc: tuple[int | str, ...], prefix: str, data: Any, error_type: str) 
     return "".join(parts).replace(".[", "[")
 
 
+def shown_value(value: Any, limit: int = 64) -> str:
+    """A client's value as an error message echoes it: a scalar, cut short past ``limit``
+    characters; "…" for an object or an array (the message stays small)."""
+    if isinstance(value, int) and value.bit_length() > 4 * limit:
+        return "…"  # a huge integer (its digits alone would pass the limit)
+    if isinstance(value, str | int | float | bool) or value is None:
+        text = str(value)
+        return text if len(text) <= limit else text[:limit] + "…"
+    return "…"
+
+
 def error_to_client_error(error: ErrorDetails, prefix: str, data: Any) -> ClientError:
     """One pydantic error in ``data`` (found at ``prefix``) as the client's ``error``."""
     param = _param(tuple(error["loc"]), prefix, data, error["type"])
@@ -263,10 +284,8 @@ def error_to_client_error(error: ErrorDetails, prefix: str, data: Any) -> Client
             code="missing_required_parameter",
             param=param,
         )
-    value = error.get("input")
-    shown = value if isinstance(value, str | int | float | bool) or value is None else "…"
     return ClientError(
-        f"Invalid value: '{shown}' for '{param}': {error['msg']}.",
+        f"Invalid value: '{shown_value(error.get('input'))}' for '{param}': {error['msg']}.",
         code="invalid_value",
         param=param,
     )
@@ -276,10 +295,15 @@ def validation_to_client_error(exc: ValidationError, prefix: str, data: Any) -> 
     return error_to_client_error(exc.errors()[0], prefix, data)
 
 
-def default_config(kind: SessionKind, model: str | None) -> SessionConfig:
+def default_config(kind: SessionKind, model: Any) -> SessionConfig:
+    """The default configuration of a session (``ClientError`` if ``model`` is not a
+    string: it comes from a client's ``session.model``)."""
     if kind is SessionKind.TRANSCRIPTION:
         return TranscriptionSessionConfig()
-    return RealtimeSessionConfig(model=model or "gpt-realtime")
+    try:  # only a missing or empty model is the default one: 0, [] or false are errors
+        return RealtimeSessionConfig(model="gpt-realtime" if model in (None, "") else model)
+    except ValidationError as exc:
+        raise validation_to_client_error(exc, "session", {"model": model}) from None
 
 
 def session_wire(config: SessionConfig) -> dict[str, Any]:
@@ -295,6 +319,9 @@ def apply_session_update(current: SessionConfig, update: Any) -> SessionConfig:
 def _updated(current: dict[str, Any], update: Any) -> SessionConfig:
     if not isinstance(update, dict):
         raise ClientError("'session' must be an object.", param="session")
+    # Before anything recurses over it (_merge's deepcopy, pydantic): a REST body or a
+    # call's session reaches here without a WebSocket event's depth check.
+    check_depth(update, "'session'", code="invalid_value", param="session")
     kind = current["type"]
     # A missing type keeps the current one; another one is refused.
     requested = update.get("type", kind)

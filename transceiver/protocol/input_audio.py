@@ -25,6 +25,36 @@ from transceiver.protocol.responses import Response
 MIN_COMMIT_MS = 100
 # With turn detection on and nobody speaking, keep only this much buffered audio.
 IDLE_BUFFER_KEEP_MS = 10_000
+# "The client may choose how much audio to place in each event up to a maximum of 15 MiB"
+# (https://platform.openai.com/docs/api-reference/realtime-client-events/input_audio_buffer/append):
+# the base64 text of one append, and of the audio of one conversation.item.create.
+APPEND_MAX_CHARS = 15 * 1024 * 1024
+# The input audio buffer, and the audio of one created item, hold at most this much audio
+# (the transceiver's --max-input-audio-s): 41 MiB of PCM16 at 24 kHz, 7 MiB of G.711.
+INPUT_AUDIO_MAX_MS = 15 * 60 * 1000
+
+
+def check_audio_chars(chars: int, param: str) -> None:
+    """Refuse base64 audio text longer than one event may carry, before decoding it."""
+    if chars > APPEND_MAX_CHARS:
+        raise ClientError(
+            f"Audio too large: one event may carry at most 15 MiB ({APPEND_MAX_CHARS} "
+            f"characters) of base64 audio, and this one has {chars}. Send the audio in "
+            "smaller chunks.",
+            code="audio_too_large",
+            param=param,
+        )
+
+
+def check_audio_duration(audio_ms: float, max_ms: int, *, param: str, what: str) -> None:
+    """Refuse audio past ``max_ms`` (the input buffer's bound, or one item's)."""
+    if audio_ms > max_ms:
+        raise ClientError(
+            f"{what} may hold at most {max_ms / 60_000:g} minutes ({max_ms} ms) of audio; "
+            f"this would make it {audio_ms:.0f} ms.",
+            code="input_audio_too_long",
+            param=param,
+        )
 
 
 @dataclass
@@ -74,6 +104,7 @@ class SessionInput:
     _input: InputBuffer
     _speech_item: str | None
     _speech_start_ms: float
+    max_input_audio_ms: int
 
     def _emit(self, type: str, **fields: Any) -> None:
         raise NotImplementedError
@@ -112,11 +143,22 @@ class SessionInput:
     # -- the input audio buffer -------------------------------------------------------
 
     def _on_append(self, event: dict[str, Any], now_ms: float) -> None:
-        audio = decode_base64(event.get("audio"), "audio")
+        text = event.get("audio")
+        check_audio_chars(len(text) if isinstance(text, str) else 0, "audio")
+        audio = decode_base64(text, "audio")
+        if self.turn_detection is None or self._speech_item is not None:
+            # Growing until a commit (with turn detection and nobody speaking, append_audio
+            # keeps only the last IDLE_BUFFER_KEEP_MS). Refused whole, the buffer unchanged:
+            # the client may commit or clear and go on.
+            fmt = self.input_format
+            after_ms = self._input.duration_ms(fmt) + fmt.duration_ms(len(audio))
+            what = "The input audio buffer (commit or clear it to append more)"
+            check_audio_duration(after_ms, self.max_input_audio_ms, param="audio", what=what)
         self.append_audio(audio)
 
     def append_audio(self, audio: bytes) -> None:
-        """Audio into the input buffer (client appends, or decoded media on WebRTC)."""
+        """Audio into the input buffer (client appends, or decoded media on WebRTC); the
+        caller has checked it against ``max_input_audio_ms``."""
         fmt = self.input_format
         start_ms = self._input.end_ms
         self._input.append(audio, fmt)
@@ -126,6 +168,23 @@ class SessionInput:
         self._effects.append(FeedVad(audio, fmt, start_ms, td))
         if self._speech_item is None and self._input.duration_ms(fmt) > 2 * IDLE_BUFFER_KEEP_MS:
             self._input.keep_last(IDLE_BUFFER_KEEP_MS, fmt)
+
+    def _check_item_audio(self, item: Any) -> None:
+        """The base64 audio of a ``conversation.item.create``, before it is decoded: its
+        content parts together carry at most what one append may."""
+        content = item.get("content") if isinstance(item, dict) else None
+        chars = 0
+        for index, part in enumerate(content if isinstance(content, list) else []):
+            audio = part.get("audio") if isinstance(part, dict) else None
+            if isinstance(audio, str):
+                chars += len(audio)
+                check_audio_chars(chars, f"item.content[{index}].audio")
+
+    def _check_item_duration(self, audio: bytes, fmt: AudioFormatType) -> None:
+        """The decoded audio of one created item: at most what the input buffer holds."""
+        what = "One conversation item"
+        audio_ms = fmt.duration_ms(len(audio))
+        check_audio_duration(audio_ms, self.max_input_audio_ms, param="item.content", what=what)
 
     def _on_commit(self, event: dict[str, Any], now_ms: float) -> None:
         buffered = self._input.duration_ms(self.input_format)

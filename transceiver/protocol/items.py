@@ -9,6 +9,7 @@ import copy
 from typing import Any
 
 from transceiver.protocol.errors import ClientError
+from transceiver.protocol.wire import check_depth
 
 _CONTENT_BY_ROLE = {
     "system": {"input_text"},
@@ -45,6 +46,7 @@ def normalize_item(raw: Any, param: str = "item") -> tuple[dict[str, Any], bytes
     """Return the GA item (audio bytes removed) and any input audio it carried."""
     if not isinstance(raw, dict):
         raise ClientError(f"'{param}' must be an object.", param=param)
+    check_depth(raw, f"'{param}'", code="invalid_value", param=param)  # before the deepcopy
     item = copy.deepcopy(raw)
     item_type = item.get("type")
     item.pop("object", None)

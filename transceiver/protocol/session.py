@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from transceiver.protocol.beta import BetaDialect
 from transceiver.protocol.config import (
     RealtimeSessionConfig,
+    SessionConfig,
     apply_session_update,
     default_config,
     session_wire,
@@ -33,7 +34,7 @@ from transceiver.protocol.effects import (
 )
 from transceiver.protocol.errors import ClientError
 from transceiver.protocol.ids import IdFactory
-from transceiver.protocol.input_audio import InputBuffer, SessionInput
+from transceiver.protocol.input_audio import INPUT_AUDIO_MAX_MS, InputBuffer, SessionInput
 from transceiver.protocol.items import copy_item, normalize_item
 from transceiver.protocol.media import check_media_formats, with_pcm_audio
 from transceiver.protocol.requests import build_response
@@ -47,6 +48,35 @@ SESSION_MAX_MS = 60 * 60 * 1000
 _DEFAULT_SPEC = SessionSpec()
 
 
+class _Events:
+    """The server events a session has produced, in the client's dialect.
+
+    The response writer emits here rather than through a bound method of the session, and
+    client events are dispatched through ``_HANDLERS`` (functions, not bound methods): no
+    part of a session refers back to it, so a closed session is freed as soon as its shell
+    lets go, without waiting for a garbage-collection cycle.
+    """
+
+    def __init__(self, ids: IdFactory, kind: SessionKind, dialect: BetaDialect | None) -> None:
+        self._ids = ids
+        self._kind = kind.value
+        self._dialect = dialect
+        self.queued: list[dict[str, Any]] = []
+
+    def emit(self, type: str, **fields: Any) -> None:
+        event = {"type": type, "event_id": self._ids.event_id(), **fields}
+        if self._dialect is not None:
+            translated = self._dialect.server_event_to_beta(event, self._kind)
+            if translated is not None:
+                self.queued.append(translated)
+        else:
+            self.queued.append(event)
+
+    def take(self) -> list[dict[str, Any]]:
+        events, self.queued = self.queued, []
+        return events
+
+
 class RealtimeSession(SessionInput, SessionResults):
     def __init__(
         self,
@@ -56,8 +86,13 @@ class RealtimeSession(SessionInput, SessionResults):
         created_at_s: float = 0.0,
         ids: IdFactory | None = None,
         max_duration_ms: int = SESSION_MAX_MS,
+        max_input_audio_ms: int = INPUT_AUDIO_MAX_MS,
     ) -> None:
-        """Raises ``ClientError`` when ``spec.overrides`` is not a valid configuration."""
+        """Raises ``ClientError`` when ``spec.overrides`` is not a valid configuration.
+
+        ``max_input_audio_ms`` bounds the input audio buffer and the audio of one
+        ``conversation.item.create``; more is refused with an ``error`` event.
+        """
         self.spec = spec
         self.kind = spec.kind
         self.beta = spec.beta
@@ -76,9 +111,10 @@ class RealtimeSession(SessionInput, SessionResults):
         self.expires_ms = now_ms + max_duration_ms
         self.expires_at_s = int(created_at_s + max_duration_ms / 1000)
         self.closed = False
-        self._events: list[dict[str, Any]] = []
+        self.max_input_audio_ms = max_input_audio_ms
+        self._events = _Events(self.ids, self.kind, self._dialect)
         self._effects: list[Effect] = []
-        self._writer = ResponseWriter(self._emit, self.ids)
+        self._writer = ResponseWriter(self._events.emit, self.ids)
         self._input = InputBuffer()  # in the session's input format
         self._speech_item: str | None = None
         self._speech_start_ms = 0.0
@@ -86,19 +122,6 @@ class RealtimeSession(SessionInput, SessionResults):
         self._responses: dict[str, Response] = {}
         self._default_response: str | None = None
         self._transcribing: set[str] = set()
-        self._handlers: dict[str, Callable[[dict[str, Any], float], None]] = {
-            "session.update": self._on_session_update,
-            "input_audio_buffer.append": self._on_append,
-            "input_audio_buffer.commit": self._on_commit,
-            "input_audio_buffer.clear": self._on_clear,
-            "output_audio_buffer.clear": self._on_output_clear,
-            "conversation.item.create": self._on_item_create,
-            "conversation.item.retrieve": self._on_item_retrieve,
-            "conversation.item.delete": self._on_item_delete,
-            "conversation.item.truncate": self._on_item_truncate,
-            "response.create": self._on_response_create,
-            "response.cancel": self._on_response_cancel,
-        }
         self._emit("session.created", session=self.session_object())
         if spec.beta:
             self._emit(
@@ -106,23 +129,61 @@ class RealtimeSession(SessionInput, SessionResults):
                 conversation={"id": self.conversation.id, "object": "realtime.conversation"},
             )
 
+    @classmethod
+    def resume(
+        cls,
+        spec: SessionSpec,
+        config: SessionConfig,
+        items: Iterable[dict[str, Any]] = (),
+        *,
+        session_id: str | None = None,
+        conversation_id: str | None = None,
+        expires_at_s: int | None = None,
+        now_ms: float = 0.0,
+        created_at_s: float = 0.0,
+        ids: IdFactory | None = None,
+        max_input_audio_ms: int = INPUT_AUDIO_MAX_MS,
+    ) -> RealtimeSession:
+        """A session that goes on from one its client already has (the openai backend's
+        fallback, transceiver/proxy/fallback.py). ``config`` and ``items`` (GA items, in
+        order, without audio) are taken as they are, items keep their ids, and nothing is
+        emitted for them, not even ``session.created``: the client has seen its session
+        start. It still expires at ``expires_at_s`` (wall clock, like ``created_at_s``)."""
+        left_ms = SESSION_MAX_MS
+        if expires_at_s is not None and expires_at_s > created_at_s:
+            left_ms = min(left_ms, int((expires_at_s - created_at_s) * 1000))
+        fresh = dataclasses.replace(spec, overrides=None)
+        session = cls(
+            fresh,
+            now_ms=now_ms,
+            created_at_s=created_at_s,
+            ids=ids,
+            max_duration_ms=left_ms,
+            max_input_audio_ms=max_input_audio_ms,
+        )
+        session._events.take()  # its own session.created (and beta conversation.created)
+        session.config = config
+        session.id = session_id or session.id
+        if conversation_id:
+            session.conversation = Conversation(conversation_id)
+        if expires_at_s is not None and expires_at_s > created_at_s:
+            session.expires_at_s = expires_at_s
+        for item in items:
+            item_id = item.get("id")
+            if isinstance(item_id, str) and item_id not in session.conversation:
+                session.conversation.add(copy_item(item))
+        return session
+
     # -- output ------------------------------------------------------------------
 
     def _emit(self, type: str, **fields: Any) -> None:
-        event = {"type": type, "event_id": self.ids.event_id(), **fields}
-        if self._dialect is not None:
-            translated = self._dialect.server_event_to_beta(event, self.kind.value)
-            if translated is not None:
-                self._events.append(translated)
-        else:
-            self._events.append(event)
+        self._events.emit(type, **fields)
 
     def _error(self, error: ClientError, client_event_id: str | None) -> None:
         self._emit("error", error=error.to_error(client_event_id))
 
     def events_to_send(self) -> list[dict[str, Any]]:
-        events, self._events = self._events, []
-        return events
+        return self._events.take()
 
     def effects(self) -> list[Effect]:
         effects, self._effects = self._effects, []
@@ -168,15 +229,15 @@ class RealtimeSession(SessionInput, SessionResults):
                 raise ClientError("The 'type' field is missing.", code="invalid_event")
             if self._dialect is not None:
                 event = self._dialect.client_event_to_ga(event, self.kind.value)
-            handler = self._handlers.get(event["type"]) if isinstance(event["type"], str) else None
+            handler = _HANDLERS.get(event["type"]) if isinstance(event["type"], str) else None
             if handler is None:
                 raise ClientError(
                     f"Invalid value: '{event['type']}'. Supported values are: "
-                    + ", ".join(f"'{name}'" for name in self._handlers)
+                    + ", ".join(f"'{name}'" for name in _HANDLERS)
                     + ".",
                     param="type",
                 )
-            handler(event, now_ms)
+            handler(self, event, now_ms)
         except ClientError as exc:
             self._error(exc, client_event_id)
 
@@ -199,7 +260,10 @@ class RealtimeSession(SessionInput, SessionResults):
         )
 
     def _on_item_create(self, event: dict[str, Any], now_ms: float) -> None:
+        self._check_item_audio(event.get("item"))
         item, audio = normalize_item(event.get("item"))
+        if audio is not None:
+            self._check_item_duration(audio, self.input_format)
         if not isinstance(item.get("id"), str) or not item["id"]:
             item["id"] = self.ids.new("item")
         if item["type"] == "function_call_output" and not any(
@@ -410,3 +474,19 @@ class RealtimeSession(SessionInput, SessionResults):
         self._default_response = None
         self._transcribing.clear()  # late transcripts are dropped like late response output
         self.closed = True
+
+
+_Handler = Callable[[RealtimeSession, dict[str, Any], float], None]
+_HANDLERS: dict[str, _Handler] = {
+    "session.update": RealtimeSession._on_session_update,
+    "input_audio_buffer.append": RealtimeSession._on_append,
+    "input_audio_buffer.commit": RealtimeSession._on_commit,
+    "input_audio_buffer.clear": RealtimeSession._on_clear,
+    "output_audio_buffer.clear": RealtimeSession._on_output_clear,
+    "conversation.item.create": RealtimeSession._on_item_create,
+    "conversation.item.retrieve": RealtimeSession._on_item_retrieve,
+    "conversation.item.delete": RealtimeSession._on_item_delete,
+    "conversation.item.truncate": RealtimeSession._on_item_truncate,
+    "response.create": RealtimeSession._on_response_create,
+    "response.cancel": RealtimeSession._on_response_cancel,
+}

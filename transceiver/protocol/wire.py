@@ -20,24 +20,44 @@ def encode_server_event(event: dict[str, Any]) -> str:
     return json.dumps(event, separators=(",", ":"))
 
 
+class JsonTooDeep(ValueError):
+    """JSON nested deeper than the parser can go (Python's recursion limit)."""
+
+
+def loads_strict(raw: str | bytes) -> Any:
+    """JSON without NaN or Infinity; ``ValueError`` if it is not JSON (``JsonTooDeep`` if it
+    nests past the parser's limit)."""
+    try:
+        # NaN and Infinity are not JSON; echoed back they would break clients.
+        return json.loads(raw, parse_float=_finite_float, parse_constant=_no_constant)
+    except RecursionError:
+        raise JsonTooDeep("nested too deeply") from None
+
+
 def parse_client_frame(raw: str | bytes) -> dict[str, Any]:
     """A client frame as an event object, or ``ClientError`` (nothing is echoed)."""
     try:
-        # NaN and Infinity are not JSON; echoed back they would break clients.
-        event = json.loads(raw, parse_float=_finite_float, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        event = loads_strict(raw)
+    except ValueError:  # UnicodeDecodeError is a ValueError
         raise ClientError("The event is not valid JSON.", code="invalid_json") from None
     if not isinstance(event, dict):
         raise ClientError("An event must be a JSON object.", code="invalid_event")
     return event
 
 
-def check_depth(event: dict[str, Any]) -> None:
-    if nested_deeper_than(event, MAX_EVENT_DEPTH):
-        raise ClientError(
-            f"The event nests objects and arrays deeper than {MAX_EVENT_DEPTH} levels.",
-            code="invalid_event",
-        )
+def check_depth(
+    value: Any, what: str = "The event", code: str = "invalid_event", param: str | None = None
+) -> None:
+    """``ClientError`` if ``value`` nests deeper than ``MAX_EVENT_DEPTH``: the one depth bound
+    for client JSON (WebSocket events, REST bodies, session configurations, items), so code
+    that recurses over it (``copy.deepcopy``, pydantic, ``json.dumps``) stays far from
+    Python's recursion limit."""
+    if nested_deeper_than(value, MAX_EVENT_DEPTH):
+        raise ClientError(too_deep_message(what), code=code, param=param)
+
+
+def too_deep_message(what: str) -> str:
+    return f"{what} nests objects and arrays deeper than {MAX_EVENT_DEPTH} levels."
 
 
 def _finite_float(text: str) -> float:

@@ -14,7 +14,9 @@ operator's policy or the transport requires it:
   (relay/webrtc.py), which passes upstream like any client event.
 
 The conversation seen in passing (items, transcripts, usage) is mirrored for logs and
-metrics after each frame is forwarded, so it adds nothing to the hot path.
+metrics after each frame is forwarded, so it adds nothing to the hot path; with
+``--fallback`` a session the upstream cannot serve goes on with a local backend from what
+the client has seen (transceiver/proxy/fallback.py).
 """
 
 from transceiver.proxy.session import ProxyBackend, ProxySession, UpstreamRefused

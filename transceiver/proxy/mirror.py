@@ -1,9 +1,12 @@
-"""What a proxied session saw of its conversation: for the session-end log line and metrics."""
+"""What a proxied session saw of its conversation: for the session-end log line and metrics,
+and (its ``history``) for a fallback."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from transceiver.proxy.history import History
 
 OUTPUT_AUDIO_DELTAS = frozenset({"response.output_audio.delta", "response.audio.delta"})
 _OUTPUT_DELTAS = OUTPUT_AUDIO_DELTAS | frozenset(
@@ -25,8 +28,8 @@ def is_output_delta(event_type: str | None) -> bool:
 class Mirror:
     """What the proxy saw of the conversation: for the session-end log line and metrics."""
 
-    items: dict[str, dict[str, Any]] = field(default_factory=dict)
-    transcripts: dict[str, str] = field(default_factory=dict)
+    history: History = field(default_factory=History)
+    transcripts: int = 0
     responses: int = 0
     errors: int = 0
     usage: dict[str, int] = field(default_factory=dict)
@@ -38,24 +41,15 @@ class Mirror:
     def observe(self, event: dict[str, Any], now: float) -> dict[str, int]:
         """Follow one upstream event; return the usage it reports (``response.done``)."""
         etype = event.get("type")
+        self.history.observe(event)
         if etype in _OUTPUT_DELTAS:
             return {}
         if etype == "input_audio_buffer.speech_stopped":
             self.turn_start = now
         elif etype == "response.created" and self.turn_start is None:
             self.turn_start = now
-        elif etype in (
-            "conversation.item.added",
-            "conversation.item.done",
-            "conversation.item.created",
-        ):
-            item = event.get("item")
-            if isinstance(item, dict) and isinstance(item.get("id"), str):
-                self.items[item["id"]] = item
-        elif etype in ("conversation.item.deleted",):
-            self.items.pop(str(event.get("item_id")), None)
         elif etype == "conversation.item.input_audio_transcription.completed":
-            self.transcripts[str(event.get("item_id"))] = str(event.get("transcript", ""))
+            self.transcripts += 1
         elif etype == "response.done":
             self.responses += 1
             self.turn_start = None  # a response with no output ends its turn too
@@ -82,8 +76,8 @@ class Mirror:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "items": len(self.items),
-            "transcripts": len(self.transcripts),
+            "items": self.history.items_seen,
+            "transcripts": self.transcripts,
             "responses": self.responses,
             "errors": self.errors,
             "turns": self.turns,

@@ -6,15 +6,13 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
-from urllib.parse import urlencode
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close
 
 from transceiver.observability import Metrics, log_event
@@ -23,9 +21,15 @@ from transceiver.protocol.contract import SessionKind, SessionSpec
 from transceiver.protocol.errors import ClientError, server_error_event
 from transceiver.protocol.ids import IdFactory
 from transceiver.protocol.media import check_media_formats, with_pcm_audio
+from transceiver.protocol.session import RealtimeSession
+from transceiver.proxy import fallback
+from transceiver.proxy.fallback import CAPACITY, DROPPED, UNREACHABLE
+from transceiver.proxy.history import History
 from transceiver.proxy.mirror import OUTPUT_AUDIO_DELTAS, Mirror, is_output_delta
-from transceiver.proxy.policy import ProxyPolicy, client_event
-from transceiver.settings import TransceiverSettings
+from transceiver.proxy.policy import client_event
+from transceiver.proxy.upstream import ProxyBackend, UpstreamRefused
+
+__all__ = ["ProxyBackend", "ProxySession", "UpstreamRefused", "peek_type"]
 
 log = logging.getLogger(__name__)
 
@@ -37,79 +41,6 @@ def peek_type(frame: str) -> str | None:
     """The event type of an upstream frame from its first bytes (``type`` comes first)."""
     match = _TYPE.search(frame, 0, 200)
     return match.group(1) if match else None
-
-
-class UpstreamRefused(Exception):
-    def __init__(self, message: str, code: str, close_code: int) -> None:
-        super().__init__(message)
-        self.message, self.code, self.close_code = message, code, close_code
-
-
-class ProxyBackend:
-    """The ``openai`` backend: opens one upstream connection per session."""
-
-    name = "openai"
-
-    def __init__(self, settings: TransceiverSettings) -> None:
-        self.settings = settings
-        self.policy = ProxyPolicy.from_settings(settings)
-        self.api_key = settings.upstream_api_key or os.environ.get("OPENAI_API_KEY")
-        self.headers: list[tuple[str, str]] = []
-        for entry in settings.upstream_header:
-            name, sep, value = entry.partition(":")
-            if not sep:
-                raise ValueError(f"--upstream-header entries are NAME:VALUE, not {entry!r}")
-            self.headers.append((name.strip(), value.strip()))
-
-    def model_ids(self) -> list[str]:
-        return self.policy.model_ids()
-
-    async def aclose(self) -> None:
-        return None
-
-    async def open(self, model: str | None, transcription: bool, beta: bool) -> ClientConnection:
-        query = {"intent": "transcription"} if transcription else {}
-        if not transcription:
-            query["model"] = self.policy.upstream_model(model or "gpt-realtime")
-        url = self.settings.upstream_url
-        url += ("&" if "?" in url else "?") + urlencode(query) if query else ""
-        headers = list(self.headers)
-        if self.api_key:
-            headers.append(("Authorization", f"Bearer {self.api_key}"))
-        if beta:
-            headers.append(("OpenAI-Beta", "realtime=v1"))
-        try:
-            return await connect(
-                url,
-                additional_headers=headers,
-                open_timeout=self.settings.upstream_open_timeout_s,
-                max_size=self.settings.max_frame_bytes,
-                compression=None,
-                ping_interval=20,
-                ping_timeout=20,
-            )
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            if status in (401, 403):
-                raise UpstreamRefused(
-                    f"The upstream Realtime server refused the server's credentials ({status}).",
-                    "upstream_auth_failed",
-                    1008,
-                ) from exc
-            retry_later = status in (429, 503)
-            raise UpstreamRefused(
-                f"The upstream Realtime server refused the session ({status}).",
-                "upstream_unavailable",
-                1013 if retry_later else 1011,
-            ) from exc
-        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
-            # The details (host, address, handshake) go to the log, not to the client.
-            log.warning("upstream unreachable: %s", exc or type(exc).__name__)
-            raise UpstreamRefused(
-                "The upstream Realtime server could not be reached.",
-                "upstream_unavailable",
-                1011,
-            ) from exc
 
 
 Send = Callable[[str], Awaitable[None]]
@@ -135,7 +66,10 @@ class ProxySession:
         self.ids = IdFactory()
         self.id = self.ids.new("sess")
         self.metrics = metrics or Metrics("realtime_transceiver")
-        self.mirror = Mirror()
+        settings = backend.settings
+        self.mirror = Mirror(History(settings.mirror_max_items, settings.mirror_max_bytes))
+        self.fallback_reason: str | None = None
+        self._unsent: str | None = None  # a client frame the upstream closed before taking
         self._injected: set[str] = set()
         self._held_created: dict[str, Any] | None = None
         self._ready = asyncio.Event()
@@ -163,17 +97,69 @@ class ProxySession:
             return
         except UpstreamRefused as exc:
             log.warning("upstream refused a session: %s", exc.message)
-            await self._refuse(exc.message, exc.code, exc.close_code)
+            if exc.fallback is not None and self.backend.fallback is not None:
+                await self._fall_back(exc.fallback)
+            else:
+                await self._refuse(exc.message, exc.code, exc.close_code)
             return
+        closing: asyncio.Task[None] | None = None
         try:
-            await self._bridge(upstream)
+            reason = await self._bridge(upstream)
+            if reason is not None:
+                # A silent upstream may take its close timeout to close: not the client's wait.
+                closing = asyncio.create_task(upstream.close())
+                await self._fall_back(reason)
         finally:
-            await upstream.close()
-            log_event(log, "proxy.summary", id=self.id, **self.mirror.summary())
+            await (closing or upstream.close())
+            summary = self.mirror.summary()
+            log_event(log, "proxy.summary", id=self.id, fallback=self.fallback_reason, **summary)
 
-    def _initial_update(self) -> dict[str, Any] | None:
-        """The ``session.update`` that applies the key's or the offer's configuration (GA,
-        as the relay validated it) and the instructions prefix, in the upstream's dialect."""
+    async def _fall_back(self, reason: str) -> None:
+        """Go on with the fallback backend (transceiver/proxy/fallback.py)."""
+        backend = self.backend.fallback
+        assert backend is not None
+        history = self.mirror.history
+        resumed = history.session is not None  # the client has seen its session start
+        self.fallback_reason = reason
+        self.metrics.fallbacks.labels(reason).inc()
+        max_audio_ms = int(self.backend.settings.max_input_audio_s * 1000)
+        first: list[dict[str, Any]] = []
+        try:
+            if resumed:
+                core, dropped = fallback.resumed_core(self.spec, history, max_audio_ms)
+                error = fallback.interrupted_error(reason)
+                first = history.end_open_responses(self.ids.event_id, error, self.beta)
+            else:
+                spec = fallback.fresh_spec(self.spec, self._upstream_model(), self._start_session())
+                core = RealtimeSession(
+                    spec, created_at_s=time.time(), max_input_audio_ms=max_audio_ms
+                )
+                dropped = []
+        except ClientError as exc:  # a start configuration the fallback's core refuses
+            await self._refuse(exc.message, exc.code or "invalid_value", 1008, **_client(exc))
+            return
+        log_event(
+            log,
+            "proxy.fallback",
+            id=self.id,
+            reason=reason,
+            resumed=resumed,
+            items=len(core.conversation),
+            ended_responses=sum(e["type"] == "response.done" for e in first) or None,
+            left_out=",".join(dropped) or None,
+        )
+        first.append(fallback.notice(self.ids.event_id(), reason, resumed, dropped))
+        frames = self._fallback_frames()
+        await fallback.run_core(core, backend, self.client, first, frames, self.metrics)
+
+    def _upstream_model(self) -> str | None:
+        if self.transcription:
+            return None
+        return self.backend.policy.upstream_model(self.spec.model or "gpt-realtime")
+
+    def _start_session(self) -> dict[str, Any]:
+        """The session configuration the proxy applies at the start (GA): the key's or the
+        offer's (as the relay validated it), and the instructions prefix."""
         overrides = self.spec.overrides or {}
         session = {k: v for k, v in overrides.items() if k not in ("model", "object", "id")}
         if self.media:  # a format in an offer's or a key's session means nothing on a track
@@ -182,6 +168,11 @@ class ProxySession:
             instructions = self.backend.policy.instructions(session.get("instructions"))
             if instructions is not None:
                 session["instructions"] = instructions
+        return session
+
+    def _initial_update(self) -> dict[str, Any] | None:
+        """The ``session.update`` that applies ``_start_session`` in the upstream's dialect."""
+        session = self._start_session()
         body = session_fields_to_beta(session) if self.beta else session
         if not [k for k in body if k != "type"]:
             return None
@@ -197,35 +188,45 @@ class ProxySession:
         self._injected.add(event_id)
         await upstream.send(json.dumps({"event_id": event_id, **event}))
 
-    async def _bridge(self, upstream: ClientConnection) -> None:
+    async def _bridge(self, upstream: ClientConnection) -> str | None:
+        """Bridge until either side ends; a fallback's reason if the session goes on."""
         update = self._initial_update()
         to_client = asyncio.create_task(self._upstream_to_client(upstream, update))
         to_upstream = asyncio.create_task(self._client_to_upstream(upstream))
         stall = asyncio.create_task(self._stalled())
         tasks = (to_client, to_upstream, stall)
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        if to_upstream in done and self._unsent is not None and to_client not in done:
+            # The upstream closed under a client frame: what it sent before its close still
+            # reaches the client (and the mirror), within a bound.
+            timeout_s = self.backend.settings.upstream_open_timeout_s
+            drained, _ = await asyncio.wait({to_client}, timeout=timeout_s)
+            done |= drained
         for task in tasks:
             if task not in done:
                 task.cancel()
         results = await asyncio.gather(*tasks, return_exceptions=True)
         if self._client_left or any(isinstance(r, _Refused) for r in results):
-            return
+            return None
         with contextlib.suppress(ConnectionClosed):
             if stall in done:
                 timeout_s = self.backend.settings.upstream_open_timeout_s
                 log.warning("upstream did not start the session within %.0f s", timeout_s)
+                if self.backend.fallback is not None:
+                    return UNREACHABLE
                 await self._refuse(
                     "The upstream Realtime server did not start the session in time.",
                     "upstream_unavailable",
                     1011,
                 )
-                return
+                return None
             failed = [r for r in results if isinstance(r, Exception) and not _closed(r)]
             if failed:  # a bug, not a client's or upstream's doing: logged, never silent
                 log.error("proxy session %s failed", self.id, exc_info=failed[0])
                 await self._refuse("The proxy failed this session.", "server_error", 1011)
-                return
-            await self._upstream_closed(upstream.protocol.close_rcvd)
+                return None
+            return await self._upstream_closed(upstream.protocol.close_rcvd)
+        return None
 
     async def _stalled(self) -> None:
         """Returns if the upstream has not started the session within the open timeout."""
@@ -234,12 +235,13 @@ class ProxySession:
             await asyncio.wait_for(self._ready.wait(), timeout_s)
             await asyncio.Future()  # started: wait to be cancelled
 
-    async def _upstream_closed(self, rcvd: Close | None) -> None:
+    async def _upstream_closed(self, rcvd: Close | None) -> str | None:
         """The upstream ended the session: tell the client, with a close code that says
-        whether to reconnect (1011 and 1012/1013 invite a retry, 1008 does not)."""
+        whether to reconnect (1011 and 1012/1013 invite a retry, 1008 does not); or, with a
+        fallback, return why the session goes on there (not after a policy refusal)."""
         if rcvd is not None and rcvd.code in (1000, 1001):
             await self.client.close(rcvd.code, rcvd.reason)
-            return
+            return None
         reason = f" ({rcvd.code} {rcvd.reason})" if rcvd is not None else ""
         log.warning("upstream connection lost mid-session%s", reason)
         if rcvd is not None and (rcvd.code == 1008 or 4000 <= rcvd.code < 5000):
@@ -248,6 +250,8 @@ class ProxySession:
                 "upstream_refused",
                 1008,
             )
+        elif self.backend.fallback is not None:
+            return CAPACITY if rcvd is not None and rcvd.code == 1013 else DROPPED
         elif rcvd is not None and rcvd.code in (1012, 1013):  # restarting, or try later
             await self._refuse(
                 "The upstream Realtime server is restarting or busy.",
@@ -258,6 +262,7 @@ class ProxySession:
             await self._refuse(
                 "The upstream Realtime server dropped this session.", "upstream_unavailable", 1011
             )
+        return None
 
     async def _upstream_to_client(
         self, upstream: ClientConnection, update: dict[str, Any] | None
@@ -333,7 +338,9 @@ class ProxySession:
             await self._forward(event, text)
             return update
         if etype.endswith("session.updated") and isinstance(event.get("session"), dict):
-            await self.client.send(json.dumps({**self._held_created, "session": event["session"]}))
+            created = {**self._held_created, "session": event["session"]}
+            await self.client.send(json.dumps(created))
+            self.mirror.history.observe(created)
         elif etype == "error" and self._answers_injection(event):
             # Without its configuration (the instructions prefix, the key's or the offer's
             # session) the session must not run: fail closed, with the upstream's reason.
@@ -362,34 +369,53 @@ class ProxySession:
 
     async def _client_to_upstream(self, upstream: ClientConnection) -> None:
         await self._ready.wait()  # the configuration is applied before any client event
-        policy = self.backend.policy
         try:
             async for frame in self.client:
-                text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
-                self.metrics.events_in.inc()
-                event = client_event(text)
-                if event is not None:
-                    try:
-                        if self.media and event.get("type") == "session.update":
-                            check_media_formats(event.get("session"))
-                        rewritten = policy.rewrite_client_event(event)
-                    except ClientError as exc:
-                        await self._send_error(
-                            exc.message,
-                            exc.code or "invalid_value",
-                            **_client(exc),
-                            event_id=event.get("event_id"),
-                        )
-                        continue
-                    if rewritten is not None:
-                        text = json.dumps(rewritten)
+                text = await self._client_frame(frame)
+                if text is None:
+                    continue
+                self._unsent = text  # until the upstream took it: else a fallback takes it
                 try:
                     await upstream.send(text)
                 except ConnectionClosed:
                     return  # the upstream ended: _bridge tells the client
+                self._unsent = None
         except ConnectionClosed:
             pass
         self._client_left = True
+
+    async def _client_frame(self, frame: str | bytes) -> str | None:
+        """A client frame as it goes on, the policy applied; ``None`` if the policy refused
+        it (the client has been told)."""
+        text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
+        self.metrics.events_in.inc()
+        event = client_event(text)
+        if event is None:
+            return text
+        try:
+            if self.media and event.get("type") == "session.update":
+                check_media_formats(event.get("session"))
+            rewritten = self.backend.policy.rewrite_client_event(event)
+        except ClientError as exc:
+            await self._send_error(
+                exc.message,
+                exc.code or "invalid_value",
+                **_client(exc),
+                event_id=event.get("event_id"),
+            )
+            return None
+        return text if rewritten is None else json.dumps(rewritten)
+
+    async def _fallback_frames(self) -> AsyncIterator[str]:
+        """The client's frames for a fallback: the one the upstream did not take, then the
+        rest, under the same policy."""
+        unsent, self._unsent = self._unsent, None
+        if unsent is not None:
+            yield unsent
+        async for frame in self.client:
+            text = await self._client_frame(frame)
+            if text is not None:
+                yield text
 
 
 class _Refused(Exception):
