@@ -29,6 +29,7 @@ from tests.e2e.conftest import MOCK_ARGS
 from tests.e2e.link import LINK_ENV, LINK_HEADERS, transceiver_urls
 from tests.servers import RunningServer, relay_server
 from tests.waiting import eventually
+from transceiver.observability import redact
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -104,13 +105,34 @@ async def test_credentials_never_reach_the_log() -> None:
                 assert marker == 200
 
             def logged() -> bool:
-                return any("/healthz?key=[REDACTED]" in line for line in server.lines)
+                return any("/healthz?key=" in line for line in server.lines)
 
             await eventually(logged, what="the access line of the last request")
             log = "\n".join(server.lines)
-            assert "/v1/models?api_key=[REDACTED]" in log, log[-3000:]
             for secret in [good, *secrets]:
                 assert secret not in log, f"{secret} logged ({fmt}):\n{log[-3000:]}"
+            assert "/v1/models?api_key=[REDACTED]" in log, log[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("line", "logged"),
+    [
+        (
+            '"GET /v1/models?model=m&api_key=sk-a1 HTTP/1.1" 401',
+            '"GET /v1/models?model=m&api_key=[REDACTED] HTTP/1.1" 401',
+        ),
+        ("authorization: Bearer abc.def", "authorization: Bearer [REDACTED]"),
+        ('{"api-key": "zzz", "x": 1}', '{"api-key": "[REDACTED]", "x": 1}'),
+        ("openai-insecure-api-key.k1, realtime", "openai-insecure-api-key.[REDACTED], realtime"),
+        ("wss://user:pw@host/v1?token=t#f", "wss://[REDACTED]@host/v1?token=[REDACTED]#f"),
+        ("minted ek_abc.def-_ for conn_1", "minted [REDACTED] for conn_1"),
+        # Ordinary lines stay as they are.
+        ("session.closed conn=conn_1 tokens=5 max_tokens=20", None),
+        ("llm_first_token task-1 desk-top monkey=banana a basic test", None),
+    ],
+)
+async def test_redact(line: str, logged: str | None) -> None:
+    assert redact(line) == (logged or line)
 
 
 async def test_a_client_that_stops_reading_is_dropped() -> None:

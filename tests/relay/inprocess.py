@@ -136,7 +136,8 @@ async def running_relay(
     transceivers: list[FakeTransceiver] | None = None, **settings: Any
 ) -> AsyncIterator[RunningRelay]:
     """The relay app on 127.0.0.1, served by uvicorn as ``relay.cli`` serves it."""
-    sock = socket.socket()
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind((HOST, 0))
     port = int(sock.getsockname()[1])
     config_settings = RelaySettings(
