@@ -169,10 +169,14 @@ async def _serve(args: argparse.Namespace) -> None:
         )
         for _ in range(max(1, args.transceivers))
     ]
-    supervisor = Supervisor(processes)
+    # One link secret for the relay and its transceivers: --link-secret, the environment's,
+    # or a new one (given to the transceivers in their environment, never on argv).
+    supervisor = Supervisor(processes, secret=args.link_secret)
     try:
         await supervisor.start(args.health_timeout)
-        settings = _relay_settings(args, transceiver=[p.url for p in processes])
+        settings = _relay_settings(
+            args, transceiver=[p.url for p in processes], link_secret=supervisor.link_secret
+        )
         await _run_relay(settings, banner=True)
     finally:
         await supervisor.stop()

@@ -260,6 +260,9 @@ class TransceiverPool:
                     # is noticed within PING_S * 2 and its sessions end with 1011.
                     ping_interval=PING_S,
                     ping_timeout=PING_S,
+                    # Frames read ahead for a client that stopped reading: 4, not 16 (each
+                    # may be up to max_frame_bytes) before the transceiver is pushed back.
+                    max_queue=4,
                     open_timeout=min(OPEN_TIMEOUT_S, left_s),
                     additional_headers=self._headers,
                     **extra,

@@ -38,11 +38,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def link_secret() -> str:
-    """The link secret of ``serve``: ``RELAY_LINK_SECRET`` if set, else a new random one,
-    put in this process's environment, where the relay's settings read it."""
-    secret = os.environ.get(LINK_SECRET_ENV) or secrets.token_urlsafe(32)
-    os.environ[LINK_SECRET_ENV] = secret
-    return secret
+    """The link secret of ``serve`` when none is given: ``RELAY_LINK_SECRET`` if set, else a
+    new random one."""
+    return os.environ.get(LINK_SECRET_ENV) or secrets.token_urlsafe(32)
 
 
 class TransceiverProcess:

@@ -39,7 +39,9 @@ def peak_rss_bytes(pid: int) -> int:
 
 
 async def test_a_client_that_never_reads_cannot_grow_the_transceiver() -> None:
-    with relay_server(*MOCK_ARGS, env=LINK_ENV) as server:
+    # The client stops reading for a while: more than the stall bound must not drop it here.
+    stall = ("--client-stall-timeout-s", "120")
+    with relay_server(*MOCK_ARGS, *stall, env=LINK_ENV) as server:
         async with httpx.AsyncClient(timeout=5, headers=LINK_HEADERS) as http:
             (member,) = await transceiver_urls(server)
             pid = (await http.get(f"{member}/load")).json()["pid"]

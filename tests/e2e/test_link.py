@@ -55,3 +55,13 @@ async def test_serve_gives_its_transceivers_a_secret_by_environment() -> None:
         async with client.realtime.connect(model="gpt-realtime") as conn:
             assert (await conn.recv()).type == "session.created"
     assert secret not in "\n".join(server.lines)  # never logged
+
+
+async def test_serve_link_secret_option_reaches_relay_and_transceivers() -> None:
+    secret = "an-operator-given-link-secret-0123456789"
+    with relay_server(*MOCK_ARGS, "--link-secret", secret, env={"RELAY_LINK_SECRET": ""}) as server:
+        (pid,) = children(server.process.pid)
+        assert environ(pid).get("RELAY_LINK_SECRET") == secret
+        client = AsyncOpenAI(api_key="unused", base_url=server.base_url)
+        async with client.realtime.connect(model="gpt-realtime") as conn:
+            assert (await conn.recv()).type == "session.created"
