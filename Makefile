@@ -13,8 +13,10 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # llama-cpp-python compiles from source the first time (minutes on 2 cores); pip caches the wheel.
-$(STAMP): pyproject.toml | $(BIN)/python
+# scripts/fetch-smart-turn: the end-of-turn model, out of the pipecat-ai wheel (README.md).
+$(STAMP): pyproject.toml scripts/fetch-smart-turn | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[local,dev]'
+	$(BIN)/python scripts/fetch-smart-turn
 	touch $(STAMP)
 
 install: $(STAMP)

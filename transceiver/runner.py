@@ -27,6 +27,7 @@ from transceiver.backends.base import Backend
 from transceiver.observability import Metrics, log_event
 from transceiver.outbox import CloseMarker, Outbox
 from transceiver.protocol.audio import AudioFormatType
+from transceiver.protocol.config import SemanticVad
 from transceiver.protocol.effects import (
     CancelResponse,
     Close,
@@ -41,6 +42,7 @@ from transceiver.protocol.effects import (
 from transceiver.protocol.session import RealtimeSession
 from transceiver.protocol.wire import encode_server_event
 from transceiver.speculation import Speculator
+from transceiver.turns import LEAD_MS, TURN_WINDOW_MS, TurnJudge, TurnModel, decision_threshold
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +112,11 @@ class SessionRunner:
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
         outbox: Outbox | None = None,
+        turn_model: TurnModel | None = None,
     ) -> None:
         """``clock`` is a monotonic clock in seconds: session time starts at its first
-        reading."""
+        reading. ``turn_model`` judges semantic_vad's pauses (transceiver/turns.py);
+        without it, semantic_vad turns end after the eagerness's max timeout."""
         self.session = session
         self.backend = backend
         self.state: dict[str, Any] = {}
@@ -127,8 +131,14 @@ class SessionRunner:
         self._vad: ServerVad | None = None
         self._vad_config: tuple[float, int, int] | None = None
         self._speech_end_ms: float | None = None
+        self._fed_end_ms = 0.0  # session audio time: the end of the audio the VAD got
         self._speculator = Speculator(
             session, backend, self.state, self.now_ms, self.known_transcripts
+        )
+        self._judge = (
+            TurnJudge(turn_model, self._turn_finished, session.id)
+            if turn_model is not None
+            else None
         )
         self.closed = asyncio.Event()
 
@@ -155,6 +165,8 @@ class SessionRunner:
         finally:
             self.session.close(self.now_ms())
             self._speculator.close()
+            if self._judge is not None:
+                self._judge.close()
             for task in [*self._tasks.values(), timer]:
                 task.cancel()
             self.outbox.put(None)
@@ -208,6 +220,8 @@ class SessionRunner:
                 if self._vad is not None:
                     self._vad.reset()
                 self._speculator.reset()
+                if self._judge is not None:
+                    self._judge.forget()
             case StartResponse(request=request):
                 self._tasks[request.response_id] = asyncio.create_task(self._respond(request))
             case CancelResponse(response_id=response_id):
@@ -226,7 +240,7 @@ class SessionRunner:
                 assert_never(effect)
 
     def _feed_vad(self, effect: FeedVad) -> None:
-        td = effect.turn_detection  # semantic_vad too runs as a server VAD, for now
+        td = effect.turn_detection  # semantic_vad: silence_duration_ms is its max timeout
         vad_config = (td.threshold, td.prefix_padding_ms, td.silence_duration_ms)
         if self._vad is None or self._vad_config != vad_config:
             self._vad = ServerVad(
@@ -236,23 +250,48 @@ class SessionRunner:
             )
             self._vad_config = vad_config
         self._speculator.remember(effect)
+        fmt = AudioFormatType(effect.audio_format)
+        self._fed_end_ms = effect.start_ms + fmt.duration_ms(len(effect.audio))
         pcm = to_pcm16(effect.audio, effect.audio_format, VAD_RATE_HZ)
         for event in self._vad.feed(pcm, effect.start_ms):
-            now = self.now_ms()
             if isinstance(event, SpeechStarted):
                 self._speculator.speech_started(event.audio_start_ms)
-                self.session.vad_speech_started(event.audio_start_ms, now)
+                self.session.vad_speech_started(event.audio_start_ms, self.now_ms())
             elif isinstance(event, SilenceStarted):
                 self._speculator.silence_started(effect.audio_format, event.audio_ms)
+                if isinstance(td, SemanticVad):
+                    self._ask_end_of_turn(td, effect.audio_format, event.audio_ms)
             elif isinstance(event, SpeechResumed):
                 self._speculator.drop()
+                if self._judge is not None:
+                    self._judge.forget()
             elif isinstance(event, SpeechStopped):
-                # Audio arrives in real time, so speech ended this long before now.
-                fmt = AudioFormatType(effect.audio_format)
-                behind = effect.start_ms + fmt.duration_ms(len(effect.audio))
-                self._speech_end_ms = now - max(0.0, behind - event.audio_end_ms)
-                self._speculator.turn_ended()
-                self.session.vad_speech_stopped(event.audio_end_ms, now)
+                self._end_turn(event.audio_end_ms)
+
+    def _ask_end_of_turn(self, td: SemanticVad, audio_format: str, pause_ms: float) -> None:
+        """semantic_vad: has the user finished? Asked once per pause (transceiver/turns.py)."""
+        if self._judge is None or self.session.speech_item_id is None:
+            return
+        audio = self._speculator.turn_audio(audio_format, LEAD_MS, TURN_WINDOW_MS)
+        threshold = decision_threshold(self._judge.threshold, td.eagerness)
+        self._judge.pause(audio, audio_format, pause_ms, threshold)
+
+    def _turn_finished(self, pause_ms: float) -> None:
+        """The end-of-turn model says the user finished: end the turn where speech paused."""
+        if self._vad is None or not self._vad.speaking or self.session.speech_item_id is None:
+            return
+        self._vad.reset()
+        self._end_turn(pause_ms)
+        self.pump()
+
+    def _end_turn(self, audio_end_ms: float) -> None:
+        if self._judge is not None:
+            self._judge.forget()
+        # Audio arrives in real time, so speech ended this long before now.
+        now = self.now_ms()
+        self._speech_end_ms = now - max(0.0, self._fed_end_ms - audio_end_ms)
+        self._speculator.turn_ended()
+        self.session.vad_speech_stopped(audio_end_ms, now)
 
     async def _stt(self, job: Transcribe, item_id: str | None) -> tuple[str, dict[str, Any]]:
         speculation = self._speculator.take_transcription(job.item_id)

@@ -32,6 +32,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from models.turn import TurnError
 from transceiver.backends.base import Backend
 from transceiver.faults import Faults
 from transceiver.lag import LoopLagMonitor
@@ -44,6 +45,7 @@ from transceiver.protocol.wire import encode_server_event
 from transceiver.proxy import ProxyBackend, ProxySession
 from transceiver.runner import SessionRunner
 from transceiver.settings import TransceiverSettings
+from transceiver.turns import TurnModel, load_turn_model
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +148,16 @@ class CpuMeter:
 
 
 class TransceiverServer:
-    def __init__(self, settings: TransceiverSettings, backend: Backend | ProxyBackend) -> None:
+    def __init__(
+        self,
+        settings: TransceiverSettings,
+        backend: Backend | ProxyBackend,
+        turn_model: TurnModel | None = None,
+    ) -> None:
+        """``turn_model``: semantic_vad's end-of-turn model, shared by every session."""
         self.settings = settings
         self.backend = backend
+        self.turn_model = turn_model
         self.sessions = 0
         self.draining = False
         self.lag = LoopLagMonitor()
@@ -341,6 +350,7 @@ class TransceiverServer:
             self.faults.wrap(send, close, session.ids),
             close,
             metrics=self.metrics,
+            turn_model=self.turn_model,
         )
         with contextlib.suppress(ConnectionClosed):
             await runner.run(self._counted(connection))
@@ -399,7 +409,15 @@ async def run_transceiver(settings: TransceiverSettings, stop: asyncio.Event) ->
         log.error("transceiver not started: %s", exc)
         raise SystemExit(2) from None
     backend = build_backend(settings)
-    server = TransceiverServer(settings, backend)
+    # The proxy passes semantic_vad upstream: OpenAI judges those turns.
+    turn_model = None
+    if not isinstance(backend, ProxyBackend):
+        try:
+            turn_model = load_turn_model(settings.turn_model, settings.turn_threshold)
+        except TurnError as exc:  # --turn-model given, and unusable
+            log.error("transceiver not started: %s", exc)
+            raise SystemExit(2) from None
+    server = TransceiverServer(settings, backend, turn_model)
     ws_server = await server.start()
     log.info(
         "transceiver ready on ws://%s:%d backend=%s", settings.host, settings.port, settings.backend
@@ -411,4 +429,6 @@ async def run_transceiver(settings: TransceiverSettings, stop: asyncio.Event) ->
         await ws_server.wait_closed()
     finally:
         server.lag.stop()
+        if turn_model is not None:
+            turn_model.close()
         await backend.aclose()

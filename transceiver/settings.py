@@ -135,6 +135,18 @@ class TransceiverSettings(BaseSettings):
     )
     tts_speaker: int | None = Field(None, description="Speaker id for multi-speaker voices.")
     tts_lead_ms: int = Field(500, description="How far output audio may run ahead of real time.")
+    # Local backend: end of turn (models/turn.py, Smart Turn v3.2)
+    turn_model: str | None = Field(
+        None,
+        description="End-of-turn model, a Smart Turn v3.2 .onnx path (default: the file "
+        "scripts/fetch-smart-turn installs in <venv>/share/realtime-relay).",
+    )
+    turn_threshold: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="End-of-turn probability above which the turn counts as complete.",
+    )
     workers: int = Field(4, description="Worker threads for model calls.")
 
     # Mock backend

@@ -149,6 +149,17 @@ class Speculator:
     def speech_started(self, audio_start_ms: float) -> None:
         self._speech_start_ms = audio_start_ms
 
+    def turn_audio(self, audio_format: str, lead_ms: float, max_ms: float) -> bytes:
+        """The current turn's input audio up to the latest (wire format): from ``lead_ms``
+        before its speech started, at most the last ``max_ms``."""
+        fmt = AudioFormatType(audio_format)
+        available = fmt.duration_ms(len(self._recent))
+        start_ms = max(self._speech_start_ms - lead_ms - self._recent_start_ms, 0.0)
+        start_ms = max(start_ms, available - max_ms)
+        start = fmt.byte_count(start_ms)
+        start -= start % fmt.sample_bytes
+        return bytes(self._recent[start:])
+
     def silence_started(self, audio_format: str, until_ms: float) -> None:
         if not getattr(self.backend, "speculative_stt", False):
             return

@@ -64,19 +64,26 @@ def test_the_vad_gets_the_typed_turn_detection(make_session) -> None:
     assert feed.turn_detection.prefix_padding_ms == 300
 
 
+@pytest.mark.parametrize(
+    ("eagerness", "max_wait_ms"), [("low", 8000), ("medium", 4000), ("high", 2000), ("auto", 4000)]
+)
+def test_semantic_vad_detects_speech_as_the_server_vad(eagerness, max_wait_ms) -> None:
+    # The speech detector's parameters are the server VAD's; the silence that ends a turn
+    # the end-of-turn model calls unfinished is the eagerness's max timeout.
+    td = SemanticVad(type="semantic_vad", eagerness=eagerness)
+    server = ServerVad(type="server_vad")
+    assert (td.threshold, td.prefix_padding_ms) == (server.threshold, server.prefix_padding_ms)
+    assert td.silence_duration_ms == max_wait_ms
+
+
 def test_semantic_vad_runs_with_the_server_vad_defaults(make_session, kit) -> None:
     semantic = {"type": "semantic_vad", "eagerness": "low"}
     h = make_session(session_overrides={"audio": {"input": {"turn_detection": semantic}}})
     h.append_ms(100)
     (feed,) = [e for e in h.effects() if isinstance(e, FeedVad)]
-    td, server = feed.turn_detection, ServerVad(type="server_vad")
+    td = feed.turn_detection
     assert isinstance(td, SemanticVad) and td.eagerness == "low"
-    assert (td.threshold, td.prefix_padding_ms, td.silence_duration_ms) == (0.5, 300, 500)
-    assert (td.threshold, td.prefix_padding_ms, td.silence_duration_ms) == (
-        server.threshold,
-        server.prefix_padding_ms,
-        server.silence_duration_ms,
-    )
+    assert (td.threshold, td.prefix_padding_ms, td.silence_duration_ms) == (0.5, 300, 8000)
     assert td.idle_timeout_ms is None
     # Those parameters are no part of the semantic_vad object, nor can a client set them.
     events = h.send({"type": "session.update", "session": {"instructions": "x"}})

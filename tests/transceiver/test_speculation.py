@@ -178,14 +178,15 @@ async def test_signature_ignores_the_response_id() -> None:
     assert request_signature(request) != request_signature(replace(request, instructions="y"))
 
 
-async def test_semantic_vad_turns_run_on_the_server_vad() -> None:
+async def test_semantic_vad_turns_end_on_the_eagerness_timeout_without_a_model() -> None:
+    # No end-of-turn model (transceiver/turns.py): eagerness high waits 2 s of silence.
     td = {"type": "semantic_vad", "eagerness": "high"}
     update = {
         "type": "session.update",
         "session": {"type": "realtime", "audio": {"input": {"turn_detection": td}}},
     }
     backend, client = await run_turns(
-        [json.dumps(update), None, speech("what is the time please"), SILENCE_MS * 800]
+        [json.dumps(update), None, speech("what is the time please"), SILENCE_MS * 2100]
     )
     types = [e["type"] for e in client.events]
     assert "input_audio_buffer.speech_stopped" in types and "response.done" in types

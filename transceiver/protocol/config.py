@@ -105,10 +105,20 @@ class ServerVad(StrictModel):
     interrupt_response: bool = True
 
 
+# semantic_vad: "eagerness ... low will let the user take their time to speak ... auto is
+# the default and is equivalent to medium. low, medium, and high have max timeouts of 8s,
+# 4s, and 2s respectively" (https://platform.openai.com/docs/guides/realtime-vad). An
+# end-of-turn model ends the turn at a pause when it judges the user finished
+# (transceiver/turns.py); otherwise the turn ends after this much silence.
+SEMANTIC_VAD_MAX_WAIT_MS = {"low": 8000, "medium": 4000, "high": 2000, "auto": 4000}
+
+
 class SemanticVad(StrictModel):
-    """Semantic VAD. Until an end-of-turn model judges its turns, it runs as a server VAD
-    with the server VAD's defaults: its parameters are these properties, not fields (the
-    GA ``semantic_vad`` object has none of them, nor an idle timeout)."""
+    """Semantic VAD: the speech detector runs with the server VAD's threshold and prefix
+    padding, an end-of-turn model decides at each pause whether the turn has ended
+    (transceiver/turns.py), and the eagerness's max timeout is the silence that ends a
+    turn the model keeps calling unfinished. Those parameters are these properties, not
+    fields (the GA ``semantic_vad`` object has none of them, nor an idle timeout)."""
 
     type: Literal["semantic_vad"]
     eagerness: Literal["low", "medium", "high", "auto"] = "auto"
@@ -125,7 +135,8 @@ class SemanticVad(StrictModel):
 
     @property
     def silence_duration_ms(self) -> int:
-        return DEFAULT_SILENCE_DURATION_MS
+        """The longest silence before the turn ends: the eagerness's max timeout."""
+        return SEMANTIC_VAD_MAX_WAIT_MS[self.eagerness]
 
     @property
     def idle_timeout_ms(self) -> int | None:

@@ -1,0 +1,314 @@
+"""semantic_vad in the session shell, with a scripted end-of-turn model (transceiver/turns.py).
+
+Audio is fed faster than real time: every duration here is session audio time, which is
+what the speech detector and the eagerness timeouts count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+from tests.transceiver.test_speculation import SILENCE_MS, Client, ScriptedBackend, settle, speech
+from tests.waiting import eventually
+from transceiver.backends.base import ResponseSink
+from transceiver.protocol.contract import SessionKind, SessionSpec
+from transceiver.protocol.effects import ResponseRequest
+from transceiver.protocol.session import RealtimeSession
+from transceiver.runner import SessionRunner
+from transceiver.turns import MODEL_RATE_HZ, TurnModel, decision_threshold
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+class ScriptedTurns:
+    """An end-of-turn model that answers from a script (the last answer repeats), and
+    waits for ``gate`` before answering."""
+
+    def __init__(self, *answers: float) -> None:
+        self.answers = answers
+        self.gate = threading.Event()
+        self.gate.set()
+        self.asked: list[float] = []  # seconds of audio per call, when called
+        self.answered = 0
+
+    def probability(self, pcm16: bytes, sample_rate_hz: int) -> float:
+        assert sample_rate_hz == MODEL_RATE_HZ
+        self.asked.append(len(pcm16) / 2 / sample_rate_hz)
+        assert self.gate.wait(10)
+        answer = self.answers[min(len(self.asked), len(self.answers)) - 1]
+        self.answered += 1
+        return answer
+
+
+class SlowBackend(ScriptedBackend):
+    """Replies with one text delta, then goes on until cancelled."""
+
+    async def respond(
+        self, request: ResponseRequest, sink: ResponseSink, state: dict[str, Any]
+    ) -> str | None:
+        self.requests.append(request)
+        await sink.text("reply")
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return None
+
+
+class Shell:
+    """A session shell with semantic_vad, fed audio by the test."""
+
+    def __init__(
+        self,
+        td: dict[str, Any],
+        model: ScriptedTurns | None,
+        *,
+        backend: ScriptedBackend | None = None,
+        kind: SessionKind = SessionKind.REALTIME,
+    ) -> None:
+        self.backend = backend or ScriptedBackend()
+        self.client = Client()
+        self.model = model
+        self.session = RealtimeSession(SessionSpec(kind=kind, model="gpt-realtime"))
+        config: dict[str, Any] = {"audio": {"input": {"turn_detection": td}}}
+        if kind is SessionKind.REALTIME:
+            config.update(type="realtime", output_modalities=["text"])
+        else:
+            config.update(type="transcription")
+        self.session.receive_client_event({"type": "session.update", "session": config}, 0)
+        turn_model = TurnModel(model) if model is not None else None
+        self.runner = SessionRunner(
+            self.session,
+            self.backend,  # type: ignore[arg-type]
+            self.client.send,
+            self.client.close,
+            turn_model=turn_model,
+        )
+        self.task = asyncio.create_task(self.runner.run(self.client.frames()))
+
+    async def feed(self, pcm: bytes) -> None:
+        self.client.append(pcm)
+        await settle()
+        await eventually(lambda: self.client.incoming.empty(), 5, 0.005, "audio read")
+        await settle()
+
+    async def answered(self, count: int) -> None:
+        assert self.model is not None
+        await eventually(lambda: self.model.answered >= count, 5, 0.005, "model answers")
+        await settle()
+
+    def of_type(self, type_: str) -> list[dict[str, Any]]:
+        return [e for e in self.client.events if e["type"] == type_]
+
+    async def stopped(self) -> dict[str, Any]:
+        stops = await eventually(
+            lambda: self.of_type("input_audio_buffer.speech_stopped"), 5, 0.005, "speech_stopped"
+        )
+        assert len(stops) == 1
+        return stops[0]
+
+    async def close(self) -> None:
+        self.client.incoming.put_nowait(None)
+        await self.task
+
+
+def semantic(eagerness: str = "auto", **fields: Any) -> dict[str, Any]:
+    return {"type": "semantic_vad", "eagerness": eagerness, **fields}
+
+
+def silence(ms: int) -> bytes:
+    return SILENCE_MS * ms
+
+
+QUESTION = speech("what is the time please")
+
+
+@pytest.mark.parametrize(
+    ("eagerness", "max_wait_ms"), [("low", 8000), ("medium", 4000), ("high", 2000), ("auto", 4000)]
+)
+async def test_the_turn_ends_after_the_eagerness_timeout_when_the_model_says_not_finished(
+    eagerness: str, max_wait_ms: int
+) -> None:
+    shell = Shell(semantic(eagerness), ScriptedTurns(0.01))
+    await shell.feed(QUESTION)
+    await shell.feed(silence(max_wait_ms - 100))
+    await shell.answered(1)
+    assert shell.of_type("input_audio_buffer.speech_stopped") == []
+    await shell.feed(silence(200))
+    stopped = await shell.stopped()
+    started = shell.of_type("input_audio_buffer.speech_started")[0]
+    assert stopped["item_id"] == started["item_id"]
+    assert shell.model is not None and len(shell.model.asked) == 1  # once, at the pause
+    await eventually(lambda: shell.of_type("response.done"), 5, 0.01, "a reply")
+    await shell.close()
+
+
+async def test_without_a_model_the_turn_ends_after_the_eagerness_timeout() -> None:
+    shell = Shell(semantic("high"), None)
+    await shell.feed(QUESTION + silence(1900))
+    assert shell.of_type("input_audio_buffer.speech_stopped") == []
+    await shell.feed(silence(200))
+    await shell.stopped()
+    await shell.close()
+
+
+async def test_a_finished_answer_ends_the_turn_right_after_the_pause() -> None:
+    model = ScriptedTurns(0.9)
+    model.gate.clear()
+    shell = Shell(semantic(), model)
+    await shell.feed(QUESTION)
+    speech_ms = len(QUESTION) / 48
+    await shell.feed(silence(120))  # the pause: 100 ms of silence asks the model
+    await eventually(lambda: model.asked, 5, 0.005, "the model asked")
+    # While the model thinks, the speculation runs: a transcript, and the reply ahead.
+    await eventually(lambda: shell.backend.requests, 5, 0.005, "the reply generated ahead")
+    assert shell.of_type("input_audio_buffer.speech_stopped") == []
+    model.gate.set()
+    stopped = await shell.stopped()  # no more audio was fed: 120 ms of silence in all
+    assert speech_ms - 200 < stopped["audio_end_ms"] <= speech_ms
+    # The turn so far, from a little before its speech, went to the model at 16 kHz.
+    assert speech_ms / 1000 < model.asked[0] < (speech_ms + 120 + 300 + 200 + 40) / 1000
+    done = (await eventually(lambda: shell.of_type("response.done"), 5, 0.01, "a reply"))[0]
+    # The speculative transcript and the reply made ahead were used: no second STT.
+    assert len(shell.backend.transcribed) == 1
+    assert [r.response_id for r in shell.backend.requests] == ["resp_preview"]
+    assert done["response"]["output"][0]["content"][0]["text"] == "reply to words 1"
+    await shell.close()
+
+
+async def test_speech_that_resumes_voids_the_pending_answer_and_the_turn_goes_on() -> None:
+    model = ScriptedTurns(0.9)
+    model.gate.clear()
+    shell = Shell(semantic("high"), model)
+    first, second = speech("i would like a pizza with"), speech("mushrooms and extra cheese")
+    await shell.feed(first + silence(150))
+    await eventually(lambda: model.asked, 5, 0.005, "the model asked")
+    await shell.feed(second + silence(150))  # speech resumed, then a second pause
+    assert shell.of_type("input_audio_buffer.speech_stopped") == []
+    model.gate.set()  # the first answer ("finished") comes back void; the second counts
+    stopped = await shell.stopped()
+    assert len(model.asked) == 2 and model.asked[1] > model.asked[0] + len(second) / 48_000
+    (committed,) = shell.of_type("input_audio_buffer.committed")
+    assert committed["item_id"] == stopped["item_id"]
+    assert len(shell.of_type("input_audio_buffer.speech_started")) == 1
+    await eventually(lambda: shell.of_type("response.done"), 5, 0.01, "a reply")
+    (user,) = [s for s in shell.session.conversation.items() if s.item["role"] == "user"]
+    assert user.item["id"] == stopped["item_id"]
+    assert len(user.audio) >= len(first) + len(second)  # one item holds both halves
+    assert shell.backend.transcribed[-1] >= (len(first) + len(second)) / 48_000
+    await shell.close()
+
+
+async def test_a_not_finished_answer_keeps_listening_and_the_next_pause_asks_again() -> None:
+    model = ScriptedTurns(0.01, 0.9)
+    shell = Shell(semantic(), model)
+    await shell.feed(speech("i would like a pizza with") + silence(600))
+    await shell.answered(1)
+    assert shell.of_type("input_audio_buffer.speech_stopped") == []
+    await shell.feed(speech("mushrooms and extra cheese") + silence(120))
+    await shell.stopped()
+    assert len(model.asked) == 2
+    assert len(shell.of_type("input_audio_buffer.committed")) == 1
+    await shell.close()
+
+
+async def test_barge_in_cancels_the_response_with_semantic_vad() -> None:
+    shell = Shell(semantic(), ScriptedTurns(0.9), backend=SlowBackend())
+    await shell.feed(QUESTION + silence(120))
+    await shell.stopped()
+    await eventually(lambda: shell.of_type("response.output_text.delta"), 5, 0.01, "replying")
+    await shell.feed(speech("wait a moment"))
+    (done,) = await eventually(lambda: shell.of_type("response.done"), 5, 0.01, "cancelled")
+    assert done["response"]["status"] == "cancelled"
+    assert done["response"]["status_details"]["reason"] == "turn_detected"
+    assert shell.backend.cancelled == 1
+    await shell.close()
+
+
+async def test_interrupt_response_false_lets_the_response_go_on() -> None:
+    td = semantic(interrupt_response=False)
+    shell = Shell(td, ScriptedTurns(0.9), backend=SlowBackend())
+    await shell.feed(QUESTION + silence(120))
+    await shell.stopped()
+    await eventually(lambda: shell.of_type("response.output_text.delta"), 5, 0.01, "replying")
+    await shell.feed(speech("wait a moment"))
+    assert len(shell.of_type("input_audio_buffer.speech_started")) == 2
+    assert shell.of_type("response.done") == [] and shell.backend.cancelled == 0
+    await shell.close()
+
+
+async def test_create_response_false_commits_without_a_response() -> None:
+    shell = Shell(semantic(create_response=False), ScriptedTurns(0.9))
+    await shell.feed(QUESTION + silence(120))
+    stopped = await shell.stopped()
+    (committed,) = shell.of_type("input_audio_buffer.committed")
+    assert committed["item_id"] == stopped["item_id"]
+    await shell.feed(silence(200))
+    assert shell.of_type("response.created") == [] and shell.backend.requests == []
+    await shell.close()
+
+
+async def test_a_transcription_session_with_semantic_vad() -> None:
+    shell = Shell(semantic("high"), ScriptedTurns(0.9), kind=SessionKind.TRANSCRIPTION)
+    assert not any(e["type"] == "error" for e in shell.client.events)
+    await shell.feed(QUESTION + silence(120))
+    stopped = await shell.stopped()
+    done = await eventually(
+        lambda: shell.of_type("conversation.item.input_audio_transcription.completed"),
+        5,
+        0.01,
+        "a transcript",
+    )
+    assert done[0]["item_id"] == stopped["item_id"]
+    assert shell.of_type("response.created") == []
+    await shell.close()
+
+
+async def test_server_vad_never_asks_the_model() -> None:
+    model = ScriptedTurns(0.9)
+    shell = Shell({"type": "server_vad"}, model)
+    await shell.feed(QUESTION + silence(600))
+    await shell.stopped()
+    assert model.asked == []
+    await shell.close()
+
+
+async def test_eagerness_moves_the_decision_threshold() -> None:
+    assert decision_threshold(0.5, "auto") == decision_threshold(0.5, "medium") == 0.5
+    assert decision_threshold(0.5, "high") == pytest.approx(0.3)
+    assert decision_threshold(0.5, "low") == pytest.approx(0.7)
+    assert decision_threshold(0.9, "low") == 0.95 and decision_threshold(0.1, "high") == 0.05
+
+
+async def test_a_low_eagerness_needs_a_surer_model() -> None:
+    # 0.6 ends a medium turn at the pause; a low one waits (threshold 0.7).
+    shell = Shell(semantic("low"), ScriptedTurns(0.6))
+    await shell.feed(QUESTION + silence(600))
+    await shell.answered(1)
+    assert shell.of_type("input_audio_buffer.speech_stopped") == []
+    await shell.close()
+    shell = Shell(semantic("medium"), ScriptedTurns(0.6))
+    await shell.feed(QUESTION + silence(120))
+    await shell.stopped()
+    await shell.close()
+
+
+async def test_a_failing_model_falls_back_to_the_timeout() -> None:
+    class Broken(ScriptedTurns):
+        def probability(self, pcm16: bytes, sample_rate_hz: int) -> float:
+            self.answered += 1
+            raise RuntimeError("broken model")
+
+    shell = Shell(semantic("high"), Broken())
+    await shell.feed(QUESTION + silence(600))
+    await shell.answered(1)
+    assert shell.of_type("input_audio_buffer.speech_stopped") == []
+    await shell.feed(silence(1500))
+    await shell.stopped()
+    assert not any(e["type"] == "error" for e in shell.client.events)
+    await shell.close()
