@@ -75,7 +75,8 @@ class KeySigner:
             raise InvalidKey("not an ephemeral key")
         payload, _, signature = key[3:].partition(".")
         expected = _b64(hmac.new(self._secret, payload.encode(), hashlib.sha256).digest())
-        if not hmac.compare_digest(signature, expected):
+        # As bytes: compare_digest refuses str with non-ASCII (any byte a header may carry).
+        if not hmac.compare_digest(signature.encode(), expected.encode()):
             raise InvalidKey("unknown ephemeral key")
         try:
             data = json.loads(_unb64(payload))
@@ -107,7 +108,7 @@ def call_owner(signer: KeySigner, call_id: str) -> str | None:
     if not call_id.startswith("rtc_") or len(parts) != 3:
         return None
     stem, owner, signature = parts
-    if not hmac.compare_digest(signature, _sign(signer.secret, stem + owner)):
+    if not hmac.compare_digest(signature.encode(), _sign(signer.secret, stem + owner).encode()):
         return None
     try:
         return _unb64(owner).decode()

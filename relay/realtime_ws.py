@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, WebSocket
 from fastapi.responses import Response
-from starlette.websockets import WebSocketDisconnect
+from starlette.websockets import WebSocketDisconnect, WebSocketState
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.protocol import State
@@ -36,6 +36,25 @@ router = APIRouter()
 
 @router.websocket("/v1/realtime")
 async def realtime(websocket: WebSocket, edge: EdgeDep) -> None:
+    """A Realtime session (or a sideband); a bug here still answers in OpenAI's shape: the
+    error envelope before the upgrade, an error event and 1011 after it."""
+    try:
+        await _realtime(websocket, edge)
+    except Exception:
+        log.exception("realtime connection failed")
+        with contextlib.suppress(Exception):
+            if websocket.client_state is WebSocketState.CONNECTING:
+                error = ApiError(
+                    500, "The server failed this request.", "internal_error", type="server_error"
+                )
+                await websocket.send_denial_response(error.response())
+            else:
+                message = "The server failed this session."
+                await websocket.send_text(edge.error_event(message, "internal_error"))
+                await websocket.close(1011, "internal error")
+
+
+async def _realtime(websocket: WebSocket, edge: EdgeDep) -> None:
     headers = lower_headers(websocket.headers)
     offered = list(websocket.scope.get("subprotocols", []))
     subprotocol = "realtime" if "realtime" in offered else None

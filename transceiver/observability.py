@@ -25,22 +25,40 @@ REDACTED = "[REDACTED]"
 # Names whose value is a credential, in a query string (?api_key=...), a header line
 # (authorization: ..., api-key: ...) or a key=value field.
 _SECRET_NAMES = (
-    r"api[-_]?key|x-api-key|openai-api-key|key|token|access[-_]?token|id[-_]?token|"
-    r"refresh[-_]?token|client[-_]?secret|secret|password|passwd|authorization|"
-    r"proxy-authorization|auth|signature|sig|link[-_]?secret|key[-_]?secret"
+    r"api[-_]?keys?|keys?|token|access[-_]?token|id[-_]?token|refresh[-_]?token|"
+    r"client[-_]?secret|secrets?|password|passwd|authorization|proxy-authorization|auth|"
+    r"signature|sig|subscription[-_]?key|cookie|set-cookie"
 )
+# Any prefix ending in - or _ (x-goog-api-key, RELAY_LINK_SECRET, ocp-apim-subscription-key),
+# but not a word that merely ends so (monkey=...).
+_NAME = rf"(?:[\w-]*[-_])?(?:{_SECRET_NAMES})"
+_VALUE = r"[^\s&;,#'\"\]]+"
 _REDACTIONS = (
     # A URL's user:password@ part.
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s@'\"]+@"), rf"\1{REDACTED}@"),
-    # An Authorization header's credentials (RFC 9110 section 11.6.2): Bearer, Basic.
-    (re.compile(r"\b((?i:bearer)|Basic)(\s+)[^\s,;'\"]+"), rf"\1\2{REDACTED}"),
-    # The browser's WebSocket subprotocol carrying a key.
-    (re.compile(r"(?i)(openai-insecure-api-key\.)[^\s,;'\"]+"), rf"\1{REDACTED}"),
-    # name=value, name: value, "name": "value" (not a scheme's credentials, done above).
+    # An Authorization header's credentials, whatever the scheme (RFC 9110 section 11.6.2).
+    # (Bearer always; other schemes after an authorization name, or before something that
+    # looks like a credential, so that prose such as "a basic test" stays as it is.)
+    (re.compile(rf"(?i)\b(bearer)(\s+|%20){_VALUE}"), rf"\1\2{REDACTED}"),
     (
         re.compile(
-            rf"(?i)(?<![\w-])((?:{_SECRET_NAMES})['\"]?\s*[=:]\s*['\"]?)"
-            rf"(?!(?i:bearer)\b|Basic\b|\[REDACTED\])[^\s&;,#'\"]+"
+            rf"(?i)\b((?:proxy-)?authorization['\"]?\s*[=:,]\s*(?:\[\s*)?(?:b(?=['\"]))?['\"]?"
+            rf"[a-z][\w-]*(?:\s+|%20))(?!\[REDACTED\]){_VALUE}"
+        ),
+        rf"\1{REDACTED}",
+    ),
+    (
+        re.compile(rf"(?i)\b(basic|token|digest|apikey)(\s+|%20)(?=[\w.~+/=-]{{12,}}){_VALUE}"),
+        rf"\1\2{REDACTED}",
+    ),
+    # The browser's WebSocket subprotocol carrying a key.
+    (re.compile(r"(?i)(openai-insecure-api-key\.)[^\s,;'\"]+"), rf"\1{REDACTED}"),
+    # name=value, name: value, "name": "value", name=['value'] (a scheme's credentials are
+    # done above).
+    (
+        re.compile(
+            rf"(?i)(?<![\w-])({_NAME}['\"]?\s*[=:,]\s*(?:\[\s*)?(?:b(?=['\"]))?['\"]?)"
+            rf"(?![a-z][\w-]*(?:\s+|%20)\[REDACTED\]|\[REDACTED\]){_VALUE}"
         ),
         rf"\1{REDACTED}",
     ),

@@ -1,0 +1,43 @@
+"""Credentials in any shape a log line may carry them are redacted (more cases beside the
+ones in tests/e2e/test_connection_bounds.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from transceiver.observability import redact
+
+SECRET = "abc123secret0123"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"authorization: basic {SECRET}==",
+        f"Authorization: Token {SECRET}",
+        f"Authorization:Bearer {SECRET}",
+        f"authorization=Bearer%20{SECRET}",
+        f"{{'Authorization': ['Bearer {SECRET}']}}",
+        f"(b'authorization', b'bearer {SECRET}')",
+        f"api_keys=['{SECRET}']",
+        f"RELAY_LINK_SECRET={SECRET}",
+        f"x-goog-api-key: {SECRET}",
+        f"ocp-apim-subscription-key: {SECRET}",
+        f"Cookie: session={SECRET}",
+    ],
+)
+def test_credentials_are_redacted(line: str) -> None:
+    assert SECRET not in redact(line)
+    assert "[REDACTED]" in redact(line)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "GET /v1/realtime?model=gpt-realtime HTTP/1.1 200",
+        "turn session_id=sess_1 first_delta_ms=300 token_count=5",
+        "the token expired; a basic test; monkey=banana",
+    ],
+)
+def test_ordinary_lines_stay(line: str) -> None:
+    assert redact(line) == line
