@@ -252,7 +252,15 @@ def _start_call(edge: Edge, pc: RTCPeerConnection, admission: Admission) -> Call
         edge.calls.drop(call)
         admission.release()
 
-    call = Call(admission.conn, pc, admission.upstream, closed, edge.settings.webrtc_idle_timeout_s)
+    settings = edge.settings
+    call = Call(
+        admission.conn,
+        pc,
+        admission.upstream,
+        closed,
+        settings.webrtc_idle_timeout_s,
+        settings.webrtc_max_pending_audio_s,
+    )
 
     async def close_for_drain() -> None:
         await call.broadcast(edge.error_event(SHUTDOWN_MESSAGE, "server_shutting_down"))

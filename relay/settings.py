@@ -71,6 +71,13 @@ class RelaySettings(BaseSettings):
         description="Most media sections (m= lines) a WebRTC offer may have; a call needs "
         "one audio section (and a data channel for events).",
     )
+    webrtc_max_pending_audio_s: float = Field(
+        60.0,
+        gt=0,
+        description="Most reply audio a WebRTC call holds ahead of its playback; a response "
+        "whose audio arrives further ahead (an upstream faster than real time) is cut there: "
+        "its item is truncated to what the caller hears and the caller gets an error.",
+    )
     max_frame_bytes: int = Field(32 * 1024 * 1024, description="Largest WebSocket frame.")
     max_body_bytes: int = Field(
         2 * 1024 * 1024,

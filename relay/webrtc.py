@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import fractions
 import json
 import logging
 import time
@@ -32,110 +31,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import av
-import numpy as np
 from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from relay.playback import BYTES_PER_MS, OutboundAudio
 from transceiver.protocol.errors import ClientError, server_error_event
 from transceiver.protocol.ids import IdFactory
 
 log = logging.getLogger(__name__)
 
-# The session's PCM16 24 kHz goes on the track as it is: aiortc's Opus encoder resamples
-# it to 48 kHz with one libswresample per track (aiortc/codecs/opus.py).
-RATE_HZ = 24_000
-FRAME_SAMPLES = 480  # 20 ms
-_FRAME_BYTES = FRAME_SAMPLES * 2
-_BYTES_PER_MS = RATE_HZ * 2 // 1000
-_TIME_BASE = fractions.Fraction(1, RATE_HZ)
 _CLEAR = "output_audio_buffer.clear"
 _CUT_EVENT_PREFIX = "relay_cut_"  # the event ids of the relay's own truncates
+# Events kept for a data channel not open yet (an audio-only call never opens one): the
+# newest, past these the oldest go (session.created stays) and the caller is told.
+MAX_BACKLOG_EVENTS = 256
+MAX_BACKLOG_BYTES = 1024 * 1024
+# Most bytes waiting in aiortc's SCTP send queue for an open data channel (its
+# ``bufferedAmount``, which aiortc does not bound): past it events are dropped, counted,
+# and the caller is told once the queue has room again.
+MAX_CHANNEL_BUFFERED_BYTES = 1024 * 1024
 Send = Callable[[str], Awaitable[None]]
-
-
-class OutboundAudio(MediaStreamTrack):
-    """The server's voice: 20 ms Opus frames on a monotonic clock, silence when idle.
-
-    It counts, per item, the audio it has sent in frames: what the caller heard.
-    """
-
-    kind = "audio"
-
-    def __init__(self, on_drained: Callable[[], None]) -> None:
-        super().__init__()
-        self._pending = bytearray()  # PCM16 24 kHz mono
-        # Whose audio is pending, in order: [item id, bytes of it still in _pending].
-        self._segments: deque[list[Any]] = deque()
-        # Bytes of each item's audio sent in frames, for the items pending or last pushed.
-        self._played: dict[str, int] = {}
-        self._start: float | None = None
-        self._pts = 0
-        self._on_drained = on_drained
-
-    def push(self, pcm16_24k: bytes, item_id: str = "") -> None:
-        audio = pcm16_24k[: len(pcm16_24k) // 2 * 2]
-        if not audio:
-            return
-        self._pending += audio
-        if self._segments and self._segments[-1][0] == item_id:
-            self._segments[-1][1] += len(audio)
-            return
-        self._segments.append([item_id, len(audio)])
-        keep = {segment[0] for segment in self._segments}
-        self._played = {item: sent for item, sent in self._played.items() if item in keep}
-        self._played.setdefault(item_id, 0)
-
-    @property
-    def playing(self) -> bool:
-        return bool(self._pending)
-
-    def played_ms(self, item_id: str) -> int:
-        """How much of the item's audio went out on the track, in whole milliseconds."""
-        return self._played.get(item_id, 0) // _BYTES_PER_MS
-
-    def clear(self) -> list[str]:
-        """Drop the audio not yet played; the items it belonged to, in order."""
-        items = list(dict.fromkeys(segment[0] for segment in self._segments))
-        self._pending.clear()
-        self._segments.clear()
-        return items
-
-    def _sent(self, size: int) -> None:
-        """``size`` bytes from the head of ``_pending`` went out in a frame."""
-        while size and self._segments:
-            segment = self._segments[0]
-            taken = min(size, segment[1])
-            self._played[segment[0]] = self._played.get(segment[0], 0) + taken
-            segment[1] -= taken
-            size -= taken
-            if not segment[1]:
-                self._segments.popleft()
-
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        delay = self._start + self._pts / RATE_HZ - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        was_playing = bool(self._pending)
-        chunk = bytes(self._pending[:_FRAME_BYTES])
-        del self._pending[:_FRAME_BYTES]
-        self._sent(len(chunk))
-        chunk += b"\0" * (_FRAME_BYTES - len(chunk))
-        if was_playing and not self._pending:
-            self._on_drained()
-        frame = av.AudioFrame.from_ndarray(
-            np.frombuffer(chunk, dtype="<i2").reshape(1, -1), format="s16", layout="mono"
-        )
-        frame.sample_rate = RATE_HZ
-        frame.pts = self._pts
-        frame.time_base = _TIME_BASE
-        self._pts += FRAME_SAMPLES
-        return frame
 
 
 @dataclass
@@ -156,16 +73,22 @@ class Call:
         upstream: ClientConnection,
         on_close: Callable[[Call], None],
         idle_timeout_s: float = 20.0,
+        max_pending_audio_s: float = 60.0,
     ) -> None:
         self.id = call_id
         self.idle_timeout_s = idle_timeout_s
+        self.max_pending_audio_s = max_pending_audio_s
+        self._max_pending_bytes = int(max_pending_audio_s * 1000) * BYTES_PER_MS
         self.pc = pc
         self.upstream = upstream
         self.ids = IdFactory()
         self.outbound = OutboundAudio(self._drained)
         self.sidebands: set[Send] = set()
         self._channel: RTCDataChannel | None = None
-        self._backlog: list[str] = []  # events before the channel opened
+        self._backlog: deque[str] = deque()  # events before the channel opened
+        self._backlog_bytes = 0
+        self._backlog_dropped = 0  # events dropped from the backlog
+        self._channel_dropped = 0  # events dropped while the channel's queue was full
         self._response_id: str | None = None  # whose audio is playing or played last
         self._item_id = ""  # the item of that audio
         self._response_open = False  # no response.done for it yet: more audio may come
@@ -193,28 +116,41 @@ class Call:
 
         @self.pc.on("datachannel")
         def on_datachannel(channel: RTCDataChannel) -> None:
-            if channel.label != "oai-events":
-                return
-            self._channel = channel
-
-            @channel.on("message")
-            def on_message(message: str | bytes) -> None:
-                self._spawn(self.from_client(message))
-
-            def flush() -> None:
-                backlog, self._backlog = self._backlog, []
-                for event in backlog:
-                    self._send_on_channel(channel, event)
-
-            if channel.readyState == "open":
-                flush()
-            else:
-                channel.on("open", flush)
+            if channel.label == "oai-events":
+                self._open_channel(channel)
 
         @self.pc.on("connectionstatechange")
         async def on_state() -> None:
             if self.pc.connectionState in ("failed", "closed"):
                 await self.close()
+
+    def _open_channel(self, channel: RTCDataChannel) -> None:
+        """Take the caller's ``oai-events`` channel: its messages go to the session, and
+        the events kept for it go out once it is open."""
+        self._channel = channel
+
+        @channel.on("message")
+        def on_message(message: str | bytes) -> None:
+            self._spawn(self.from_client(message))
+
+        def flush() -> None:
+            backlog, self._backlog, self._backlog_bytes = self._backlog, deque(), 0
+            for event in backlog:
+                self._send_on_channel(channel, event)
+            if self._backlog_dropped:  # told after the events kept (session.created first)
+                message = (
+                    f"{self._backlog_dropped} server events sent before the data channel "
+                    f"opened were dropped: at most {MAX_BACKLOG_EVENTS} events "
+                    f"({MAX_BACKLOG_BYTES} bytes) are kept for it."
+                )
+                error = server_error_event(self.ids.event_id(), message, "events_dropped")
+                self._backlog_dropped = 0
+                self._send_on_channel(channel, json.dumps(error))
+
+        if channel.readyState == "open":
+            flush()
+        else:
+            channel.on("open", flush)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -362,17 +298,7 @@ class Call:
         event = json.loads(text)
         kind = event.get("type")
         if kind == "response.output_audio.delta":  # audio goes on the media track
-            response_id = event.get("response_id")
-            if response_id == self._cut_response_id:
-                return  # still in flight when its playback was cut: never played
-            if response_id != self._response_id:
-                self._response_id, self._response_open = response_id, True
-            self._item_id = str(event.get("item_id") or "")
-            if not self.outbound.playing:
-                await self.broadcast(
-                    self._event("output_audio_buffer.started", response_id=response_id)
-                )
-            self.outbound.push(base64.b64decode(event.get("delta", "")), self._item_id)
+            await self._play(event)
             return
         if kind == "input_audio_buffer.speech_started" and self._barge_in:
             cut = self._stop_playback()
@@ -396,6 +322,73 @@ class Call:
                 return
         await self.broadcast(text)
 
+    async def _play(self, event: dict[str, Any]) -> None:
+        """A reply's audio delta onto the track, within ``max_pending_audio_s`` of playback.
+
+        The bound is kept without ever pausing the read from the session: the events behind
+        the audio must arrive at once. ``input_audio_buffer.speech_started`` cuts playback
+        (barge-in) only when it reaches the relay, and an upstream faster than real time
+        (the OpenAI proxy) queues it behind all the audio it has made; a paused read would
+        also stall the session's reading of the caller's audio (transceiver/outbox.py), so
+        its VAD would not even hear the caller. Instead a response whose audio runs more
+        than the bound ahead of playback is cut where the bound falls, as a cut by the
+        caller would be: the rest of its audio is dropped, its item is truncated to what
+        the track will have played by then (``conversation.item.truncate``, which also ends
+        the response in the session), and the caller gets an ``error`` saying so. What the
+        caller heard stays exact: the truncate counts frames sent plus frames pending, and
+        a barge-in before they are played truncates again, to the frames sent.
+        """
+        response_id = event.get("response_id")
+        if response_id == self._cut_response_id:
+            return  # still in flight when its playback was cut: never played
+        if not self._sends_audio():
+            return  # the caller's offer does not receive audio: nobody would hear it
+        item_id = str(event.get("item_id") or "")
+        pcm = base64.b64decode(event.get("delta", ""))
+        if self.outbound.pending_bytes + len(pcm) > self._max_pending_bytes:
+            await self._overflow(response_id, item_id)
+            return
+        if response_id != self._response_id:
+            self._response_id, self._response_open = response_id, True
+        self._item_id = item_id
+        if not self.outbound.playing:
+            await self.broadcast(
+                self._event("output_audio_buffer.started", response_id=response_id)
+            )
+        self.outbound.push(pcm, item_id)
+
+    async def _overflow(self, response_id: Any, item_id: str) -> None:
+        """Cut a response whose audio would run more than the bound ahead of playback."""
+        if response_id == self._response_id:
+            self._response_open = False
+        self._cut_response_id = response_id
+        heard_ms = self.outbound.queued_ms(item_id)
+        log.warning(
+            "call %s: response %s is cut at %d ms: its audio ran more than %.0f s ahead "
+            "of playback",
+            self.id,
+            response_id,
+            heard_ms,
+            self.max_pending_audio_s,
+        )
+        if item_id:
+            await self._truncate(item_id, heard_ms, None)
+        message = (
+            f"The response's audio arrived more than {self.max_pending_audio_s:g} s ahead of "
+            f"its playback; it was cut after {heard_ms} ms (--webrtc-max-pending-audio-s)."
+        )
+        error = server_error_event(self.ids.event_id(), message, "output_audio_overflow")
+        await self.broadcast(json.dumps(error))
+
+    def _sends_audio(self) -> bool:
+        """Whether the answer sends the track to the caller: not when the caller's audio
+        section was ``sendonly`` (the track is never pulled, so audio would only pile up)."""
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.sender.track is self.outbound:
+                direction = transceiver.currentDirection
+                return direction is None or direction in ("sendrecv", "sendonly")
+        return True
+
     def _drained(self) -> None:
         """The outgoing track played its last buffered frame."""
         self._spawn(
@@ -409,14 +402,43 @@ class Call:
         if channel is not None and channel.readyState == "open":
             self._send_on_channel(channel, text)
         elif channel is None or channel.readyState == "connecting":
-            self._backlog.append(text)
+            self._keep(text)
         for send in list(self.sidebands):
             try:
                 await send(text)
             except Exception:  # a sideband that went away
                 self.sidebands.discard(send)
 
+    def _keep(self, text: str) -> None:
+        """Keep an event for the data channel, dropping the oldest past the bounds (but
+        ``session.created``, the first, which clients wait for)."""
+        self._backlog.append(text)
+        self._backlog_bytes += len(text)
+        while len(self._backlog) > 1 and (
+            len(self._backlog) > MAX_BACKLOG_EVENTS or self._backlog_bytes > MAX_BACKLOG_BYTES
+        ):
+            index = 1 if '"session.created"' in self._backlog[0][:64] else 0
+            self._backlog_bytes -= len(self._backlog[index])
+            del self._backlog[index]
+            if not self._backlog_dropped:
+                log.warning("call %s: events for its data channel are being dropped", self.id)
+            self._backlog_dropped += 1
+
     def _send_on_channel(self, channel: RTCDataChannel, text: str) -> None:
+        if channel.bufferedAmount + len(text) > MAX_CHANNEL_BUFFERED_BYTES:
+            if not self._channel_dropped:
+                log.warning("call %s: its data channel is full: events are dropped", self.id)
+            self._channel_dropped += 1
+            return
+        if self._channel_dropped and channel.bufferedAmount <= MAX_CHANNEL_BUFFERED_BYTES // 2:
+            message = (
+                f"{self._channel_dropped} server events were dropped: the data channel had "
+                f"more than {MAX_CHANNEL_BUFFERED_BYTES} bytes waiting to be sent."
+            )
+            self._channel_dropped = 0
+            channel.send(
+                json.dumps(server_error_event(self.ids.event_id(), message, "events_dropped"))
+            )
         try:
             channel.send(text)
         except ValueError as exc:

@@ -387,7 +387,9 @@ class TransceiverServer:
             self.settings.port,
             process_request=self._process_request,
             max_size=self.settings.max_frame_bytes,
-            max_queue=256,
+            # Frames read ahead of a session that stopped reading (its outbox is full):
+            # each may be max_frame_bytes, so few (the relay reads 4 ahead too).
+            max_queue=4,
             compression=None,
             # A relay that vanishes without a FIN is noticed and its sessions end.
             ping_interval=20,

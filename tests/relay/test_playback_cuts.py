@@ -36,10 +36,16 @@ class FakeSession:
 
 
 class Harness:
-    def __init__(self) -> None:
+    def __init__(self, max_pending_audio_s: float = 60.0) -> None:
         self.session = FakeSession()
         self.pc = RTCPeerConnection()
-        self.call = Call("rtc_test", self.pc, self.session, lambda call: None)  # type: ignore[arg-type]
+        self.call = Call(
+            "rtc_test",
+            self.pc,
+            self.session,  # type: ignore[arg-type]
+            lambda call: None,
+            max_pending_audio_s=max_pending_audio_s,
+        )
         self.shown: list[dict[str, Any]] = []  # what the caller's side sees
         self.call.sidebands.add(self.show)
 
@@ -175,6 +181,7 @@ class SmallChannel:
     """An open data channel whose peer takes messages up to 1000 bytes (aiortc raises)."""
 
     readyState = "open"
+    bufferedAmount = 0
 
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
