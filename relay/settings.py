@@ -113,6 +113,12 @@ class RelaySettings(BaseSettings):
         description="A request body must arrive whole within this long of its headers, "
         "else 408 and closed.",
     )
+    client_max_header_bytes: int = Field(
+        64 * 1024,
+        gt=0,
+        description="Largest request line and headers of a request (and of a WebSocket "
+        "handshake); past it 431 and closed.",
+    )
     max_client_connections: int = Field(
         1000,
         gt=0,

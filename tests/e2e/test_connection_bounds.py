@@ -350,3 +350,35 @@ async def test_connections_past_the_limit_get_503() -> None:
             await eventually(served, what="served below the limit")
         async with connect(sessions_url(server)) as ws:
             assert json.loads(await ws.recv())["type"] == "session.created"
+
+
+async def test_oversized_and_malformed_requests_get_the_envelope() -> None:
+    """Headers past --client-max-header-bytes get 431, a malformed request or WebSocket
+    handshake 400, all in the error envelope; the relay serves on."""
+    with relay_server(*MOCK_ARGS, "--client-max-header-bytes", "4096") as server:
+
+        async def exchange(request: bytes) -> tuple[bytes, dict[str, Any]]:
+            reader, writer = await asyncio.open_connection(HOST, server.port)
+            writer.write(request)
+            async with asyncio.timeout(10):
+                answer = await reader.read()
+            writer.close()
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert b"content-type: application/json" in head.lower(), answer[:300]
+            return head, json.loads(body)["error"]
+
+        big = f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\nX-Big: {'b' * 8192}\r\n\r\n"
+        head, error = await exchange(big.encode())
+        assert head.startswith(b"HTTP/1.1 431 ") and error["code"] == "request_headers_too_large"
+        bad_length = b"POST /v1/realtime/client_secrets HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n"
+        head, error = await exchange(bad_length)
+        assert head.startswith(b"HTTP/1.1 400 ") and error["code"] == "bad_request"
+        bad_key = (
+            f"GET /v1/realtime?model=gpt-realtime HTTP/1.1\r\nHost: {HOST}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: short\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        head, error = await exchange(bad_key.encode())
+        assert head.startswith(b"HTTP/1.1 400 ") and "Sec-WebSocket-Key" in error["message"]
+        async with connect(sessions_url(server)) as ws:
+            assert json.loads(await ws.recv())["type"] == "session.created"
