@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import contextlib
-import signal
-import sys
-from typing import Any
+import os
 
-from transceiver.observability import configure_logging
-from transceiver.server import run_transceiver
-from transceiver.settings import TransceiverSettings
+# Before numpy is imported: OpenBLAS's worker threads spin after each small matrix product
+# (the end-of-turn model's mel features) and double its CPU per call (README, "End-of-turn
+# model"); an operator's own setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import contextlib  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+from typing import Any  # noqa: E402
+
+from transceiver.observability import configure_logging  # noqa: E402
+from transceiver.server import run_transceiver  # noqa: E402
+from transceiver.settings import TransceiverSettings  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
