@@ -327,6 +327,7 @@ class TransceiverServer:
                 spec,
                 created_at_s=time.time(),
                 max_input_audio_ms=int(self.settings.max_input_audio_s * 1000),
+                max_conversation_audio_ms=int(self.settings.max_conversation_audio_s * 1000),
             )
         except ClientError as exc:
             error = {"type": "error", "event_id": "event_0", "error": exc.to_error(None)}

@@ -41,6 +41,13 @@ class TransceiverSettings(BaseSettings):
         description="mock and local backends: most seconds of audio the input audio buffer, "
         "or one conversation.item.create, holds; more is refused with an error event.",
     )
+    max_conversation_audio_s: float = Field(
+        1200.0,
+        ge=60,
+        description="mock and local backends: most seconds of audio a session's conversation "
+        "keeps in all items; past it the oldest items' audio is let go (their transcripts "
+        "and text stay).",
+    )
     log_level: str = Field("info", description="Log level.")
     log_format: Literal["text", "json"] = Field("text", description="Log format: text or json.")
 

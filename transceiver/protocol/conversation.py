@@ -25,11 +25,28 @@ class StoredItem:
         return self.audio_format.duration_ms(len(self.audio))
 
 
+# What one conversation holds: a session's clients cannot grow it past these.
+MAX_ITEMS = 4096
+CONVERSATION_AUDIO_MAX_MS = 20 * 60 * 1000
+
+
 class Conversation:
-    def __init__(self, conversation_id: str) -> None:
+    """Items in order, with their audio. At most ``max_items`` items (another is refused)
+    and ``max_audio_ms`` of audio in all: past it, the audio of the oldest items is let go
+    (their transcripts and text stay), as a model's context drops its oldest turns."""
+
+    def __init__(
+        self,
+        conversation_id: str,
+        max_items: int = MAX_ITEMS,
+        max_audio_ms: float = CONVERSATION_AUDIO_MAX_MS,
+    ) -> None:
         self.id = conversation_id
+        self.max_items = max_items
+        self.max_audio_ms = max_audio_ms
         self._order: list[str] = []
         self._items: dict[str, StoredItem] = {}
+        self._audio_ms = 0.0  # held in all
 
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._items
@@ -70,6 +87,12 @@ class Conversation:
         (``"root"`` or ``None`` means the start); otherwise the item is appended.
         """
         item_id = item["id"]
+        if len(self._order) >= self.max_items:
+            raise ClientError(
+                f"The conversation already holds {self.max_items} items; delete some first.",
+                code="conversation_full",
+                param="item",
+            )
         if item_id in self._items:
             raise ClientError(
                 f"Item with id '{item_id}' already exists.",
@@ -89,10 +112,33 @@ class Conversation:
             previous = previous_item_id
             self._order.insert(self._order.index(previous_item_id) + 1, item_id)
         self._items[item_id] = stored
+        self._audio_ms += stored.audio_ms()
+        self._fit_audio(keep=stored)
         return previous
 
+    def append_audio(self, stored: StoredItem, audio: bytes) -> None:
+        """More audio of ``stored`` (a response's output, as it is generated)."""
+        before = stored.audio_ms()
+        stored.audio += audio
+        self._audio_ms += stored.audio_ms() - before
+        self._fit_audio(keep=stored)
+
+    def _fit_audio(self, keep: StoredItem) -> None:
+        """Let go of the oldest items' audio (never ``keep``'s) until within the budget."""
+        for item_id in self._order:
+            if self._audio_ms <= self.max_audio_ms:
+                return
+            stored = self._items[item_id]
+            if stored is keep or not stored.audio:
+                continue
+            self._audio_ms -= stored.audio_ms()
+            stored.audio = bytearray()
+            stored.audio_format = None  # no audio: retrieve shows none, truncate refuses
+            stored.marks = []
+
     def delete(self, item_id: Any) -> None:
-        self.get(item_id)
+        stored = self.get(item_id)
+        self._audio_ms -= stored.audio_ms()
         del self._items[item_id]
         self._order.remove(item_id)
 
@@ -101,7 +147,9 @@ class Conversation:
         assert stored.audio_format is not None
         keep = stored.audio_format.byte_count(audio_end_ms)
         total = len(stored.audio)
+        before = stored.audio_ms()
         del stored.audio[keep:]
+        self._audio_ms -= before - stored.audio_ms()
         for part in stored.item.get("content", []):
             if part.get("type") == "output_audio" and part.get("transcript") is not None:
                 part["transcript"] = heard_transcript(part["transcript"], stored.marks, keep, total)

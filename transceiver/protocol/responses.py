@@ -164,7 +164,7 @@ class ResponseWriter:
         opened.audio_bytes += len(audio)
         resp.audio_bytes += len(audio)
         if opened.stored is not None:
-            opened.stored.audio += audio
+            resp.conversation.append_audio(opened.stored, audio)
         self._emit(
             "response.output_audio.delta",
             **self._where(resp, opened),

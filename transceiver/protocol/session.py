@@ -23,7 +23,7 @@ from transceiver.protocol.config import (
     session_wire,
 )
 from transceiver.protocol.contract import SessionKind, SessionSpec
-from transceiver.protocol.conversation import Conversation
+from transceiver.protocol.conversation import CONVERSATION_AUDIO_MAX_MS, Conversation
 from transceiver.protocol.effects import (
     CancelResponse,
     Close,
@@ -87,11 +87,14 @@ class RealtimeSession(SessionInput, SessionResults):
         ids: IdFactory | None = None,
         max_duration_ms: int = SESSION_MAX_MS,
         max_input_audio_ms: int = INPUT_AUDIO_MAX_MS,
+        max_conversation_audio_ms: int = CONVERSATION_AUDIO_MAX_MS,
     ) -> None:
         """Raises ``ClientError`` when ``spec.overrides`` is not a valid configuration.
 
         ``max_input_audio_ms`` bounds the input audio buffer and the audio of one
         ``conversation.item.create``; more is refused with an ``error`` event.
+        ``max_conversation_audio_ms`` bounds the audio the conversation keeps (the oldest
+        items' audio is let go past it).
         """
         self.spec = spec
         self.kind = spec.kind
@@ -100,7 +103,8 @@ class RealtimeSession(SessionInput, SessionResults):
         self.media = spec.media  # WebRTC/SIP: output audio goes on a media track
         self.ids = ids or IdFactory()
         self.id = self.ids.new("sess")
-        self.conversation = Conversation(self.ids.new("conv"))
+        self.max_conversation_audio_ms = max_conversation_audio_ms
+        self.conversation = self._new_conversation(self.ids.new("conv"))
         self.config = default_config(spec.kind, spec.model)
         if spec.overrides:
             overrides = spec.overrides
@@ -165,7 +169,7 @@ class RealtimeSession(SessionInput, SessionResults):
         session.config = config
         session.id = session_id or session.id
         if conversation_id:
-            session.conversation = Conversation(conversation_id)
+            session.conversation = session._new_conversation(conversation_id)
         if expires_at_s is not None and expires_at_s > created_at_s:
             session.expires_at_s = expires_at_s
         for item in items:
@@ -173,6 +177,9 @@ class RealtimeSession(SessionInput, SessionResults):
             if isinstance(item_id, str) and item_id not in session.conversation:
                 session.conversation.add(copy_item(item))
         return session
+
+    def _new_conversation(self, conversation_id: str) -> Conversation:
+        return Conversation(conversation_id, max_audio_ms=self.max_conversation_audio_ms)
 
     # -- output ------------------------------------------------------------------
 
