@@ -37,7 +37,10 @@ SCENARIOS = ("text", "audio", "function_call", "interrupt")
 @pytest.fixture(scope="session")
 def speech_pcm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("audio") / "speech.pcm"
-    path.write_bytes(silence(400) + speech("hello there how are you today") + silence(800))
+    # 4.5 s of trailing silence: the Agents SDK asks for semantic_vad, whose turn ends after
+    # eagerness auto's 4 s of silence when the end-of-turn model judges the mock's synthetic
+    # speech unfinished.
+    path.write_bytes(silence(400) + speech("hello there how are you today") + silence(4500))
     return path
 
 

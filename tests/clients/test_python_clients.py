@@ -201,12 +201,15 @@ async def test_agents_function_call(tls_server: RunningServer, trust_ca: Path) -
 
 
 async def test_agents_audio_turn(tls_server: RunningServer, trust_ca: Path) -> None:
-    pcm16 = silence(400) + speech("hello there how are you today") + silence(800)
+    # The Agents SDK asks for semantic_vad: the end-of-turn model may judge the mock's
+    # synthetic speech unfinished, and the turn then ends after eagerness auto's 4 s of
+    # silence (audio time: the chunks go as fast as the SDK takes them).
+    pcm16 = silence(400) + speech("hello there how are you today") + silence(4500)
     async with AgentRun(tls_server) as run:
         await run.until(is_server_event("session.updated"))
         for start in range(0, len(pcm16), 48 * 40):  # 40 ms chunks, as a microphone sends
             await run.session.send_audio(pcm16[start : start + 48 * 40])
-        # The SDK's default turn detection ends the turn on the trailing silence.
+        # The SDK's default turn detection (semantic_vad) ends the turn in the silence.
         await run.until(is_server_event("input_audio_buffer.committed"))
         await run.until(lambda e: e.type == "agent_end")
         done = run.server_event("response.done")[-1]
