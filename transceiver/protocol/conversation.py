@@ -18,6 +18,8 @@ class StoredItem:
     # For assistant audio: (audio bytes sent, transcript chars sent) at the start of
     # each transcript delta, so a truncation keeps the transcript the user heard.
     marks: list[tuple[int, int]] = field(default_factory=list)
+    live: bool = False  # a response is still generating its audio: never let go of it
+    audio_let_go: bool = False  # its audio went to keep the conversation within its budget
 
     def audio_ms(self) -> float:
         if self.audio_format is None:
@@ -80,19 +82,17 @@ class Conversation:
         after_given: bool = False,
         audio: bytes | None = None,
         audio_format: AudioFormatType | None = None,
+        check_room: bool = True,
     ) -> str | None:
         """Insert ``item``; return the id of the item before it (``None`` at the start).
 
         With ``after_given``, ``previous_item_id`` names the item to insert after
         (``"root"`` or ``None`` means the start); otherwise the item is appended.
+        A response's output passes ``check_room=False``: its ``response.create`` checked.
         """
         item_id = item["id"]
-        if len(self._order) >= self.max_items:
-            raise ClientError(
-                f"The conversation already holds {self.max_items} items; delete some first.",
-                code="conversation_full",
-                param="item",
-            )
+        if check_room:
+            self.check_room()
         if item_id in self._items:
             raise ClientError(
                 f"Item with id '{item_id}' already exists.",
@@ -116,25 +116,49 @@ class Conversation:
         self._fit_audio(keep=stored)
         return previous
 
+    def check_room(self, param: str = "item") -> None:
+        """Refuse another item past ``max_items`` (a ``conversation_full`` error event)."""
+        if len(self._order) >= self.max_items:
+            raise ClientError(
+                f"The conversation already holds {self.max_items} items, the most it may; "
+                "delete some (conversation.item.delete) first.",
+                code="conversation_full",
+                param=param,
+            )
+
     def append_audio(self, stored: StoredItem, audio: bytes) -> None:
         """More audio of ``stored`` (a response's output, as it is generated)."""
+        if self._items.get(stored.item["id"]) is not stored:
+            return  # deleted while it is generated: nothing to keep
         before = stored.audio_ms()
         stored.audio += audio
         self._audio_ms += stored.audio_ms() - before
         self._fit_audio(keep=stored)
 
     def _fit_audio(self, keep: StoredItem) -> None:
-        """Let go of the oldest items' audio (never ``keep``'s) until within the budget."""
+        """Let go of the oldest items' audio (never ``keep``'s, the item being added, nor a
+        response's still being generated) until within the budget."""
         for item_id in self._order:
             if self._audio_ms <= self.max_audio_ms:
                 return
             stored = self._items[item_id]
-            if stored is keep or not stored.audio:
+            if stored is keep or stored.live or not stored.audio:
                 continue
             self._audio_ms -= stored.audio_ms()
             stored.audio = bytearray()
             stored.audio_format = None  # no audio: retrieve shows none, truncate refuses
             stored.marks = []
+            stored.audio_let_go = True
+
+    def check_audio_held(self, stored: StoredItem) -> None:
+        """Refuse what needs audio that was let go (truncating it)."""
+        if stored.audio_let_go:
+            raise ClientError(
+                "The audio of this item is no longer held: the conversation keeps at most "
+                f"{self.max_audio_ms / 1000:.0f} seconds of audio, and lets go of the oldest "
+                "items' audio first.",
+                param="item_id",
+            )
 
     def delete(self, item_id: Any) -> None:
         stored = self.get(item_id)

@@ -206,7 +206,19 @@ class SessionInput:
         self._speech_item = None
         self._effects.append(ResetVad())
 
+    def _turn_committed(self, item_id: str, from_ms: float) -> bool:
+        """A VAD or idle commit; with the conversation full, an ``error`` event instead,
+        and the turn's audio is dropped (no client event to refuse, nothing to respond to)."""
+        try:
+            self._commit(item_id, from_ms)
+        except ClientError as exc:
+            self._input.clear()
+            self._emit("error", error=exc.to_error(None))
+            return False
+        return True
+
     def _commit(self, item_id: str, from_ms: float) -> None:
+        self.conversation.check_room()  # before taking the audio: a refused commit keeps it
         fmt = self.input_format
         audio = self._input.take(from_ms, fmt)
         item = {
@@ -253,7 +265,8 @@ class SessionInput:
         self._emit(
             "input_audio_buffer.speech_stopped", audio_end_ms=int(audio_end_ms), item_id=item_id
         )
-        self._commit(item_id, self._speech_start_ms)
+        if not self._turn_committed(item_id, self._speech_start_ms):
+            return
         if td.create_response and self.kind is SessionKind.REALTIME:
             if self._default_response is None:
                 self._start_response(None)
@@ -278,7 +291,8 @@ class SessionInput:
             audio_start_ms=int(self._input.start_ms),
             audio_end_ms=int(self._input.end_ms),
         )
-        self._commit(item_id, self._input.start_ms)
+        if not self._turn_committed(item_id, self._input.start_ms):
+            return
         td = self.turn_detection
         if td is not None and td.create_response and self.kind is SessionKind.REALTIME:
             self._start_response(None)

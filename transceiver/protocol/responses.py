@@ -108,10 +108,10 @@ class ResponseWriter:
             item=dict(item),
         )
         if resp.in_conversation:
-            previous = resp.conversation.add(
-                item, audio_format=resp.output_format.type if kind == "audio" else None
-            )
+            fmt = resp.output_format.type if kind == "audio" else None
+            previous = resp.conversation.add(item, audio_format=fmt, check_room=False)
             opened.stored = resp.conversation.get(item["id"])
+            opened.stored.live = True  # its audio is kept whole while it is generated
             self._emit("conversation.item.added", previous_item_id=previous, item=dict(item))
         resp.open = opened
         if kind in ("text", "audio"):
@@ -241,6 +241,8 @@ class ResponseWriter:
             output_index=opened.output_index,
             item=copy_item(item),
         )
+        if opened.stored is not None:
+            opened.stored.live = False
         if opened.stored is not None and opened.item["id"] in resp.conversation:
             previous = resp.conversation.previous_of(item["id"])
             self._emit("conversation.item.done", previous_item_id=previous, item=copy_item(item))

@@ -311,6 +311,7 @@ class RealtimeSession(SessionInput, SessionResults):
     def _on_item_truncate(self, event: dict[str, Any], now_ms: float) -> None:
         item_id = event.get("item_id")
         stored = self.conversation.get(item_id)
+        self.conversation.check_audio_held(stored)
         content_index = event.get("content_index", 0)
         audio_end_ms = event.get("audio_end_ms")
         # The response still speaking this item, if any (its content part is still open).
@@ -372,6 +373,8 @@ class RealtimeSession(SessionInput, SessionResults):
                 "creating a new one.",
                 code="conversation_already_has_active_response",
             )
+        if in_conversation:  # a turn's own reply (VAD) goes in even when it fills it
+            self.conversation.check_room("response")
         self._start_response(params)
 
     def _start_response(self, params: Any) -> None:
