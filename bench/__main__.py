@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import overhead, resample, soak, stt, turn_model, voice
+from bench import overhead, resample, soak, stt, turn_model, turns, voice
 
 BENCHES = {
     "relay": overhead.main,
@@ -13,6 +13,7 @@ BENCHES = {
     "resample": resample.main,
     "soak": soak.main,
     "turn-model": turn_model.main,
+    "turns": turns.main,
 }
 
 

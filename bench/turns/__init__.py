@@ -1,0 +1,91 @@
+"""``python -m bench turns``: turn detection measured on a labeled set of piper speech.
+
+The set (bench/turns/utterances.json, loaded by bench/turns/labeled.py) has complete
+questions and statements, sentences with a mid-sentence pause of 400-1500 ms, a noisy copy
+of each (speech-shaped noise at 10 dB SNR) and noise-only clips. Each clip is streamed in
+real time (20 ms chunks) in its own session through the official SDK against
+``serve --backend mock`` (8 sessions at once), for server_vad (500 ms) and semantic_vad at
+each eagerness. Then the end-of-turn model's cost per call, measured on the same clips
+in this process, and end of speech -> first audio delta on the local backend for 10
+complete questions, semantic_vad auto against server_vad.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from bench.harness import relay_server
+from bench.stats import machine, write_section
+from bench.turns.audio import Clip, Speech
+from bench.turns.labeled import load
+from bench.turns.noise import build
+from bench.turns.report import Figures, inference_ms, render
+from bench.turns.stream import Detector, Outcome, run_all
+
+CONCURRENCY = 8
+LOCAL_QUESTIONS = 10
+DETECTORS = [
+    Detector("server_vad"),
+    *(Detector("semantic_vad", e) for e in ("low", "medium", "high", "auto")),
+]
+LOCAL_DETECTORS = [Detector("semantic_vad", "auto"), Detector("server_vad")]
+COMMAND = "python -m bench turns"
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def mock_runs(clips: list[Clip]) -> dict[str, list[Outcome]]:
+    runs: dict[str, list[Outcome]] = {}
+    with relay_server("--backend", "mock") as server:
+        for detector in DETECTORS:
+            started = time.monotonic()
+            runs[detector.label] = asyncio.run(
+                run_all(server.base_url, clips, detector, CONCURRENCY)
+            )
+            print(
+                f"  {detector.label}: {len(clips)} clips in {time.monotonic() - started:.0f} s,"
+                f" load average {_load()}",
+                flush=True,
+            )
+    return runs
+
+
+def local_runs(questions: list[Clip]) -> dict[str, list[Outcome]]:
+    runs: dict[str, list[Outcome]] = {}
+    with relay_server("--backend", "local") as server:
+        for detector in LOCAL_DETECTORS:
+            outcomes = []
+            for clip in questions:  # one at a time: the local backend is slow
+                outcomes += asyncio.run(run_all(server.base_url, [clip], detector, 1, True))
+            runs[detector.label] = outcomes
+            print(f"  local {detector.label}: done, load average {_load()}", flush=True)
+    return runs
+
+
+def main() -> str:
+    started = time.monotonic()
+    load_before = _load()
+    print(f"turns: synthesizing the set (cached), load average {load_before}", flush=True)
+    turns = load()
+    clips = build(turns, Speech())
+    print(f"turns: {len(clips)} clips, {len(DETECTORS)} detectors, mock backend", flush=True)
+    figures = Figures(mock_runs(clips))
+    questions = [c for c in clips if c.kind == "complete" and c.label == "question"]
+    questions = [c for c in questions if not c.noisy][:LOCAL_QUESTIONS]
+    figures.inference = inference_ms([c for c in clips if c.kind != "noise" and not c.noisy])
+    print("turns: local backend", flush=True)
+    figures.local = local_runs(questions)
+    minutes = (time.monotonic() - started) / 60
+    header = (
+        f"{machine()}\n\nCommand: `{COMMAND}` ({minutes:.1f} min). Load average (1, 5, 15 min) "
+        f"{load_before} before, {_load()} after: the machine is shared, and every figure "
+        "below is wall time on it."
+    )
+    body = header + "\n\n" + render(figures, turns, CONCURRENCY)
+    write_section("Turn detection", body)
+    print(body, flush=True)
+    return body
