@@ -75,16 +75,24 @@ class ServerVad:
         self._speaking = False
         self._unvoiced_run = 0
         self._last_voiced_end_ms = 0.0
+        self._pause_frames: int | None = None  # this pause's own window (end_pause_after)
 
     @property
     def speaking(self) -> bool:
         return self._speaking
+
+    def end_pause_after(self, silence_ms: int) -> None:
+        """End the turn once the current pause has lasted ``silence_ms`` (if that is sooner
+        than the configured window), unless speech resumes; later pauses use the window."""
+        if self._speaking:
+            self._pause_frames = max(1, -(-silence_ms // FRAME_MS))
 
     def reset(self) -> None:
         """Forget the current turn (buffer cleared or committed); time goes on."""
         self._recent.clear()
         self._speaking = False
         self._unvoiced_run = 0
+        self._pause_frames = None
 
     def feed(self, pcm16: bytes, start_ms: float) -> list[VadEvent]:
         if abs(start_ms - (self._clock_ms + len(self._carry) / 16)) > 1.0:
@@ -117,13 +125,16 @@ class ServerVad:
         if voiced:
             resumed = self._unvoiced_run >= self._speculate_frames
             self._unvoiced_run = 0
+            self._pause_frames = None
             self._last_voiced_end_ms = frame_start_ms + FRAME_MS
             return SpeechResumed() if resumed else None
         self._unvoiced_run += 1
         if self._unvoiced_run == self._speculate_frames:
             return SilenceStarted(self._last_voiced_end_ms)
-        if self._unvoiced_run >= self._silence_frames:
+        window = min(self._silence_frames, self._pause_frames or self._silence_frames)
+        if self._unvoiced_run >= window:
             self._speaking = False
             self._recent.clear()
+            self._pause_frames = None
             return SpeechStopped(self._last_voiced_end_ms)
         return None

@@ -131,12 +131,13 @@ class SessionRunner:
         self._vad: ServerVad | None = None
         self._vad_config: tuple[float, int, int] | None = None
         self._speech_end_ms: float | None = None
+        self._unsure_wait_ms = 0  # semantic_vad: the wait when the two models disagree
         self._fed_end_ms = 0.0  # session audio time: the end of the audio the VAD got
         self._speculator = Speculator(
             session, backend, self.state, self.now_ms, self.known_transcripts
         )
         self._judge = (
-            TurnJudge(turn_model, self._turn_finished, session.id)
+            TurnJudge(turn_model, self._turn_finished, session.id, self._turn_unsure)
             if turn_model is not None
             else None
         )
@@ -274,7 +275,14 @@ class SessionRunner:
             return
         audio = self._speculator.turn_audio(audio_format, LEAD_MS, TURN_WINDOW_MS)
         threshold = decision_threshold(self._judge.threshold, td.eagerness)
-        self._judge.pause(audio, audio_format, pause_ms, threshold)
+        self._unsure_wait_ms = td.silence_duration_ms // 2
+        transcript = self._speculator.pause_transcript()
+        self._judge.pause(audio, audio_format, pause_ms, threshold, transcript)
+
+    def _turn_unsure(self) -> None:
+        """The audio model says finished, the words do not: half the max wait, this pause."""
+        if self._vad is not None:
+            self._vad.end_pause_after(self._unsure_wait_ms)
 
     def _turn_finished(self, pause_ms: float) -> None:
         """The end-of-turn model says the user finished: end the turn where speech paused."""

@@ -416,7 +416,12 @@ async def run_transceiver(settings: TransceiverSettings, stop: asyncio.Event) ->
     turn_model = None
     if not isinstance(backend, ProxyBackend):
         try:
-            turn_model = load_turn_model(settings.turn_model, settings.turn_threshold)
+            turn_model = load_turn_model(
+                settings.turn_model,
+                settings.turn_threshold,
+                text_model=settings.turn_text_model,
+                text_threshold=settings.turn_text_threshold,
+            )
         except TurnError as exc:  # --turn-model given, and unusable
             log.error("transceiver not started: %s", exc)
             raise SystemExit(2) from None

@@ -154,6 +154,18 @@ class TransceiverSettings(BaseSettings):
         le=1.0,
         description="End-of-turn probability above which the turn counts as complete.",
     )
+    turn_text_model: str | None = Field(
+        None,
+        description="semantic_vad's check of the words at a pause (local backend): a chat "
+        "GGUF scoring how likely the transcript so far ends a message (default: the bundled "
+        "SmolLM2-135M; 'none': the audio model decides alone).",
+    )
+    turn_text_threshold: float = Field(
+        -14.0,
+        le=0.0,
+        description="Natural log of the end-of-message probability above which the words "
+        "let a turn end.",
+    )
     workers: int = Field(4, description="Worker threads for model calls.")
 
     # Mock backend

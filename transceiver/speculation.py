@@ -191,6 +191,11 @@ class Speculator:
         reply.add_done_callback(lambda _: sink.ops.put_nowait(_END))
         self._preemption = Preemption(request_signature(request), sink, reply)
 
+    def pause_transcript(self) -> asyncio.Task[tuple[str, dict[str, Any]]] | None:
+        """The transcription of the speech before the current pause, while it is not yet
+        the turn's (semantic_vad checks the words: transceiver/turns.py)."""
+        return self._stt if self._stt_item is None else None
+
     def turn_ended(self) -> None:
         """The pause became the end of the turn: the speculation belongs to its item."""
         if self._stt is not None:

@@ -14,18 +14,31 @@ alone, so it is only ever asked after the speech detector heard speech.
 Eagerness also moves the decision threshold (the transceiver's ``--turn-threshold``,
 default 0.5): ``high`` ends a turn more readily (threshold - 0.2), ``low`` only when the
 model is surer (+ 0.2); ``medium`` and ``auto`` use it as it is.
+
+Where the backend transcribes at the pause (the local backend's speculative STT), a
+"finished" from the audio model is checked against the words too (models/turn_text.py):
+the turn ends only if the transcript so far could end a message (log-probability above
+``--turn-text-threshold``). "I want to go to" keeps listening however final it sounded.
+When the two disagree, the pause ends the turn after half the eagerness's max timeout
+instead of all of it. The transcript is awaited for at most ``TRANSCRIPT_WAIT_S``; without
+one, the audio decides alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol
 
 from models.audio import to_pcm16
 from models.turn import EndOfTurn, SmartTurn, TurnError
+from models.turn_text import TextTurn, TextTurnError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +50,15 @@ LEAD_MS = 200
 EAGERNESS_SHIFT = {"low": 0.2, "medium": 0.0, "auto": 0.0, "high": -0.2}
 # Model calls run on this many threads per transceiver; more pauses at once wait their turn.
 TURN_WORKERS = 2
+TRANSCRIPT_WAIT_S = 2.0
+# ln P(end of message | words) above which the words allow the turn to end (models/turn_text.py)
+TEXT_THRESHOLD = -14.0
+
+
+class TextScorer(Protocol):
+    """Scores the words: ln P(the user's message ends after ``text``)."""
+
+    def log_probability(self, text: str) -> float: ...
 
 
 def decision_threshold(base: float, eagerness: str) -> float:
@@ -56,7 +78,13 @@ class TurnModel:
     model: EndOfTurn
     threshold: float = 0.5
     workers: int = TURN_WORKERS
+    # The words' model (models/turn_text.py), or how to build it on first use: only
+    # backends that transcribe at pauses ask, so a mock transceiver never loads it.
+    text: TextScorer | None = None
+    text_loader: Callable[[], TextScorer] | None = None
+    text_threshold: float = TEXT_THRESHOLD
     _executor: ThreadPoolExecutor = field(init=False, repr=False)
+    _text_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="end-of-turn")
@@ -68,15 +96,39 @@ class TurnModel:
             self._executor, _probability, self.model, audio, audio_format
         )
 
+    async def text_log_probability(self, text: str) -> float | None:
+        """ln P(the message ends after ``text``), off the loop; None without a text model."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._score_text, text)
+
+    def _score_text(self, text: str) -> float | None:
+        with self._text_lock:
+            loader, self.text_loader = self.text_loader, None
+            if self.text is None and loader is not None:
+                try:
+                    self.text = loader()
+                    log.info("semantic_vad: the words are checked too (models/turn_text.py)")
+                except TextTurnError as exc:
+                    log.warning("semantic_vad: no text end-of-turn model (%s)", exc)
+            scorer = self.text
+        return scorer.log_probability(text) if scorer is not None else None
+
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def load_turn_model(path: str | None, threshold: float) -> TurnModel | None:
+def load_turn_model(
+    path: str | None,
+    threshold: float,
+    *,
+    text_model: str | None = None,
+    text_threshold: float = TEXT_THRESHOLD,
+) -> TurnModel | None:
     """The transceiver's one end-of-turn model (``--turn-model``, default: the file
     scripts/fetch-smart-turn installs), warmed up; ``None``, said once in the log, where
     the default file or the `local` extra is missing. A ``path`` given that cannot be
-    loaded is an error (``TurnError``): the option would otherwise have no effect."""
+    loaded is an error (``TurnError``): the option would otherwise have no effect.
+    ``text_model``: the words' GGUF (None: bundled SmolLM2, "none": no text check)."""
     try:
         model = SmartTurn(path)
     except TurnError as exc:
@@ -88,9 +140,17 @@ def load_turn_model(path: str | None, threshold: float) -> TurnModel | None:
             exc,
         )
         return None
+    text_enabled = (text_model or "").lower() != "none"
+    if text_enabled and text_model is not None and not Path(text_model).is_file():
+        raise TurnError(f"text end-of-turn model not found: {text_model}")
     model.probability(b"\0\0" * MODEL_RATE_HZ, MODEL_RATE_HZ)  # the first call is the slow one
     log.info("semantic_vad: end-of-turn model %s, threshold %.2f", model.path, threshold)
-    return TurnModel(model, threshold)
+    return TurnModel(
+        model,
+        threshold,
+        text_loader=partial(TextTurn, text_model) if text_enabled else None,
+        text_threshold=text_threshold,
+    )
 
 
 @dataclass(frozen=True)
@@ -100,6 +160,7 @@ class _Question:
     audio_format: str
     pause_ms: float
     threshold: float
+    transcript: asyncio.Task[tuple[str, dict[str, Any]]] | None = None
 
 
 class TurnJudge:
@@ -107,11 +168,17 @@ class TurnJudge:
     pending answer counts only if nothing happened to the turn since it was asked."""
 
     def __init__(
-        self, model: TurnModel, finished: Callable[[float], None], session_id: str
+        self,
+        model: TurnModel,
+        finished: Callable[[float], None],
+        session_id: str,
+        unsure: Callable[[], None] | None = None,
     ) -> None:
-        """``finished(pause_ms)`` ends the turn, whose speech paused at ``pause_ms``."""
+        """``finished(pause_ms)`` ends the turn, whose speech paused at ``pause_ms``;
+        ``unsure()``: the audio says finished and the words do not, for the current pause."""
         self._model = model
         self._finished = finished
+        self._unsure = unsure
         self._session_id = session_id
         self._generation = 0
         self._task: asyncio.Task[None] | None = None
@@ -121,10 +188,20 @@ class TurnJudge:
     def threshold(self) -> float:
         return self._model.threshold
 
-    def pause(self, audio: bytes, audio_format: str, pause_ms: float, threshold: float) -> None:
-        """Speech paused at ``pause_ms``: ask whether ``audio`` (the turn so far) is done."""
+    def pause(
+        self,
+        audio: bytes,
+        audio_format: str,
+        pause_ms: float,
+        threshold: float,
+        transcript: asyncio.Task[tuple[str, dict[str, Any]]] | None = None,
+    ) -> None:
+        """Speech paused at ``pause_ms``: ask whether ``audio`` (the turn so far) is done;
+        ``transcript``: the speech so far being transcribed, to check the words too."""
         self._generation += 1
-        question = _Question(self._generation, audio, audio_format, pause_ms, threshold)
+        question = _Question(
+            self._generation, audio, audio_format, pause_ms, threshold, transcript
+        )
         if self._task is not None and not self._task.done():
             self._waiting = question  # asked when the call in flight returns
             return
@@ -140,6 +217,7 @@ class TurnJudge:
         if self._task is not None:
             self._task.cancel()
         self._finished = _ignore
+        self._unsure = None
 
     async def _ask(self, question: _Question) -> None:
         try:
@@ -149,13 +227,18 @@ class TurnJudge:
         except Exception:
             log.exception("session %s: end-of-turn model failed", self._session_id)
             p = None
+        current = question.generation == self._generation
+        finished = p is not None and current and p > question.threshold
+        unsure = False
+        if finished and question.transcript is not None:
+            finished = await self._words_allow_end(question)
+            unsure = not finished
         waiting, self._waiting = self._waiting, None
         if waiting is not None and waiting.generation == self._generation:
             self._task = asyncio.create_task(self._ask(waiting))
             return
         if p is None or question.generation != self._generation:
             return
-        finished = p > question.threshold
         log.debug(
             "session %s: end of turn p=%.3f threshold=%.2f: %s",
             self._session_id,
@@ -166,6 +249,26 @@ class TurnJudge:
         if finished:
             self._generation += 1
             self._finished(question.pause_ms)
+        elif unsure and self._unsure is not None:
+            self._unsure()
+
+    async def _words_allow_end(self, question: _Question) -> bool:
+        """The audio says finished: do the words so far end a message? True when unknown."""
+        assert question.transcript is not None
+        done, _ = await asyncio.wait({question.transcript}, timeout=TRANSCRIPT_WAIT_S)
+        task = question.transcript
+        if not done or task.cancelled() or task.exception() is not None:
+            return True
+        text = task.result()[0]
+        try:
+            lp = await self._model.text_log_probability(text)
+        except Exception:
+            log.exception("session %s: text end-of-turn model failed", self._session_id)
+            return True
+        if lp is None:
+            return True
+        log.debug("session %s: end of turn words %r ln p=%.1f", self._session_id, text, lp)
+        return lp > self._model.text_threshold
 
 
 def _ignore(pause_ms: float) -> None:

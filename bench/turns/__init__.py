@@ -26,6 +26,7 @@ from bench.turns.stream import Detector, Outcome, run_all
 
 CONCURRENCY = 8
 LOCAL_QUESTIONS = 10
+LOCAL_CONCURRENCY = 4
 DETECTORS = [
     Detector("server_vad"),
     *(Detector("semantic_vad", e) for e in ("low", "medium", "high", "auto")),
@@ -54,7 +55,9 @@ def mock_runs(clips: list[Clip]) -> dict[str, list[Outcome]]:
     return runs
 
 
-def local_runs(questions: list[Clip]) -> dict[str, list[Outcome]]:
+def local_runs(questions: list[Clip], clean: list[Clip], figures: Figures) -> None:
+    """First audio on ``questions``; then turn ends on every ``clean`` clip, semantic_vad
+    auto, where the local backend's speculative transcript lets the words be checked."""
     runs: dict[str, list[Outcome]] = {}
     with relay_server("--backend", "local") as server:
         for detector in LOCAL_DETECTORS:
@@ -63,7 +66,10 @@ def local_runs(questions: list[Clip]) -> dict[str, list[Outcome]]:
                 outcomes += asyncio.run(run_all(server.base_url, [clip], detector, 1, True))
             runs[detector.label] = outcomes
             print(f"  local {detector.label}: done, load average {_load()}", flush=True)
-    return runs
+        figures.local = runs
+        auto = Detector("semantic_vad", "auto")
+        figures.local_turns = asyncio.run(run_all(server.base_url, clean, auto, LOCAL_CONCURRENCY))
+        print(f"  local turn ends: done, load average {_load()}", flush=True)
 
 
 def main() -> str:
@@ -78,7 +84,8 @@ def main() -> str:
     questions = [c for c in questions if not c.noisy][:LOCAL_QUESTIONS]
     figures.inference = inference_ms([c for c in clips if c.kind != "noise" and not c.noisy])
     print("turns: local backend", flush=True)
-    figures.local = local_runs(questions)
+    clean = [c for c in clips if c.kind in ("complete", "paused") and not c.noisy]
+    local_runs(questions, clean, figures)
     minutes = (time.monotonic() - started) / 60
     header = (
         f"{machine()}\n\nCommand: `{COMMAND}` ({minutes:.1f} min). Load average (1, 5, 15 min) "

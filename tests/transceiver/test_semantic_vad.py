@@ -44,6 +44,21 @@ class ScriptedTurns:
         return answer
 
 
+class ScriptedWords:
+    """The words' model (transceiver/turns.py ``TextScorer``): one log-probability for every
+    text, or an exception."""
+
+    def __init__(self, log_probability: float | Exception) -> None:
+        self.answer = log_probability
+        self.scored: list[str] = []
+
+    def log_probability(self, text: str) -> float:
+        self.scored.append(text)
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
 class SlowBackend(ScriptedBackend):
     """Replies with one text delta, then goes on until cancelled."""
 
@@ -70,6 +85,7 @@ class Shell:
         *,
         backend: ScriptedBackend | None = None,
         kind: SessionKind = SessionKind.REALTIME,
+        words: ScriptedWords | None = None,
     ) -> None:
         self.backend = backend or ScriptedBackend()
         self.client = Client()
@@ -81,7 +97,7 @@ class Shell:
         else:
             config.update(type="transcription")
         self.session.receive_client_event({"type": "session.update", "session": config}, 0)
-        turn_model = TurnModel(model) if model is not None else None
+        turn_model = TurnModel(model, text=words) if model is not None else None
         self.runner = SessionRunner(
             self.session,
             self.backend,  # type: ignore[arg-type]
@@ -311,4 +327,49 @@ async def test_a_failing_model_falls_back_to_the_timeout() -> None:
     await shell.feed(silence(1500))
     await shell.stopped()
     assert not any(e["type"] == "error" for e in shell.client.events)
+    await shell.close()
+
+
+async def test_words_that_cannot_end_a_message_keep_the_turn_open_for_half_the_wait() -> None:
+    # The audio says finished; the transcript so far ("words 1") scores below the threshold:
+    # the pause ends the turn after half of auto's 4 s, not at once and not after 4 s.
+    words = ScriptedWords(-20.0)
+    shell = Shell(semantic("auto"), ScriptedTurns(0.9), words=words)
+    await shell.feed(QUESTION + silence(600))
+    await shell.answered(1)
+    await eventually(lambda: words.scored, 5, 0.005, "the words scored")
+    await settle()
+    assert words.scored == ["words 1"]
+    await shell.feed(silence(1300))
+    assert shell.of_type("input_audio_buffer.speech_stopped") == []
+    await shell.feed(silence(200))
+    await shell.stopped()
+    await shell.close()
+
+
+async def test_words_that_can_end_a_message_let_the_turn_end_at_the_pause() -> None:
+    words = ScriptedWords(-5.0)
+    shell = Shell(semantic(), ScriptedTurns(0.9), words=words)
+    await shell.feed(QUESTION + silence(120))
+    await shell.stopped()
+    assert words.scored == ["words 1"]
+    await shell.close()
+
+
+async def test_the_words_are_not_asked_when_the_audio_says_not_finished() -> None:
+    words = ScriptedWords(-5.0)
+    shell = Shell(semantic(), ScriptedTurns(0.01), words=words)
+    await shell.feed(QUESTION + silence(600))
+    await shell.answered(1)
+    await settle()
+    assert words.scored == [] and shell.of_type("input_audio_buffer.speech_stopped") == []
+    await shell.close()
+
+
+async def test_a_failing_words_model_lets_the_audio_decide() -> None:
+    words = ScriptedWords(RuntimeError("broken words"))
+    shell = Shell(semantic(), ScriptedTurns(0.9), words=words)
+    await shell.feed(QUESTION + silence(120))
+    await shell.stopped()
+    assert words.scored == ["words 1"]
     await shell.close()

@@ -1,0 +1,61 @@
+"""The speech detector's silence window (models/vad.py), on synthetic speech at 8 kHz."""
+
+from __future__ import annotations
+
+from models.synth import speech
+from models.vad import ServerVad, SilenceStarted, SpeechStarted, SpeechStopped, VadEvent
+
+SPEECH = speech("hello there how are you", rate_hz=8_000)
+
+
+def silence(ms: int) -> bytes:
+    return b"\0\0" * 8 * ms
+
+
+class Feeder:
+    def __init__(self, vad: ServerVad) -> None:
+        self.vad = vad
+        self.at_ms = 0.0
+
+    def feed(self, pcm: bytes) -> list[VadEvent]:
+        events = self.vad.feed(pcm, self.at_ms)
+        self.at_ms += len(pcm) / 16
+        return events
+
+
+def kinds(events: list[VadEvent]) -> list[type]:
+    return [type(e) for e in events]
+
+
+def test_a_pause_can_end_sooner_than_the_window_once() -> None:
+    feeder = Feeder(ServerVad(silence_duration_ms=4000))
+    assert SpeechStarted in kinds(feeder.feed(SPEECH))
+    assert kinds(feeder.feed(silence(600))) == [SilenceStarted]
+    feeder.vad.end_pause_after(1000)
+    assert kinds(feeder.feed(silence(300))) == []
+    assert kinds(feeder.feed(silence(200))) == [SpeechStopped]
+    # The next turn has the whole window again.
+    assert SpeechStarted in kinds(feeder.feed(SPEECH))
+    assert kinds(feeder.feed(silence(3000))) == [SilenceStarted]
+    assert kinds(feeder.feed(silence(1100))) == [SpeechStopped]
+
+
+def test_speech_that_resumes_forgets_the_shorter_wait() -> None:
+    feeder = Feeder(ServerVad(silence_duration_ms=4000))
+    feeder.feed(SPEECH + silence(300))
+    feeder.vad.end_pause_after(500)
+    feeder.feed(SPEECH)
+    assert SpeechStopped not in kinds(feeder.feed(silence(3000)))
+
+
+def test_a_shorter_wait_already_passed_ends_the_turn_at_the_next_frame() -> None:
+    feeder = Feeder(ServerVad(silence_duration_ms=4000))
+    feeder.feed(SPEECH + silence(1500))
+    feeder.vad.end_pause_after(1000)
+    assert kinds(feeder.feed(silence(20))) == [SpeechStopped]
+
+
+def test_without_speech_there_is_no_pause_to_shorten() -> None:
+    feeder = Feeder(ServerVad(silence_duration_ms=500))
+    feeder.vad.end_pause_after(100)
+    assert kinds(feeder.feed(silence(1000))) == []
