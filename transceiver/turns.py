@@ -15,13 +15,13 @@ Eagerness also moves the decision threshold (the transceiver's ``--turn-threshol
 default 0.5): ``high`` ends a turn more readily (threshold - 0.2), ``low`` only when the
 model is surer (+ 0.2); ``medium`` and ``auto`` use it as it is.
 
-Where the backend transcribes at the pause (the local backend's speculative STT), a
-"finished" from the audio model is checked against the words too (models/turn_text.py):
-the turn ends only if the transcript so far could end a message (log-probability above
-``--turn-text-threshold``). "I want to go to" keeps listening however final it sounded.
-When the two disagree, the pause ends the turn after half the eagerness's max timeout
-instead of all of it. The transcript is awaited for at most ``TRANSCRIPT_WAIT_S``; without
-one, the audio decides alone.
+Where the backend transcribes at the pause (the local backend's speculative STT), the
+words are judged too (models/turn_text.py): does the transcript so far end a message
+(log-probability above ``--turn-text-threshold``)? The turn ends at the pause only if
+both say so ("I want to go to" keeps listening however final it sounded); when they
+disagree, the pause ends the turn after half the eagerness's max timeout; when both say
+"not finished", after all of it. The transcript is awaited for at most
+``TRANSCRIPT_WAIT_S``; without one, the audio decides alone.
 """
 
 from __future__ import annotations
@@ -230,9 +230,9 @@ class TurnJudge:
         current = question.generation == self._generation
         finished = p is not None and current and p > question.threshold
         unsure = False
-        if finished and question.transcript is not None:
-            finished = await self._words_allow_end(question)
-            unsure = not finished
+        if p is not None and current and question.transcript is not None:
+            words = await self._words_allow_end(question)
+            finished, unsure = finished and words, finished != words
         waiting, self._waiting = self._waiting, None
         if waiting is not None and waiting.generation == self._generation:
             self._task = asyncio.create_task(self._ask(waiting))
@@ -253,7 +253,7 @@ class TurnJudge:
             self._unsure()
 
     async def _words_allow_end(self, question: _Question) -> bool:
-        """The audio says finished: do the words so far end a message? True when unknown."""
+        """Do the words so far end a message? True when unknown."""
         assert question.transcript is not None
         done, _ = await asyncio.wait({question.transcript}, timeout=TRANSCRIPT_WAIT_S)
         task = question.transcript

@@ -356,13 +356,31 @@ async def test_words_that_can_end_a_message_let_the_turn_end_at_the_pause() -> N
     await shell.close()
 
 
-async def test_the_words_are_not_asked_when_the_audio_says_not_finished() -> None:
+async def test_words_that_end_a_message_after_audio_that_does_not_give_half_the_wait() -> None:
     words = ScriptedWords(-5.0)
-    shell = Shell(semantic(), ScriptedTurns(0.01), words=words)
+    shell = Shell(semantic("auto"), ScriptedTurns(0.01), words=words)
     await shell.feed(QUESTION + silence(600))
     await shell.answered(1)
+    await eventually(lambda: words.scored, 5, 0.005, "the words scored")
     await settle()
-    assert words.scored == [] and shell.of_type("input_audio_buffer.speech_stopped") == []
+    await shell.feed(silence(1300))
+    assert shell.of_type("input_audio_buffer.speech_stopped") == []
+    await shell.feed(silence(200))
+    await shell.stopped()
+    await shell.close()
+
+
+async def test_when_both_say_not_finished_the_turn_waits_the_whole_max_timeout() -> None:
+    words = ScriptedWords(-20.0)
+    shell = Shell(semantic("auto"), ScriptedTurns(0.01), words=words)
+    await shell.feed(QUESTION + silence(600))
+    await shell.answered(1)
+    await eventually(lambda: words.scored, 5, 0.005, "the words scored")
+    await settle()
+    await shell.feed(silence(3300))
+    assert shell.of_type("input_audio_buffer.speech_stopped") == []
+    await shell.feed(silence(200))
+    await shell.stopped()
     await shell.close()
 
 
