@@ -4,6 +4,7 @@
 - :mod:`relay.realtime_ws`: ``WS /v1/realtime``, forwarded to a transceiver frame for frame,
   and sidebands to WebRTC calls (``?call_id=``);
 - :mod:`relay.calls`: WebRTC calls and their hangup.
+- :mod:`relay.twilio`: phone calls from Twilio Media Streams (TwiML webhook, media stream).
 
 Routes reach the edge through the ``EdgeDep`` dependency (``app.state.edge``), credentials
 through :mod:`relay.auth`, and start sessions through :func:`relay.admission.admit`.
@@ -14,7 +15,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from relay import calls, realtime_ws, rest
+from relay import calls, realtime_ws, rest, twilio
 from relay.edge import Edge
 from relay.errors import install_error_handlers
 from relay.settings import RelaySettings
@@ -36,4 +37,5 @@ def create_app(settings: RelaySettings) -> FastAPI:
     app.include_router(rest.router)
     app.include_router(realtime_ws.router)
     app.include_router(calls.router)
+    app.include_router(twilio.router)
     return app

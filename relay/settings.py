@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import json
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -78,6 +79,31 @@ class RelaySettings(BaseSettings):
         "whose audio arrives further ahead (an upstream faster than real time) is cut there: "
         "its item is truncated to what the caller hears and the caller gets an error.",
     )
+    # Phone calls from Twilio Media Streams (relay/twilio.py).
+    twilio_auth_token: str | None = Field(
+        None,
+        description="The Twilio account's auth token: requests to /v1/twilio/* must carry a "
+        "valid X-Twilio-Signature. Give it as the environment variable, not an option.",
+    )
+    twilio_allow_unsigned: bool = Field(
+        False,
+        description="Without --twilio-auth-token, accept unsigned requests to /v1/twilio/*: "
+        "anyone who can reach them may start calls. Off: they are refused (403).",
+    )
+    twilio_public_url: str | None = Field(
+        None,
+        description="https://HOST[:PORT] Twilio reaches the relay at (a proxy or tunnel "
+        "in front of it), for the stream URL in the TwiML and for checking signatures; "
+        "default the request's Host, with https/wss only when the relay serves TLS.",
+    )
+    twilio_session: dict[str, Any] | None = Field(
+        None,
+        description="The session (JSON) of Twilio calls, before the stream's parameters; "
+        "its audio is always audio/pcmu.",
+    )
+    twilio_idle_timeout_s: float = Field(
+        20.0, gt=0, description="End a Twilio stream when it sends nothing for this long."
+    )
     max_frame_bytes: int = Field(32 * 1024 * 1024, description="Largest WebSocket frame.")
     max_body_bytes: int = Field(
         2 * 1024 * 1024,
@@ -149,6 +175,11 @@ class RelaySettings(BaseSettings):
     )
     log_level: str = Field("info", description="Log level.")
     log_format: Literal["text", "json"] = Field("text", description="Log format: text or json.")
+
+    @field_validator("twilio_session", mode="before")
+    @classmethod
+    def _json_object(cls, value: object) -> object:
+        return json.loads(value) if isinstance(value, str) else value
 
     @field_validator("transceiver", "api_keys", "cors_origins", "ice_servers", mode="before")
     @classmethod

@@ -43,10 +43,13 @@ class Transport(enum.Enum):
 
     WEBSOCKET = "ws"
     WEBRTC = "webrtc"
+    # A Twilio Media Streams call (relay/twilio.py): the session's own G.711 audio events
+    # travel over Twilio's WebSocket, so it is not a media transport (its format is free).
+    TWILIO = "twilio"
 
     @property
     def media(self) -> bool:
-        return self is not Transport.WEBSOCKET
+        return self not in (Transport.WEBSOCKET, Transport.TWILIO)
 
 
 class SpecError(ValueError):
