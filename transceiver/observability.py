@@ -180,6 +180,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.upstream_audio = Counter(
+            f"{prefix}_upstream_audio_seconds",
+            "Input audio of proxied sessions (openai backend), in seconds: received from "
+            "clients, and sent upstream (less with --local-turn-detection: speech only).",
+            ["direction"],
+            registry=r,
+        )
         self.events_in = self.events.labels("in")
         self.events_out = self.events.labels("out")
 

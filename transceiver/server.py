@@ -287,7 +287,9 @@ class TransceiverServer:
         items: int | None = None
         try:
             if isinstance(self.backend, ProxyBackend):
-                proxy = ProxySession(self.backend, connection, spec, metrics=self.metrics)
+                proxy = ProxySession(
+                    self.backend, connection, spec, metrics=self.metrics, turn_model=self.turn_model
+                )
                 session_id = proxy.id
                 self._log_start(session_id, spec)
                 await proxy.run()
@@ -412,9 +414,11 @@ async def run_transceiver(settings: TransceiverSettings, stop: asyncio.Event) ->
         log.error("transceiver not started: %s", exc)
         raise SystemExit(2) from None
     backend = build_backend(settings)
-    # The proxy passes semantic_vad upstream: OpenAI judges those turns.
+    # The proxy passes semantic_vad upstream (OpenAI judges those turns), unless it detects
+    # turns itself (--local-turn-detection) or may fall back to a backend of its own.
     turn_model = None
-    if not isinstance(backend, ProxyBackend):
+    proxy_alone = settings.fallback == "none" and not settings.local_turn_detection
+    if not isinstance(backend, ProxyBackend) or not proxy_alone:
         try:
             turn_model = load_turn_model(
                 settings.turn_model,

@@ -43,6 +43,7 @@ from transceiver.protocol.session import RealtimeSession
 from transceiver.protocol.wire import encode_server_event
 from transceiver.proxy.history import History
 from transceiver.runner import SessionRunner
+from transceiver.turns import TurnModel
 
 FALLBACK_CODE = "upstream_unavailable_fallback"
 # The reasons, as realtime_transceiver_fallbacks_total labels them.
@@ -214,9 +215,12 @@ async def run_core(
     first: list[dict[str, Any]],
     frames: AsyncIterable[str | bytes],
     metrics: Metrics,
+    turn_model: TurnModel | None = None,
 ) -> None:
     """Run ``core`` on ``backend`` over the client connection until it ends: what the core
-    has to say (a fresh session's ``session.created``), then ``first``, then the session."""
+    has to say (a fresh session's ``session.created``), then ``first``, then the session;
+    semantic_vad's pauses are judged by ``turn_model``, the server's (transceiver/turns.py),
+    as in any session of the fallback's backend."""
 
     async def send(message: str) -> None:
         metrics.events_out.inc()
@@ -230,7 +234,7 @@ async def run_core(
     try:
         for event in [*core.events_to_send(), *first]:
             await send(encode_server_event(event))
-        runner = SessionRunner(core, backend, send, close, metrics=metrics)
+        runner = SessionRunner(core, backend, send, close, metrics=metrics, turn_model=turn_model)
         await runner.run(frames)
     except ConnectionClosed:
         pass

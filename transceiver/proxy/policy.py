@@ -13,7 +13,7 @@ from typing import Any
 from transceiver.protocol.errors import ClientError
 from transceiver.settings import TransceiverSettings
 
-_APPEND_PREFIX = '{"type":"input_audio_buffer.append"'
+APPEND_PREFIX = '{"type":"input_audio_buffer.append"'
 
 
 def client_event(text: str) -> dict[str, Any] | None:
@@ -24,7 +24,7 @@ def client_event(text: str) -> dict[str, Any] | None:
     last) from passing as one. Frames that are not JSON objects go upstream unchanged, and
     the upstream answers them with its own error.
     """
-    if text.startswith(_APPEND_PREFIX) and text.count('"type"') == 1:
+    if text.startswith(APPEND_PREFIX) and text.count('"type"') == 1:
         return None
     try:
         event = json.loads(text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import re
@@ -25,9 +26,13 @@ from transceiver.protocol.session import RealtimeSession
 from transceiver.proxy import fallback
 from transceiver.proxy.fallback import CAPACITY, DROPPED, UNREACHABLE
 from transceiver.proxy.history import History
+from transceiver.proxy.local_bridge import LocalTurnsBridge
+from transceiver.proxy.local_view import AudioMeter, read_input_format
 from transceiver.proxy.mirror import OUTPUT_AUDIO_DELTAS, Mirror, is_output_delta
 from transceiver.proxy.policy import client_event
+from transceiver.proxy.turns import LocalTurns
 from transceiver.proxy.upstream import ProxyBackend, UpstreamRefused
+from transceiver.turns import TurnModel
 
 __all__ = ["ProxyBackend", "ProxySession", "UpstreamRefused", "peek_type"]
 
@@ -46,7 +51,7 @@ def peek_type(frame: str) -> str | None:
 Send = Callable[[str], Awaitable[None]]
 
 
-class ProxySession:
+class ProxySession(LocalTurnsBridge):
     """One client session bridged to one upstream connection."""
 
     def __init__(
@@ -56,7 +61,10 @@ class ProxySession:
         spec: SessionSpec,
         *,
         metrics: Metrics | None = None,
+        turn_model: TurnModel | None = None,
     ) -> None:
+        """``turn_model``: semantic_vad's end-of-turn model, for ``--local-turn-detection``
+        and the fallback."""
         self.backend = backend
         self.client = client  # a websockets connection: send, close, async iteration
         self.spec = spec
@@ -75,6 +83,21 @@ class ProxySession:
         self._ready = asyncio.Event()
         self._early: list[tuple[dict[str, Any], str]] = []
         self._client_left = False
+        self.turn_model = turn_model
+        self.meter = AudioMeter(self.metrics.upstream_audio)
+        self.turns = (
+            LocalTurns(
+                realtime=not self.transcription,
+                beta=self.beta,
+                ids=self.ids,
+                session_id=self.id,
+                turn_model=turn_model,
+                on_sent=self.meter.sent,
+            )
+            if settings.local_turn_detection
+            else None
+        )
+        self._turns_lock = asyncio.Lock()
 
     async def _send_error(self, message: str, code: str, **error: Any) -> None:
         """An ``error`` event of the proxy's own, counted; ``error`` overrides its fields
@@ -110,6 +133,8 @@ class ProxySession:
                 closing = asyncio.create_task(upstream.close())
                 await self._fall_back(reason)
         finally:
+            if self.turns is not None:
+                self.turns.close()
             await (closing or upstream.close())
             summary = self.mirror.summary()
             log_event(log, "proxy.summary", id=self.id, fallback=self.fallback_reason, **summary)
@@ -150,7 +175,9 @@ class ProxySession:
         )
         first.append(fallback.notice(self.ids.event_id(), reason, resumed, dropped))
         frames = self._fallback_frames()
-        await fallback.run_core(core, backend, self.client, first, frames, self.metrics)
+        await fallback.run_core(
+            core, backend, self.client, first, frames, self.metrics, self.turn_model
+        )
 
     def _upstream_model(self) -> str | None:
         if self.transcription:
@@ -173,6 +200,9 @@ class ProxySession:
     def _initial_update(self) -> dict[str, Any] | None:
         """The ``session.update`` that applies ``_start_session`` in the upstream's dialect."""
         session = self._start_session()
+        self._meter_format(session, beta=False)
+        if self.turns is not None:  # the upstream does not detect turns: the proxy does
+            session = self.turns.start(session)
         body = session_fields_to_beta(session) if self.beta else session
         if not [k for k in body if k != "type"]:
             return None
@@ -194,7 +224,9 @@ class ProxySession:
         to_client = asyncio.create_task(self._upstream_to_client(upstream, update))
         to_upstream = asyncio.create_task(self._client_to_upstream(upstream))
         stall = asyncio.create_task(self._stalled())
-        tasks = (to_client, to_upstream, stall)
+        tasks: tuple[asyncio.Task[None], ...] = (to_client, to_upstream, stall)
+        if self.turns is not None:
+            tasks += (asyncio.create_task(self._turns_ended(upstream, self.turns)),)
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         if to_upstream in done and self._unsent is not None and to_client not in done:
             # The upstream closed under a client frame: what it sent before its close still
@@ -288,10 +320,17 @@ class ProxySession:
                 continue
             if event.get("type") == "error" and self._answers_injection(event):
                 log.warning("upstream refused a proxy event: %s", event.get("error"))
+                if self.turns is not None:
+                    self.turns.refused(event)
                 continue
             await self._forward(event, text)
 
     async def _forward(self, event: dict[str, Any], text: str) -> None:
+        if self.turns is not None:
+            event, text = self._local_view(self.turns, event, text)
+        await self._deliver(event, text)
+
+    async def _deliver(self, event: dict[str, Any], text: str) -> None:
         await self.client.send(text)
         etype = event.get("type")
         self._output(etype if isinstance(etype, str) else None)
@@ -331,6 +370,8 @@ class ProxySession:
             raise _Refused
         if self._held_created is None:
             if etype.endswith("session.created") and update is not None:
+                if self.turns is not None:  # the upstream's default turn detection
+                    self.turns.client_view(copy.deepcopy(event))
                 self._held_created = event
                 await self._inject(upstream, update)
                 return None
@@ -339,6 +380,8 @@ class ProxySession:
             return update
         if etype.endswith("session.updated") and isinstance(event.get("session"), dict):
             created = {**self._held_created, "session": event["session"]}
+            if self.turns is not None:
+                self.turns.client_view(created)
             await self.client.send(json.dumps(created))
             self.mirror.history.observe(created)
         elif etype == "error" and self._answers_injection(event):
@@ -365,6 +408,8 @@ class ProxySession:
 
     def _answers_injection(self, event: dict[str, Any]) -> bool:
         """Whether an ``error`` answers an event the proxy sent (not the client)."""
+        if self.turns is not None and self.turns.answers(event):
+            return True
         return (event.get("error") or {}).get("event_id") in self._injected
 
     async def _client_to_upstream(self, upstream: ClientConnection) -> None:
@@ -376,7 +421,12 @@ class ProxySession:
                     continue
                 self._unsent = text  # until the upstream took it: else a fallback takes it
                 try:
-                    await upstream.send(text)
+                    if self.turns is None:
+                        if peek_type(text) == "input_audio_buffer.append":
+                            self.meter.passed(text)
+                        await upstream.send(text)
+                    else:
+                        await self._local_client_frame(upstream, self.turns, text)
                 except ConnectionClosed:
                     return  # the upstream ended: _bridge tells the client
                 self._unsent = None
@@ -395,6 +445,8 @@ class ProxySession:
         try:
             if self.media and event.get("type") == "session.update":
                 check_media_formats(event.get("session"))
+            if str(event.get("type")).endswith("session.update"):
+                self._meter_format(event.get("session"))
             rewritten = self.backend.policy.rewrite_client_event(event)
         except ClientError as exc:
             await self._send_error(
@@ -405,6 +457,11 @@ class ProxySession:
             )
             return None
         return text if rewritten is None else json.dumps(rewritten)
+
+    def _meter_format(self, session: Any, *, beta: bool | None = None) -> None:
+        with contextlib.suppress(ClientError):  # the upstream (or LocalTurns) answers it
+            fmt = read_input_format(session, self.beta if beta is None else beta)
+            self.meter.fmt = fmt or self.meter.fmt
 
     async def _fallback_frames(self) -> AsyncIterator[str]:
         """The client's frames for a fallback: the one the upstream did not take, then the
