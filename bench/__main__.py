@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import overhead, resample, soak, stt, turn_model, turns, voice
+from bench import capacity, overhead, proxy_turns, resample, soak, stt, turn_model, turns, voice
 
 BENCHES = {
     "relay": overhead.main,
@@ -14,6 +14,8 @@ BENCHES = {
     "soak": soak.main,
     "turn-model": turn_model.main,
     "turns": turns.main,
+    "proxy-turns": proxy_turns.main,
+    "capacity": capacity.main,
 }
 
 

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import os
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Sessions per CPU core one local-pipeline transceiver holds with end of speech -> first
+# audio under 1 s at p90 (`python -m bench capacity`, bench/results.md): the local backend's
+# default --max-sessions, so the default scales with the machine.
+LOCAL_SESSIONS_PER_CORE = 0.5
+
+
+def local_max_sessions(cores: int | None = None) -> int:
+    """The local backend's default --max-sessions on ``cores`` (default: this machine's)."""
+    return max(1, int(LOCAL_SESSIONS_PER_CORE * (cores or os.cpu_count() or 1)))
 
 
 class TransceiverSettings(BaseSettings):
@@ -17,7 +28,11 @@ class TransceiverSettings(BaseSettings):
     backend: Literal["mock", "local", "openai"] = Field(
         "local", description="Backend to run: mock, local (VAD, STT, LLM, TTS) or openai (proxy)."
     )
-    max_sessions: int = Field(1000, description="Sessions this transceiver accepts at once.")
+    max_sessions: int = Field(
+        1000,
+        description="Sessions this transceiver accepts at once (local backend: default "
+        f"{LOCAL_SESSIONS_PER_CORE:g} per CPU core, at least 1; see the README's sizing).",
+    )
     max_frame_bytes: int = Field(32 * 1024 * 1024, description="Largest WebSocket frame.")
     drain_timeout_s: float = Field(
         30.0,
@@ -88,6 +103,13 @@ class TransceiverSettings(BaseSettings):
         description="openai backend: when the upstream cannot be reached, is at capacity or "
         "drops a session, go on with this backend (local: the local pipeline, loaded at "
         "start; mock: for tests and demos) and the conversation so far, instead of closing.",
+    )
+    local_turn_detection: bool = Field(
+        False,
+        description="openai backend: run the client's turn detection (server_vad, "
+        "semantic_vad) here and send upstream only the speech, with turn detection off "
+        "upstream: this server commits and creates the responses; clients see their own "
+        "turn detection and speech events as usual.",
     )
     mirror_max_items: int = Field(
         500,
@@ -182,6 +204,12 @@ class TransceiverSettings(BaseSettings):
     mock_fault_stall_after: int | None = Field(
         None, description="Mock fault: stop sending (stall) after N events."
     )
+
+    @model_validator(mode="after")
+    def _local_default_sessions(self) -> Self:
+        if self.backend == "local" and "max_sessions" not in self.model_fields_set:
+            self.max_sessions = local_max_sessions()
+        return self
 
     @field_validator("upstream_header", "allowed_models", "model_map", mode="before")
     @classmethod

@@ -136,13 +136,14 @@ def test_ephemeral_keys_count_against_the_key_that_minted_them() -> None:
 
 def test_empty_environment_variables_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     from relay.settings import RelaySettings
-    from transceiver.settings import TransceiverSettings
+    from transceiver.settings import TransceiverSettings, local_max_sessions
 
     for name in ("RELAY_MAX_SESSIONS_PER_KEY", "RELAY_KEY_SECRET", "RELAY_MAX_SESSIONS"):
         monkeypatch.setenv(name, "")
     relay = RelaySettings()
     assert relay.max_sessions_per_key is None and relay.key_secret is None
-    assert TransceiverSettings().max_sessions == 1000
+    assert TransceiverSettings(backend="mock").max_sessions == 1000
+    assert TransceiverSettings(backend="local").max_sessions == local_max_sessions()
 
 
 def test_tls_members_are_verified_by_their_configured_name() -> None:
