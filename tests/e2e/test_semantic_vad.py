@@ -106,3 +106,44 @@ async def test_a_mid_sentence_pause_does_not_end_the_turn(
         # The item holds both halves: it ends after the second one.
         assert stopped["audio_end_ms"] > (len(first) + len(second)) / 48
         rec.check()
+
+
+async def test_a_transcription_session_ends_turns_at_the_models_word(
+    mock_server: RunningServer, voice: PiperTts
+) -> None:
+    client = AsyncOpenAI(api_key="sk-test", base_url=mock_server.base_url)
+    question = silence(300) + spoken(voice, "Please turn off the lights in the kitchen.")
+    async with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
+        rec = Recorder(conn)
+        await rec.until("session.created")
+        td = {"type": "semantic_vad", "eagerness": "auto"}
+        session = {"type": "transcription", "audio": {"input": {"turn_detection": td}}}
+        await rec.send({"type": "session.update", "session": session})
+        updated = await rec.until("session.updated")
+        assert updated["session"]["audio"]["input"]["turn_detection"]["type"] == "semantic_vad"
+        # 200 ms of silence: only the model's "finished" can end the turn (auto waits 4 s).
+        await append_audio(rec, question + silence(200))
+        committed = await rec.until("input_audio_buffer.committed", timeout_s=10)
+        completed = await rec.until("conversation.item.input_audio_transcription.completed")
+        assert completed["item_id"] == committed["item_id"]
+        assert not [e for e in rec.events if e["type"].startswith("response.")]
+        rec.check()
+
+
+async def test_speech_over_a_reply_cancels_it(mock_server: RunningServer, voice: PiperTts) -> None:
+    client, update = await semantic_session(mock_server, "high")
+    update["session"]["output_modalities"] = ["audio"]
+    question = silence(300) + spoken(voice, "Tell me a long story about a dragon.")
+    async with client.realtime.connect(model="gpt-realtime") as conn:
+        rec = Recorder(conn)
+        await rec.send(update)
+        await rec.until("session.updated")
+        await append_audio(rec, question + silence(200))
+        created = await rec.until("response.created", timeout_s=10)
+        await rec.until("response.output_audio.delta")
+        await append_audio(rec, spoken(voice, "Wait, stop."))
+        await rec.until("input_audio_buffer.speech_started")
+        done = await rec.until("response.done")
+        assert done["response"]["id"] == created["response"]["id"]
+        assert done["response"]["status"] == "cancelled"
+        rec.check()
