@@ -31,7 +31,7 @@ from typing import Any
 
 from bench.harness import RunningServer, relay_server
 from bench.soak import children
-from bench.stats import machine, write_section
+from bench.stats import load_average, machine, write_section
 from loadgen import LoadOptions, default_speech, run_load, summarize
 from relay import loop
 
@@ -168,8 +168,13 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} ms"
 
 
+
 def report(
-    idle: float, steps: list[Step], flat: dict[str, tuple[float, Step]], sessions: int
+    idle: float,
+    steps: list[Step],
+    flat: dict[str, tuple[float, Step]],
+    sessions: int,
+    load_before: str,
 ) -> str:
     rows, best = local_rows(idle, steps)
     cores = os.cpu_count() or 1
@@ -180,8 +185,8 @@ def report(
         f"utterance in real time, turn after turn, for {LOCAL_RUN_S:g} s (local) or "
         f"{RUN_S:g} s (mock, proxy), started over {RAMP_S:g} s, after a warm-up run that "
         f"is not counted. CPU and memory are the transceiver process's (/proc), not the "
-        f"relay's. The machine was shared with other work while this ran (busy): treat the "
-        f"figures as a floor.\n",
+        f"relay's. Load average (1, 5, 15 min) {load_before} before the run and "
+        f"{load_average()} after it: other work on the machine lowers every figure.\n",
         f"**local backend**: {best['sessions']} sessions held with p90 end of speech -> "
         f"first audio under {FIRST_AUDIO_BUDGET_MS:g} ms on {cores} cores "
         f"({best.get('per_core', 0):.2f} per core).",
@@ -215,13 +220,14 @@ def report(
 
 
 def main(sessions: int = 50) -> str:
-    print("local backend: step search", flush=True)
+    load_before = load_average()
+    print(f"local backend: step search (load average {load_before})", flush=True)
     idle, steps = local_search()
     flat = {}
     for kind in ("mock", "proxy"):
         print(f"{kind}: {sessions} sessions", flush=True)
         flat[kind] = per_core(kind, sessions)
-    body = report(idle, steps, flat, sessions)
+    body = report(idle, steps, flat, sessions, load_before)
     print(body)
     write_section("Capacity: sessions per transceiver", body)
     return body

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -20,6 +21,11 @@ def percentile(values: list[float], q: float) -> float:
     low = int(k)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (k - low)
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, for a benchmark's header."""
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def machine() -> str:

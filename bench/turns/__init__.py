@@ -13,11 +13,10 @@ complete questions, semantic_vad auto against server_vad.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 from bench.harness import relay_server
-from bench.stats import machine, write_section
+from bench.stats import load_average, machine, write_section
 from bench.turns.audio import Clip, Speech
 from bench.turns.labeled import load
 from bench.turns.noise import build
@@ -35,9 +34,6 @@ LOCAL_DETECTORS = [Detector("semantic_vad", "auto"), Detector("server_vad")]
 COMMAND = "python -m bench turns"
 
 
-def _load() -> str:
-    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
-
 
 def mock_runs(clips: list[Clip]) -> dict[str, list[Outcome]]:
     runs: dict[str, list[Outcome]] = {}
@@ -49,7 +45,7 @@ def mock_runs(clips: list[Clip]) -> dict[str, list[Outcome]]:
             )
             print(
                 f"  {detector.label}: {len(clips)} clips in {time.monotonic() - started:.0f} s,"
-                f" load average {_load()}",
+                f" load average {load_average()}",
                 flush=True,
             )
     return runs
@@ -65,16 +61,16 @@ def local_runs(questions: list[Clip], clean: list[Clip], figures: Figures) -> No
             for clip in questions:  # one at a time: the local backend is slow
                 outcomes += asyncio.run(run_all(server.base_url, [clip], detector, 1, True))
             runs[detector.label] = outcomes
-            print(f"  local {detector.label}: done, load average {_load()}", flush=True)
+            print(f"  local {detector.label}: done, load average {load_average()}", flush=True)
         figures.local = runs
         auto = Detector("semantic_vad", "auto")
         figures.local_turns = asyncio.run(run_all(server.base_url, clean, auto, LOCAL_CONCURRENCY))
-        print(f"  local turn ends: done, load average {_load()}", flush=True)
+        print(f"  local turn ends: done, load average {load_average()}", flush=True)
 
 
 def main() -> str:
     started = time.monotonic()
-    load_before = _load()
+    load_before = load_average()
     print(f"turns: synthesizing the set (cached), load average {load_before}", flush=True)
     turns = load()
     clips = build(turns, Speech())
@@ -89,7 +85,7 @@ def main() -> str:
     minutes = (time.monotonic() - started) / 60
     header = (
         f"{machine()}\n\nCommand: `{COMMAND}` ({minutes:.1f} min). Load average (1, 5, 15 min) "
-        f"{load_before} before, {_load()} after: the machine is shared, and every figure "
+        f"{load_before} before, {load_average()} after: the machine is shared, and every figure "
         "below is wall time on it."
     )
     body = header + "\n\n" + render(figures, turns, CONCURRENCY)
