@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import sys
 
-from bench import capacity, overhead, proxy_turns, resample, soak, stt, turn_model, turns, voice
+from bench import (
+    capacity,
+    frames,
+    overhead,
+    proxy_turns,
+    resample,
+    soak,
+    stt,
+    turn_model,
+    turns,
+    voice,
+)
 
 BENCHES = {
     "relay": overhead.main,
@@ -16,6 +27,7 @@ BENCHES = {
     "turns": turns.main,
     "proxy-turns": proxy_turns.main,
     "capacity": capacity.main,
+    "frames": frames.main,
 }
 
 
