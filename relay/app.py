@@ -5,6 +5,8 @@
   and sidebands to WebRTC calls (``?call_id=``);
 - :mod:`relay.calls`: WebRTC calls and their hangup.
 - :mod:`relay.twilio`: phone calls from Twilio Media Streams (TwiML webhook, media stream).
+- :mod:`relay.sip.routes`: accept, reject and refer SIP calls (``app.state.sip``, the
+  :class:`~relay.sip.endpoint.SipEndpoint` of ``--sip-listen``; started by the server).
 
 Routes reach the edge through the ``EdgeDep`` dependency (``app.state.edge``), credentials
 through :mod:`relay.auth`, and start sessions through :func:`relay.admission.admit`.
@@ -19,6 +21,8 @@ from relay import calls, realtime_ws, rest, twilio
 from relay.edge import Edge
 from relay.errors import install_error_handlers
 from relay.settings import RelaySettings
+from relay.sip import routes as sip_routes
+from relay.sip.endpoint import SipEndpoint
 
 
 def create_app(settings: RelaySettings) -> FastAPI:
@@ -34,8 +38,10 @@ def create_app(settings: RelaySettings) -> FastAPI:
     )
     install_error_handlers(app)
     app.state.edge = Edge.create(settings)
+    app.state.sip = SipEndpoint(app.state.edge) if settings.sip_listen else None
     app.include_router(rest.router)
     app.include_router(realtime_ws.router)
     app.include_router(calls.router)
+    app.include_router(sip_routes.router)
     app.include_router(twilio.router)
     return app

@@ -148,11 +148,16 @@ async def _run_relay(settings: RelaySettings, banner: bool) -> None:
             sys.stdout.write(f"realtime-relay ready: base_url={url}\n")
             sys.stdout.flush()
 
+    sip = app.state.sip  # the SIP endpoint of --sip-listen (relay/sip/), if any
     announcer = asyncio.create_task(announce())
     try:
+        if sip is not None:
+            await sip.start()  # before the banner: a test's phone may dial at once
         await server.serve()
     finally:
         announcer.cancel()
+        if sip is not None:
+            await sip.stop()
         await edge.pool.stop()
 
 

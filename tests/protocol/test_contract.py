@@ -31,6 +31,8 @@ def test_a_spec_survives_the_round_trip() -> None:
     plain = SessionSpec(model="gpt-realtime")
     assert SessionSpec.decode(plain.encode()) == plain
     assert not plain.beta and not plain.media
+    sip = SessionSpec(model="gpt-realtime", transport=Transport.SIP, conn="rtc_1")
+    assert SessionSpec.decode(sip.encode()) == sip and sip.media  # RTP audio, paced by the relay
 
 
 def frame(**fields: object) -> str:
@@ -48,7 +50,7 @@ def frame(**fields: object) -> str:
         (json.dumps({"type": "session.open", "v": 99}), "version"),
         (frame(kind="both"), "'kind'"),
         (frame(dialect="gamma"), "'dialect'"),
-        (frame(transport="sip"), "'transport'"),
+        (frame(transport="pstn"), "'transport'"),
         (frame(model=5), "'model'"),
         (frame(session=[1]), "'session'"),
         (frame(conn={}), "'conn'"),

@@ -46,6 +46,8 @@ class Transport(enum.Enum):
     # A Twilio Media Streams call (relay/twilio.py): the session's own G.711 audio events
     # travel over Twilio's WebSocket, so it is not a media transport (its format is free).
     TWILIO = "twilio"
+    # A SIP call (relay/sip/): G.711 over RTP, paced by the relay as a WebRTC call's audio.
+    SIP = "sip"
 
     @property
     def media(self) -> bool:

@@ -1,0 +1,112 @@
+"""A call's RTP socket: one UDP port from ``--sip-rtp-ports``, symmetric RTP.
+
+Packets go to the address the caller's SDP names until the caller's own packets arrive;
+then to the address they come from (symmetric RTP, RFC 4961), which is what reaches a
+caller behind a NAT. Each packet received goes to ``on_packet``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import socket
+from collections.abc import Callable
+from typing import cast
+
+from relay.sip.rtp import FRAME_SAMPLES, RtpPacket, parse_rtp
+
+log = logging.getLogger(__name__)
+
+
+class NoRtpPort(Exception):
+    """Every port of ``--sip-rtp-ports`` is taken."""
+
+
+class RtpStream(asyncio.DatagramProtocol):
+    def __init__(
+        self, remote: tuple[str, int], payload_type: int, on_packet: Callable[[RtpPacket], None]
+    ) -> None:
+        self.remote = remote
+        self.payload_type = payload_type
+        self.on_packet = on_packet
+        self.ssrc = secrets.randbits(32)
+        self._sequence = secrets.randbits(16)
+        self._timestamp = secrets.randbits(32)
+        self._first = True
+        self._transport: asyncio.DatagramTransport | None = None
+        self.port = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is no subclass
+        self.port = transport.get_extra_info("sockname")[1]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        packet = parse_rtp(data)
+        if packet is None:
+            return
+        self.remote = (addr[0], addr[1])
+        self.on_packet(packet)
+
+    def send(self, payload: bytes) -> None:
+        """One 20 ms frame of G.711."""
+        if self._transport is None or self._transport.is_closing():
+            return
+        packet = RtpPacket(
+            self.payload_type, self._sequence, self._timestamp, self.ssrc, payload, self._first
+        )
+        self._first = False
+        self._sequence = (self._sequence + 1) & 0xFFFF
+        self._timestamp = (self._timestamp + FRAME_SAMPLES) & 0xFFFFFFFF
+        try:
+            self._transport.sendto(packet.to_bytes(), self.remote)
+        except OSError as exc:  # an unreachable caller: the RTP timeout ends the call
+            log.debug("rtp: send to %s failed: %r", self.remote, exc)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+def parse_ports(text: str) -> tuple[int, int]:
+    """``LOW-HIGH`` (inclusive); ``ValueError`` if not a range of UDP ports."""
+    low, sep, high = text.partition("-")
+    first, last = int(low), int(high if sep else low)
+    if not (1024 <= first <= last <= 65535):
+        raise ValueError(f"{text!r} is not a port range LOW-HIGH within 1024-65535")
+    return first, last
+
+
+async def open_rtp(host: str, ports: tuple[int, int] | None, stream: RtpStream) -> None:
+    """Bind ``stream`` to a free port of ``ports`` (any free port if ``None``)."""
+    loop = asyncio.get_running_loop()
+    if ports is None:
+        await loop.create_datagram_endpoint(lambda: stream, local_addr=(host, 0))
+        return
+    first, last = ports
+    candidates = list(range(first - first % 2, last + 1, 2)) or [first]  # RTP takes even ports
+    start = random.randrange(len(candidates))
+    for port in candidates[start:] + candidates[:start]:
+        if port < first:
+            continue
+        try:
+            await loop.create_datagram_endpoint(lambda: stream, local_addr=(host, port))
+            return
+        except OSError:
+            continue
+    raise NoRtpPort(f"no free RTP port in {first}-{last}")
+
+
+def local_address_towards(remote_host: str, listen_host: str) -> str:
+    """The address to put in SDP: the listen address, or (listening on all) the local
+    address the system routes ``remote_host`` from."""
+    if listen_host not in ("", "0.0.0.0", "::"):
+        return listen_host
+    family = socket.AF_INET6 if ":" in remote_host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((remote_host, 9))
+            return str(probe.getsockname()[0])
+        except OSError:
+            return "127.0.0.1" if family == socket.AF_INET else "::1"

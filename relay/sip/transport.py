@@ -1,0 +1,159 @@
+"""SIP over UDP and TCP (RFC 3261 section 18): one listener of each on ``--sip-listen``.
+
+Each message goes to :meth:`Receiver.receive` with the :class:`Peer` it came from; a reply
+(and any later request in the same dialog) goes back through that peer: the datagram's
+source address on UDP (symmetric, as RFC 3581 ``rport`` asks, which also crosses NATs), the
+same connection on TCP. A datagram or stream frame that is not a SIP message is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Protocol, cast
+
+from relay.sip.message import (
+    SipMessage,
+    SipParseError,
+    content_length,
+    parse,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_TCP_CONNECTIONS = 256
+TCP_IDLE_TIMEOUT_S = 600.0  # a connection with no message for this long is closed
+
+
+class Peer(Protocol):
+    transport: str  # "UDP" or "TCP"
+    address: tuple[str, int]
+
+    def send(self, message: SipMessage) -> None: ...
+
+
+class Receiver(Protocol):
+    def receive(self, message: SipMessage, peer: Peer) -> None: ...
+
+
+class UdpPeer:
+    transport = "UDP"
+
+    def __init__(self, udp: asyncio.DatagramTransport, address: tuple[str, int]) -> None:
+        self._udp = udp
+        self.address = address
+
+    def send(self, message: SipMessage) -> None:
+        if not self._udp.is_closing():
+            self._udp.sendto(message.to_bytes(), self.address)
+
+
+class TcpPeer:
+    transport = "TCP"
+
+    def __init__(self, writer: asyncio.StreamWriter, address: tuple[str, int]) -> None:
+        self._writer = writer
+        self.address = address
+
+    def send(self, message: SipMessage) -> None:
+        if not self._writer.is_closing():
+            self._writer.write(message.to_bytes())
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is no subclass
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if not data.strip() or self.transport is None:
+            return  # RFC 5626 keep-alive (CRLF)
+        try:
+            message = parse(data)
+        except SipParseError as exc:
+            log.debug("sip: dropped a datagram from %s: %s", addr[0], exc)
+            return
+        try:
+            self.receiver.receive(message, UdpPeer(self.transport, (addr[0], addr[1])))
+        except Exception:  # a bug: logged, and the socket goes on
+            log.exception("sip: a message from %s failed", addr[0])
+
+
+class SipTransports:
+    """The UDP socket and TCP server of one ``HOST:PORT``."""
+
+    def __init__(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        udp, _ = await loop.create_datagram_endpoint(
+            lambda: _Udp(self.receiver), local_addr=(host, port)
+        )
+        self._udp = udp
+        self.port = udp.get_extra_info("sockname")[1]
+        self._tcp = await asyncio.start_server(self._serve, host, self.port)
+
+    async def stop(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if len(self._connections) >= MAX_TCP_CONNECTIONS:
+            log.warning("sip: too many TCP connections; one is refused")
+            writer.close()
+            return
+        self._connections.add(task)
+        name = writer.get_extra_info("peername")
+        peer = TcpPeer(writer, (str(name[0]), int(name[1])))
+        try:
+            while True:
+                async with asyncio.timeout(TCP_IDLE_TIMEOUT_S):
+                    message = await _read_message(reader)
+                if message is None:
+                    return
+                self.receiver.receive(message, peer)
+        except (TimeoutError, SipParseError, ConnectionError, asyncio.IncompleteReadError) as exc:
+            log.debug("sip: TCP connection from %s ends: %r", peer.address[0], exc)
+        except Exception:  # a bug: logged, and the connection is closed
+            log.exception("sip: a TCP connection from %s failed", peer.address[0])
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+async def _read_message(reader: asyncio.StreamReader) -> SipMessage | None:
+    """The next message of a stream (CRLF keep-alives skipped); ``None`` at its end."""
+    while True:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial.strip():
+                return None
+            raise
+        except asyncio.LimitOverrunError:
+            raise SipParseError("headers too large") from None
+        head = head.lstrip(b"\r\n")
+        if head.strip():
+            break
+    message = parse(head)
+    length = content_length(message) or 0
+    message.body = await reader.readexactly(length) if length else b""
+    return message
