@@ -60,6 +60,7 @@ class Admission:
         self.member = member
         self.upstream = upstream
         self._holder = holder
+        self.rates = edge.rates.session(holder)  # the key's request and token limits
         self._started = time.monotonic()
         self._released = False
         self._gauge = edge.metrics.sessions.labels(spec.transport.value)

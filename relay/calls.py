@@ -260,6 +260,7 @@ def _start_call(edge: Edge, pc: RTCPeerConnection, admission: Admission) -> Call
         closed,
         settings.webrtc_idle_timeout_s,
         settings.webrtc_max_pending_audio_s,
+        rates=admission.rates,
     )
 
     async def close_for_drain() -> None:

@@ -16,6 +16,7 @@ from starlette.requests import HTTPConnection
 from relay.drain import LiveSessions
 from relay.ephemeral import EphemeralKey, KeySigner
 from relay.pool import TransceiverPool
+from relay.ratelimit import RateLimits
 from relay.settings import RelaySettings
 from transceiver.observability import Metrics
 from transceiver.protocol.errors import server_error_event
@@ -100,6 +101,7 @@ class Edge:
     limits: KeyLimits = field(default_factory=lambda: KeyLimits(None))
     calls: CallRegistry = field(default_factory=CallRegistry)
     peer_url: str = ""
+    rates: RateLimits = field(default_factory=lambda: RateLimits(None, None))
 
     @classmethod
     def create(cls, settings: RelaySettings) -> Edge:
@@ -120,6 +122,9 @@ class Edge:
             KeySigner(settings.key_secret),
             limits=KeyLimits(settings.max_sessions_per_key),
             peer_url=(settings.peer_url or default_peer_url(settings)).rstrip("/"),
+            rates=RateLimits(
+                settings.rate_limit_requests_per_min, settings.rate_limit_tokens_per_min
+            ),
         )
         pool.on_refusal = lambda member: edge.metrics.placement_refusals.labels(member.url).inc()
         return edge

@@ -27,6 +27,7 @@ from relay.drain import SHUTDOWN_MESSAGE
 from relay.edge import Edge, EdgeDep
 from relay.ephemeral import EphemeralKey, call_owner
 from relay.errors import ApiError
+from relay.ratelimit import PASS, SessionRates
 from relay.webrtc import Call
 from transceiver.protocol.contract import Dialect, SessionKind, SessionSpec
 
@@ -86,7 +87,7 @@ async def _realtime(websocket: WebSocket, edge: EdgeDep) -> None:
     async with admission:
         admission.on_drain(close_for_drain)
         await websocket.accept(subprotocol=subprotocol)
-        await forward(websocket, admission.upstream, edge)
+        await forward(websocket, admission.upstream, edge, admission.rates)
 
 
 def session_spec(
@@ -196,8 +197,15 @@ async def sideband(websocket: WebSocket, call: Call) -> None:
         call.sidebands.discard(websocket.send_text)
 
 
-async def forward(websocket: WebSocket, upstream: ClientConnection, edge: Edge) -> None:
-    """Pass frames both ways unchanged until either side ends.
+async def forward(
+    websocket: WebSocket,
+    upstream: ClientConnection,
+    edge: Edge,
+    rates: SessionRates | None = None,
+) -> None:
+    """Pass frames both ways unchanged until either side ends; with ``rates``, the key's
+    rate limits apply (relay/ratelimit.py: a refused ``response.create``, a
+    ``rate_limits.updated`` after each ``response.done``).
 
     When the client leaves, the caller closes upstream. When upstream ends (the transceiver
     closed the session, drained, or died), the client gets its close code, or an error and
@@ -215,8 +223,17 @@ async def forward(websocket: WebSocket, upstream: ClientConnection, edge: Edge) 
                 return
             events_in.inc()
             data = message.get("text")
+            payload = data if data is not None else message.get("bytes") or b""
+            refusal = rates.refuse(payload) if rates is not None else None
+            if refusal is not None:  # past the key's rate limits: answered here
+                try:
+                    await websocket.send_text(refusal)
+                except (WebSocketDisconnect, RuntimeError, OSError):
+                    client_left = True
+                    return
+                continue
             try:
-                await upstream.send(data if data is not None else message.get("bytes") or b"")
+                await upstream.send(payload)
             except ConnectionClosed:
                 return  # upstream ended: answered below
 
@@ -225,10 +242,7 @@ async def forward(websocket: WebSocket, upstream: ClientConnection, edge: Edge) 
         async for frame in upstream:
             events_out.inc()
             try:
-                if isinstance(frame, str):
-                    await websocket.send_text(frame)
-                else:
-                    await websocket.send_bytes(frame)
+                await _to_client(websocket, upstream, frame, rates)
             except (WebSocketDisconnect, RuntimeError, OSError):
                 client_left = True
                 return
@@ -244,6 +258,25 @@ async def forward(websocket: WebSocket, upstream: ClientConnection, edge: Edge) 
         await close_discarding(upstream)
         return
     await _answer_upstream_end(websocket, upstream, edge)
+
+
+async def _to_client(
+    websocket: WebSocket, upstream: ClientConnection, frame: str | bytes, rates: SessionRates | None
+) -> None:
+    """A server frame to the client, with what the key's rate limits add to it: an event
+    after it, a cancel upstream (relay/ratelimit.py)."""
+    action = rates.on_server(frame) if rates is not None else PASS
+    if action.drop:
+        pass
+    elif isinstance(frame, str):
+        await websocket.send_text(frame)
+    else:
+        await websocket.send_bytes(frame)
+    for text in action.to_client:
+        await websocket.send_text(text)
+    with contextlib.suppress(ConnectionClosed):  # upstream ended: answered by forward
+        for text in action.to_upstream:
+            await upstream.send(text)
 
 
 async def close_discarding(upstream: ClientConnection) -> None:

@@ -104,6 +104,48 @@ class RelaySettings(BaseSettings):
     twilio_idle_timeout_s: float = Field(
         20.0, gt=0, description="End a Twilio stream when it sends nothing for this long."
     )
+    # Phone calls over SIP (relay/sip/).
+    sip_listen: str | None = Field(
+        None,
+        description="HOST:PORT of the SIP endpoint (UDP and TCP), e.g. 0.0.0.0:5060; "
+        "unset: no SIP.",
+    )
+    sip_allow: str | None = Field(
+        None,
+        description="Comma-separated addresses or networks (CIDR) allowed to send INVITEs "
+        "(your trunk's); others get 403. Unset: any source.",
+    )
+    sip_webhook_url: str | None = Field(
+        None,
+        description="POST a realtime.call.incoming webhook here for each INVITE; the app "
+        "then accepts or rejects the call. Unset: calls are accepted with --sip-session.",
+    )
+    sip_webhook_secret: str | None = Field(
+        None,
+        description="The webhooks' signing secret (whsec_<base64>, as OpenAI's); give it as "
+        "the environment variable, not an option.",
+    )
+    sip_session: dict[str, Any] | None = Field(
+        None,
+        description="The session (JSON) of SIP calls, before what /accept sends; its audio "
+        "is the call's G.711.",
+    )
+    sip_accept_timeout_s: float = Field(
+        30.0, gt=0, description="A call neither accepted nor rejected this long gets 480."
+    )
+    sip_rtp_timeout_s: float = Field(
+        20.0, gt=0, description="End a SIP call when no RTP arrives for this long (BYE)."
+    )
+    sip_rtp_ports: str | None = Field(
+        None,
+        description="LOW-HIGH: the UDP ports calls' RTP uses (open them in the firewall); "
+        "default any free port.",
+    )
+    sip_public_address: str | None = Field(
+        None,
+        description="The address callers reach this host at (behind a 1:1 NAT), for the "
+        "SDP answer and Contact; default the local address towards the caller.",
+    )
     max_frame_bytes: int = Field(32 * 1024 * 1024, description="Largest WebSocket frame.")
     max_body_bytes: int = Field(
         2 * 1024 * 1024,
@@ -168,6 +210,22 @@ class RelaySettings(BaseSettings):
     max_sessions_per_key: int | None = Field(
         None, description="Most concurrent sessions one API key may hold on this relay."
     )
+    rate_limit_requests_per_min: int | None = Field(
+        None,
+        gt=0,
+        description="Most responses one API key may start per minute, across all its "
+        "sessions on this relay (ephemeral keys count against the key that minted them); "
+        "past it response.create gets a rate_limit_exceeded error. Unset: no limit, and "
+        "rate_limits.updated reports 2147483647.",
+    )
+    rate_limit_tokens_per_min: int | None = Field(
+        None,
+        gt=0,
+        description="Most tokens (response.done usage.total_tokens) one API key may use per "
+        "minute, across all its sessions on this relay; once used up, response.create gets "
+        "a rate_limit_exceeded error until it refills. Unset: no limit, and "
+        "rate_limits.updated reports 2147483647.",
+    )
     peer_url: str | None = Field(
         None,
         description="URL other relays reach this one at (default http://HOST:PORT); it is "
@@ -176,10 +234,31 @@ class RelaySettings(BaseSettings):
     log_level: str = Field("info", description="Log level.")
     log_format: Literal["text", "json"] = Field("text", description="Log format: text or json.")
 
-    @field_validator("twilio_session", mode="before")
+    @field_validator("twilio_session", "sip_session", mode="before")
     @classmethod
     def _json_object(cls, value: object) -> object:
         return json.loads(value) if isinstance(value, str) else value
+
+    @field_validator("sip_listen")
+    @classmethod
+    def _sip_listen(cls, value: str | None) -> str | None:
+        from relay.sip.endpoint import parse_listen  # the one parser; imported late (cycle)
+
+        if value is not None:
+            parse_listen(value)
+        return value
+
+    @field_validator("sip_rtp_ports")
+    @classmethod
+    def _sip_rtp_ports(cls, value: str | None) -> str | None:
+        from relay.sip.media import parse_ports
+
+        if value is not None:
+            try:
+                parse_ports(value)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not a port range LOW-HIGH: {exc}") from None
+        return value
 
     @field_validator("transceiver", "api_keys", "cors_origins", "ice_servers", mode="before")
     @classmethod

@@ -54,6 +54,7 @@ from relay.bodies import read_body
 from relay.edge import Edge, EdgeDep
 from relay.errors import ApiError, draining
 from relay.phone import Playout, admit_call, call_spec, phone_session, truncate_event
+from relay.ratelimit import SessionRates
 from relay.twilio_signature import SIGNATURE_HEADER, check_signature, public_base, public_url
 from relay.webrtc import _interrupts
 from transceiver.observability import log_event
@@ -207,7 +208,9 @@ async def _media(websocket: WebSocket, edge: Edge) -> None:
         await websocket.close(1013 if isinstance(exc, Refused) else 1012, exc.message[:120])
         return
     log_event(log, "twilio.stream", conn=admission.conn, stream=stream_sid)
-    stream = TwilioStream(websocket, admission.upstream, edge, stream_sid, admission.conn)
+    stream = TwilioStream(
+        websocket, admission.upstream, edge, stream_sid, admission.conn, admission.rates
+    )
     async with admission:
         admission.on_drain(stream.end)
         await stream.run()
@@ -270,8 +273,10 @@ class TwilioStream:
         edge: Edge,
         stream_sid: str,
         conn: str,
+        rates: SessionRates | None = None,
     ) -> None:
         self.websocket = websocket
+        self.rates = rates  # the account's rate limits (relay/ratelimit.py)
         self.upstream = upstream
         self.edge = edge
         self.stream_sid = stream_sid
@@ -357,6 +362,8 @@ class TwilioStream:
     async def _from_session(self) -> None:
         try:
             async for frame in self.upstream:
+                if self.rates is not None and await self._rate_limited(frame):
+                    continue
                 event = json.loads(frame)
                 if isinstance(event, dict):
                     await self._server_event(event)
@@ -367,6 +374,19 @@ class TwilioStream:
         if self.upstream.protocol.close_rcvd is None:
             log.warning("twilio stream %s: the session's transceiver was lost", self.conn)
             self._close_code = 1011  # RFC 6455: the server met an unexpected condition
+
+    async def _rate_limited(self, frame: str | bytes) -> bool:
+        """Count the frame against the account's limits; True: drop it. A response past
+        the limits is cancelled (its ``error`` and ``rate_limits.updated`` are only logged:
+        Twilio's protocol carries no Realtime events back to the caller)."""
+        assert self.rates is not None
+        action = self.rates.on_server(frame)
+        for text in action.to_upstream:
+            await self._to_session(text)
+        for text in action.to_client:
+            if '"rate_limit_exceeded"' in text:
+                log_event(log, "twilio.rate_limited", conn=self.conn)
+        return action.drop
 
     async def _server_event(self, event: dict[str, Any]) -> None:
         kind = event.get("type")

@@ -37,6 +37,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from relay.playback import BYTES_PER_MS, OutboundAudio
+from relay.ratelimit import PASS, SessionRates
 from transceiver.protocol.errors import ClientError, server_error_event
 from transceiver.protocol.ids import IdFactory
 
@@ -74,8 +75,10 @@ class Call:
         on_close: Callable[[Call], None],
         idle_timeout_s: float = 20.0,
         max_pending_audio_s: float = 60.0,
+        rates: SessionRates | None = None,
     ) -> None:
         self.id = call_id
+        self.rates = rates  # the key's rate limits (relay/ratelimit.py)
         self.idle_timeout_s = idle_timeout_s
         self.max_pending_audio_s = max_pending_audio_s
         self._max_pending_bytes = int(max_pending_audio_s * 1000) * BYTES_PER_MS
@@ -169,6 +172,10 @@ class Call:
             if event is not None and event.get("type") == _CLEAR:
                 await self._clear(event)
                 return
+        refusal = self.rates.refuse(message) if self.rates is not None else None
+        if refusal is not None:  # past the key's rate limits: not passed on
+            await self.broadcast(refusal)
+            return
         await self._to_session(message)
 
     async def _to_session(self, message: str | bytes) -> None:
@@ -288,7 +295,13 @@ class Call:
         try:
             async for frame in self.upstream:
                 text = frame if isinstance(frame, str) else frame.decode()
-                await self._server_event(text)
+                action = self.rates.on_server(text) if self.rates is not None else PASS
+                if not action.drop:
+                    await self._server_event(text)
+                for event in action.to_client:
+                    await self.broadcast(event)
+                for event in action.to_upstream:
+                    await self._to_session(event)
         except ConnectionClosed:
             pass
         finally:

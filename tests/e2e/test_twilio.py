@@ -202,3 +202,26 @@ def audible(mulaw: bytes) -> bool:
     """Whether mu-law audio holds sound: bytes far from silence (0xFF and 0x7F)."""
     loud = sum(1 for byte in mulaw if (byte & 0x7F) < 0x60)
     return loud > len(mulaw) // 10
+
+
+async def test_the_accounts_rate_limit_cancels_its_calls_replies(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    args = (*mock_args(tmp_path_factory), "--rate-limit-requests-per-min", "1")
+    with relay_server(*args, env={"RELAY_TWILIO_AUTH_TOKEN": TOKEN}) as server:
+        url, parameters = stream_of((await post_voice(server)).text)
+        ws = await connect(url, additional_headers={"X-Twilio-Signature": sign(TOKEN, url)})
+        phone = TwilioPhone(ws)
+        try:
+            await phone.start(parameters)
+            phone.say(mulaw_speech("tell me a long story"))
+            await eventually(lambda: len(phone.played) > 8 * 500, timeout_s=30, what="reply")
+            assert not logged(server, "twilio.rate_limited")
+            # The second turn's response is past the account's one request a minute.
+            phone.say(mulaw_speech("wait stop please"))
+            limited = await eventually(
+                lambda: logged(server, "twilio.rate_limited"), timeout_s=30, what="limited"
+            )
+            assert set(limited[0]) == {"conn"}
+        finally:
+            await phone.close()
