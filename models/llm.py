@@ -37,6 +37,7 @@ from typing import Any, Protocol, TypeAlias
 import httpx
 
 from models.errors import LlmError
+from models.tool_grammar import call_grammar, parse_call
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,11 @@ class ToolCall:
 
 
 LlmChunk: TypeAlias = TextDelta | ToolCall
+# Realtime tool_choice: "auto", "none", "required", or {"type": "function", "name": ...}.
+ToolChoice: TypeAlias = str | dict[str, Any]
+# Told the generation's finish reason when it ends ("stop", "length", "tool_calls"...):
+# "length" is a reply cut by max_tokens.
+OnFinish: TypeAlias = Callable[[str], None]
 
 
 class Llm(Protocol):
@@ -75,7 +81,27 @@ class Llm(Protocol):
         tools: list[dict[str, Any]] | None = None,
         max_tokens: int | None = None,
         temperature: float = 0.7,
+        tool_choice: ToolChoice = "auto",
+        on_finish: OnFinish | None = None,
     ) -> Iterator[LlmChunk]: ...
+
+
+def forced_tool(tools: list[dict[str, Any]], tool_choice: ToolChoice) -> list[str] | None:
+    """The names of the tools one of which must be called (``required``, or a named
+    function), or ``None`` when the model may answer in text."""
+    names = [str(to_chat_tool(t)["function"].get("name")) for t in tools]
+    if tool_choice == "required":
+        return names or None
+    if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
+        return [str(tool_choice.get("name"))]
+    return None
+
+
+def to_chat_tool_choice(tool_choice: ToolChoice) -> str | dict[str, Any]:
+    """Realtime tool_choice -> chat-completions ``tool_choice``."""
+    if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
+        return {"type": "function", "function": {"name": tool_choice.get("name")}}
+    return tool_choice
 
 
 def trim_history(
@@ -291,10 +317,20 @@ class LlamaCppLlm:
         tools: list[dict[str, Any]] | None = None,
         max_tokens: int | None = None,
         temperature: float = 0.7,
+        tool_choice: ToolChoice = "auto",
+        on_finish: OnFinish | None = None,
     ) -> Generator[LlmChunk, None, None]:
+        """A forced call (``tool_choice`` ``required`` or a named function) is sampled
+        under a grammar that admits only that (models/tool_grammar.py)."""
+        forced = forced_tool(tools or [], tool_choice)
         prompt = to_embedded_messages(messages, tools)
-        names = {str(to_chat_tool(t)["function"].get("name")) for t in tools or []}
-        parser = ToolCallStreamParser(names) if names else None
+        functions = [to_chat_tool(t)["function"] for t in tools or []]
+        names = {str(fn.get("name")) for fn in functions}
+        grammar = call_grammar(functions, forced) if forced else None
+        if forced:  # the grammar replaces the <tool_call> tags: the reply is the call
+            prompt[0]["content"] += f"\n\nCall {' or '.join(forced)} now, as a JSON object."
+        parser = ToolCallStreamParser(names) if names and not forced else None
+        finish, text = "stop", ""
         with self._lock:  # held only while generating: released on finish or close()
             try:
                 chunks: Any = self._llama.create_chat_completion(
@@ -302,24 +338,44 @@ class LlamaCppLlm:
                     stream=True,
                     max_tokens=max_tokens,
                     temperature=temperature,
-                    stop=[TOOL_CALL_END] if names else [],
+                    stop=[TOOL_CALL_END] if parser else [],
+                    grammar=grammar,
                 )
                 try:
                     for chunk in chunks:
-                        piece = (chunk["choices"][0].get("delta") or {}).get("content")
-                        if piece:
+                        choice = chunk["choices"][0]
+                        finish = choice.get("finish_reason") or finish
+                        piece = (choice.get("delta") or {}).get("content")
+                        if piece and forced:
+                            text += piece
+                        elif piece:
                             yield from parser.feed(piece) if parser else [TextDelta(piece)]
                 finally:
                     chunks.close()
             except Exception as exc:
                 raise LlmError(f"llama.cpp generation failed: {exc}") from exc
-        if parser is not None:
+        if forced:
+            yield from _forced_call(text, forced, finish)
+        elif parser is not None:
             yield from parser.finish()
+        if on_finish is not None:
+            on_finish(finish)
 
 
-def iter_sse_chunks(lines: Iterable[str]) -> Iterator[LlmChunk]:
-    """Parse a chat-completions SSE stream into TextDelta / ToolCall chunks."""
+def _forced_call(text: str, names: list[str], finish: str) -> list[LlmChunk]:
+    call = parse_call(text, names)
+    if call is not None:
+        return [ToolCall(*call)]
+    if finish == "length":
+        return []  # cut off by max_tokens: the response ends incomplete
+    raise LlmError(f"the forced tool call did not parse: {text[:200]!r}")
+
+
+def iter_sse_chunks(lines: Iterable[str], on_finish: OnFinish | None = None) -> Iterator[LlmChunk]:
+    """Parse a chat-completions SSE stream into TextDelta / ToolCall chunks; ``on_finish``
+    is told the last ``finish_reason``."""
     calls: dict[int, dict[str, str]] = {}
+    finish = "stop"
 
     def flush() -> Iterator[LlmChunk]:
         for _, c in sorted(calls.items()):
@@ -352,9 +408,12 @@ def iter_sse_chunks(lines: Iterable[str]) -> Iterator[LlmChunk]:
                 fn = tc.get("function") or {}
                 acc["name"] += fn.get("name") or ""
                 acc["arguments"] += fn.get("arguments") or ""
+            finish = choice.get("finish_reason") or finish
             if choice.get("finish_reason") == "tool_calls":
                 yield from flush()
     yield from flush()
+    if on_finish is not None:
+        on_finish(finish)
 
 
 class OpenAICompatLlm:
@@ -396,6 +455,8 @@ class OpenAICompatLlm:
         tools: list[dict[str, Any]] | None = None,
         max_tokens: int | None = None,
         temperature: float = 0.7,
+        tool_choice: ToolChoice = "auto",
+        on_finish: OnFinish | None = None,
     ) -> Generator[LlmChunk, None, None]:
         body: dict[str, Any] = {
             "model": self.model,
@@ -407,6 +468,7 @@ class OpenAICompatLlm:
             body["max_tokens"] = max_tokens
         if tools:
             body["tools"] = [to_chat_tool(t) for t in tools]
+            body["tool_choice"] = to_chat_tool_choice(tool_choice)
         try:
             with self._client.stream("POST", self._url, json=body) as resp:
                 if resp.status_code >= 400:
@@ -414,7 +476,7 @@ class OpenAICompatLlm:
                     raise LlmError(
                         f"LLM server {self._display_url} returned HTTP {resp.status_code}: {detail}"
                     )
-                yield from iter_sse_chunks(resp.iter_lines())
+                yield from iter_sse_chunks(resp.iter_lines(), on_finish)
         except httpx.HTTPError as exc:
             raise LlmError(
                 f"LLM request to {self._display_url} failed: {type(exc).__name__}: {exc}"

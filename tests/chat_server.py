@@ -4,7 +4,8 @@ Only the LLM on the other side is scripted; the relay's own code is real. It rec
 every request body, and streams SSE:
 - a tool call (in fragments) when tools are offered and the user asks about weather,
 - a fixed answer after a tool result,
-- otherwise a long story, word by word.
+- otherwise a long story, word by word (a word a token: ``max_tokens`` cuts it, with
+  ``finish_reason: "length"``).
 """
 
 from __future__ import annotations
@@ -70,17 +71,20 @@ class _Handler(BaseHTTPRequestHandler):
             elif body.get("tools") and "weather" in str(last.get("content", "")).lower():
                 self._tool_call()
             else:
-                self._words(STORY)
+                self._words(STORY, body.get("max_tokens"))
             self.wfile.write(b"data: [DONE]\n\n")
         except (BrokenPipeError, ConnectionResetError):
             return  # the relay stopped reading (barge-in)
 
-    def _words(self, text: str) -> None:
-        for index, word in enumerate(text.split(" ")):
+    def _words(self, text: str, max_tokens: int | None = None) -> None:
+        """``text`` word by word, a word a token: cut at ``max_tokens`` (finish "length")."""
+        words = text.split(" ")
+        for index, word in enumerate(words[:max_tokens]):
             self.wfile.write(_chunk({"content": word if index == 0 else " " + word}))
             self.wfile.flush()
             time.sleep(0.005)
-        self.wfile.write(_chunk({}, "stop"))
+        cut = max_tokens is not None and max_tokens < len(words)
+        self.wfile.write(_chunk({}, "length" if cut else "stop"))
 
     def _tool_call(self) -> None:
         fragments = ['{"ci', 'ty": "Pa', 'ris"}']

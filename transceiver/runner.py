@@ -24,6 +24,7 @@ from models.vad import (
     SpeechStopped,
 )
 from transceiver.backends.base import Backend
+from transceiver.backends.conversation import ResponseRefused
 from transceiver.observability import Metrics, log_event
 from transceiver.outbox import CloseMarker, Outbox
 from transceiver.protocol.audio import AudioFormatType
@@ -83,7 +84,8 @@ class _ResponseSink:
     ) -> None:
         self.mark("first_audio")
         wire = from_pcm16(pcm16, self.output_format, sample_rate_hz)
-        await self._after(self._runner.session.response_audio_delta(self._id, wire))
+        now_ms = self._runner.now_ms()  # the playback clock of a media session
+        await self._after(self._runner.session.response_audio_delta(self._id, wire, now_ms))
 
     async def function_call(self, name: str, arguments: str, call_id: str | None = None) -> None:
         alive = self._runner.session.response_function_call(self._id, name, arguments, call_id)
@@ -329,6 +331,10 @@ class SessionRunner:
                 reason = await self.backend.respond(request, sink, self.state)
         except asyncio.CancelledError:
             raise
+        except ResponseRefused as exc:  # a reason the client is told (context full...)
+            self.session.response_failed(
+                rid, exc.message, self.now_ms(), code=exc.code, error_type=exc.error_type
+            )
         except Exception:
             log.exception("session %s: backend failed on %s", self.session.id, rid)
             self.session.response_failed(

@@ -37,6 +37,7 @@ from transceiver.backends.base import Backend
 from transceiver.faults import Faults
 from transceiver.lag import LoopLagMonitor
 from transceiver.observability import CONTENT_TYPE, Metrics, log_event
+from transceiver.prompts import PromptLibrary, PromptLibraryError
 from transceiver.protocol.contract import SessionSpec, SpecError
 from transceiver.protocol.errors import ClientError, server_error_event
 from transceiver.protocol.ids import IdFactory
@@ -153,11 +154,14 @@ class TransceiverServer:
         settings: TransceiverSettings,
         backend: Backend | ProxyBackend,
         turn_model: TurnModel | None = None,
+        prompts: PromptLibrary | None = None,
     ) -> None:
-        """``turn_model``: semantic_vad's end-of-turn model, shared by every session."""
+        """``turn_model``: semantic_vad's end-of-turn model, shared by every session;
+        ``prompts``: the prompt library sessions' ``prompt`` names."""
         self.settings = settings
         self.backend = backend
         self.turn_model = turn_model
+        self.prompts = prompts  # --prompts, loaded by run_transceiver
         self.sessions = 0
         self.draining = False
         self.lag = LoopLagMonitor()
@@ -330,6 +334,7 @@ class TransceiverServer:
                 created_at_s=time.time(),
                 max_input_audio_ms=int(self.settings.max_input_audio_s * 1000),
                 max_conversation_audio_ms=int(self.settings.max_conversation_audio_s * 1000),
+                prompts=self.prompts,
             )
         except ClientError as exc:
             error = {"type": "error", "event_id": "event_0", "error": exc.to_error(None)}
@@ -413,6 +418,11 @@ async def run_transceiver(settings: TransceiverSettings, stop: asyncio.Event) ->
     except LinkSecretMissing as exc:
         log.error("transceiver not started: %s", exc)
         raise SystemExit(2) from None
+    try:
+        prompts = PromptLibrary.load(settings.prompts) if settings.prompts else None
+    except PromptLibraryError as exc:
+        log.error("transceiver not started: %s", exc)
+        raise SystemExit(2) from None
     backend = build_backend(settings)
     # The proxy passes semantic_vad upstream (OpenAI judges those turns), unless it detects
     # turns itself (--local-turn-detection) or may fall back to a backend of its own.
@@ -429,7 +439,7 @@ async def run_transceiver(settings: TransceiverSettings, stop: asyncio.Event) ->
         except TurnError as exc:  # --turn-model given, and unusable
             log.error("transceiver not started: %s", exc)
             raise SystemExit(2) from None
-    server = TransceiverServer(settings, backend, turn_model)
+    server = TransceiverServer(settings, backend, turn_model, prompts)
     ws_server = await server.start()
     log.info(
         "transceiver ready on ws://%s:%d backend=%s", settings.host, settings.port, settings.backend

@@ -63,6 +63,12 @@ class TransceiverSettings(BaseSettings):
         "keeps in all items; past it the oldest items' audio is let go (their transcripts "
         "and text stay).",
     )
+    prompts: str | None = Field(
+        None,
+        description="mock and local backends: the prompt library a session's 'prompt' names: "
+        "a directory with DIR/<id>.md, or DIR/<id>/<version>.md per version; {{name}} in the "
+        "text is the variable 'name'. Unset: a 'prompt' is refused with an error.",
+    )
     log_level: str = Field("info", description="Log level.")
     log_format: Literal["text", "json"] = Field("text", description="Log format: text or json.")
 
@@ -156,7 +162,12 @@ class TransceiverSettings(BaseSettings):
     )
     llm_context_tokens: int = Field(2048, description="LLM context window, in tokens.")
     llm_threads: int | None = Field(None, description="llama.cpp threads (default: all).")
-    llm_max_tokens: int = Field(200, description="Most tokens in a reply when unlimited.")
+    llm_max_tokens: int | None = Field(
+        None,
+        description="Most tokens in a reply, whatever max_output_tokens asks (a reply cut "
+        "there ends incomplete, reason max_output_tokens). Unset: max_output_tokens 'inf' "
+        "means up to the LLM's context window.",
+    )
     llm_temperature: float = Field(0.7, description="LLM sampling temperature.")
     # Local backend: TTS
     tts_voice: str | None = Field(

@@ -54,6 +54,8 @@ def request_signature(request: ResponseRequest) -> str:
             request.voice,
             request.speed,
             request.max_output_tokens,
+            request.truncation,
+            request.temperature,
             context,
         ],
         sort_keys=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +11,9 @@ from bench.voice import spoken
 from models.tts import PiperTts
 from tests.chat_server import ChatServer, chat_server
 from tests.servers import RunningServer, relay_server
+
+# The prompt library of url_llm_server (--prompts): prompt ids for session.prompt.
+PROMPTS = str(Path(__file__).with_name("prompts"))
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +33,14 @@ def scripted_llm() -> Iterator[ChatServer]:
 def url_llm_server(scripted_llm: ChatServer) -> Iterator[RunningServer]:
     """The local pipeline with its LLM behind a chat-completions URL (scripted)."""
     with relay_server(
-        "--backend", "local", "--llm-url", scripted_llm.base_url, "--llm-model", "scripted"
+        "--backend",
+        "local",
+        "--llm-url",
+        scripted_llm.base_url,
+        "--llm-model",
+        "scripted",
+        "--prompts",
+        PROMPTS,
     ) as server:
         yield server
 

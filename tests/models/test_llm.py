@@ -44,6 +44,37 @@ def _text(chunks: list[LlmChunk]) -> str:
 # ---------------------------------------------------------------- embedded model
 
 
+GREETING = [{"role": "user", "content": "Hello, my name is Ann."}]
+
+
+def test_forced_tool_call_under_a_grammar(llama_llm: LlamaCppLlm) -> None:
+    """A greeting has nothing to do with the weather: left to itself the model answers in
+    text; with the tool forced (tool_choice), the grammar makes every reply the call."""
+    free = list(llama_llm.stream(GREETING, tools=[WEATHER_TOOL], max_tokens=40, temperature=0.0))
+    assert not any(isinstance(c, ToolCall) for c in free)
+    finish: list[str] = []
+    for choice in ({"type": "function", "name": "get_weather"}, "required"):
+        chunks = list(
+            llama_llm.stream(
+                GREETING,
+                tools=[WEATHER_TOOL],
+                max_tokens=60,
+                tool_choice=choice,
+                on_finish=finish.append,
+            )
+        )
+        assert len(chunks) == 1 and isinstance(chunks[0], ToolCall), chunks
+        assert chunks[0].name == "get_weather"
+        assert isinstance(json.loads(chunks[0].arguments), dict)
+    assert finish == ["stop", "stop"]
+
+
+def test_embedded_finish_reason_length(llama_llm: LlamaCppLlm) -> None:
+    finish: list[str] = []
+    list(llama_llm.stream(USER_Q, max_tokens=2, temperature=0.0, on_finish=finish.append))
+    assert finish == ["length"]
+
+
 def test_bundled_gguf_path() -> None:
     assert bundled_gguf_path().endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
 

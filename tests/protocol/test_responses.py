@@ -98,12 +98,31 @@ def test_per_response_overrides_apply_to_that_response_only(make_session, kit) -
         ({"max_output_tokens": True}, "response.max_output_tokens", "invalid_value"),
         ({"max_output_tokens": 5.0}, "response.max_output_tokens", "invalid_value"),
         ({"tool_choice": 5}, "response.tool_choice", "invalid_value"),
-        # Left out, a field takes the session's value; null is no value.
-        ({"instructions": None}, "response.instructions", "invalid_value"),
-        ({"output_modalities": None}, "response.output_modalities", "invalid_value"),
-        ({"input": None}, "response.input", "invalid_value"),
-        ({"audio": None}, "response.audio", "invalid_value"),
-        ({"audio": {"output": {"voice": None}}}, "response.audio.output.voice", "invalid_value"),
+        ({"tool_choice": {"foo": 1}}, "response.tool_choice", "invalid_value"),
+        (
+            {"tool_choice": {"type": "function"}},
+            "response.tool_choice.name",
+            "missing_required_parameter",
+        ),
+        ({"tool_choice": "any"}, "response.tool_choice", "invalid_value"),
+        (
+            {"tool_choice": {"type": "mcp"}},
+            "response.tool_choice.server_label",
+            "missing_required_parameter",
+        ),
+        # A forced tool must be one the response offers.
+        (
+            {"tool_choice": {"type": "function", "name": "f"}},
+            "response.tool_choice.name",
+            "invalid_value",
+        ),
+        (
+            {"tool_choice": {"type": "mcp", "server_label": "deepwiki"}},
+            "response.tool_choice.server_label",
+            "invalid_value",
+        ),
+        ({"temperature": 0.9}, "response.temperature", "unknown_parameter"),  # beta only
+        ({"prompt": {"id": "greet"}}, "response.prompt", "invalid_value"),  # no library
         ({"audio": {"output": {"speed": 1.2}}}, "response.audio.output.speed", "unknown_parameter"),
         # An unknown parameter is named before a bad value.
         ({"instructions": 5, "bogus": 1}, "response.bogus", "unknown_parameter"),

@@ -13,17 +13,18 @@ import logging
 import re
 import threading
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from models.audio import to_pcm16
 from models.errors import ModelError
-from models.llm import LlamaCppLlm, Llm, LlmChunk, OpenAICompatLlm, TextDelta, trim_history
+from models.llm import LlamaCppLlm, Llm, LlmChunk, OpenAICompatLlm, TextDelta
 from models.stt import WhisperStt
 from models.tts import PiperTts
 from transceiver.backends.base import BackendError, ResponseSink, TranscriptSink
-from transceiver.backends.conversation import chat_messages
+from transceiver.backends.conversation import chat_messages, fit_context, offered_tools
 from transceiver.protocol.audio import AudioFormatType
 from transceiver.protocol.effects import ResponseRequest, Transcribe
 from transceiver.settings import TransceiverSettings
@@ -39,6 +40,9 @@ _COMMA = re.compile(r",(?=\s)")
 _WORDS = re.compile(r"\s*\S+")
 _WORD_ENDS = re.compile(r"\S+(?=\s)")
 FIRST_CLAUSE_WORDS = 4
+# The room kept for a reply when the history is fitted into the context window, when
+# neither max_output_tokens nor --llm-max-tokens sets a smaller one.
+DEFAULT_REPLY_ROOM = 256
 
 
 def split_clause(buffer: str, first: bool) -> tuple[str, str] | None:
@@ -72,7 +76,7 @@ class LocalBackend:
         *,
         workers: int = 4,
         language: str | None = "en",
-        max_tokens: int = 200,
+        max_tokens: int | None = None,
         temperature: float = 0.7,
         lead_ms: int = 500,
         speculative_stt: bool = True,
@@ -175,17 +179,23 @@ class LocalBackend:
     async def respond(
         self, request: ResponseRequest, sink: ResponseSink, state: dict[str, Any]
     ) -> str | None:
-        max_tokens = request.max_output_tokens or self._max_tokens
-        messages = await self._run(self._prompt, request, max_tokens)
-        tools = [t for t in request.tools if t.get("type") == "function"]
-        if request.tool_choice == "none":
-            tools = []
+        """Returns ``max_output_tokens`` when the reply was cut by a token limit."""
+        tools = offered_tools(request)
+        messages, max_tokens = await self._run(self._prompt, request)
         speak = "audio" in request.output_modalities
         speaker = _Speaker(self, sink, request.speed) if speak else None
         buffer = ""
         first = True
+        finish: list[str] = []
+        generation = _Generation(
+            tools,
+            request.tool_choice if tools else "auto",
+            max_tokens,
+            self._temperature if request.temperature is None else request.temperature,
+            finish.append,
+        )
         # aclosing: on cancel (barge-in) the LLM thread must stop now, not at GC.
-        async with contextlib.aclosing(self._stream(messages, tools, max_tokens)) as chunks:
+        async with contextlib.aclosing(self._stream(messages, generation)) as chunks:
             async for chunk in chunks:
                 sink.mark("llm_first_token")
                 if isinstance(chunk, TextDelta):
@@ -204,15 +214,22 @@ class LocalBackend:
                     await sink.function_call(chunk.name, chunk.arguments, chunk.call_id)
         if speaker is not None and buffer.strip():
             await speaker.say(buffer)
-        return None
+        return "max_output_tokens" if finish[-1:] == ["length"] else None
 
-    def _prompt(self, request: ResponseRequest, max_tokens: int) -> list[dict[str, Any]]:
-        messages = chat_messages(request)
-        budget = max(256, self.llm.context_tokens - max_tokens - 32)
-        return trim_history(messages, max_tokens=budget, count=self.llm.count_tokens)
+    def _prompt(self, request: ResponseRequest) -> tuple[list[dict[str, Any]], int]:
+        """The history fitted into the context window (by the session's ``truncation``),
+        and the most tokens the reply may have: ``max_output_tokens``, ``--llm-max-tokens``
+        and the room left in the window ("inf": up to the context window)."""
+        context, count = self.llm.context_tokens, self.llm.count_tokens
+        limits = [n for n in (request.max_output_tokens, self._max_tokens) if n]
+        reserve = min([*limits, DEFAULT_REPLY_ROOM, context // 2])
+        window = max(256, context - reserve - 32)
+        messages = fit_context(chat_messages(request), request.truncation, window, count)
+        room = max(1, context - count(messages) - 32)
+        return messages, min([*limits, room])
 
     async def _stream(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_tokens: int
+        self, messages: list[dict[str, Any]], generation: _Generation
     ) -> AsyncGenerator[LlmChunk, None]:
         """The LLM's chunks, produced on a worker thread; stops it when we stop."""
         loop = asyncio.get_running_loop()
@@ -228,9 +245,11 @@ class LocalBackend:
         def work() -> None:
             stream = self.llm.stream(
                 messages,
-                tools=tools or None,
-                max_tokens=max_tokens,
-                temperature=self._temperature,
+                tools=generation.tools or None,
+                max_tokens=generation.max_tokens,
+                temperature=generation.temperature,
+                tool_choice=generation.tool_choice,
+                on_finish=generation.on_finish,
             )
             try:
                 for chunk in stream:
@@ -260,6 +279,15 @@ class LocalBackend:
             close = getattr(engine, "close", None)
             if close is not None:
                 close()
+
+
+@dataclass(frozen=True)
+class _Generation:
+    tools: list[dict[str, Any]]
+    tool_choice: str | dict[str, Any]
+    max_tokens: int
+    temperature: float
+    on_finish: Callable[[str], None]
 
 
 class _Speaker:

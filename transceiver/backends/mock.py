@@ -31,6 +31,7 @@ import yaml
 
 from models.synth import word_audio
 from transceiver.backends.base import ResponseSink, TranscriptSink
+from transceiver.backends.conversation import offered_tools
 from transceiver.protocol.audio import AudioFormatType
 from transceiver.protocol.effects import ContextItem, ResponseRequest, Transcribe
 from transceiver.protocol.items import item_text
@@ -123,7 +124,7 @@ class MockBackend:
     async def respond(
         self, request: ResponseRequest, sink: ResponseSink, state: dict[str, Any]
     ) -> str | None:
-        reply, call = self._reply(request)
+        reply, call = _with_tool_choice(request, *self._reply(request))
         if self.options.first_delta_ms:
             await asyncio.sleep(self.options.first_delta_ms / 1000)
         sink.mark("first_token")
@@ -187,3 +188,24 @@ class MockBackend:
 
     async def aclose(self) -> None:
         return None
+
+
+def _with_tool_choice(
+    request: ResponseRequest, reply: str, call: dict[str, Any] | None
+) -> tuple[str, dict[str, Any] | None]:
+    """The scripted reply under the response's ``tool_choice``: ``none`` makes no call; a
+    forced call the script does not make is made instead of the reply, with the script's
+    arguments if it calls that function, else ``{}`` (the mock has no model to fill them)."""
+    tools = offered_tools(request)  # refuses what no backend here can honour (mcp)
+    choice = request.tool_choice
+    if choice == "none":
+        return reply, None
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        names = [str(choice.get("name"))]
+    elif choice == "required":
+        names = [str(t.get("name")) for t in tools]
+    else:
+        return reply, call
+    if call is not None and call.get("name") in names:
+        return reply, call
+    return "", {"name": names[0], "arguments": {}}

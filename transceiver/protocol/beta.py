@@ -35,6 +35,18 @@ _CONTENT_TO_GA = {"text": "output_text", "audio": "output_audio"}
 DEFAULT_TEMPERATURE = 0.8
 
 
+def _temperature(value: Any, param: str) -> float | None:
+    """A beta ``temperature`` (null: not given); ``ClientError`` when out of range."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.6 <= value <= 1.2:
+        raise ClientError(
+            f"Invalid value: '{shown_value(value)}'. Expected a number from 0.6 to 1.2.",
+            param=param,
+        )
+    return float(value)
+
+
 def _format_to_ga(value: Any, param: str) -> dict[str, Any]:
     if not isinstance(value, str) or value not in _FORMAT_TO_GA:
         raise ClientError(
@@ -65,7 +77,20 @@ class BetaDialect:
     """Per-session translation state (beta's ``temperature`` has no GA field)."""
 
     def __init__(self) -> None:
-        self.temperature = DEFAULT_TEMPERATURE
+        self.temperature = DEFAULT_TEMPERATURE  # as session objects show it
+        self._temperature_set = False  # the LLM gets a temperature the client set
+        self._response_temperature: float | None = None
+
+    @property
+    def session_temperature(self) -> float | None:
+        """The session's temperature, if the client set one (else the LLM's own)."""
+        return self.temperature if self._temperature_set else None
+
+    def response_temperature(self) -> float | None:
+        """The temperature of the response being created: the last ``response.create``'s,
+        else the session's."""
+        pending, self._response_temperature = self._response_temperature, None
+        return pending if pending is not None else self.session_temperature
 
     # -- client -> GA --------------------------------------------------------------
 
@@ -82,19 +107,10 @@ class BetaDialect:
             audio = _session_modalities(flat.pop("modalities"))
             if kind == "realtime":
                 out["output_modalities"] = ["audio"] if audio else ["text"]
-        if "temperature" in flat:
-            temperature = flat.pop("temperature")
-            if (
-                isinstance(temperature, bool)
-                or not isinstance(temperature, int | float)
-                or not 0.6 <= temperature <= 1.2
-            ):
-                raise ClientError(
-                    f"Invalid value: '{shown_value(temperature)}'. "
-                    "Expected a number from 0.6 to 1.2.",
-                    param="session.temperature",
-                )
-            self.temperature = float(temperature)
+        temperature = _temperature(flat.pop("temperature", None), "session.temperature")
+        if temperature is not None:
+            self.temperature = temperature
+            self._temperature_set = True
         if "max_response_output_tokens" in flat:
             out["max_output_tokens"] = flat.pop("max_response_output_tokens")
         if "input_audio_format" in flat:
@@ -116,6 +132,8 @@ class BetaDialect:
             if key in flat:
                 audio_out[key] = flat.pop(key)
         flat.pop("client_secret", None)
+        if "tool_choice" in flat:
+            flat["tool_choice"] = _tool_choice_to_ga(flat["tool_choice"])
         out.update(flat)
         if audio_in or audio_out:
             out["audio"] = {}
@@ -134,9 +152,13 @@ class BetaDialect:
             params["output_modalities"] = (
                 ["audio"] if isinstance(modalities, list) and "audio" in modalities else ["text"]
             )
-        params.pop("temperature", None)
+        self._response_temperature = _temperature(
+            params.pop("temperature", None), "response.temperature"
+        )
         if "max_response_output_tokens" in params:
             params["max_output_tokens"] = params.pop("max_response_output_tokens")
+        if "tool_choice" in params:
+            params["tool_choice"] = _tool_choice_to_ga(params["tool_choice"])
         output: dict[str, Any] = {}
         if "voice" in params:
             output["voice"] = params.pop("voice")
@@ -160,8 +182,10 @@ class BetaDialect:
             }
         if etype == "session.update":
             return {**event, "session": self.session_to_ga(event.get("session"), kind)}
-        if etype == "response.create" and "response" in event:
-            return {**event, "response": self.response_to_ga(event["response"])}
+        if etype == "response.create":
+            self._response_temperature = None  # a refused response.create's goes too
+            if "response" in event:
+                return {**event, "response": self.response_to_ga(event["response"])}
         if etype == "conversation.item.create" and "item" in event:
             return {**event, "item": _item_to_ga(event["item"])}
         return event
@@ -228,9 +252,11 @@ def session_fields_to_beta(session: dict[str, Any]) -> dict[str, Any]:
     Fields the beta shape has no place for are left out.
     """
     flat: dict[str, Any] = {}
-    for name in ("instructions", "tools", "tool_choice", "include"):
+    for name in ("instructions", "tools", "include"):
         if name in session:
             flat[name] = session[name]
+    if "tool_choice" in session:
+        flat["tool_choice"] = _tool_choice_to_beta(session["tool_choice"])
     if "output_modalities" in session:
         audio_reply = session["output_modalities"] == ["audio"]
         flat["modalities"] = ["audio", "text"] if audio_reply else ["text"]
@@ -257,6 +283,22 @@ _AUDIO_INPUT_TO_BETA = (
     ("transcription", "input_audio_transcription"),
     ("noise_reduction", "input_audio_noise_reduction"),
 )
+
+
+# A beta tool_choice is a string: "auto", "none", "required", or a function's name.
+_TOOL_CHOICE_MODES = ("auto", "none", "required")
+
+
+def _tool_choice_to_ga(value: Any) -> Any:
+    if isinstance(value, str) and value not in _TOOL_CHOICE_MODES:
+        return {"type": "function", "name": value}
+    return value
+
+
+def _tool_choice_to_beta(value: Any) -> Any:
+    if isinstance(value, dict) and value.get("type") == "function":
+        return value.get("name")
+    return value
 
 
 def _format_to_beta(fmt: Any) -> str:

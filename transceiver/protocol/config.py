@@ -14,8 +14,10 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     SerializerFunctionWrapHandler,
+    Tag,
     ValidationError,
     model_serializer,
     model_validator,
@@ -25,6 +27,7 @@ from pydantic_core import ErrorDetails
 from transceiver.protocol.audio import AudioFormatType
 from transceiver.protocol.contract import SessionKind
 from transceiver.protocol.errors import ClientError
+from transceiver.protocol.nulls import drop_nulls
 from transceiver.protocol.wire import check_depth
 
 DEFAULT_INSTRUCTIONS = (
@@ -181,8 +184,126 @@ class McpTool(_Open):
 
 
 Tool = Annotated[FunctionTool | McpTool, Field(discriminator="type")]
-ToolChoice = Literal["auto", "none", "required"] | dict[str, Any]
+
+
+class ToolChoiceFunction(StrictModel):
+    """Force a call of one function (the SDK's ``ToolChoiceFunction``)."""
+
+    type: Literal["function"]
+    name: str = Field(min_length=1, max_length=64)
+
+
+class ToolChoiceMcp(StrictModel):
+    """Force a call of a tool of one MCP server (the SDK's ``ToolChoiceMcp``)."""
+
+    type: Literal["mcp"]
+    server_label: str = Field(min_length=1)
+    name: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_null_name(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("name") is None:
+            data.pop("name", None)
+        return data
+
+
+def _tool_choice_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "mode"
+    if isinstance(value, ToolChoiceFunction | ToolChoiceMcp):
+        return value.type
+    kind = value.get("type") if isinstance(value, dict) else None
+    return kind if kind in ("function", "mcp") else None
+
+
+# "auto", "none", "required", or a function or MCP tool to call (RealtimeToolChoiceConfig).
+ToolChoice = Annotated[
+    Annotated[Literal["auto", "none", "required"], Tag("mode")]
+    | Annotated[ToolChoiceFunction, Tag("function")]
+    | Annotated[ToolChoiceMcp, Tag("mcp")],
+    Discriminator(
+        _tool_choice_kind,
+        custom_error_type="invalid_tool_choice",
+        custom_error_message="expected 'auto', 'none', 'required', {\"type\": \"function\", "
+        '"name": ...} or {"type": "mcp", "server_label": ...}',
+    ),
+]
 MaxTokens = Annotated[int, Field(ge=1, le=4096)] | Literal["inf"]
+
+
+class TokenLimits(StrictModel):
+    post_instructions: int | None = Field(default=None, ge=1)
+
+
+class RetentionRatio(StrictModel):
+    """``truncation: {"type": "retention_ratio", ...}``: "Fraction of post-instruction
+    conversation tokens to retain (0.0 - 1.0) when the conversation exceeds the input token
+    limit" (RealtimeTruncationRetentionRatio)."""
+
+    type: Literal["retention_ratio"]
+    retention_ratio: float = Field(ge=0.0, le=1.0)
+    token_limits: TokenLimits | None = None
+
+
+def _truncation_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "mode"
+    # The tags are not field names: an error's path skips them (_param).
+    if isinstance(value, RetentionRatio):
+        return "ratio"
+    kind = value.get("type") if isinstance(value, dict) else None
+    return "ratio" if kind == "retention_ratio" else None
+
+
+Truncation = Annotated[
+    Annotated[Literal["auto", "disabled"], Tag("mode")] | Annotated[RetentionRatio, Tag("ratio")],
+    Discriminator(
+        _truncation_kind,
+        custom_error_type="invalid_truncation",
+        custom_error_message="expected 'auto', 'disabled' or "
+        '{"type": "retention_ratio", "retention_ratio": ...}',
+    ),
+]
+
+
+def check_tool_choice(choice: ToolChoice, tools: list[Any], param: str) -> None:
+    """A forced tool must be one of ``tools`` (``ClientError`` otherwise)."""
+    if isinstance(choice, ToolChoiceFunction):
+        names = [t.name for t in tools if isinstance(t, FunctionTool)]
+        if choice.name not in names:
+            raise ClientError(
+                f"Invalid value: '{choice.name}'. Tool choice 'function' names no function "
+                "in 'tools'.",
+                param=f"{param}.name",
+            )
+    elif isinstance(choice, ToolChoiceMcp):
+        if not any(isinstance(t, McpTool) and t.server_label == choice.server_label for t in tools):
+            raise ClientError(
+                f"Invalid value: '{choice.server_label}'. Tool choice 'mcp' names no MCP "
+                "server in 'tools'.",
+                param=f"{param}.server_label",
+            )
+
+
+class InputText(StrictModel):
+    type: Literal["input_text"]
+    text: str
+
+
+class Prompt(StrictModel):
+    """A prompt template and its variables (the SDK's ``ResponsePrompt``), resolved from the
+    server's prompt library (transceiver/prompts.py); text variables only."""
+
+    id: str = Field(min_length=1, max_length=256)
+    version: str | None = Field(default=None, min_length=1, max_length=64)
+    variables: dict[str, str | InputText] | None = Field(default=None, max_length=64)
+
+    def values(self) -> dict[str, str]:
+        return {
+            name: value if isinstance(value, str) else value.text
+            for name, value in (self.variables or {}).items()
+        }
 
 
 class _ReadOnly(StrictModel):
@@ -209,8 +330,8 @@ class RealtimeSessionConfig(_ReadOnly):
     tool_choice: ToolChoice = "auto"
     max_output_tokens: MaxTokens = "inf"
     tracing: Literal["auto"] | dict[str, Any] | None = None
-    truncation: Literal["auto", "disabled"] | dict[str, Any] = "auto"
-    prompt: dict[str, Any] | None = None
+    truncation: Truncation = "auto"
+    prompt: Prompt | None = None
     include: list[Literal["item.input_audio_transcription.logprobs"]] | None = None
     reasoning: dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
@@ -335,14 +456,15 @@ def _updated(current: dict[str, Any], update: Any) -> SessionConfig:
     check_depth(update, "'session'", code="invalid_value", param="session")
     kind = current["type"]
     # A missing type keeps the current one; another one is refused.
-    requested = update.get("type", kind)
+    requested = kind if update.get("type") is None else update["type"]
     if requested != kind:
         raise ClientError(
             f"Invalid value: '{requested}'. This is a {kind} session; "
             f"its type cannot change to '{requested}'.",
             param="session.type",
         )
-    merged = _merge(current, {k: v for k, v in update.items() if k not in _READ_ONLY}, ())
+    given = drop_nulls({k: v for k, v in update.items() if k not in _READ_ONLY})
+    merged = _merge(current, given, ())
     model_cls: type[SessionConfig] = (
         TranscriptionSessionConfig if kind == "transcription" else RealtimeSessionConfig
     )
@@ -354,6 +476,8 @@ def _updated(current: dict[str, Any], update: Any) -> SessionConfig:
         raise ClientError(
             "The model of a session cannot be changed.", code="invalid_value", param="session.model"
         )
+    if isinstance(validated, RealtimeSessionConfig):
+        check_tool_choice(validated.tool_choice, validated.tools, "session.tool_choice")
     return validated
 
 

@@ -39,6 +39,11 @@ class ResponseRequest:
     max_output_tokens: int | None
     metadata: dict[str, Any] | None
     model: str
+    # "auto", "disabled", or {"type": "retention_ratio", "retention_ratio": ...,
+    # "token_limits": {"post_instructions": ...} | None}: how the backend fits the
+    # conversation into its context window.
+    truncation: str | dict[str, Any] = "auto"
+    temperature: float | None = None  # the beta dialect's; None: the backend's own
 
 
 @dataclass(frozen=True)

@@ -269,7 +269,7 @@ class SessionInput:
             return
         if td.create_response and self.kind is SessionKind.REALTIME:
             if self._default_response is None:
-                self._start_response(None)
+                self._turn_response()
 
     def _idle_deadline(self) -> float | None:
         td = self.turn_detection
@@ -295,4 +295,13 @@ class SessionInput:
             return
         td = self.turn_detection
         if td is not None and td.create_response and self.kind is SessionKind.REALTIME:
+            self._turn_response()
+
+    def _turn_response(self) -> None:
+        """A turn's own reply. The session's configuration was checked when it was set,
+        but a resumed session's (transceiver/proxy/fallback.py) was not: a ``prompt`` no
+        library here resolves is an ``error`` event, not a crash."""
+        try:
             self._start_response(None)
+        except ClientError as exc:
+            self._emit("error", error=exc.to_error(None))

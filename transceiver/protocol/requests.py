@@ -5,10 +5,9 @@ https://platform.openai.com/docs/api-reference/realtime-client-events/response/c
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import (
-    BeforeValidator,
     Field,
     StringConstraints,
     ValidationError,
@@ -19,12 +18,15 @@ from pydantic_core import PydanticCustomError
 
 from transceiver.protocol.audio import AudioFormatType
 from transceiver.protocol.config import (
+    DEFAULT_INSTRUCTIONS,
     AudioFormat,
     CustomVoice,
+    Prompt,
     RealtimeSessionConfig,
     StrictModel,
     Tool,
     ToolChoice,
+    check_tool_choice,
     error_to_client_error,
 )
 from transceiver.protocol.conversation import Conversation, StoredItem
@@ -32,19 +34,39 @@ from transceiver.protocol.effects import ContextItem, ResponseRequest
 from transceiver.protocol.errors import ClientError
 from transceiver.protocol.ids import IdFactory
 from transceiver.protocol.items import item_text, normalize_item
+from transceiver.protocol.nulls import drop_nulls
 from transceiver.protocol.responses import Response
 
-_T = TypeVar("_T")
+# An explicit null is "not given", as OpenAI treats it, in these objects of the response.
+_RESPONSE_OBJECTS = {(), ("audio",), ("audio", "output"), ("audio", "output", "format")}
 
 
-def _not_null(value: Any) -> Any:
-    if value is None:
-        raise PydanticCustomError("null_value", "Input should not be null")
-    return value
+class PromptResolver(Protocol):
+    """The server's prompt library (transceiver/prompts.py)."""
+
+    def resolve(self, prompt: Prompt, param: str) -> str:
+        """The prompt's text with its variables filled in; ``ClientError`` for an unknown
+        id or version, or a missing variable."""
+        ...
 
 
-# An override: left out (None), the session's value applies; an explicit null is refused.
-Override = Annotated[_T | None, BeforeValidator(_not_null)]
+def prompt_instructions(
+    prompt: Prompt | None, instructions: str, prompts: PromptResolver | None, param: str
+) -> str:
+    """The instructions with ``prompt`` resolved: the prompt's text, then the client's own
+    instructions if it set any (not the default ones)."""
+    if prompt is None:
+        return instructions
+    if prompts is None:
+        raise ClientError(
+            "'prompt' needs a prompt library, and this server has none: start the "
+            "transceiver with --prompts DIR (one file per prompt id).",
+            param=param,
+        )
+    text = prompts.resolve(prompt, param)
+    if instructions and instructions != DEFAULT_INSTRUCTIONS:
+        return f"{text}\n\n{instructions}"
+    return text
 
 
 def _one_metadata_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
@@ -71,8 +93,8 @@ Modalities = Annotated[list[Literal["audio", "text"]], Field(min_length=1, max_l
 
 
 class ResponseAudioOutput(StrictModel):
-    format: Override[AudioFormat] = None
-    voice: Override[str | CustomVoice] = None
+    format: AudioFormat | None = None
+    voice: str | CustomVoice | None = None
 
 
 class ResponseAudio(StrictModel):
@@ -80,18 +102,19 @@ class ResponseAudio(StrictModel):
 
 
 class ResponseParams(StrictModel):
-    """The ``response`` object of ``response.create``."""
+    """The ``response`` object of ``response.create``; a field left out or null takes the
+    session's value."""
 
     conversation: str = "auto"  # "auto", "none", or the default conversation's id
-    input: Override[list[Any]] = None  # left out: the whole conversation
-    instructions: Override[str] = None
-    tools: Override[list[Tool]] = None
-    tool_choice: Override[ToolChoice] = None
-    output_modalities: Override[Modalities] = None
+    input: list[Any] | None = None  # left out: the whole conversation
+    instructions: str | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    output_modalities: Modalities | None = None
     audio: ResponseAudio = ResponseAudio()
-    max_output_tokens: Override[ResponseMaxTokens] = None
+    max_output_tokens: ResponseMaxTokens | None = None
     metadata: Metadata | None = None
-    prompt: dict[str, Any] | None = None
+    prompt: Prompt | None = None
     reasoning: dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
 
@@ -102,6 +125,7 @@ def parse_response_params(params: Any, conversation_id: str) -> ResponseParams:
         return ResponseParams()
     if not isinstance(params, dict):
         raise ClientError("'response' must be an object.", param="response")
+    params = drop_nulls(params, _RESPONSE_OBJECTS, set())
     try:
         parsed = ResponseParams.model_validate(params)
     except ValidationError as exc:
@@ -147,10 +171,43 @@ def _tools(parsed: ResponseParams, config: RealtimeSessionConfig) -> list[dict[s
     return [tool.model_dump(mode="json") for tool in config.tools]
 
 
+def check_session_prompt(config: Any, prompts: PromptResolver | None) -> None:
+    """A session's ``prompt`` must resolve (``ClientError`` otherwise)."""
+    if isinstance(config, RealtimeSessionConfig) and config.prompt is not None:
+        prompt_instructions(config.prompt, "", prompts, "session.prompt")
+
+
+def _tool_choice(parsed: ResponseParams, config: RealtimeSessionConfig) -> str | dict[str, Any]:
+    """The response's tool choice, checked against the response's tools."""
+    choice = config.tool_choice if parsed.tool_choice is None else parsed.tool_choice
+    if parsed.tools is not None or parsed.tool_choice is not None:
+        tools = config.tools if parsed.tools is None else parsed.tools
+        check_tool_choice(choice, tools, "response.tool_choice")
+    return choice if isinstance(choice, str) else choice.model_dump(mode="json")
+
+
+def _instructions(
+    parsed: ResponseParams, config: RealtimeSessionConfig, prompts: PromptResolver | None
+) -> str:
+    instructions = config.instructions if parsed.instructions is None else parsed.instructions
+    if parsed.prompt is not None:
+        return prompt_instructions(parsed.prompt, instructions, prompts, "response.prompt")
+    return prompt_instructions(config.prompt, instructions, prompts, "session.prompt")
+
+
 def build_response(
-    params: Any, config: RealtimeSessionConfig, conversation: Conversation, ids: IdFactory
+    params: Any,
+    config: RealtimeSessionConfig,
+    conversation: Conversation,
+    ids: IdFactory,
+    *,
+    prompts: PromptResolver | None = None,
+    temperature: float | None = None,
 ) -> tuple[Response, ResponseRequest]:
-    """Validate ``response.create``'s ``response`` against the session; raise ``ClientError``."""
+    """Validate ``response.create``'s ``response`` against the session; raise ``ClientError``.
+
+    ``prompts`` resolves a ``prompt`` into the instructions; ``temperature`` is the beta
+    dialect's (``None``: the backend's own)."""
     parsed = parse_response_params(params, conversation.id)
     in_conversation = parsed.conversation != "none"
     output = parsed.audio.output
@@ -159,11 +216,12 @@ def build_response(
     modalities = (
         config.output_modalities if parsed.output_modalities is None else parsed.output_modalities
     )
-    instructions = config.instructions if parsed.instructions is None else parsed.instructions
+    instructions = _instructions(parsed, config, prompts)
     max_tokens = (
         config.max_output_tokens if parsed.max_output_tokens is None else parsed.max_output_tokens
     )
-    metadata = parsed.metadata
+    metadata = dict(parsed.metadata) if parsed.metadata is not None else None
+    tool_choice = _tool_choice(parsed, config)
     context = _context(parsed.input, conversation, ids)
     input_tokens = (len(instructions) + sum(len(item_text(c.item)) for c in context) + 3) // 4
     resp = Response(
@@ -174,16 +232,17 @@ def build_response(
         output_format=fmt,
         voice=voice,
         max_output_tokens=max_tokens,
-        metadata=dict(metadata) if metadata is not None else None,
+        metadata=metadata,
         input_tokens=input_tokens,
     )
+    truncation = config.truncation
     request = ResponseRequest(
         response_id=resp.id,
         in_conversation=in_conversation,
         context=tuple(context),
         instructions=instructions,
         tools=tuple(_tools(parsed, config)),
-        tool_choice=config.tool_choice if parsed.tool_choice is None else parsed.tool_choice,
+        tool_choice=tool_choice,
         output_modalities=tuple(modalities),
         output_format=fmt.type,
         voice=voice if isinstance(voice, str) else voice.model_dump(mode="json"),
@@ -191,5 +250,7 @@ def build_response(
         max_output_tokens=max_tokens if isinstance(max_tokens, int) else None,
         metadata=dict(metadata) if metadata is not None else None,
         model=config.model,
+        truncation=truncation if isinstance(truncation, str) else truncation.model_dump(),
+        temperature=temperature,
     )
     return resp, request

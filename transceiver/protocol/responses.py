@@ -46,6 +46,21 @@ class Response:
     text_chars: int = 0
     audio_bytes: int = 0
     done: bool = False
+    played_until_ms: float | None = None  # the playback clock (``play``), if kept
+
+    def play(self, now_ms: float, duration_ms: float) -> None:
+        """Audio sent at ``now_ms``, played as a WebRTC relay plays it (relay/playback.py):
+        at once, or after what is already queued."""
+        start = now_ms if self.played_until_ms is None else max(now_ms, self.played_until_ms)
+        self.played_until_ms = start + duration_ms
+
+    def playback_end_ms(self, done_ms: float, media: bool) -> float:
+        """When the reply's audio has finished playing. On a media track (WebRTC, SIP)
+        the playback clock says; over a WebSocket, as OpenAI defines it for
+        idle_timeout_ms: "the response.done time plus audio playback duration"."""
+        if media and self.played_until_ms is not None:
+            return max(done_ms, self.played_until_ms)
+        return done_ms + self.audio_ms()
 
     def wire(
         self, status: str, details: dict[str, Any] | None = None, final: bool = False
@@ -69,6 +84,10 @@ class Response:
             "usage": self._usage() if final else None,
             "metadata": dict(self.metadata) if self.metadata is not None else None,
         }
+
+    def audio_ms(self) -> float:
+        """The duration of the audio the response has sent."""
+        return self.output_format.type.duration_ms(self.audio_bytes)
 
     def _usage(self) -> dict[str, Any]:
         # Audio tokens: 1 per 50 ms of assistant audio; text: ~4 characters a token.

@@ -89,10 +89,16 @@ class SessionResults:
             self._writer.transcript(resp, delta)
         return resp is not None
 
-    def response_audio_delta(self, response_id: str, audio: bytes) -> bool:
+    def response_audio_delta(
+        self, response_id: str, audio: bytes, now_ms: float | None = None
+    ) -> bool:
+        """``now_ms``: when the audio goes out, for the playback clock of a media session
+        (``Response.play``)."""
         resp = self._active(response_id)
         if resp is not None and audio:
             self._writer.audio(resp, audio)
+            if now_ms is not None:
+                resp.play(now_ms, resp.output_format.type.duration_ms(len(audio)))
         return resp is not None
 
     def response_function_call(
@@ -123,11 +129,16 @@ class SessionResults:
             self._finish(resp, "incomplete", {"type": "incomplete", "reason": reason}, now_ms)
 
     def response_failed(
-        self, response_id: str, message: str, now_ms: float, code: str = "server_error"
+        self,
+        response_id: str,
+        message: str,
+        now_ms: float,
+        code: str = "server_error",
+        error_type: str = "server_error",
     ) -> None:
         resp = self._active(response_id)
         if resp is None:
             return
-        error = {"type": "server_error", "code": code, "message": message}
+        error = {"type": error_type, "code": code, "message": message}
         self._finish(resp, "failed", {"type": "failed", "error": error}, now_ms)
         self._emit("error", error={**error, "param": None, "event_id": None})

@@ -9,7 +9,6 @@ Push in: ``receive_client_event``, ``vad_speech_started/stopped``, ``transcripti
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -35,9 +34,10 @@ from transceiver.protocol.effects import (
 from transceiver.protocol.errors import ClientError
 from transceiver.protocol.ids import IdFactory
 from transceiver.protocol.input_audio import INPUT_AUDIO_MAX_MS, InputBuffer, SessionInput
-from transceiver.protocol.items import copy_item, normalize_item
+from transceiver.protocol.item_events import SessionItems
+from transceiver.protocol.items import copy_item
 from transceiver.protocol.media import check_media_formats, with_pcm_audio
-from transceiver.protocol.requests import build_response
+from transceiver.protocol.requests import PromptResolver, build_response, check_session_prompt
 from transceiver.protocol.responses import Response, ResponseWriter
 from transceiver.protocol.results import SessionResults
 from transceiver.protocol.wire import check_depth, parse_client_frame
@@ -77,7 +77,7 @@ class _Events:
         return events
 
 
-class RealtimeSession(SessionInput, SessionResults):
+class RealtimeSession(SessionInput, SessionResults, SessionItems):
     def __init__(
         self,
         spec: SessionSpec = _DEFAULT_SPEC,
@@ -88,8 +88,11 @@ class RealtimeSession(SessionInput, SessionResults):
         max_duration_ms: int = SESSION_MAX_MS,
         max_input_audio_ms: int = INPUT_AUDIO_MAX_MS,
         max_conversation_audio_ms: int = CONVERSATION_AUDIO_MAX_MS,
+        prompts: PromptResolver | None = None,
     ) -> None:
         """Raises ``ClientError`` when ``spec.overrides`` is not a valid configuration.
+
+        ``prompts``: the server's prompt library, which resolves a ``prompt``.
 
         ``max_input_audio_ms`` bounds the input audio buffer and the audio of one
         ``conversation.item.create``; more is refused with an ``error`` event.
@@ -101,6 +104,7 @@ class RealtimeSession(SessionInput, SessionResults):
         self.beta = spec.beta
         self._dialect = BetaDialect() if spec.beta else None
         self.media = spec.media  # WebRTC/SIP: output audio goes on a media track
+        self.prompts = prompts
         self.ids = ids or IdFactory()
         self.id = self.ids.new("sess")
         self.max_conversation_audio_ms = max_conversation_audio_ms
@@ -111,6 +115,7 @@ class RealtimeSession(SessionInput, SessionResults):
             if spec.media:  # a key's or an offer's audio format means nothing on a track
                 overrides = with_pcm_audio(overrides)
             self.config = apply_session_update(self.config, overrides)
+            check_session_prompt(self.config, prompts)
         self.created_ms = now_ms
         self.expires_ms = now_ms + max_duration_ms
         self.expires_at_s = int(created_at_s + max_duration_ms / 1000)
@@ -253,6 +258,7 @@ class RealtimeSession(SessionInput, SessionResults):
         config = apply_session_update(self.config, event.get("session"))
         if self.media:
             check_media_formats(session_wire(config))
+        check_session_prompt(config, self.prompts)
         self.config = config
         self._input_config_changed(old_td, old_format, now_ms)
         self._emit("session.updated", session=self.session_object())
@@ -264,101 +270,6 @@ class RealtimeSession(SessionInput, SessionResults):
         raise ClientError(
             "output_audio_buffer.clear is only supported on WebRTC and SIP connections.",
             param="type",
-        )
-
-    def _on_item_create(self, event: dict[str, Any], now_ms: float) -> None:
-        self._check_item_audio(event.get("item"))
-        item, audio = normalize_item(event.get("item"))
-        if audio is not None:
-            self._check_item_duration(audio, self.input_format)
-        if not isinstance(item.get("id"), str) or not item["id"]:
-            item["id"] = self.ids.new("item")
-        if item["type"] == "function_call_output" and not any(
-            stored.item.get("type") == "function_call"
-            and stored.item.get("call_id") == item["call_id"]
-            for stored in self.conversation.items()
-        ):
-            raise ClientError(
-                f"No function call with call_id '{item['call_id']}' found in the conversation.",
-                param="item.call_id",
-            )
-        fmt = self.input_format if audio is not None else None
-        previous = self.conversation.add(
-            item,
-            previous_item_id=event.get("previous_item_id"),
-            # SDK docstring: "If not set, the new item will be appended"; clients send null.
-            after_given=event.get("previous_item_id") is not None,
-            audio=audio,
-            audio_format=fmt,
-        )
-        self._emit("conversation.item.added", previous_item_id=previous, item=copy_item(item))
-        self._emit("conversation.item.done", previous_item_id=previous, item=copy_item(item))
-
-    def _on_item_retrieve(self, event: dict[str, Any], now_ms: float) -> None:
-        stored = self.conversation.get(event.get("item_id"))
-        item = copy_item(stored.item)
-        if stored.audio_format is not None:
-            for part in item.get("content", []):
-                if part.get("type") in ("input_audio", "output_audio"):
-                    part["audio"] = base64.b64encode(bytes(stored.audio)).decode("ascii")
-        self._emit("conversation.item.retrieved", item=item)
-
-    def _on_item_delete(self, event: dict[str, Any], now_ms: float) -> None:
-        item_id = event.get("item_id")
-        self.conversation.delete(item_id)
-        self._emit("conversation.item.deleted", item_id=item_id)
-
-    def _on_item_truncate(self, event: dict[str, Any], now_ms: float) -> None:
-        item_id = event.get("item_id")
-        stored = self.conversation.get(item_id)
-        self.conversation.check_audio_held(stored)
-        content_index = event.get("content_index", 0)
-        audio_end_ms = event.get("audio_end_ms")
-        # The response still speaking this item, if any (its content part is still open).
-        speaking = next(
-            (
-                resp
-                for resp in self._responses.values()
-                if resp.open is not None
-                and resp.open.kind == "audio"
-                and resp.open.item["id"] == item_id
-            ),
-            None,
-        )
-        is_audio = stored.item.get("role") == "assistant" and (
-            speaking is not None
-            or any(part.get("type") == "output_audio" for part in stored.item.get("content", []))
-        )
-        if not is_audio or stored.audio_format is None:
-            raise ClientError(
-                "Only assistant messages with audio content can be truncated.", param="item_id"
-            )
-        if content_index != 0:
-            raise ClientError(
-                f"Invalid value: '{content_index}'. The item has one content part.",
-                param="content_index",
-            )
-        if isinstance(audio_end_ms, bool) or not isinstance(audio_end_ms, int) or audio_end_ms < 0:
-            raise ClientError(
-                "'audio_end_ms' must be a non-negative integer.", param="audio_end_ms"
-            )
-        have_ms = stored.audio_ms()
-        if audio_end_ms > have_ms + 1:
-            raise ClientError(
-                f"Audio content of {have_ms:.0f}ms is already shorter than {audio_end_ms}ms",
-                param="audio_end_ms",
-            )
-        if speaking is not None:
-            # The client stopped playing this item at audio_end_ms (what the Agents SDKs'
-            # interrupt() sends, without a response.cancel when interrupt_response is on):
-            # generating past it would put words in the context that nobody heard.
-            self._cancel(speaking, "client_cancelled", now_ms)
-        self.conversation.truncate_audio(stored, audio_end_ms)
-        self._emit(
-            "conversation.item.truncated",
-            item_id=item_id,
-            content_index=0,
-            audio_end_ms=audio_end_ms,
         )
 
     def _on_response_create(self, event: dict[str, Any], now_ms: float) -> None:
@@ -381,7 +292,15 @@ class RealtimeSession(SessionInput, SessionResults):
         config = self.realtime_config
         if config is None:
             raise ClientError("Transcription sessions do not create responses.", param="type")
-        resp, request = build_response(params, config, self.conversation, self.ids)
+        temperature = self._dialect.response_temperature() if self._dialect else None
+        resp, request = build_response(
+            params,
+            config,
+            self.conversation,
+            self.ids,
+            prompts=self.prompts,
+            temperature=temperature,
+        )
         self._responses[resp.id] = resp
         if resp.in_conversation:
             self._default_response = resp.id
@@ -404,7 +323,10 @@ class RealtimeSession(SessionInput, SessionResults):
             or self._speech_item is None
         ):
             return None
-        _, request = build_response(None, config, self.conversation, self.ids)
+        temperature = self._dialect.session_temperature if self._dialect else None
+        _, request = build_response(
+            None, config, self.conversation, self.ids, prompts=self.prompts, temperature=temperature
+        )
         item = {
             "id": self._speech_item,
             "type": "message",
@@ -436,7 +358,10 @@ class RealtimeSession(SessionInput, SessionResults):
         del self._responses[resp.id]
         if self._default_response == resp.id:
             self._default_response = None
-        self._last_activity_ms = now_ms
+        # idle_timeout_ms "is applied after the last model response's audio has finished
+        # playing" (OpenAI API reference, session.update); a cancelled reply was cut off.
+        cancelled = status == "cancelled"
+        self._last_activity_ms = now_ms if cancelled else resp.playback_end_ms(now_ms, self.media)
 
     def active_response_ids(self) -> list[str]:
         return list(self._responses)
