@@ -83,6 +83,7 @@ class Llm(Protocol):
         temperature: float = 0.7,
         tool_choice: ToolChoice = "auto",
         on_finish: OnFinish | None = None,
+        parallel_tool_calls: bool | None = None,
     ) -> Iterator[LlmChunk]: ...
 
 
@@ -319,6 +320,7 @@ class LlamaCppLlm:
         temperature: float = 0.7,
         tool_choice: ToolChoice = "auto",
         on_finish: OnFinish | None = None,
+        parallel_tool_calls: bool | None = None,
     ) -> Generator[LlmChunk, None, None]:
         """A forced call (``tool_choice`` ``required`` or a named function) is sampled
         under a grammar that admits only that (models/tool_grammar.py)."""
@@ -457,6 +459,7 @@ class OpenAICompatLlm:
         temperature: float = 0.7,
         tool_choice: ToolChoice = "auto",
         on_finish: OnFinish | None = None,
+        parallel_tool_calls: bool | None = None,
     ) -> Generator[LlmChunk, None, None]:
         body: dict[str, Any] = {
             "model": self.model,
@@ -469,6 +472,8 @@ class OpenAICompatLlm:
         if tools:
             body["tools"] = [to_chat_tool(t) for t in tools]
             body["tool_choice"] = to_chat_tool_choice(tool_choice)
+            if parallel_tool_calls is not None:
+                body["parallel_tool_calls"] = parallel_tool_calls
         try:
             with self._client.stream("POST", self._url, json=body) as resp:
                 if resp.status_code >= 400:

@@ -68,8 +68,15 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if last["role"] == "tool":
                 self._words(TOOL_ANSWER)
+            elif body.get("tools") and "two cities" in str(last.get("content", "")).lower():
+                # Two calls in one reply, whatever parallel_tool_calls says (as a model that
+                # ignores it would): the backend must keep the first when it is false.
+                self._tool_call(0, "Paris")
+                self._tool_call(1, "Rome")
+                self.wfile.write(_chunk({}, "tool_calls"))
             elif body.get("tools") and "weather" in str(last.get("content", "")).lower():
-                self._tool_call()
+                self._tool_call(0, "Paris")
+                self.wfile.write(_chunk({}, "tool_calls"))
             else:
                 self._words(STORY, body.get("max_tokens"))
             self.wfile.write(b"data: [DONE]\n\n")
@@ -86,15 +93,15 @@ class _Handler(BaseHTTPRequestHandler):
         cut = max_tokens is not None and max_tokens < len(words)
         self.wfile.write(_chunk({}, "length" if cut else "stop"))
 
-    def _tool_call(self) -> None:
-        fragments = ['{"ci', 'ty": "Pa', 'ris"}']
+    def _tool_call(self, index: int, city: str) -> None:
+        fragments = ['{"ci', f'ty": "{city[:2]}', f'{city[2:]}"}}']
         self.wfile.write(
             _chunk(
                 {
                     "tool_calls": [
                         {
-                            "index": 0,
-                            "id": "call_scripted0001",
+                            "index": index,
+                            "id": f"call_scripted000{index + 1}",
                             "type": "function",
                             "function": {"name": "get_weather", "arguments": ""},
                         }
@@ -104,9 +111,8 @@ class _Handler(BaseHTTPRequestHandler):
         )
         for fragment in fragments:
             self.wfile.write(
-                _chunk({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]})
+                _chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
             )
-        self.wfile.write(_chunk({}, "tool_calls"))
 
 
 @contextmanager

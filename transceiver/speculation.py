@@ -56,6 +56,7 @@ def request_signature(request: ResponseRequest) -> str:
             request.max_output_tokens,
             request.truncation,
             request.temperature,
+            request.parallel_tool_calls,
             context,
         ],
         sort_keys=True,

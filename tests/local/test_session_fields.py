@@ -231,3 +231,24 @@ async def test_beta_temperature_reaches_the_url_engine(
         await reply(rec, timeout_s=60, temperature=1.15)
         assert scripted_llm.requests[-1]["temperature"] == 1.15
         rec.check()
+
+
+async def test_parallel_tool_calls_false_keeps_one_call(
+    url_llm_server: RunningServer, scripted_llm: ChatServer
+) -> None:
+    async with client_for(url_llm_server).realtime.connect(model="gpt-realtime") as conn:
+        rec = Recorder(conn)
+        await configure(rec, tools=[WEATHER_TOOL], output_modalities=["text"])
+        await user_text(rec, "What is the weather in two cities, Paris and Rome?")
+        done = await reply(rec)
+        calls = [o for o in done["output"] if o["type"] == "function_call"]
+        assert [json.loads(c["arguments"])["city"] for c in calls] == ["Paris", "Rome"]
+        assert "parallel_tool_calls" not in scripted_llm.requests[-1]
+        for call in calls:
+            await rec.send({"type": "conversation.item.delete", "item_id": call["id"]})
+            await rec.until("conversation.item.deleted")
+        done = await reply(rec, parallel_tool_calls=False)
+        calls = [o for o in done["output"] if o["type"] == "function_call"]
+        assert [json.loads(c["arguments"])["city"] for c in calls] == ["Paris"]
+        assert scripted_llm.requests[-1]["parallel_tool_calls"] is False
+        rec.check()

@@ -381,3 +381,32 @@ def test_beta_tool_choice_is_a_function_name(make_session, kit) -> None:
     assert (
         kit.error_of(update(h, {"tool_choice": "get_time"}))["param"] == "session.tool_choice.name"
     )
+
+
+# -- reasoning: validated, and refused where it would have no effect ---------------------
+
+
+def test_a_bad_reasoning_effort_is_refused_not_echoed(make_session, kit) -> None:
+    h = make_session()
+    error = kit.error_of(update(h, {"reasoning": {"effort": "bogus"}}))
+    assert error["param"] == "session.reasoning.effort" and error["code"] == "invalid_value"
+
+
+@pytest.mark.parametrize("where", ["session", "response"])
+def test_a_reasoning_effort_fails_the_response_saying_why(make_session, kit, where) -> None:
+    h = make_session()
+    if where == "session":
+        session = kit.one(update(h, {"reasoning": {"effort": "low"}}), "session.updated")
+        assert session["session"]["reasoning"] == {"effort": "low"}
+        params: dict[str, Any] = {}
+    else:
+        params = {"reasoning": {"effort": "high"}}
+    h.user_text("hi")
+    error = kit.error_of(h.send({"type": "response.create", "response": params}))
+    assert "do not reason" in error["message"] and error["code"] == "invalid_value"
+    assert error["param"] == (
+        "session.reasoning" if where == "session" else "response.reasoning.effort"
+    )
+    update(h, {"reasoning": None})
+    events, _ = h.create_response()  # without it, responses go on
+    kit.one(events, "response.created")

@@ -82,8 +82,10 @@ def test_offered_tools_follow_the_tool_choice() -> None:
         offered_tools(
             make_request(tools=(mcp,), tool_choice={"type": "mcp", "server_label": "wiki"})
         )
+    with pytest.raises(ResponseRefused, match="MCP tools are not supported"):
+        offered_tools(make_request(tools=(WEATHER, mcp), tool_choice="auto"))
     with pytest.raises(ResponseRefused, match="required"):
-        offered_tools(make_request(tools=(mcp,), tool_choice="required"))
+        offered_tools(make_request(tools=(), tool_choice="required"))
 
 
 class Sink:

@@ -104,6 +104,13 @@ def offered_tools(request: ResponseRequest) -> list[dict[str, Any]]:
     this backend cannot honour is refused (``ResponseRefused``)."""
     choice = request.tool_choice
     tools = [t for t in request.tools if t.get("type") == "function"]
+    if any(t.get("type") == "mcp" for t in request.tools):
+        raise ResponseRefused(
+            "MCP tools are not supported: this server's local and mock backends do not run "
+            "MCP servers (the openai backend passes them to OpenAI). Remove them from "
+            "'tools' to get a response.",
+            code="invalid_value",
+        )
     if isinstance(choice, dict) and choice.get("type") == "mcp":
         raise ResponseRefused(
             "tool_choice 'mcp' is not supported: this server's local and mock backends do "

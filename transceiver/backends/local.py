@@ -193,6 +193,7 @@ class LocalBackend:
             max_tokens,
             self._temperature if request.temperature is None else request.temperature,
             finish.append,
+            request.parallel_tool_calls,
         )
         # aclosing: on cancel (barge-in) the LLM thread must stop now, not at GC.
         async with contextlib.aclosing(self._stream(messages, generation)) as chunks:
@@ -212,6 +213,8 @@ class LocalBackend:
                         await speaker.say(buffer)
                     buffer = ""
                     await sink.function_call(chunk.name, chunk.arguments, chunk.call_id)
+                    if request.parallel_tool_calls is False:
+                        break  # one call at most: the rest of the generation is dropped
         if speaker is not None and buffer.strip():
             await speaker.say(buffer)
         return "max_output_tokens" if finish[-1:] == ["length"] else None
@@ -250,6 +253,7 @@ class LocalBackend:
                 temperature=generation.temperature,
                 tool_choice=generation.tool_choice,
                 on_finish=generation.on_finish,
+                parallel_tool_calls=generation.parallel_tool_calls,
             )
             try:
                 for chunk in stream:
@@ -288,6 +292,7 @@ class _Generation:
     max_tokens: int
     temperature: float
     on_finish: Callable[[str], None]
+    parallel_tool_calls: bool | None = None  # False: the backend keeps the first call only
 
 
 class _Speaker:

@@ -178,6 +178,13 @@ class FunctionTool(StrictModel):
     parameters: dict[str, Any] | None = None
 
 
+class Reasoning(StrictModel):
+    """``reasoning`` (the SDK's ``RealtimeReasoning``): validated so that a bad effort is an
+    error, not an echo; the mock and local models do not reason (requests.py says so)."""
+
+    effort: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
+
+
 class McpTool(_Open):
     type: Literal["mcp"]
     server_label: str
@@ -333,7 +340,7 @@ class RealtimeSessionConfig(_ReadOnly):
     truncation: Truncation = "auto"
     prompt: Prompt | None = None
     include: list[Literal["item.input_audio_transcription.logprobs"]] | None = None
-    reasoning: dict[str, Any] | None = None
+    reasoning: Reasoning | None = None
     parallel_tool_calls: bool | None = None
 
     @model_serializer(mode="wrap")

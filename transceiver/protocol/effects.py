@@ -44,6 +44,8 @@ class ResponseRequest:
     # conversation into its context window.
     truncation: str | dict[str, Any] = "auto"
     temperature: float | None = None  # the beta dialect's; None: the backend's own
+    # False: at most one function call in the reply (None: the backend's default, any).
+    parallel_tool_calls: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ _NULL_IS_VALUE = {
     ("tracing",),
     ("prompt",),
     ("include",),
+    ("reasoning",),
 }
 # The objects whose null fields are dropped (not tool parameters: JSON schemas hold nulls).
 _OBJECT_PATHS = {

@@ -23,6 +23,7 @@ from transceiver.protocol.config import (
     CustomVoice,
     Prompt,
     RealtimeSessionConfig,
+    Reasoning,
     StrictModel,
     Tool,
     ToolChoice,
@@ -115,7 +116,7 @@ class ResponseParams(StrictModel):
     max_output_tokens: ResponseMaxTokens | None = None
     metadata: Metadata | None = None
     prompt: Prompt | None = None
-    reasoning: dict[str, Any] | None = None
+    reasoning: Reasoning | None = None
     parallel_tool_calls: bool | None = None
 
 
@@ -195,6 +196,21 @@ def _instructions(
     return prompt_instructions(config.prompt, instructions, prompts, "session.prompt")
 
 
+def _refuse_reasoning(parsed: ResponseParams, config: RealtimeSessionConfig) -> None:
+    """A reasoning effort has no effect on these models: the response is refused, saying so
+    (the openai backend passes ``reasoning`` to OpenAI and never gets here)."""
+    response_effort = parsed.reasoning.effort if parsed.reasoning is not None else None
+    session_effort = config.reasoning.effort if config.reasoning is not None else None
+    if response_effort is None and session_effort is None:
+        return
+    param = "response.reasoning.effort" if response_effort is not None else "session.reasoning"
+    raise ClientError(
+        "Reasoning effort is not supported: this server's mock and local models do not "
+        "reason. Leave 'reasoning' out (or set it to null), or use the openai backend.",
+        param=param,
+    )
+
+
 def build_response(
     params: Any,
     config: RealtimeSessionConfig,
@@ -216,6 +232,7 @@ def build_response(
     modalities = (
         config.output_modalities if parsed.output_modalities is None else parsed.output_modalities
     )
+    _refuse_reasoning(parsed, config)
     instructions = _instructions(parsed, config, prompts)
     max_tokens = (
         config.max_output_tokens if parsed.max_output_tokens is None else parsed.max_output_tokens
@@ -251,6 +268,11 @@ def build_response(
         metadata=dict(metadata) if metadata is not None else None,
         model=config.model,
         truncation=truncation if isinstance(truncation, str) else truncation.model_dump(),
+        parallel_tool_calls=(
+            config.parallel_tool_calls
+            if parsed.parallel_tool_calls is None
+            else parsed.parallel_tool_calls
+        ),
         temperature=temperature,
     )
     return resp, request
