@@ -252,3 +252,57 @@ async def test_parallel_tool_calls_false_keeps_one_call(
         assert [json.loads(c["arguments"])["city"] for c in calls] == ["Paris"]
         assert scripted_llm.requests[-1]["parallel_tool_calls"] is False
         rec.check()
+
+
+PIXEL = (  # one transparent pixel, a PNG
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="  # noqa: E501
+)
+
+
+def image_message(text: str, url: str) -> dict[str, Any]:
+    content = [
+        {"type": "input_text", "text": text},
+        {"type": "input_image", "image_url": url, "detail": "low"},
+    ]
+    return {
+        "type": "conversation.item.create",
+        "item": {"type": "message", "role": "user", "content": content},
+    }
+
+
+async def test_an_image_reaches_a_url_engine_as_an_image_url_part(
+    url_llm_server: RunningServer, scripted_llm: ChatServer
+) -> None:
+    async with client_for(url_llm_server).realtime.connect(model="gpt-realtime") as conn:
+        rec = Recorder(conn)
+        await configure(rec, output_modalities=["text"])
+        await rec.send(image_message("What is in this picture?", PIXEL))
+        done = await reply(rec)
+        assert done["status"] == "completed", done
+        user = scripted_llm.requests[-1]["messages"][-1]
+        assert user == {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is in this picture?"},
+                {"type": "image_url", "image_url": {"url": PIXEL, "detail": "low"}},
+            ],
+        }
+        rec.check()
+
+
+async def test_the_embedded_model_refuses_an_image_saying_why(local_server: RunningServer) -> None:
+    async with client_for(local_server).realtime.connect(model="gpt-realtime") as conn:
+        rec = Recorder(conn)
+        await configure(rec, output_modalities=["text"])
+        await rec.send(image_message("What is in this picture?", "https://example.com/cat.png"))
+        created = await rec.until("conversation.item.done")
+        done = await reply(rec)
+        assert done["status"] == "failed"
+        assert "cannot take images" in done["status_details"]["error"]["message"]
+        assert (await rec.until("error"))["error"]["code"] == "invalid_value"
+        # Deleting the image's item lets the conversation go on.
+        await rec.send({"type": "conversation.item.delete", "item_id": created["item"]["id"]})
+        await rec.until("conversation.item.deleted")
+        await user_text(rec, "Say hello.")
+        assert (await reply(rec))["status"] in ("completed", "incomplete")
+        rec.check()

@@ -421,3 +421,40 @@ def test_truncating_a_text_message_being_written_is_an_error(make_session, kit) 
     }
     assert kit.error_of(h.send(truncate))["param"] == "item_id"
     assert not h.effects()
+
+
+def _image(**part: Any) -> dict[str, Any]:
+    return {"type": "message", "role": "user", "content": [{"type": "input_image", **part}]}
+
+
+@pytest.mark.parametrize(
+    ("part", "param"),
+    [
+        ({}, "item.content[0].image_url"),
+        ({"image_url": "ftp://example.com/cat.png"}, "item.content[0].image_url"),
+        ({"image_url": "data:image/gif;base64,R0lGOD"}, "item.content[0].image_url"),
+        ({"image_url": "data:image/png;base64,%%%"}, "item.content[0].image_url"),
+        ({"image_url": "https://example.com/cat.png", "detail": "ultra"}, "item.content[0].detail"),
+    ],
+)
+def test_invalid_image_parts_are_refused(make_session, kit, part, param) -> None:
+    h = make_session()
+    error = kit.error_of(create(h, _image(**part)))
+    assert error["param"] == param and error["code"] in (
+        "invalid_value",
+        "missing_required_parameter",
+    )
+    assert len(h.session.conversation) == 0
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"image_url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"},
+        {"image_url": "https://example.com/cat.jpg"},
+    ],
+)
+def test_image_parts_are_kept(make_session, kit, part) -> None:
+    h = make_session()
+    created = kit.one(create(h, _image(**part)), "conversation.item.done")
+    assert created["item"]["content"][0]["image_url"] == part["image_url"]

@@ -12,11 +12,13 @@ from transceiver.protocol.effects import ResponseRequest
 from transceiver.protocol.items import item_text
 
 
-def chat_messages(request: ResponseRequest) -> list[dict[str, Any]]:
+def chat_messages(request: ResponseRequest, images: bool = False) -> list[dict[str, Any]]:
     """Instructions, user and assistant messages, function calls and their outputs.
 
     Assistant audio appears as its transcript, which a truncation has already cut
-    to what the user heard.
+    to what the user heard. A user message's ``input_image`` parts become chat-completions
+    ``image_url`` parts when the LLM takes ``images``; else the response is refused
+    (``ResponseRefused``), never answered as if the image were not there.
     """
     messages: list[dict[str, Any]] = []
     if request.instructions:
@@ -25,9 +27,9 @@ def chat_messages(request: ResponseRequest) -> list[dict[str, Any]]:
         item = ctx.item
         kind = item.get("type")
         if kind == "message":
-            text = item_text(item)
-            if text:
-                messages.append({"role": item.get("role", "user"), "content": text})
+            message = _message(item, images)
+            if message is not None:
+                messages.append(message)
         elif kind == "function_call":
             call = {
                 "id": item.get("call_id"),
@@ -48,6 +50,25 @@ def chat_messages(request: ResponseRequest) -> list[dict[str, Any]]:
                 }
             )
     return messages
+
+
+def _message(item: dict[str, Any], images: bool) -> dict[str, Any] | None:
+    role, text = item.get("role", "user"), item_text(item)
+    pictures = [p for p in item.get("content", []) if p.get("type") == "input_image"]
+    if not pictures:
+        return {"role": role, "content": text} if text else None
+    if not images:
+        raise ResponseRefused(
+            "The conversation holds an image, and this server's embedded model cannot take "
+            "images: give the local backend a vision model with --llm-url, or delete the "
+            "image's item.",
+            code="invalid_value",
+        )
+    parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+    for picture in pictures:
+        url = {"url": picture["image_url"], "detail": picture.get("detail") or "auto"}
+        parts.append({"type": "image_url", "image_url": url})
+    return {"role": role, "content": parts}
 
 
 class ResponseRefused(BackendError):

@@ -227,7 +227,8 @@ class LocalBackend:
         limits = [n for n in (request.max_output_tokens, self._max_tokens) if n]
         reserve = min([*limits, DEFAULT_REPLY_ROOM, context // 2])
         window = max(256, context - reserve - 32)
-        messages = fit_context(chat_messages(request), request.truncation, window, count)
+        images = isinstance(self.llm, OpenAICompatLlm)  # a URL engine may be a vision model
+        messages = fit_context(chat_messages(request, images), request.truncation, window, count)
         room = max(1, context - count(messages) - 32)
         return messages, min([*limits, room])
 

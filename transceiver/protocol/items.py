@@ -18,14 +18,14 @@ _CONTENT_BY_ROLE = {
 }
 
 
-def decode_base64(value: Any, param: str) -> bytes:
+def decode_base64(value: Any, param: str, what: str = "audio") -> bytes:
     if not isinstance(value, str):
         raise ClientError(f"Invalid value for '{param}': expected a base64 string.", param=param)
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise ClientError(
-            f"Invalid value for '{param}': not valid base64-encoded audio.",
+            f"Invalid value for '{param}': not valid base64-encoded {what}.",
             code="invalid_value",
             param=param,
         ) from None
@@ -103,6 +103,8 @@ def _normalize_message(item: dict[str, Any], param: str) -> bytes | None:
             if "audio" in part and part["audio"] is not None:
                 audio = (audio or b"") + decode_base64(part.pop("audio"), f"{part_param}.audio")
             part.setdefault("transcript", None)
+        elif ptype == "input_image":
+            _check_image(part, part_param)
         elif ptype == "output_audio":
             raise ClientError(
                 "Assistant audio items cannot be created by the client; use 'output_text'.",
@@ -110,6 +112,30 @@ def _normalize_message(item: dict[str, Any], param: str) -> bytes | None:
             )
     item.setdefault("status", "completed")
     return audio
+
+
+_IMAGE_DATA = ("data:image/png;base64,", "data:image/jpeg;base64,")
+
+
+def _check_image(part: dict[str, Any], param: str) -> None:
+    """An ``input_image`` part: ``image_url`` a PNG or JPEG data URL (valid base64) or an
+    http(s) URL, ``detail`` auto, low or high (the SDK's ``Content``)."""
+    url = _str_field(part, "image_url", param)
+    if url.startswith(_IMAGE_DATA):
+        decode_base64(url.partition(",")[2], f"{param}.image_url", "image data")
+    elif not url.startswith(("https://", "http://")) or len(url) > 8192:
+        raise ClientError(
+            "Invalid 'image_url': expected a PNG or JPEG data URL "
+            "('data:image/png;base64,...') or an http(s) URL.",
+            param=f"{param}.image_url",
+        )
+    detail = part.get("detail")
+    if detail is not None and detail not in ("auto", "low", "high"):
+        raise ClientError(
+            f"Invalid value: '{str(detail)[:64]}'. Supported values are: 'auto', 'low', and "
+            "'high'.",
+            param=f"{param}.detail",
+        )
 
 
 def item_text(item: dict[str, Any]) -> str:
