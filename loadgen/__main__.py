@@ -8,6 +8,7 @@ import os
 import sys
 
 import loadgen
+from loadgen.report import Timeline, write_report
 from relay import loop
 
 
@@ -41,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source.add_argument("--text", action="store_true", help="Send text turns instead of audio.")
     load.add_argument("--json", dest="json_out", help="Write every figure to this file.")
+    load.add_argument(
+        "--report",
+        help="Write a self-contained HTML page of the run to this file: latency histograms "
+        "and time series (sessions, events/s, first audio percentiles, problems).",
+    )
     load.add_argument(
         "--api-key",
         default=os.environ.get("OPENAI_API_KEY") or None,
@@ -76,8 +82,10 @@ def run(args: argparse.Namespace) -> int:
         transport=args.transport,
     )
     tty = sys.stderr.isatty()
+    timeline = Timeline()
 
     def progress(figures: loadgen.Figures, elapsed_s: float) -> None:
+        timeline.sample(figures, elapsed_s)
         line = loadgen.progress_line(figures, elapsed_s)
         sys.stderr.write(("\r" + line) if tty else (line + "\n"))
         sys.stderr.flush()
@@ -85,8 +93,11 @@ def run(args: argparse.Namespace) -> int:
     figures, elapsed = loop.run(loadgen.run_load(options, progress))
     if tty:
         sys.stderr.write("\n")
+    timeline.sample(figures, elapsed)
     summary = loadgen.summarize(options, figures, elapsed)
     sys.stdout.write(loadgen.format_summary(summary) + "\n")
+    if args.report:
+        write_report(args.report, summary, timeline)
     if args.json_out:
         with open(args.json_out, "w", encoding="utf-8") as handle:
             json.dump(summary, handle, indent=2)
