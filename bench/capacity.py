@@ -21,6 +21,7 @@ them. Not in CI (minutes); part of ``make bench``.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -33,9 +34,11 @@ from bench.harness import RunningServer, relay_server
 from bench.soak import children
 from bench.stats import load_average, machine, write_section
 from loadgen import LoadOptions, default_speech, run_load, summarize
+from loadgen.report import line_chart, page
 from relay import loop
 
 FIRST_AUDIO_BUDGET_MS = 1000.0
+OUT = Path(__file__).parent / "out"  # plots (gitignored)
 LOCAL_STEPS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)
 RUN_S = 24.0
 LOCAL_RUN_S = 60.0  # local turns take ~12 s: enough of them for a p90
@@ -230,7 +233,18 @@ def main(sessions: int = 50) -> str:
     body = report(idle, steps, flat, sessions, load_before)
     print(body)
     write_section("Capacity: sessions per transceiver", body)
+    write_plot(steps)
     return body
+
+
+def write_plot(steps: list[Step]) -> None:
+    """bench/out/capacity.html: the local backend's p90 first audio against sessions."""
+    xs = [float(s.sessions) for s in steps]
+    p90 = [s.p90_first_audio_ms if s.p90_first_audio_ms is not None else math.nan for s in steps]
+    series = {"p90 first audio": p90, "budget": [FIRST_AUDIO_BUDGET_MS] * len(steps)}
+    chart = line_chart("Local backend: end of speech to first audio", xs, series, "ms", "sessions")
+    OUT.mkdir(exist_ok=True)
+    (OUT / "capacity.html").write_text(page("python -m bench capacity", [chart]))
 
 
 if __name__ == "__main__":

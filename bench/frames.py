@@ -21,14 +21,17 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.capacity import cpu_seconds
 from bench.harness import RunningServer, relay_server
 from bench.soak import children
 from bench.stats import load_average, machine, write_section
 from loadgen import LoadOptions, default_speech, run_load, summarize
+from loadgen.report import line_chart, page
 from relay import loop
 
+OUT = Path(__file__).parent / "out"  # plots (gitignored)
 STEPS = (50, 100, 200)
 RUN_S = 20.0
 RAMP_S = 5.0
@@ -140,7 +143,21 @@ def main(steps: tuple[int, ...] = STEPS) -> str:
     body = report(results, load_before)
     print(body)
     write_section("CPU per frame", body)
+    write_plot(results)
     return body
+
+
+def write_plot(steps: list[Step]) -> None:
+    """bench/out/frames.html: CPU per frame against sessions, one line per process."""
+    xs = [float(s.sessions) for s in steps]
+    series = {
+        "relay": [s.per_frame_us(s.relay_s) for s in steps],
+        "transceiver": [s.per_frame_us(s.transceiver_s) for s in steps],
+        "load generator": [s.per_frame_us(s.loadgen_s) for s in steps],
+    }
+    chart = line_chart("CPU per frame", xs, series, "us", x_label="sessions")
+    OUT.mkdir(exist_ok=True)
+    (OUT / "frames.html").write_text(page("python -m bench frames", [chart]))
 
 
 if __name__ == "__main__":

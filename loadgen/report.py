@@ -84,8 +84,10 @@ def _frame(title: str, x_label: str, y_max: float, x_max: float, body: str) -> s
     )
 
 
-def line_chart(title: str, xs: list[float], series: dict[str, list[float]], unit: str) -> str:
-    """Lines over time; NaN values break a line."""
+def line_chart(
+    title: str, xs: list[float], series: dict[str, list[float]], unit: str, x_label: str = "s"
+) -> str:
+    """Lines over ``xs`` (time by default); NaN values break a line."""
     w, h = WIDTH - 2 * PAD, HEIGHT - 2 * PAD
     finite = [v for ys in series.values() for v in ys if not math.isnan(v)]
     y_max = float(_nice(max(finite, default=1.0)))
@@ -110,7 +112,7 @@ def line_chart(title: str, xs: list[float], series: dict[str, list[float]], unit
             f'text-anchor="end">{html.escape(name)}</text>'
         )
     label = f"{title} ({unit})" if unit else title
-    return _frame(label, "s", y_max, round(x_max, 1), "".join(body + legend))
+    return _frame(label, x_label, y_max, round(x_max, 1), "".join(body + legend))
 
 
 def histogram(title: str, values: list[float], bins: int = 30) -> tuple[str, list[int]]:
@@ -159,14 +161,19 @@ def render(summary: dict[str, Any], timeline: Timeline) -> str:
             "",
         ),
     ]
-    table = html.escape(format_summary(summary))
-    title = html.escape(f"Load report: {summary['sessions']} sessions, {summary['url']}")
+    table = f"<pre>{html.escape(format_summary(summary))}</pre>"
+    return page(f"Load report: {summary['sessions']} sessions, {summary['url']}", charts, table)
+
+
+def page(title: str, charts: list[str], preamble: str = "") -> str:
+    """A self-contained page of ``charts`` (SVG strings) under ``title``."""
     figures = "".join(f"<figure>{chart}</figure>" for chart in charts)
+    heading = html.escape(title)
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>{title}</title><style>body{{font-family:sans-serif;margin:2em;}}"
+        f"<title>{heading}</title><style>body{{font-family:sans-serif;margin:2em;}}"
         "pre{background:#f6f8fa;padding:1em;}figure{margin:1em 0;}</style></head>"
-        f"<body><h1>{title}</h1><pre>{table}</pre>{figures}</body></html>\n"
+        f"<body><h1>{heading}</h1>{preamble}{figures}</body></html>\n"
     )
 
 
