@@ -174,6 +174,13 @@ class TransceiverSettings(BaseSettings):
         None, description="Piper voice .onnx path (default: bundled en_US-joe-medium)."
     )
     tts_speaker: int | None = Field(None, description="Speaker id for multi-speaker voices.")
+    voices: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Piper voices for session voice names: NAME=PATH[#SPEAKER],... (for "
+        "example marin=/models/amy.onnx,cedar=/models/libritts.onnx#12). Every other name "
+        "(OpenAI's alloy, ash, ballad, coral, echo, sage, shimmer, verse, marin, cedar, or a "
+        "custom one) speaks with the default voice (--tts-voice).",
+    )
     tts_lead_ms: int = Field(500, description="How far output audio may run ahead of real time.")
     # Local backend: end of turn (models/turn.py, Smart Turn v3.2)
     turn_model: str | None = Field(
@@ -222,7 +229,18 @@ class TransceiverSettings(BaseSettings):
             self.max_sessions = local_max_sessions()
         return self
 
-    @field_validator("upstream_header", "allowed_models", "model_map", mode="before")
+    @field_validator("voices")
+    @classmethod
+    def _voice_entries(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            name, sep, path = entry.partition("=")
+            speaker = path.partition("#")[2]
+            bad_speaker = bool(speaker) and not speaker.isdigit()
+            if not sep or not name.strip() or not path.strip() or bad_speaker:
+                raise ValueError(f"{entry!r} is not NAME=PATH[#SPEAKER]")
+        return value
+
+    @field_validator("upstream_header", "allowed_models", "model_map", "voices", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):

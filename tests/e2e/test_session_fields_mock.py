@@ -96,3 +96,25 @@ async def test_idle_timeout_counts_from_the_end_of_playback(mock_server: Running
         assert 5000 + audio_ms - 200 <= waited_ms <= 5000 + audio_ms + 2000, (waited_ms, audio_ms)
         await rec.until("response.done", timeout_s=30)
         rec.check()
+
+
+async def test_the_voice_is_fixed_once_the_assistant_has_spoken(mock_server: RunningServer) -> None:
+    async with client_for(mock_server).realtime.connect(model="gpt-realtime") as conn:
+        rec = Recorder(conn)
+        updated = await configure(rec, audio={"output": {"voice": "marin"}})
+        assert updated["session"]["audio"]["output"]["voice"] == "marin"
+        await configure(rec, audio={"output": {"voice": "cedar"}})  # nothing spoken yet
+        await user_text(rec, "Say something.")
+        await rec.send({"type": "response.create"})
+        await rec.until("response.output_audio.delta")
+        await rec.until("response.done")
+        await rec.send(
+            {
+                "type": "session.update",
+                "event_id": "v1",
+                "session": {"type": "realtime", "audio": {"output": {"voice": "marin"}}},
+            }
+        )
+        error = (await rec.until("error"))["error"]
+        assert error["code"] == "cannot_update_voice" and error["event_id"] == "v1"
+        rec.check()

@@ -410,3 +410,21 @@ def test_a_reasoning_effort_fails_the_response_saying_why(make_session, kit, whe
     update(h, {"reasoning": None})
     events, _ = h.create_response()  # without it, responses go on
     kit.one(events, "response.created")
+
+
+# -- the voice is fixed once the assistant has spoken ----------------------------------
+
+
+def test_the_voice_can_change_until_the_assistant_speaks(make_session, kit) -> None:
+    h = make_session()
+    voice = {"audio": {"output": {"voice": "marin"}}}
+    kit.one(update(h, voice), "session.updated")
+    h.user_text("hi")
+    _, start = h.create_response()
+    h.session.response_audio_delta(start.request.response_id, b"\0" * 4800)
+    h.drain()
+    error = kit.error_of(update(h, {"audio": {"output": {"voice": "cedar"}}}))
+    assert error["code"] == "cannot_update_voice"
+    assert error["param"] == "session.audio.output.voice"
+    # The same voice, or another field, still updates.
+    kit.one(update(h, {"instructions": "Be brief.", **voice}), "session.updated")

@@ -63,6 +63,21 @@ def split_clause(buffer: str, first: bool) -> tuple[str, str] | None:
     return None
 
 
+def load_voices(entries: list[str]) -> dict[str, PiperTts]:
+    """``--voices NAME=PATH[#SPEAKER],...``: each distinct voice loaded once, at start (a
+    voice that cannot be loaded stops the transceiver, as the default one does)."""
+    loaded: dict[tuple[str, int | None], PiperTts] = {}
+    voices: dict[str, PiperTts] = {}
+    for entry in entries:
+        name, _, target = entry.partition("=")
+        path, _, speaker = target.partition("#")
+        key = (path.strip(), int(speaker) if speaker else None)
+        if key not in loaded:
+            loaded[key] = PiperTts(key[0], speaker_id=key[1])
+        voices[name.strip()] = loaded[key]
+    return voices
+
+
 class LocalBackend:
     name = "local"
     speculative_stt: bool
@@ -81,10 +96,14 @@ class LocalBackend:
         lead_ms: int = 500,
         speculative_stt: bool = True,
         preemptive: bool = True,
+        voices: dict[str, PiperTts] | None = None,
     ) -> None:
+        """``voices``: the piper voice of each session voice name (``--voices``); every
+        other name speaks with ``tts``."""
         self.stt = stt
         self.llm = llm
         self.tts = tts
+        self.voices = voices or {}
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model")
         self._language = language
         self._max_tokens = max_tokens
@@ -117,6 +136,7 @@ class LocalBackend:
                 settings.llm_gguf, n_ctx=settings.llm_context_tokens, n_threads=settings.llm_threads
             )
         tts = PiperTts(settings.tts_voice, speaker_id=settings.tts_speaker)
+        voices = load_voices(settings.voices)
         backend = cls(
             stt,
             llm,
@@ -128,6 +148,7 @@ class LocalBackend:
             lead_ms=settings.tts_lead_ms,
             speculative_stt=settings.speculative_stt,
             preemptive=settings.preemptive_reply,
+            voices=voices,
         )
         backend.warm_up(embedded=not settings.llm_url)
         log.info("local backend ready in %.1f s", time.monotonic() - started)
@@ -140,6 +161,11 @@ class LocalBackend:
         if embedded:
             for _ in self.llm.stream([{"role": "user", "content": "Hi"}], max_tokens=1):
                 pass
+
+    def voice_for(self, voice: str | dict[str, Any]) -> PiperTts:
+        """The piper voice for a session's ``voice`` (a name, or a custom ``{"id"}``)."""
+        name = voice.get("id") if isinstance(voice, dict) else voice
+        return self.voices.get(str(name), self.tts)
 
     def model_ids(self) -> list[str]:
         return ["gpt-realtime", "gpt-realtime-mini", "gpt-4o-realtime-preview", "local"]
@@ -183,7 +209,8 @@ class LocalBackend:
         tools = offered_tools(request)
         messages, max_tokens = await self._run(self._prompt, request)
         speak = "audio" in request.output_modalities
-        speaker = _Speaker(self, sink, request.speed) if speak else None
+        tts = self.voice_for(request.voice)
+        speaker = _Speaker(self, sink, request.speed, tts) if speak else None
         buffer = ""
         first = True
         finish: list[str] = []
@@ -300,8 +327,11 @@ class _Speaker:
     """Speaks clauses: TTS on a worker, audio paced a little ahead of real time,
     each word's transcript delta sent just before the audio where it starts."""
 
-    def __init__(self, backend: LocalBackend, sink: ResponseSink, speed: float) -> None:
+    def __init__(
+        self, backend: LocalBackend, sink: ResponseSink, speed: float, tts: PiperTts
+    ) -> None:
         self._backend = backend
+        self._tts = tts
         self._sink = sink
         self._speed = speed
         self._started: float | None = None
@@ -314,11 +344,11 @@ class _Speaker:
             return
         backend = self._backend
         try:
-            pcm: bytes = await backend._run(backend.tts.synthesize, text, speed=self._speed)
+            pcm: bytes = await backend._run(self._tts.synthesize, text, speed=self._speed)
         except ModelError as exc:
             raise BackendError(str(exc)) from exc
         self._sink.mark("tts_first_audio")
-        rate = backend.tts.sample_rate_hz
+        rate = self._tts.sample_rate_hz
         words = _WORDS.findall(clause) or [clause]
         trailing = clause[sum(len(w) for w in words) :]
         starts, total, acc = [], max(1, len(clause.strip())), 0

@@ -19,6 +19,7 @@ class SessionResults:
     _responses: dict[str, Response]
     _writer: ResponseWriter
     _transcribing: set[str]
+    assistant_spoke: bool
 
     def _emit(self, type: str, **fields: Any) -> None:
         raise NotImplementedError
@@ -96,6 +97,7 @@ class SessionResults:
         (``Response.play``)."""
         resp = self._active(response_id)
         if resp is not None and audio:
+            self.assistant_spoke = True
             self._writer.audio(resp, audio)
             if now_ms is not None:
                 resp.play(now_ms, resp.output_format.type.duration_ms(len(audio)))

@@ -105,6 +105,7 @@ class RealtimeSession(SessionInput, SessionResults, SessionItems):
         self._dialect = BetaDialect() if spec.beta else None
         self.media = spec.media  # WebRTC/SIP: output audio goes on a media track
         self.prompts = prompts
+        self.assistant_spoke = False  # audio of a response went out: the voice is fixed
         self.ids = ids or IdFactory()
         self.id = self.ids.new("sess")
         self.max_conversation_audio_ms = max_conversation_audio_ms
@@ -256,12 +257,25 @@ class RealtimeSession(SessionInput, SessionResults, SessionItems):
     def _on_session_update(self, event: dict[str, Any], now_ms: float) -> None:
         old_td, old_format = self.turn_detection, self.input_format
         config = apply_session_update(self.config, event.get("session"))
+        self._check_voice_change(config)
         if self.media:
             check_media_formats(session_wire(config))
         check_session_prompt(config, self.prompts)
         self.config = config
         self._input_config_changed(old_td, old_format, now_ms)
         self._emit("session.updated", session=self.session_object())
+
+    def _check_voice_change(self, config: SessionConfig) -> None:
+        """As OpenAI: the voice cannot change once the assistant has spoken in the session."""
+        old, new = self.realtime_config, config
+        if not self.assistant_spoke or old is None or not isinstance(new, RealtimeSessionConfig):
+            return
+        if new.audio.output.voice != old.audio.output.voice:
+            raise ClientError(
+                "Cannot update a conversation's voice if assistant audio is present.",
+                code="cannot_update_voice",
+                param="session.audio.output.voice",
+            )
 
     def _on_output_clear(self, event: dict[str, Any], now_ms: float) -> None:
         # On WebRTC the relay plays the audio, so it answers output_audio_buffer.clear

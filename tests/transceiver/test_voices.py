@@ -1,0 +1,36 @@
+"""``--voices``: session voice names mapped to piper voices on the local backend."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import pytest
+from pydantic import ValidationError
+
+from models.errors import TtsError
+from models.tts import PiperTts, bundled_voice_path
+from transceiver.backends.local import LocalBackend, load_voices
+from transceiver.settings import TransceiverSettings
+
+
+def test_each_name_gets_its_voice_and_every_other_name_the_default() -> None:
+    path = str(bundled_voice_path())
+    default = PiperTts()
+    voices = load_voices([f"marin={path}", f"cedar={path}", f"joe={path}"])
+    assert voices["marin"] is voices["cedar"] is voices["joe"]  # one voice loaded once
+    assert voices["marin"] is not default
+    backend = LocalBackend(cast(Any, None), cast(Any, None), default, voices=voices, workers=1)
+    assert backend.voice_for("marin") is voices["marin"]
+    assert backend.voice_for({"id": "joe"}) is voices["joe"]  # a custom voice by its id
+    assert backend.voice_for("alloy") is default and backend.voice_for("ash") is default
+
+
+def test_a_voice_that_cannot_be_loaded_stops_the_start(tmp_path: Any) -> None:
+    with pytest.raises(TtsError):
+        load_voices([f"marin={tmp_path / 'missing.onnx'}"])
+
+
+@pytest.mark.parametrize("entry", ["marin", "=x.onnx", "marin=", "marin=x.onnx#two"])
+def test_malformed_entries_are_refused(entry: str) -> None:
+    with pytest.raises(ValidationError):
+        TransceiverSettings(backend="mock", voices=entry)
