@@ -9,13 +9,15 @@ answered in the same shape.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from http import HTTPStatus
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.websockets import WebSocketState
 
 
 def error_body(
@@ -105,6 +107,22 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     exception is then logged by the server (Starlette's ServerErrorMiddleware re-raises it)."""
     message = "The server had an error while processing your request."
     return ApiError(500, message, "internal_error", type="server_error").response()
+
+
+async def answer_websocket_failure(websocket: WebSocket, event: str | None = None) -> None:
+    """After a bug in a WebSocket route: OpenAI's 500 envelope while the handshake is
+    unanswered; after it, ``event`` (an ``error`` event, where the peer reads them), then
+    close code 1011. Never raises: the connection may already be gone."""
+    with contextlib.suppress(Exception):
+        if websocket.client_state is WebSocketState.CONNECTING:
+            error = ApiError(
+                500, "The server failed this request.", "internal_error", type="server_error"
+            )
+            await websocket.send_denial_response(error.response())
+            return
+        if event is not None:
+            await websocket.send_text(event)
+        await websocket.close(1011, "internal error")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, WebSocket
 from fastapi.responses import Response
-from starlette.websockets import WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.protocol import State
@@ -26,7 +26,7 @@ from relay.auth import Credentials, authenticate, lower_headers, wants_beta
 from relay.drain import SHUTDOWN_MESSAGE
 from relay.edge import Edge, EdgeDep
 from relay.ephemeral import EphemeralKey, call_owner
-from relay.errors import ApiError
+from relay.errors import ApiError, answer_websocket_failure
 from relay.ratelimit import PASS, SessionRates
 from relay.webrtc import Call
 from transceiver.protocol.contract import Dialect, SessionKind, SessionSpec
@@ -43,16 +43,8 @@ async def realtime(websocket: WebSocket, edge: EdgeDep) -> None:
         await _realtime(websocket, edge)
     except Exception:
         log.exception("realtime connection failed")
-        with contextlib.suppress(Exception):
-            if websocket.client_state is WebSocketState.CONNECTING:
-                error = ApiError(
-                    500, "The server failed this request.", "internal_error", type="server_error"
-                )
-                await websocket.send_denial_response(error.response())
-            else:
-                message = "The server failed this session."
-                await websocket.send_text(edge.error_event(message, "internal_error"))
-                await websocket.close(1011, "internal error")
+        event = edge.error_event("The server failed this session.", "internal_error")
+        await answer_websocket_failure(websocket, event)
 
 
 async def _realtime(websocket: WebSocket, edge: EdgeDep) -> None:

@@ -45,14 +45,14 @@ from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import Response
-from starlette.websockets import WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from relay.admission import Refused
 from relay.bodies import read_body
 from relay.edge import Edge, EdgeDep
-from relay.errors import ApiError, draining
+from relay.errors import ApiError, answer_websocket_failure, draining
 from relay.phone import Playout, admit_call, call_spec, phone_session, truncate_event
 from relay.ratelimit import SessionRates
 from relay.twilio_signature import SIGNATURE_HEADER, check_signature, public_base, public_url
@@ -163,14 +163,7 @@ async def media(websocket: WebSocket, edge: EdgeDep) -> None:
         await _media(websocket, edge)
     except Exception:
         log.exception("twilio media stream failed")
-        with contextlib.suppress(Exception):
-            if websocket.client_state is WebSocketState.CONNECTING:
-                error = ApiError(
-                    500, "The server failed this request.", "internal_error", type="server_error"
-                )
-                await websocket.send_denial_response(error.response())
-            else:
-                await websocket.close(1011, "internal error")
+        await answer_websocket_failure(websocket)  # Twilio reads no Realtime events
 
 
 async def _media(websocket: WebSocket, edge: Edge) -> None:

@@ -10,20 +10,16 @@ it with the caller's credentials, as a hangup or a sideband is.
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from relay.auth import ApiKeyAuth
-from relay.bodies import read_body
+from relay.bodies import json_object_body, read_body
 from relay.edge import Edge, EdgeDep
 from relay.ephemeral import call_owner
 from relay.errors import ApiError
 from relay.sip.endpoint import SipEndpoint
-from transceiver.protocol.errors import ClientError
-from transceiver.protocol.wire import check_depth, loads_strict
 
 router = APIRouter()
 
@@ -63,23 +59,6 @@ def _endpoint(request: Request) -> SipEndpoint:
     return endpoint
 
 
-async def _json_body(request: Request, limit: int) -> dict[str, Any]:
-    """The body as a JSON object (``{}`` when empty); a 400 otherwise."""
-    body = await read_body(request, limit)
-    if not body.strip():
-        return {}
-    try:
-        value = loads_strict(body)
-        check_depth(value, "The body", code="invalid_value", param=None)
-    except ClientError as exc:
-        raise ApiError(400, exc.message, exc.code or "invalid_value") from None
-    except ValueError:
-        raise ApiError(400, "The body is not valid JSON.", "invalid_json") from None
-    if not isinstance(value, dict):
-        raise ApiError(400, "The body must be a JSON object.", "invalid_type")
-    return value
-
-
 @router.post("/v1/realtime/calls/{call_id}/accept")
 async def accept(
     call_id: str, request: Request, edge: EdgeDep, credentials: ApiKeyAuth
@@ -88,7 +67,7 @@ async def accept(
     if forwarded is not None:
         return forwarded
     endpoint = _endpoint(request)
-    session = await _json_body(request, edge.settings.max_body_bytes)
+    session = await json_object_body(request, edge)
     await endpoint.accept(call_id, session)
     return JSONResponse({})
 
@@ -101,7 +80,7 @@ async def reject(
     if forwarded is not None:
         return forwarded
     endpoint = _endpoint(request)
-    body = await _json_body(request, edge.settings.max_body_bytes)
+    body = await json_object_body(request, edge)
     status = body.get("status_code", 603)
     if isinstance(status, bool) or not isinstance(status, int) or not 300 <= status <= 699:
         raise ApiError(
@@ -120,7 +99,7 @@ async def refer(call_id: str, request: Request, edge: EdgeDep, credentials: ApiK
     if forwarded is not None:
         return forwarded
     endpoint = _endpoint(request)
-    body = await _json_body(request, edge.settings.max_body_bytes)
+    body = await json_object_body(request, edge)
     target = body.get("target_uri")
     if (
         not isinstance(target, str)
