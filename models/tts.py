@@ -39,14 +39,21 @@ def bundled_voice_path() -> str:
 class PiperTts:
     """Piper voice producing mono PCM16 little-endian audio at :attr:`sample_rate_hz`."""
 
-    def __init__(self, voice: str | None = None, *, speaker_id: int | None = None) -> None:
-        """``voice``: path of a piper ``.onnx`` (config at ``<voice>.json``); None = bundled."""
+    def __init__(
+        self, voice: str | None = None, *, speaker_id: int | None = None, varied: bool = True
+    ) -> None:
+        """``voice``: path of a piper ``.onnx`` (config at ``<voice>.json``); None = bundled.
+
+        ``varied=False`` turns off piper's sampling noise, so the same text gives the same
+        samples every time (tests and benchmarks that need reproducible speech).
+        """
         try:
             from piper import PiperVoice
         except ImportError as exc:
             raise TtsError("piper-tts 1.x (PiperVoice.load API) is not installed") from exc
         self.voice_path = voice or bundled_voice_path()
         self.speaker_id = speaker_id
+        self.varied = varied
         try:
             self._voice: PiperVoice = PiperVoice.load(self.voice_path)
         except Exception as exc:
@@ -65,9 +72,11 @@ class PiperTts:
         if not speed > 0:
             raise TtsError(f"speed must be positive, got {speed}")
         speed = min(max(speed, MIN_SPEED), MAX_SPEED)
+        noise = {} if self.varied else {"noise_scale": 0.0, "noise_w_scale": 0.0}
         return SynthesisConfig(
             speaker_id=self.speaker_id,
             length_scale=self._voice.config.length_scale / speed,
+            **noise,
         )
 
     def synthesize_stream(self, text: str, *, speed: float = 1.0) -> Generator[bytes, None, None]:

@@ -30,7 +30,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def voice() -> Iterator[PiperTts]:
-    yield PiperTts()
+    yield PiperTts(varied=False)
 
 
 def spoken(voice: PiperTts, text: str) -> bytes:

@@ -198,7 +198,7 @@ async def test_baresip_asks_the_local_pipeline(tmp_path: Path) -> None:
     port = free_port()
     args = ("--backend", "local", "--llm-max-tokens", "40", "--sip-listen", f"127.0.0.1:{port}")
     with relay_server(*args, "--sip-session", json.dumps(TRANSCRIBED)) as server:
-        question = spoken(PiperTts(), "What is the capital of France?")
+        question = spoken(PiperTts(varied=False), "What is the capital of France?")
         microphone = silence(2500) + question + silence(20_000)
         uri = f"sip:agent@127.0.0.1:{port}"
         _, events = await _phone_call(server, uri, tmp_path, microphone, 60)

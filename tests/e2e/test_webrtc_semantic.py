@@ -36,7 +36,7 @@ SEMANTIC = {"type": "semantic_vad", "eagerness": "low"}  # 8 s of silence at mos
 
 @pytest.fixture(scope="module")
 def voice() -> Iterator[PiperTts]:
-    yield PiperTts()
+    yield PiperTts(varied=False)
 
 
 async def next_of(

@@ -47,7 +47,7 @@ def url_llm_server(scripted_llm: ChatServer) -> Iterator[RunningServer]:
 
 @pytest.fixture(scope="session")
 def speak() -> Speaker:
-    return Speaker(PiperTts())
+    return Speaker(PiperTts(varied=False))
 
 
 class Speaker:

@@ -18,7 +18,7 @@ def whisper_stt() -> WhisperStt:
 
 @pytest.fixture(scope="session")
 def piper_tts() -> PiperTts:
-    return PiperTts()
+    return PiperTts(varied=False)
 
 
 @pytest.fixture(scope="session")

@@ -43,8 +43,14 @@ def test_stream_yields_chunks_of_similar_total_length(piper_tts: PiperTts) -> No
     assert all(chunk and len(chunk) % 2 == 0 for chunk in chunks)
     streamed = _seconds(b"".join(chunks), piper_tts.sample_rate_hz)
     whole = _seconds(piper_tts.synthesize(text), piper_tts.sample_rate_hz)
-    # piper's duration predictor is stochastic: lengths differ slightly per run
     assert streamed == pytest.approx(whole, rel=0.25)
+
+
+def test_varied_false_repeats_itself_and_the_default_does_not(piper_tts: PiperTts) -> None:
+    assert not piper_tts.varied  # the fixture's voice, so that model tests are reproducible
+    assert piper_tts.synthesize(HELLO) == piper_tts.synthesize(HELLO)
+    varied = PiperTts(piper_tts.voice_path)
+    assert varied.synthesize(HELLO) != varied.synthesize(HELLO)  # piper samples noise
 
 
 def test_stream_can_be_abandoned_early(piper_tts: PiperTts) -> None:
