@@ -72,12 +72,13 @@ class PiperTts:
         if not speed > 0:
             raise TtsError(f"speed must be positive, got {speed}")
         speed = min(max(speed, MIN_SPEED), MAX_SPEED)
-        noise = {} if self.varied else {"noise_scale": 0.0, "noise_w_scale": 0.0}
-        return SynthesisConfig(
+        config = SynthesisConfig(
             speaker_id=self.speaker_id,
             length_scale=self._voice.config.length_scale / speed,
-            **noise,
         )
+        if not self.varied:
+            config.noise_scale = config.noise_w_scale = 0.0
+        return config
 
     def synthesize_stream(self, text: str, *, speed: float = 1.0) -> Generator[bytes, None, None]:
         """Yield PCM16 chunks, one per sentence, as each one is synthesised.
