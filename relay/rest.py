@@ -25,14 +25,29 @@ from transceiver.observability import CONTENT_TYPE
 from transceiver.protocol.beta import BetaDialect
 from transceiver.protocol.errors import ClientError
 
-INDEX_HTML = Path(__file__).with_name("static") / "index.html"
+STATIC = Path(__file__).with_name("static")
+INDEX_HTML = STATIC / "index.html"
+# The playground's own files (no build step, nothing fetched from elsewhere).
+PLAYGROUND_FILES = {
+    "playground.js": "text/javascript; charset=utf-8",
+    "playground-ui.js": "text/javascript; charset=utf-8",
+    "playground.css": "text/css; charset=utf-8",
+}
 router = APIRouter()
 
 
 @router.get("/", include_in_schema=False)
 async def index() -> HTMLResponse:
-    """A small page that talks to the server over WebRTC (mic in, reply out)."""
+    """The playground: a WebRTC call to this server with its settings, chat and events."""
     return HTMLResponse(INDEX_HTML.read_text(encoding="utf-8"))
+
+
+@router.get("/playground/{name}", include_in_schema=False)
+async def playground_file(name: str) -> Response:
+    media_type = PLAYGROUND_FILES.get(name)
+    if media_type is None:
+        raise ApiError(404, f"No playground file named {name!r}.", "not_found")
+    return Response((STATIC / name).read_bytes(), media_type=media_type)
 
 
 @router.get("/healthz")

@@ -3,6 +3,7 @@ routes, wrong methods, validation, credentials, bodies), minting, health and mod
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -57,6 +58,25 @@ async def test_unknown_routes_and_wrong_methods(http: httpx.AsyncClient) -> None
     assert_envelope(reply, 405, "method_not_allowed")
     assert reply.headers["allow"] == "POST"
     assert_envelope(await http.delete("/healthz"), 405, "method_not_allowed")
+
+
+async def test_the_playground_page_and_its_files_need_no_key(http: httpx.AsyncClient) -> None:
+    page = await http.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for name, media_type in [
+        ("playground.js", "text/javascript"),
+        ("playground-ui.js", "text/javascript"),
+        ("playground.css", "text/css"),
+    ]:
+        assert f"/playground/{name}" in page.text
+        reply = await http.get(f"/playground/{name}")
+        assert reply.status_code == 200 and reply.headers["content-type"].startswith(media_type)
+        assert all(
+            url.startswith("/") for url in re.findall(r"fetch\(\s*[\"'`]([^\"'`]*)", reply.text)
+        )
+    assert all(url.startswith("/") for url in re.findall(r'(?:src|href)="([^"]*)"', page.text))
+    for name in ["index.html", "..%2Frest.py", "nothing.js"]:
+        assert_envelope(await http.get(f"/playground/{name}"), 404, "not_found")
 
 
 async def test_validation_errors(http: httpx.AsyncClient) -> None:
