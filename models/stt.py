@@ -10,6 +10,8 @@ released), so no Python lock is needed; raise ``num_workers`` for parallelism.
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,10 +32,24 @@ SILENCE_PEAK = 1e-4  # digital silence (|x| < ~3/32768) is not worth decoding
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One decoded token (or word, on the long path) and its log probability."""
+
+    token: str
+    logprob: float
+
+
+@dataclass(frozen=True)
 class Transcript:
     text: str
     language: str | None
     duration_s: float
+    # Whisper's segments in order (their texts join into ``text``; one on the short path).
+    segments: tuple[str, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()  # only when asked for
+
+
+SegmentCallback = Callable[[str, tuple[TokenLogprob, ...]], None]
 
 
 def bundled_whisper_path() -> str:
@@ -108,50 +124,97 @@ class WhisperStt:
         sample_rate_hz: int = WHISPER_SAMPLE_RATE_HZ,
         language: str | None = None,
         prompt: str | None = None,
+        languages: Sequence[str] = (),
+        logprobs: bool = False,
+        on_segment: SegmentCallback | None = None,
     ) -> Transcript:
         """Transcribe one utterance of mono PCM16 LE audio (blocking; call off the loop).
 
         ``language`` overrides the instance default (None there = auto-detect);
-        ``prompt`` is Whisper's initial prompt (vocabulary / spelling hints).
+        ``prompt`` is Whisper's initial prompt (vocabulary / spelling hints). Without a
+        language, ``languages`` are the possible ones: the most likely of them is used.
+        ``logprobs`` asks for each token's log probability (per word on the long path).
+        ``on_segment(text, logprobs)`` is called, on this thread, as each segment is
+        decoded: segment by segment on the long path, once on the short one.
         """
         if sample_rate_hz <= 0:
             raise SttError(f"invalid sample rate {sample_rate_hz}")
         audio = pcm16_to_float32(pcm16)
         duration_s = audio.size / sample_rate_hz
-        lang = language or self.language
+        lang = language or (None if languages else self.language)
         if not self._model.model.is_multilingual:
+            if not language and languages and "en" not in languages:
+                wanted = ", ".join(languages)
+                raise SttError(f"The transcription model is English-only, not for {wanted}.")
             lang = "en"
         if duration_s < MIN_AUDIO_S or float(np.max(np.abs(audio))) < SILENCE_PEAK:
             return Transcript(text="", language=lang, duration_s=duration_s)
         if sample_rate_hz != WHISPER_SAMPLE_RATE_HZ:
             audio = resample_array(audio, sample_rate_hz, WHISPER_SAMPLE_RATE_HZ).astype(np.float32)
-        if self.short_window and lang is not None and duration_s <= SHORT_WINDOW_MAX_S:
-            try:
-                text = self._short_window(audio, lang, prompt)
-            except Exception as exc:
-                raise SttError(f"transcription failed: {exc}") from exc
-            return Transcript(text=text, language=lang, duration_s=duration_s)
         try:
-            segments, info = self._model.transcribe(
-                audio,
-                language=lang,
-                beam_size=self.beam_size,
-                best_of=1,
-                temperature=0.0,
-                condition_on_previous_text=False,
-                without_timestamps=True,
-                vad_filter=False,
-                initial_prompt=prompt or None,
-            )
-            # The generator decodes lazily: materialise it inside this call.
-            text = "".join(segment.text for segment in segments).strip()
+            if lang is None and languages:
+                lang = self._likeliest(audio, languages)
+            short = self.short_window and lang is not None
+            if short and duration_s <= SHORT_WINDOW_MAX_S:
+                assert lang is not None
+                text, tokens = self._short_window(audio, lang, prompt, logprobs)
+                if on_segment is not None and text:
+                    on_segment(text, tokens)
+                segments = (text,) if text else ()
+                return Transcript(text, lang, duration_s, segments, tokens)
+            return self._long(audio, lang, prompt, logprobs, on_segment, duration_s)
+        except SttError:
+            raise
         except Exception as exc:
             raise SttError(f"transcription failed: {exc}") from exc
-        return Transcript(text=text, language=info.language or lang, duration_s=duration_s)
+
+    def _long(
+        self,
+        audio: npt.NDArray[np.float32],
+        language: str | None,
+        prompt: str | None,
+        logprobs: bool,
+        on_segment: SegmentCallback | None,
+        duration_s: float,
+    ) -> Transcript:
+        """faster-whisper's own transcription, consumed segment by segment as it decodes."""
+        segments, info = self._model.transcribe(
+            audio,
+            language=language,
+            beam_size=self.beam_size,
+            best_of=1,
+            temperature=0.0,
+            condition_on_previous_text=False,
+            without_timestamps=False,  # timestamps split the window into segments
+            word_timestamps=logprobs,  # word probabilities come with word timing
+            vad_filter=False,
+            initial_prompt=prompt or None,
+        )
+        texts: list[str] = []
+        tokens: list[TokenLogprob] = []
+        for segment in segments:  # the generator decodes lazily, one segment at a time
+            words = tuple(
+                TokenLogprob(w.word, math.log(max(w.probability, 1e-12)))
+                for w in segment.words or ()
+            )
+            if segment.text.strip():
+                texts.append(segment.text)
+                tokens.extend(words)
+                if on_segment is not None:
+                    on_segment(segment.text if texts[1:] else segment.text.lstrip(), words)
+        text = "".join(texts).strip()
+        segs = tuple(t.strip() for t in texts)
+        return Transcript(text, info.language or language, duration_s, segs, tuple(tokens))
+
+    def _likeliest(self, audio: npt.NDArray[np.float32], languages: Sequence[str]) -> str:
+        """The most probable of ``languages`` by Whisper's language detection."""
+        _, _, scores = self._model.detect_language(audio)
+        probability = dict(scores)
+        return max(languages, key=lambda code: probability.get(code, 0.0))
 
     def _short_window(
-        self, audio: npt.NDArray[np.float32], language: str, prompt: str | None
-    ) -> str:
+        self, audio: npt.NDArray[np.float32], language: str, prompt: str | None, logprobs: bool
+    ) -> tuple[str, tuple[TokenLogprob, ...]]:
         """Decode an utterance with a shortened encoder window.
 
         Whisper pads every input to 30 s, and encoding that window is most of the
@@ -185,6 +248,21 @@ class WhisperStt:
             max_length=len(tokens) + budget,
             suppress_blank=True,
             suppress_tokens=[-1],
+            return_logits_vocab=logprobs,
         )
         ids = [t for t in result[0].sequences_ids[0] if t < tokenizer.eot]
-        return str(tokenizer.decode(ids)).strip()
+        text = str(tokenizer.decode(ids)).strip()
+        if not logprobs:
+            return text, ()
+        steps = result[0].logits[0]  # one row of vocabulary logits per generated token
+        return text, tuple(
+            TokenLogprob(str(tokenizer.decode([token])), _log_softmax_at(np.asarray(row), token))
+            for token, row in zip(ids, steps, strict=False)
+        )
+
+
+def _log_softmax_at(logits: npt.NDArray[np.float32], index: int) -> float:
+    """log p(index) from one step's logits (suppressed tokens are -inf-like and vanish)."""
+    row = logits.astype(np.float64)
+    top = float(row.max())
+    return float(row[index] - top - math.log(float(np.exp(row - top).sum())))

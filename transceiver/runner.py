@@ -23,7 +23,7 @@ from models.vad import (
     SpeechStarted,
     SpeechStopped,
 )
-from transceiver.backends.base import Backend
+from transceiver.backends.base import Backend, BackendError
 from transceiver.backends.conversation import ResponseRefused
 from transceiver.observability import Metrics, log_event
 from transceiver.outbox import CloseMarker, Outbox
@@ -93,13 +93,19 @@ class _ResponseSink:
 
 
 class _TranscriptSink:
+    """Sends an input transcript's pieces as deltas and keeps their log probabilities for
+    the ``completed`` event."""
+
     def __init__(self, runner: SessionRunner, item_id: str | None) -> None:
         self._runner = runner
         self._item_id = item_id
+        self.wants_logprobs = runner.session.wants_transcription_logprobs
+        self.logprobs: list[dict[str, Any]] = []
 
-    async def delta(self, text: str) -> None:
+    async def delta(self, text: str, logprobs: list[dict[str, Any]] | None = None) -> None:
+        self.logprobs.extend(logprobs or ())
         if self._item_id is not None:
-            self._runner.session.transcription_delta(self._item_id, text)
+            self._runner.session.transcription_delta(self._item_id, text, logprobs)
             self._runner.pump()
 
 
@@ -303,17 +309,22 @@ class SessionRunner:
         self._speculator.turn_ended()
         self.session.vad_speech_stopped(audio_end_ms, now)
 
-    async def _stt(self, job: Transcribe, item_id: str | None) -> tuple[str, dict[str, Any]]:
+    async def _stt(
+        self, job: Transcribe, item_id: str | None
+    ) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+        """The transcript of ``job``, its usage and its tokens' log probabilities."""
+        sink = _TranscriptSink(self, item_id)
         speculation = self._speculator.take_transcription(job.item_id)
-        if speculation is not None:
-            text, usage = await speculation
-            if "seconds" in usage:  # bill the whole committed audio, not the speculated part
-                seconds = AudioFormatType(job.audio_format).duration_ms(len(job.audio)) / 1000
-                usage = {**usage, "seconds": round(seconds, 3)}
-            if item_id is not None and text:
-                await _TranscriptSink(self, item_id).delta(text)
-            return text, usage
-        return await self.backend.transcribe(job, _TranscriptSink(self, item_id), self.state)
+        if speculation is None:
+            text, usage = await self.backend.transcribe(job, sink, self.state)
+            return text, usage, sink.logprobs
+        text, usage, logprobs = await speculation
+        if "seconds" in usage:  # bill the whole committed audio, not the speculated part
+            seconds = AudioFormatType(job.audio_format).duration_ms(len(job.audio)) / 1000
+            usage = {**usage, "seconds": round(seconds, 3)}
+        if text:
+            await sink.delta(text, logprobs)
+        return text, usage, sink.logprobs
 
     async def _respond(self, request: ResponseRequest) -> None:
         rid = request.response_id
@@ -363,7 +374,18 @@ class SessionRunner:
             session_id=self.session.id,
             response_id=rid,
             **{f"{stage}_ms": round(ms) for stage, ms in stages.items()},
+            **self._trace_fields(),
         )
+
+    def _trace_fields(self) -> dict[str, Any]:
+        """The session's ``tracing`` on its turn lines: no trace is exported from here, so
+        the names a client gives its traces go where an operator looks (the logs)."""
+        tracing = getattr(self.session.config, "tracing", None)
+        if tracing is None:
+            return {}
+        if tracing == "auto":
+            return {"trace": "auto"}
+        return {"trace_workflow": tracing.workflow_name, "trace_group": tracing.group_id}
 
     async def _with_transcripts(self, request: ResponseRequest) -> ResponseRequest:
         """Give every user audio item in the context its transcript (waiting for STT)."""
@@ -393,7 +415,7 @@ class SessionRunner:
             self._transcripts[item_id] = future
             job = Transcribe(item_id, ctx.audio or b"", ctx.audio_format or "audio/pcm")
             try:
-                text, _ = await self._stt(job, None)
+                text, _, _ = await self._stt(job, None)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -405,15 +427,19 @@ class SessionRunner:
 
     async def _transcribe(self, job: Transcribe, future: asyncio.Future[str]) -> None:
         try:
-            text, usage = await self._stt(job, job.item_id)
+            text, usage, logprobs = await self._stt(job, job.item_id)
         except asyncio.CancelledError:
             raise
+        except BackendError as exc:  # the engine says why: the client hears it
+            log.warning("session %s: transcription failed: %s", self.session.id, exc)
+            self.session.transcription_failed(job.item_id, str(exc))
+            text = ""
         except Exception:
             log.exception("session %s: transcription failed", self.session.id)
             self.session.transcription_failed(job.item_id, "The audio could not be transcribed.")
             text = ""
         else:
-            self.session.transcription_completed(job.item_id, text, usage)
+            self.session.transcription_completed(job.item_id, text, usage, logprobs=logprobs)
         finally:
             self._tasks.pop("trx_" + job.item_id, None)
             if not future.done():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated, Literal, Self
+from typing import Annotated, Literal, NamedTuple, Self
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -17,6 +17,23 @@ LOCAL_SESSIONS_PER_CORE = 0.5
 def local_max_sessions(cores: int | None = None) -> int:
     """The local backend's default --max-sessions on ``cores`` (default: this machine's)."""
     return max(1, int(LOCAL_SESSIONS_PER_CORE * (cores or os.cpu_count() or 1)))
+
+
+class VoiceEntry(NamedTuple):
+    """One ``--voices`` entry: a session voice name, a piper voice, maybe a speaker."""
+
+    name: str
+    path: str
+    speaker: int | None
+
+
+def parse_voice(entry: str) -> VoiceEntry:
+    """``NAME=PATH[#SPEAKER]``; ``ValueError`` saying so for anything else."""
+    name, sep, target = entry.partition("=")
+    path, _, speaker = target.partition("#")
+    if not sep or not name.strip() or not path.strip() or (speaker and not speaker.isdigit()):
+        raise ValueError(f"{entry!r} is not NAME=PATH[#SPEAKER]")
+    return VoiceEntry(name.strip(), path.strip(), int(speaker) if speaker else None)
 
 
 class TransceiverSettings(BaseSettings):
@@ -233,11 +250,7 @@ class TransceiverSettings(BaseSettings):
     @classmethod
     def _voice_entries(cls, value: list[str]) -> list[str]:
         for entry in value:
-            name, sep, path = entry.partition("=")
-            speaker = path.partition("#")[2]
-            bad_speaker = bool(speaker) and not speaker.isdigit()
-            if not sep or not name.strip() or not path.strip() or bad_speaker:
-                raise ValueError(f"{entry!r} is not NAME=PATH[#SPEAKER]")
+            parse_voice(entry)
         return value
 
     @field_validator("upstream_header", "allowed_models", "model_map", "voices", mode="before")

@@ -64,9 +64,20 @@ def request_signature(request: ResponseRequest) -> str:
     )
 
 
-class _NullTranscript:
-    async def delta(self, text: str) -> None:
-        return None
+# A speculative transcript: its text, usage and tokens' log probabilities.
+Speculated = tuple[str, dict[str, Any], list[dict[str, Any]]]
+
+
+class _HeldTranscript:
+    """Keeps a speculative transcript's log probabilities; its text is sent only if the
+    pause becomes the end of the turn (transceiver/runner.py)."""
+
+    def __init__(self, wants_logprobs: bool) -> None:
+        self.wants_logprobs = wants_logprobs
+        self.logprobs: list[dict[str, Any]] = []
+
+    async def delta(self, text: str, logprobs: list[dict[str, Any]] | None = None) -> None:
+        self.logprobs.extend(logprobs or ())
 
 
 class BufferSink:
@@ -131,7 +142,7 @@ class Speculator:
     _recent: bytearray = field(default_factory=bytearray)
     _recent_start_ms: float = 0.0
     _speech_start_ms: float = 0.0
-    _stt: asyncio.Task[tuple[str, dict[str, Any]]] | None = None
+    _stt: asyncio.Task[Speculated] | None = None
     _stt_item: str | None = None
     _preemption: Preemption | None = None
 
@@ -174,11 +185,16 @@ class Speculator:
         config = transcription if transcription is not None else Transcription()
         job = Transcribe("speculation", bytes(self._recent[start:end]), fmt, config)
         log.debug("session %s: speculative STT at %.0f ms", self.session.id, until_ms)
-        task = asyncio.create_task(self.backend.transcribe(job, _NullTranscript(), self.state))
+        task = asyncio.create_task(self._transcribe(job))
         task.add_done_callback(self._transcribed)
         self._stt = task
 
-    def _transcribed(self, task: asyncio.Task[tuple[str, dict[str, Any]]]) -> None:
+    async def _transcribe(self, job: Transcribe) -> Speculated:
+        sink = _HeldTranscript(self.session.wants_transcription_logprobs)
+        text, usage = await self.backend.transcribe(job, sink, self.state)
+        return text, usage, sink.logprobs
+
+    def _transcribed(self, task: asyncio.Task[Speculated]) -> None:
         """Speculative STT finished: generate the reply ahead if the turn is still pending."""
         if task is not self._stt or self._stt_item is not None or task.cancelled():
             return
@@ -194,7 +210,7 @@ class Speculator:
         reply.add_done_callback(lambda _: sink.ops.put_nowait(_END))
         self._preemption = Preemption(request_signature(request), sink, reply)
 
-    def pause_transcript(self) -> asyncio.Task[tuple[str, dict[str, Any]]] | None:
+    def pause_transcript(self) -> asyncio.Task[Speculated] | None:
         """The transcription of the speech before the current pause, while it is not yet
         the turn's (semantic_vad checks the words: transceiver/turns.py)."""
         return self._stt if self._stt_item is None else None
@@ -221,7 +237,7 @@ class Speculator:
             self._preemption.task.cancel()
         self._preemption = None
 
-    def take_transcription(self, item_id: str) -> asyncio.Task[tuple[str, dict[str, Any]]] | None:
+    def take_transcription(self, item_id: str) -> asyncio.Task[Speculated] | None:
         """The speculative transcription of ``item_id``'s speech, if there is one."""
         task = self._stt if self._stt_item == item_id else None
         if task is not None:

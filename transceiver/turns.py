@@ -34,11 +34,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from models.audio import to_pcm16
 from models.turn import EndOfTurn, SmartTurn, TurnError
 from models.turn_text import TextTurn, TextTurnError
+from transceiver.speculation import Speculated
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ class _Question:
     audio_format: str
     pause_ms: float
     threshold: float
-    transcript: asyncio.Task[tuple[str, dict[str, Any]]] | None = None
+    transcript: asyncio.Task[Speculated] | None = None
 
 
 class TurnJudge:
@@ -194,14 +195,12 @@ class TurnJudge:
         audio_format: str,
         pause_ms: float,
         threshold: float,
-        transcript: asyncio.Task[tuple[str, dict[str, Any]]] | None = None,
+        transcript: asyncio.Task[Speculated] | None = None,
     ) -> None:
         """Speech paused at ``pause_ms``: ask whether ``audio`` (the turn so far) is done;
         ``transcript``: the speech so far being transcribed, to check the words too."""
         self._generation += 1
-        question = _Question(
-            self._generation, audio, audio_format, pause_ms, threshold, transcript
-        )
+        question = _Question(self._generation, audio, audio_format, pause_ms, threshold, transcript)
         if self._task is not None and not self._task.done():
             self._waiting = question  # asked when the call in flight returns
             return

@@ -172,6 +172,30 @@ async def test_transcription_session(mock_server: RunningServer) -> None:
         rec.check()
 
 
+async def test_transcription_logprobs_when_included(mock_server: RunningServer) -> None:
+    """The mock is certain of its words: each delta carries its word at log probability 0,
+    and the completed transcript all of them; without ``include``, no logprobs at all."""
+    client = client_for(mock_server)
+    for include in (["item.input_audio_transcription.logprobs"], None):
+        async with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
+            rec = Recorder(conn)
+            audio = {"input": {"transcription": {"model": "whisper-1"}}}
+            session = {"type": "transcription", "audio": audio, "include": include}
+            await rec.send({"type": "session.update", "session": session})
+            await rec.until("session.updated")
+            await append_audio(rec, speech("three words here") + silence(800))
+            done = await rec.until("conversation.item.input_audio_transcription.completed")
+            deltas = rec.of_type("conversation.item.input_audio_transcription.delta")
+            rec.check()
+        if include is None:
+            assert "logprobs" not in done and all("logprobs" not in d for d in deltas)
+            continue
+        tokens = [lp["token"] for lp in done["logprobs"]]
+        assert "".join(tokens) == done["transcript"] == "".join(d["delta"] for d in deltas)
+        assert [d["logprobs"] for d in deltas] == [[lp] for lp in done["logprobs"]]
+        assert {lp["logprob"] for lp in done["logprobs"]} == {0.0}
+
+
 async def test_bad_input_keeps_session(mock_server: RunningServer) -> None:
     async with client_for(mock_server).realtime.connect(model="gpt-realtime") as conn:
         rec = Recorder(conn)

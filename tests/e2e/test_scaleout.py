@@ -285,6 +285,14 @@ async def test_metrics_and_json_logs() -> None:
             async with client_for(relay).realtime.connect(model="gpt-realtime") as conn:
                 rec = Recorder(conn)
                 await rec.until("session.created")
+                tracing = {"workflow_name": "checkout", "group_id": "g-7"}  # on the turn line
+                await rec.send(
+                    {"type": "session.update", "session": {"type": "realtime", "tracing": tracing}}
+                )
+                assert (await rec.until("session.updated"))["session"]["tracing"] == {
+                    **tracing,
+                    "metadata": None,
+                }
                 await text_turn(rec)
 
             async def relay_metrics_after_close() -> str | None:
@@ -311,6 +319,7 @@ async def test_metrics_and_json_logs() -> None:
     assert events["turn"]["session_id"] == events["session.start"]["id"]
     assert events["session.end"]["id"] == events["session.start"]["id"]
     assert "first_delta_ms" in events["turn"]
+    assert events["turn"]["trace_workflow"] == "checkout" and events["turn"]["trace_group"] == "g-7"
     # The relay's lines name the connection and where it went; the transceiver's
     # session.start joins that name to the session id.
     placed = next(line for line in relay.lines if "session.placed" in line)

@@ -120,3 +120,32 @@ def test_short_window_transcribes_like_the_full_window(
     # tiny.en mishears a word of piper's speech now and then, in either window.
     assert len(key_words - words(short)) <= 1 and len(key_words - words(full)) <= 1
     assert len(words(short) ^ words(full)) <= 2  # at most one word differs
+
+
+@pytest.mark.parametrize("short_window", [True, False])
+def test_logprobs_spell_the_transcript_and_each_segment_is_reported(
+    whisper_stt: WhisperStt, speech_16k: bytes, short_window: bool
+) -> None:
+    """Token log probabilities on the short window, word probabilities on the long path."""
+    segments: list[tuple[str, int]] = []
+    whisper_stt.short_window = short_window
+    try:
+        result = whisper_stt.transcribe(
+            speech_16k, logprobs=True, on_segment=lambda text, lp: segments.append((text, len(lp)))
+        )
+    finally:
+        whisper_stt.short_window = True
+    assert heard(result.text)
+    assert "".join(t.token for t in result.logprobs).strip() == result.text
+    assert all(t.logprob <= 0 for t in result.logprobs)
+    assert "".join(text for text, _ in segments).strip() == result.text
+    assert sum(n for _, n in segments) == len(result.logprobs)
+    assert whisper_stt.transcribe(speech_16k).logprobs == ()  # only when asked
+
+
+def test_languages_pick_among_them_and_an_english_model_refuses_others(
+    whisper_stt: WhisperStt, speech_16k: bytes
+) -> None:
+    assert heard(whisper_stt.transcribe(speech_16k, languages=["en", "fr"]).text)
+    with pytest.raises(SttError, match="English-only, not for fr, de"):
+        whisper_stt.transcribe(speech_16k, languages=["fr", "de"])

@@ -412,6 +412,27 @@ def test_a_reasoning_effort_fails_the_response_saying_why(make_session, kit, whe
     kit.one(events, "response.created")
 
 
+# -- tracing: validated like OpenAI's configuration (its names go on the turn log lines) --
+
+
+@pytest.mark.parametrize(
+    "tracing",
+    ["auto", {"workflow_name": "checkout", "group_id": "g-1", "metadata": {"shop": 7}}, None],
+)
+def test_tracing_is_kept_and_echoed(make_session, kit, tracing) -> None:
+    h = make_session()
+    session = kit.one(update(h, {"tracing": tracing}), "session.updated")["session"]
+    echoed = session["tracing"]
+    assert echoed == (tracing if not isinstance(tracing, dict) else {**tracing})
+
+
+@pytest.mark.parametrize("tracing", ["on", {"workflow": "x"}, {"group_id": 5}])
+def test_a_malformed_tracing_is_refused(make_session, kit, tracing) -> None:
+    h = make_session()
+    error = kit.error_of(update(h, {"tracing": tracing}))
+    assert error["param"].startswith("session.tracing") and error["code"] == "invalid_value"
+
+
 # -- the voice is fixed once the assistant has spoken ----------------------------------
 
 

@@ -29,7 +29,13 @@ class ResponseSink(Protocol):
 
 
 class TranscriptSink(Protocol):
-    async def delta(self, text: str) -> None: ...
+    """Where a backend writes one input transcript, piece by piece (e.g. per segment)."""
+
+    # The session includes "item.input_audio_transcription.logprobs": the engine should
+    # give each piece's tokens as {"token", "logprob", "bytes"} (OpenAI's shape).
+    wants_logprobs: bool
+
+    async def delta(self, text: str, logprobs: list[dict[str, Any]] | None = None) -> None: ...
 
 
 class Backend(Protocol):

@@ -21,13 +21,13 @@ from typing import Any
 from models.audio import to_pcm16
 from models.errors import ModelError
 from models.llm import LlamaCppLlm, Llm, LlmChunk, OpenAICompatLlm, TextDelta
-from models.stt import WhisperStt
+from models.stt import TokenLogprob, Transcript, WhisperStt
 from models.tts import PiperTts
 from transceiver.backends.base import BackendError, ResponseSink, TranscriptSink
 from transceiver.backends.conversation import chat_messages, fit_context, offered_tools
 from transceiver.protocol.audio import AudioFormatType
 from transceiver.protocol.effects import ResponseRequest, Transcribe
-from transceiver.settings import TransceiverSettings
+from transceiver.settings import TransceiverSettings, parse_voice
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +68,11 @@ def load_voices(entries: list[str]) -> dict[str, PiperTts]:
     voice that cannot be loaded stops the transceiver, as the default one does)."""
     loaded: dict[tuple[str, int | None], PiperTts] = {}
     voices: dict[str, PiperTts] = {}
-    for entry in entries:
-        name, _, target = entry.partition("=")
-        path, _, speaker = target.partition("#")
-        key = (path.strip(), int(speaker) if speaker else None)
+    for entry in map(parse_voice, entries):
+        key = (entry.path, entry.speaker)
         if key not in loaded:
-            loaded[key] = PiperTts(key[0], speaker_id=key[1])
-        voices[name.strip()] = loaded[key]
+            loaded[key] = PiperTts(entry.path, speaker_id=entry.speaker)
+        voices[entry.name] = loaded[key]
     return voices
 
 
@@ -179,26 +177,46 @@ class LocalBackend:
     async def transcribe(
         self, job: Transcribe, sink: TranscriptSink, state: dict[str, Any]
     ) -> tuple[str, dict[str, Any]]:
+        """Whisper on the committed audio; each segment is a delta as soon as it is decoded
+        (one for a short turn), with its tokens' log probabilities when asked for."""
         pcm = to_pcm16(job.audio, job.audio_format, STT_RATE_HZ)
         seconds = AudioFormatType(job.audio_format).duration_ms(len(job.audio)) / 1000
-        language = job.config.language or self._language
-        prompt = job.config.prompt or None
+        loop = asyncio.get_running_loop()
+        segments: asyncio.Queue[tuple[str, tuple[TokenLogprob, ...]]] = asyncio.Queue()
+
+        def on_segment(text: str, tokens: tuple[TokenLogprob, ...]) -> None:  # worker thread
+            loop.call_soon_threadsafe(segments.put_nowait, (text, tokens))
+
         started = time.monotonic()
-        try:
-            result = await self._run(
+        work = asyncio.ensure_future(
+            self._run(
                 self.stt.transcribe,
                 pcm,
                 sample_rate_hz=STT_RATE_HZ,
-                language=language,
-                prompt=prompt,
+                # Possible languages replace the server's default one.
+                language=job.config.language or (None if job.config.languages else self._language),
+                prompt=whisper_prompt(job.config.prompt, job.config.keywords),
+                languages=job.config.languages or (),
+                logprobs=sink.wants_logprobs,
+                on_segment=on_segment,
             )
+        )
+        try:
+            while not (work.done() and segments.empty()):
+                waiter = asyncio.ensure_future(segments.get())
+                await asyncio.wait({waiter, work}, return_when=asyncio.FIRST_COMPLETED)
+                if not waiter.done():
+                    waiter.cancel()
+                    continue
+                text, tokens = waiter.result()
+                await sink.delta(text, [_logprob(t) for t in tokens] if tokens else None)
+            result: Transcript = work.result()
         except ModelError as exc:
             raise BackendError(str(exc)) from exc
+        finally:
+            work.cancel()  # the thread runs on, but nothing waits for it
         log.debug("STT of %.2f s took %.0f ms", seconds, (time.monotonic() - started) * 1000)
-        text = result.text.strip()
-        if text:
-            await sink.delta(text)  # whisper is not streaming: one delta, the whole text
-        return text, {"type": "duration", "seconds": round(seconds, 3)}
+        return result.text.strip(), {"type": "duration", "seconds": round(seconds, 3)}
 
     # -- responses ----------------------------------------------------------------------
 
@@ -378,3 +396,21 @@ class _Speaker:
         ahead_ms = self._sent_ms - (now - self._started) * 1000 - self._backend._lead_ms
         if ahead_ms > 0:
             await asyncio.sleep(ahead_ms / 1000)
+
+
+def whisper_prompt(prompt: str | None, keywords: list[str] | None) -> str | None:
+    """The session's transcription ``prompt`` and ``keywords`` as one Whisper prompt (the
+    text Whisper sees as coming before the audio: it favours those words and spellings)."""
+    parts = [prompt.strip()] if prompt and prompt.strip() else []
+    if keywords:
+        parts.append(", ".join(k.strip() for k in keywords if k.strip()))
+    return " ".join(p for p in parts if p) or None
+
+
+def _logprob(token: TokenLogprob) -> dict[str, Any]:
+    """OpenAI's shape of one token's log probability (token, logprob, UTF-8 bytes)."""
+    return {
+        "token": token.token,
+        "logprob": round(token.logprob, 6),
+        "bytes": list(token.token.encode("utf-8")),
+    }

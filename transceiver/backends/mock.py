@@ -183,7 +183,10 @@ class MockBackend:
         else:
             text = f"{seconds:.1f} seconds of audio"
         for index, word in enumerate(text.split()):
-            await sink.delta(word if index == 0 else " " + word)
+            piece = word if index == 0 else " " + word
+            # The mock is certain of its scripted words: log probability 0 each.
+            logprobs = [{"token": piece, "logprob": 0.0, "bytes": list(piece.encode())}]
+            await sink.delta(piece, logprobs if sink.wants_logprobs else None)
         return text, {"type": "duration", "seconds": round(seconds, 3)}
 
     async def aclose(self) -> None:

@@ -93,6 +93,14 @@ class Transcription(StrictModel):
     delay: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
 
 
+class Tracing(StrictModel):
+    """OpenAI's tracing configuration; here its names go on the session's turn log lines."""
+
+    workflow_name: str | None = Field(default=None, max_length=256)
+    group_id: str | None = Field(default=None, max_length=256)
+    metadata: dict[str, Any] | None = None
+
+
 class NoiseReduction(StrictModel):
     type: Literal["near_field", "far_field"]
     strength: float | None = None
@@ -336,7 +344,7 @@ class RealtimeSessionConfig(_ReadOnly):
     tools: list[Tool] = Field(default_factory=list)
     tool_choice: ToolChoice = "auto"
     max_output_tokens: MaxTokens = "inf"
-    tracing: Literal["auto"] | dict[str, Any] | None = None
+    tracing: Literal["auto"] | Tracing | None = None
     truncation: Truncation = "auto"
     prompt: Prompt | None = None
     include: list[Literal["item.input_audio_transcription.logprobs"]] | None = None

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from transceiver.protocol.config import SessionConfig
 from transceiver.protocol.conversation import Conversation
 from transceiver.protocol.responses import Response, ResponseWriter
+
+LOGPROBS = "item.input_audio_transcription.logprobs"
 
 
 class SessionResults:
     closed: bool
+    config: SessionConfig
     conversation: Conversation
     _responses: dict[str, Response]
     _writer: ResponseWriter
@@ -31,17 +35,33 @@ class SessionResults:
 
     # -- input transcription --------------------------------------------------------
 
-    def transcription_delta(self, item_id: str, delta: str) -> None:
+    @property
+    def wants_transcription_logprobs(self) -> bool:
+        """``include: ["item.input_audio_transcription.logprobs"]`` is set."""
+        return LOGPROBS in (self.config.include or ())
+
+    def transcription_delta(
+        self, item_id: str, delta: str, logprobs: list[dict[str, Any]] | None = None
+    ) -> None:
+        """One piece of an input transcript (a Whisper segment), with its tokens' log
+        probabilities when the session includes them."""
         if item_id in self._transcribing and delta:
+            extra = {"logprobs": logprobs or []} if self.wants_transcription_logprobs else {}
             self._emit(
                 "conversation.item.input_audio_transcription.delta",
                 item_id=item_id,
                 content_index=0,
                 delta=delta,
+                **extra,
             )
 
     def transcription_completed(
-        self, item_id: str, transcript: str, usage: dict[str, Any], language: str | None = None
+        self,
+        item_id: str,
+        transcript: str,
+        usage: dict[str, Any],
+        language: str | None = None,
+        logprobs: list[dict[str, Any]] | None = None,
     ) -> None:
         if item_id not in self._transcribing:
             return
@@ -51,6 +71,8 @@ class SessionResults:
                 if part.get("type") == "input_audio":
                     part["transcript"] = transcript
         fields: dict[str, Any] = {"transcript": transcript, "usage": usage}
+        if self.wants_transcription_logprobs:
+            fields["logprobs"] = logprobs or []
         if language:
             fields["languages"] = [{"code": language}]
         self._emit(
