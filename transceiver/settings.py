@@ -151,6 +151,12 @@ class TransceiverSettings(BaseSettings):
     stt_model: str | None = Field(
         None, description="faster-whisper model name or path (default: bundled tiny.en)."
     )
+    stt_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="faster-whisper models for session transcription model names: "
+        "NAME=MODEL,... (for example gpt-4o-transcribe=/models/whisper-small-ct2). Every "
+        "other name (whisper-1, gpt-4o-mini-transcribe, ...) uses --stt-model.",
+    )
     stt_device: str = Field("cpu", description="STT device: cpu, cuda or auto.")
     stt_compute_type: str = Field("int8", description="STT compute type (int8, float16...).")
     stt_language: str | None = Field("en", description="Default transcription language.")
@@ -253,7 +259,18 @@ class TransceiverSettings(BaseSettings):
             parse_voice(entry)
         return value
 
-    @field_validator("upstream_header", "allowed_models", "model_map", "voices", mode="before")
+    @field_validator("stt_models")
+    @classmethod
+    def _stt_model_entries(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            name, sep, model = entry.partition("=")
+            if not sep or not name.strip() or not model.strip():
+                raise ValueError(f"{entry!r} is not NAME=MODEL")
+        return value
+
+    @field_validator(
+        "upstream_header", "allowed_models", "model_map", "voices", "stt_models", mode="before"
+    )
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):

@@ -63,6 +63,31 @@ def split_clause(buffer: str, first: bool) -> tuple[str, str] | None:
     return None
 
 
+def load_stt_models(settings: TransceiverSettings) -> tuple[WhisperStt, dict[str, WhisperStt]]:
+    """The default Whisper model and ``--stt-models NAME=MODEL,...``, each distinct model
+    loaded once, at start, with the same device and options."""
+
+    def load(model: str | None) -> WhisperStt:
+        return WhisperStt(
+            model,
+            device=settings.stt_device,
+            compute_type=settings.stt_compute_type,
+            language=settings.stt_language,
+            cpu_threads=settings.stt_threads,
+            short_window=settings.stt_short_window,
+        )
+
+    default = load(settings.stt_model)
+    loaded = {settings.stt_model or "": default}
+    named: dict[str, WhisperStt] = {}
+    for entry in settings.stt_models:
+        name, _, model = (part.strip() for part in entry.partition("="))
+        if model not in loaded:
+            loaded[model] = load(model)
+        named[name] = loaded[model]
+    return default, named
+
+
 def load_voices(entries: list[str]) -> dict[str, PiperTts]:
     """``--voices NAME=PATH[#SPEAKER],...``: each distinct voice loaded once, at start (a
     voice that cannot be loaded stops the transceiver, as the default one does)."""
@@ -95,13 +120,16 @@ class LocalBackend:
         speculative_stt: bool = True,
         preemptive: bool = True,
         voices: dict[str, PiperTts] | None = None,
+        stt_models: dict[str, WhisperStt] | None = None,
     ) -> None:
         """``voices``: the piper voice of each session voice name (``--voices``); every
-        other name speaks with ``tts``."""
+        other name speaks with ``tts``. ``stt_models``: the same for transcription model
+        names (``--stt-models``) and ``stt``."""
         self.stt = stt
         self.llm = llm
         self.tts = tts
         self.voices = voices or {}
+        self.stt_models = stt_models or {}
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model")
         self._language = language
         self._max_tokens = max_tokens
@@ -113,14 +141,7 @@ class LocalBackend:
     @classmethod
     def from_settings(cls, settings: TransceiverSettings) -> LocalBackend:
         started = time.monotonic()
-        stt = WhisperStt(
-            settings.stt_model,
-            device=settings.stt_device,
-            compute_type=settings.stt_compute_type,
-            language=settings.stt_language,
-            cpu_threads=settings.stt_threads,
-            short_window=settings.stt_short_window,
-        )
+        stt, stt_models = load_stt_models(settings)
         llm: Llm
         if settings.llm_url:
             llm = OpenAICompatLlm(
@@ -147,6 +168,7 @@ class LocalBackend:
             speculative_stt=settings.speculative_stt,
             preemptive=settings.preemptive_reply,
             voices=voices,
+            stt_models=stt_models,
         )
         backend.warm_up(embedded=not settings.llm_url)
         log.info("local backend ready in %.1f s", time.monotonic() - started)
@@ -159,6 +181,11 @@ class LocalBackend:
         if embedded:
             for _ in self.llm.stream([{"role": "user", "content": "Hi"}], max_tokens=1):
                 pass
+
+    def stt_for(self, model: str | None) -> WhisperStt:
+        """The Whisper model for a session's transcription ``model`` name (``--stt-models``;
+        any other name: the default one)."""
+        return self.stt_models.get(model or "", self.stt)
 
     def voice_for(self, voice: str | dict[str, Any]) -> PiperTts:
         """The piper voice for a session's ``voice`` (a name, or a custom ``{"id"}``)."""
@@ -190,7 +217,7 @@ class LocalBackend:
         started = time.monotonic()
         work = asyncio.ensure_future(
             self._run(
-                self.stt.transcribe,
+                self.stt_for(job.config.model).transcribe,
                 pcm,
                 sample_rate_hz=STT_RATE_HZ,
                 # Possible languages replace the server's default one.
