@@ -433,6 +433,16 @@ def test_a_malformed_tracing_is_refused(make_session, kit, tracing) -> None:
     assert error["param"].startswith("session.tracing") and error["code"] == "invalid_value"
 
 
+def test_a_transcription_delay_is_refused_saying_why(make_session, kit) -> None:
+    h = make_session()
+    transcription = {"model": "whisper-1", "delay": "low"}
+    error = kit.error_of(update(h, {"audio": {"input": {"transcription": transcription}}}))
+    assert error["param"] == "session.audio.input.transcription.delay"
+    assert error["code"] == "invalid_value" and "committed" in error["message"]
+    transcription["delay"] = None  # null: not given
+    kit.one(update(h, {"audio": {"input": {"transcription": transcription}}}), "session.updated")
+
+
 # -- the voice is fixed once the assistant has spoken ----------------------------------
 
 

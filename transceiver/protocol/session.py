@@ -117,6 +117,7 @@ class RealtimeSession(SessionInput, SessionResults, SessionItems):
                 overrides = with_pcm_audio(overrides)
             self.config = apply_session_update(self.config, overrides)
             check_session_prompt(self.config, prompts)
+            _check_transcription_delay(self.config)
         self.created_ms = now_ms
         self.expires_ms = now_ms + max_duration_ms
         self.expires_at_s = int(created_at_s + max_duration_ms / 1000)
@@ -258,6 +259,7 @@ class RealtimeSession(SessionInput, SessionResults, SessionItems):
         old_td, old_format = self.turn_detection, self.input_format
         config = apply_session_update(self.config, event.get("session"))
         self._check_voice_change(config)
+        _check_transcription_delay(config)
         if self.media:
             check_media_formats(session_wire(config))
         check_session_prompt(config, self.prompts)
@@ -439,3 +441,16 @@ _HANDLERS: dict[str, _Handler] = {
     "response.create": RealtimeSession._on_response_create,
     "response.cancel": RealtimeSession._on_response_cancel,
 }
+
+
+def _check_transcription_delay(config: SessionConfig) -> None:
+    """``transcription.delay`` picks how long a streaming model waits before it writes; the
+    engines here transcribe a turn once it is committed, so there is nothing to pick."""
+    transcription = config.audio.input.transcription
+    if transcription is not None and transcription.delay is not None:
+        raise ClientError(
+            "audio.input.transcription.delay is not supported by this server: it transcribes "
+            "each turn once the turn is committed (deltas follow segment by segment), so "
+            "there is no delay to choose. Leave delay out.",
+            param="session.audio.input.transcription.delay",
+        )
