@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -34,3 +36,20 @@ def test_a_voice_that_cannot_be_loaded_stops_the_start(tmp_path: Any) -> None:
 def test_malformed_entries_are_refused(entry: str) -> None:
     with pytest.raises(ValidationError):
         TransceiverSettings(backend="mock", voices=entry)
+
+
+def test_two_configured_voices_speak_differently(tmp_path: Any) -> None:
+    """Only joe is bundled, so the second voice is joe's model with its own settings file
+    (slower, as a voice's ``inference`` section may say): a voice is an .onnx and its .json."""
+    joe = Path(bundled_voice_path())
+    slow = tmp_path / "slow-joe.onnx"
+    slow.symlink_to(joe)
+    config = json.loads(Path(f"{joe}.json").read_text())
+    config["inference"]["length_scale"] = 1.5
+    Path(f"{slow}.json").write_text(json.dumps(config))
+    voices = load_voices([f"marin={joe}", f"cedar={slow}"])
+    backend = LocalBackend(cast(Any, None), cast(Any, None), PiperTts(), voices=voices, workers=1)
+    text = "Two voices, one sentence."
+    marin = backend.voice_for("marin").synthesize(text)
+    cedar = backend.voice_for("cedar").synthesize(text)
+    assert len(cedar) > 1.3 * len(marin)  # the same words, said by a slower voice
