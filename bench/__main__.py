@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from bench import (
+    append,
     capacity,
     frames,
     overhead,
@@ -28,6 +29,7 @@ BENCHES = {
     "proxy-turns": proxy_turns.main,
     "capacity": capacity.main,
     "frames": frames.main,
+    "append": append.main,
 }
 
 

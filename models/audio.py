@@ -118,7 +118,10 @@ def resample_array(samples: npt.NDArray[Any], src_rate_hz: int, dst_rate_hz: int
     if src_rate_hz % dst_rate_hz == 0:
         step = src_rate_hz // dst_rate_hz
         usable = len(values) - len(values) % step
-        return np.asarray(values[:usable].reshape(-1, step).mean(axis=1), dtype=np.float64)
+        # The mean of each block; np.add.reduce skips np.mean's Python wrapper, which is
+        # most of the cost of a 20 ms frame.
+        block_sums: _F64 = np.add.reduce(values[:usable].reshape(-1, step), axis=1)
+        return block_sums / step
     n_out = int(round(len(values) * dst_rate_hz / src_rate_hz))
     positions = np.arange(n_out, dtype=np.float64) * (src_rate_hz / dst_rate_hz)
     return np.interp(positions, np.arange(len(values)), values)
@@ -129,7 +132,8 @@ def resample(pcm16: bytes, src_rate_hz: int, dst_rate_hz: int) -> bytes:
     if src_rate_hz == dst_rate_hz or not pcm16:
         return pcm16[: len(pcm16) - len(pcm16) % 2]
     out = resample_array(pcm16_to_array(pcm16), src_rate_hz, dst_rate_hz)
-    pcm: bytes = np.clip(np.round(out), -32768, 32767).astype("<i2").tobytes()
+    # Block means and linear interpolation stay within the input's range: no clipping.
+    pcm: bytes = np.rint(out).astype("<i2").tobytes()
     return pcm
 
 
@@ -153,4 +157,4 @@ def from_pcm16(pcm16: bytes, audio_format: str, rate_hz: int = WIRE_RATE_HZ) -> 
 
 def rms(pcm16: bytes) -> float:
     samples = pcm16_to_array(pcm16).astype(np.float64)
-    return float(np.sqrt(np.mean(samples * samples))) if len(samples) else 0.0
+    return float(np.sqrt(np.dot(samples, samples) / len(samples))) if len(samples) else 0.0

@@ -27,9 +27,12 @@ class JsonTooDeep(ValueError):
 def loads_strict(raw: str | bytes) -> Any:
     """JSON without NaN or Infinity; ``ValueError`` if it is not JSON (``JsonTooDeep`` if it
     nests past the parser's limit)."""
+    if isinstance(raw, bytes | bytearray):  # as json.loads reads bytes
+        raw = raw.decode(json.detect_encoding(raw), "surrogatepass")
+    if raw.startswith("\ufeff"):
+        raise ValueError("Unexpected UTF-8 BOM")
     try:
-        # NaN and Infinity are not JSON; echoed back they would break clients.
-        return json.loads(raw, parse_float=_finite_float, parse_constant=_no_constant)
+        return _STRICT.decode(raw)
     except RecursionError:
         raise JsonTooDeep("nested too deeply") from None
 
@@ -71,8 +74,15 @@ def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# One decoder for every frame (json.loads with hooks builds a new one per call). NaN and
+# Infinity are not JSON; echoed back they would break clients.
+_STRICT = json.JSONDecoder(parse_float=_finite_float, parse_constant=_no_constant)
+
+
 def nested_deeper_than(value: Any, limit: int) -> bool:
     """Whether ``value`` nests dicts and lists more than ``limit`` levels (no recursion)."""
+    if isinstance(value, dict) and not any(isinstance(v, dict | list) for v in value.values()):
+        return limit < 1  # flat, as most events are (an append): one level
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
