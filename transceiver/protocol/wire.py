@@ -15,9 +15,23 @@ from transceiver.protocol.errors import ClientError
 MAX_EVENT_DEPTH = 100
 
 
+# Events whose ``delta`` is base64 audio that this server encoded.
+_AUDIO_DELTAS = frozenset({"response.output_audio.delta", "response.audio.delta"})
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode_server_event(event: dict[str, Any]) -> str:
-    """The frame for a server event (``type`` is its first key)."""
-    return json.dumps(event, separators=(",", ":"))
+    """The frame for a server event (``type`` is its first key).
+
+    An audio delta's base64 payload is most of the frame and needs no JSON escaping (its
+    alphabet is letters, digits, ``+``, ``/`` and ``=``), so it is spliced in rather than
+    scanned: the frame is the same JSON, at a fraction of the cost (``delta`` comes last).
+    """
+    delta = event.get("delta")
+    if event.get("type") in _AUDIO_DELTAS and isinstance(delta, str):
+        head = _COMPACT.encode({k: v for k, v in event.items() if k != "delta"})
+        return f'{head[:-1]},"delta":"{delta}"}}'
+    return _COMPACT.encode(event)
 
 
 class JsonTooDeep(ValueError):
