@@ -15,6 +15,7 @@ from bench import (
     stt,
     turn_model,
     turns,
+    vad,
     voice,
 )
 
@@ -30,6 +31,7 @@ BENCHES = {
     "capacity": capacity.main,
     "frames": frames.main,
     "append": append.main,
+    "vad": vad.main,
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 import webrtcvad
 
@@ -49,11 +50,32 @@ VadEvent = SpeechStarted | SpeechStopped | SilenceStarted | SpeechResumed
 SPECULATE_FRAMES = 5
 
 
+class FrameClassifier(Protocol):
+    """Says whether one 20 ms frame of PCM16 at 8 kHz is speech (frames come in order)."""
+
+    def voiced(self, frame: bytes) -> bool: ...
+
+
+class WebRtcFrames:
+    """webrtcvad behind an energy floor. ``threshold`` (0-1, the Realtime
+    ``server_vad.threshold``) picks webrtcvad's aggressiveness and the floor: higher is
+    stricter, as in OpenAI's VAD."""
+
+    def __init__(self, threshold: float) -> None:
+        self._vad = webrtcvad.Vad(min(3, int(threshold * 4)))
+        # Energy floor: about -54 dBFS at threshold 0, -36 dBFS at threshold 1.
+        self._min_rms = 32768 * 10 ** ((-54 + 18 * threshold) / 20)
+
+    def voiced(self, frame: bytes) -> bool:
+        return rms(frame) >= self._min_rms and self._vad.is_speech(frame, VAD_RATE_HZ)
+
+
 class ServerVad:
     """Feed PCM16 at 8 kHz with its place in session audio time; get speech events.
 
-    ``threshold`` (0-1, the Realtime ``server_vad.threshold``) picks webrtcvad's
-    aggressiveness and an energy floor: higher is stricter, as in OpenAI's VAD.
+    ``classifier`` decides frame by frame (default: :class:`WebRtcFrames` at ``threshold``;
+    models/silero.py has the neural one); this class turns its decisions into speech start
+    and stop at the session's ``prefix_padding_ms`` and ``silence_duration_ms``.
     """
 
     def __init__(
@@ -62,10 +84,9 @@ class ServerVad:
         threshold: float = 0.5,
         prefix_padding_ms: int = 300,
         silence_duration_ms: int = 500,
+        classifier: FrameClassifier | None = None,
     ) -> None:
-        self._vad = webrtcvad.Vad(min(3, int(threshold * 4)))
-        # Energy floor: about -54 dBFS at threshold 0, -36 dBFS at threshold 1.
-        self._min_rms = 32768 * 10 ** ((-54 + 18 * threshold) / 20)
+        self._classifier = classifier or WebRtcFrames(threshold)
         self._padding_ms = prefix_padding_ms
         self._silence_frames = max(1, -(-silence_duration_ms // FRAME_MS))
         self._speculate_frames = min(SPECULATE_FRAMES, self._silence_frames - 1) or -1
@@ -112,7 +133,7 @@ class ServerVad:
         return events
 
     def _frame(self, frame: bytes, frame_start_ms: float) -> VadEvent | None:
-        voiced = rms(frame) >= self._min_rms and self._vad.is_speech(frame, VAD_RATE_HZ)
+        voiced = self._classifier.voiced(frame)
         if not self._speaking:
             self._recent.append((frame_start_ms, voiced))
             if sum(v for _, v in self._recent) >= START_VOICED:

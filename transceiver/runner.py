@@ -15,6 +15,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any, assert_never
 
 from models.audio import from_pcm16, to_pcm16
+from models.silero import SileroFrames, SileroModel
 from models.vad import (
     VAD_RATE_HZ,
     ServerVad,
@@ -252,10 +253,13 @@ class SessionRunner:
         td = effect.turn_detection  # semantic_vad: silence_duration_ms is its max timeout
         vad_config = (td.threshold, td.prefix_padding_ms, td.silence_duration_ms)
         if self._vad is None or self._vad_config != vad_config:
+            # The backend's Silero model (--vad silero) or webrtcvad (models/silero.py).
+            model: SileroModel | None = getattr(self.backend, "vad_model", None)
             self._vad = ServerVad(
                 threshold=td.threshold,
                 prefix_padding_ms=td.prefix_padding_ms,
                 silence_duration_ms=td.silence_duration_ms,
+                classifier=SileroFrames(model, td.threshold) if model is not None else None,
             )
             self._vad_config = vad_config
         self._speculator.remember(effect)

@@ -164,6 +164,17 @@ class TransceiverSettings(BaseSettings):
     stt_short_window: bool = Field(
         True, description="Encode short utterances with a shortened Whisper window (faster)."
     )
+    vad: Literal["webrtc", "silero"] | None = Field(
+        None,
+        description="The server VAD's frame classifier: webrtc (webrtcvad, about 6 us a "
+        "frame) or silero (Silero VAD v5, about 110 us a frame; tells speech from noise: "
+        "python -m bench vad). Default: silero on the local backend, webrtc on the mock "
+        "(which takes only webrtc).",
+    )
+    vad_model: str | None = Field(
+        None,
+        description="Silero VAD ONNX file (default: the one scripts/fetch-smart-turn installs).",
+    )
     speculative_stt: bool = Field(
         True, description="Start transcribing when silence begins, before the turn ends."
     )
@@ -245,6 +256,15 @@ class TransceiverSettings(BaseSettings):
     mock_fault_stall_after: int | None = Field(
         None, description="Mock fault: stop sending (stall) after N events."
     )
+
+    @model_validator(mode="after")
+    def _vad_on_the_mock(self) -> Self:
+        if self.backend == "mock" and self.vad == "silero":
+            raise ValueError(
+                "--vad silero is for the local backend (and an openai fallback to it); the "
+                "mock's VAD is webrtc"
+            )
+        return self
 
     @model_validator(mode="after")
     def _local_default_sessions(self) -> Self:

