@@ -109,7 +109,7 @@ def main() -> str:
             "| mid-sentence pauses cut | CPU per 20 ms frame |",
             "|---|---:|---:|---:|---:|---:|---:|",
             row("webrtcvad (+ energy floor)", webrtc),
-            row("Silero VAD v5 (onnxruntime, 1 thread)", silero),
+            row("Silero VAD v5 gating webrtcvad (onnxruntime, 1 thread)", silero),
         ]
     )
     print(body)

@@ -1,5 +1,5 @@
 """Silero VAD (v5, ONNX) as the server VAD's frame classifier: speech probability per
-32 ms of 8 kHz audio, from a small recurrent network run on onnxruntime.
+32 ms of 8 kHz audio, from a small recurrent network run on onnxruntime, gating webrtcvad.
 
 webrtcvad (models/vad.py's default) calls most steady noise speech: on the turn set's
 noise-only clips it starts speech on every one, and under noise at 10 dB SNR it never hears
@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.errors import ModelError
+from models.vad import WebRtcFrames
 
 MODEL_FILENAME = "silero_vad.onnx"
 RATE_HZ = 8_000
@@ -76,13 +77,17 @@ class SileroModel:
 class SileroFrames:
     """One session's frame classifier: ``voiced(frame)`` for each 20 ms of PCM16 at 8 kHz.
 
-    Each frame is buffered; every full 32 ms chunk runs the model, and a frame is voiced
-    when the latest probability reaches ``threshold`` (the Realtime ``server_vad.threshold``:
-    0-1, higher needs clearer speech), so a decision lags the audio by at most 32 ms.
+    Each frame is buffered; every full 32 ms chunk runs the model. A frame is speech when
+    the latest probability reaches ``threshold`` (the Realtime ``server_vad.threshold``:
+    0-1, higher needs clearer speech) AND webrtcvad says so too: Silero tells speech from
+    noise, but its probability decays for about 100 ms after the last word, while
+    webrtcvad marks the end of a word at once (and under noise, where webrtcvad hears
+    speech everywhere, Silero alone decides). ``python -m bench vad`` measures the three.
     """
 
     def __init__(self, model: SileroModel, threshold: float) -> None:
         self._model = model
+        self._webrtc = WebRtcFrames(threshold)
         self._threshold = threshold
         self._state = np.zeros(_STATE_SHAPE, dtype=np.float32)
         self._context = np.zeros(CONTEXT, dtype=np.float32)
@@ -97,4 +102,4 @@ class SileroFrames:
             window = np.concatenate((self._context, chunk))
             self.probability, self._state = self._model.step(window, self._state)
             self._context = chunk[-CONTEXT:]
-        return self.probability >= self._threshold
+        return self._webrtc.voiced(frame) and self.probability >= self._threshold

@@ -166,8 +166,9 @@ class TransceiverSettings(BaseSettings):
     )
     vad: Literal["webrtc", "silero"] | None = Field(
         None,
-        description="The server VAD's frame classifier: webrtc (webrtcvad, about 6 us a "
-        "frame) or silero (Silero VAD v5, about 110 us a frame; tells speech from noise: "
+        description="The server VAD's frame classifier: webrtc (webrtcvad, about 7 us a "
+        "frame) or silero (Silero VAD v5 gating webrtcvad, about 130 us a frame; tells "
+        "speech from noise: "
         "python -m bench vad). Default: silero on the local backend, webrtc on the mock "
         "(which takes only webrtc).",
     )
