@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bench.voice import spoken
-from models.tts import PiperTts
+from models.tts import PiperTts, bundled_voice_path
 from tests.chat_server import ChatServer, chat_server
 from tests.servers import RunningServer, relay_server
 
@@ -29,9 +30,25 @@ def scripted_llm() -> Iterator[ChatServer]:
         yield server
 
 
+def slow_voice(directory: Path) -> Path:
+    """A second piper voice: the bundled joe model with its own settings file, speaking
+    half as slowly again (only joe is bundled; a voice is an .onnx and its .json)."""
+    joe = Path(bundled_voice_path())
+    slow = directory / "slow-joe.onnx"
+    slow.symlink_to(joe)
+    config = json.loads(Path(f"{joe}.json").read_text())
+    config["inference"]["length_scale"] = 1.5
+    Path(f"{slow}.json").write_text(json.dumps(config))
+    return slow
+
+
 @pytest.fixture(scope="session")
-def url_llm_server(scripted_llm: ChatServer) -> Iterator[RunningServer]:
-    """The local pipeline with its LLM behind a chat-completions URL (scripted)."""
+def url_llm_server(
+    scripted_llm: ChatServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """The local pipeline with its LLM behind a chat-completions URL (scripted), and the
+    voice ``cedar`` mapped to a slower voice (``--voices``)."""
+    cedar = slow_voice(tmp_path_factory.mktemp("voices"))
     with relay_server(
         "--backend",
         "local",
@@ -41,6 +58,8 @@ def url_llm_server(scripted_llm: ChatServer) -> Iterator[RunningServer]:
         "scripted",
         "--prompts",
         PROMPTS,
+        "--voices",
+        f"cedar={cedar}",
     ) as server:
         yield server
 

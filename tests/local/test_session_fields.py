@@ -11,7 +11,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from tests.chat_server import STORY, ChatServer
-from tests.e2e.client import WEATHER_TOOL, Recorder, user_text
+from tests.e2e.client import WEATHER_TOOL, Recorder, decode_audio, user_text
 from tests.servers import RunningServer
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.models]
@@ -306,3 +306,23 @@ async def test_the_embedded_model_refuses_an_image_saying_why(local_server: Runn
         await user_text(rec, "Say hello.")
         assert (await reply(rec))["status"] in ("completed", "incomplete")
         rec.check()
+
+
+async def test_two_configured_voices_give_different_audio(url_llm_server: RunningServer) -> None:
+    """The same scripted words from the default voice (marin: unmapped) and from cedar
+    (``--voices cedar=slow-joe.onnx``): the slower voice takes longer to say them."""
+    seconds: dict[str, float] = {}
+    words: dict[str, str] = {}
+    for voice in ("marin", "cedar"):
+        async with client_for(url_llm_server).realtime.connect(model="gpt-realtime") as conn:
+            rec = Recorder(conn)
+            await configure(rec, audio={"output": {"voice": voice}})
+            await user_text(rec, "Tell me a story.")
+            await reply(rec, max_output_tokens=8)
+            seconds[voice] = len(decode_audio(rec.events)) / 48_000
+            words[voice] = "".join(
+                e["delta"] for e in rec.of_type("response.output_audio_transcript.delta")
+            )
+            rec.check()
+    assert words["marin"] == words["cedar"] == "Once upon a time, in a quiet valley,"
+    assert seconds["cedar"] > 1.3 * seconds["marin"], seconds
