@@ -8,6 +8,7 @@ from bench import (
     append,
     capacity,
     frames,
+    noise,
     overhead,
     proxy_turns,
     resample,
@@ -32,6 +33,7 @@ BENCHES = {
     "frames": frames.main,
     "append": append.main,
     "vad": vad.main,
+    "noise": noise.main,
 }
 
 

@@ -26,6 +26,7 @@ from models.vad import (
 )
 from transceiver.backends.base import Backend, BackendError
 from transceiver.backends.conversation import ResponseRefused
+from transceiver.noise import InputNoise
 from transceiver.observability import Metrics, log_event
 from transceiver.outbox import CloseMarker, Outbox
 from transceiver.protocol.audio import AudioFormatType
@@ -142,6 +143,7 @@ class SessionRunner:
         self._speech_end_ms: float | None = None
         self._unsure_wait_ms = 0  # semantic_vad: the wait when the two models disagree
         self._fed_end_ms = 0.0  # session audio time: the end of the audio the VAD got
+        self._noise = InputNoise(session)  # audio.input.noise_reduction (transceiver/noise.py)
         self._speculator = Speculator(
             session, backend, self.state, self.now_ms, self.known_transcripts
         )
@@ -163,7 +165,9 @@ class SessionRunner:
         self.pump()
         try:
             async for frame in incoming:
-                self.session.receive_client_event(frame, self.now_ms())
+                event = await self._noise.frame(frame)  # the append's audio filtered
+                if event is not None:
+                    self.session.receive_client_event(event, self.now_ms())
                 self.pump()
                 if self.closed.is_set():
                     break
@@ -181,6 +185,7 @@ class SessionRunner:
                 task.cancel()
             self.outbox.put(None)
             await asyncio.gather(writer, timer, *self._tasks.values(), return_exceptions=True)
+            await self._noise.close()
 
     def pump(self) -> None:
         """Handle effects until none are left, then queue the events for the writer."""

@@ -443,6 +443,15 @@ def test_a_transcription_delay_is_refused_saying_why(make_session, kit) -> None:
     kit.one(update(h, {"audio": {"input": {"transcription": transcription}}}), "session.updated")
 
 
+@pytest.mark.parametrize("strength", [-0.1, 1.5])
+def test_a_noise_reduction_strength_outside_0_1_is_refused(make_session, kit, strength) -> None:
+    h = make_session()
+    nr = {"type": "near_field", "strength": strength}
+    error = kit.error_of(update(h, {"audio": {"input": {"noise_reduction": nr}}}))
+    assert error["param"] == "session.audio.input.noise_reduction.strength"
+    assert error["code"] == "invalid_value"
+
+
 # -- the voice is fixed once the assistant has spoken ----------------------------------
 
 

@@ -103,7 +103,8 @@ class Tracing(StrictModel):
 
 class NoiseReduction(StrictModel):
     type: Literal["near_field", "far_field"]
-    strength: float | None = None
+    # "Higher values apply more suppression. Defaults to 1" (models/noise.py: 0-1).
+    strength: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 class ServerVad(StrictModel):

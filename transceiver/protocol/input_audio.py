@@ -169,6 +169,13 @@ class SessionInput:
         if self._speech_item is None and self._input.duration_ms(fmt) > 2 * IDLE_BUFFER_KEEP_MS:
             self._input.keep_last(IDLE_BUFFER_KEEP_MS, fmt)
 
+    def refuse_append(self, event: dict[str, Any], error: ClientError) -> None:
+        """The shell could not take an append (its noise filter cannot load,
+        transceiver/noise.py): the ``error`` event, with the client's ``event_id``; the
+        buffer is unchanged."""
+        event_id = event.get("event_id")
+        self._emit("error", error=error.to_error(event_id if isinstance(event_id, str) else None))
+
     def _check_item_audio(self, item: Any) -> None:
         """The base64 audio of a ``conversation.item.create``, before it is decoded: its
         content parts together carry at most what one append may."""
