@@ -101,21 +101,23 @@ class Page:
 
 
 @contextlib.asynccontextmanager
-async def open_page(port: int) -> AsyncIterator[Page]:
+async def open_page(port: int, url: str) -> AsyncIterator[Page]:
+    """The DevTools connection to the tab showing ``url`` (not a blank tab Chromium may
+    open first), once the playground's scripts have run."""
+
     async def page_target() -> str | None:
         with contextlib.suppress(httpx.HTTPError, OSError):
             async with httpx.AsyncClient() as http:
                 targets = (await http.get(f"http://127.0.0.1:{port}/json/list")).json()
-            pages = [t for t in targets if t["type"] == "page" and "playground" not in t["url"]]
+            pages = [t for t in targets if t["type"] == "page" and t["url"].startswith(url)]
             return next((str(t["webSocketDebuggerUrl"]) for t in pages), None)
         return None
 
-    url: str = await eventually(page_target, 30, 0.2, "chromium's page")  # type: ignore[arg-type]
-    async with connect(url, max_size=None) as cdp:
+    target: str = await eventually(page_target, 30, 0.2, "chromium's page")  # type: ignore[arg-type]
+    async with connect(target, max_size=None) as cdp:
         page = Page(cdp)
-        await eventually(
-            lambda: page.js("document.readyState === 'complete'"), 30, 0.2, "the page loaded"
-        )
+        ready = "document.readyState === 'complete' && typeof call === 'object'"
+        await eventually(lambda: page.js(ready), 30, 0.2, "the playground loaded")
         yield page
 
 
@@ -148,7 +150,7 @@ async def test_playground_runs_a_whole_call(mock_server: RunningServer, tmp_path
     wav = question_wav(tmp_path / "question.wav")
     url = f"http://127.0.0.1:{mock_server.port}/"
     with browser(url, wav, tmp_path / "profile") as port:
-        async with open_page(port) as page:
+        async with open_page(port, url) as page:
             await settings_before_the_call(page)
             await a_spoken_turn(page)
             await a_typed_turn_with_a_tool_call(page)
