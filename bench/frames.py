@@ -16,6 +16,7 @@ relay``'s figure (bench/overhead.py). Not in CI (minutes); part of ``make bench`
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -100,6 +101,11 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
+def _link_mode() -> str:
+    mode = os.environ.get("RELAY_TRANSCEIVER_LINK") or "mux"
+    return "one link per transceiver" if mode == "mux" else "one WebSocket per session"
+
+
 def report(steps: list[Step], load_before: str) -> str:
     lines = [
         f"{machine()}\n",
@@ -107,8 +113,9 @@ def report(steps: list[Step], load_before: str) -> str:
         "`serve --backend mock --no-mock-realtime --transceivers 1`; each session streams "
         f"the load generator's 1.5 s utterance in real time with server VAD, turn after "
         f"turn, for {RUN_S:g} s (started over {RAMP_S:g} s). CPU per frame = the process's "
-        "CPU time over the run / the frames the relay forwarded (both directions). Load "
-        f"average (1, 5, 15 min) {load_before} before, {load_average()} after.\n",
+        "CPU time over the run / the frames the relay forwarded (both directions). Relay <-> "
+        f"transceiver: {_link_mode()} (`RELAY_TRANSCEIVER_LINK`). Load average (1, 5, 15 "
+        f"min) {load_before} before, {load_average()} after.\n",
         "| sessions | frames/s | relay us/frame | transceiver us/frame | load generator "
         "us/frame | turns | errors | first audio p50 / p90 ms |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",

@@ -14,12 +14,11 @@ import time
 from dataclasses import replace
 from types import TracebackType
 
-from websockets.asyncio.client import ClientConnection
-
 from relay.auth import Credentials
 from relay.drain import Closer
 from relay.edge import Edge
 from relay.errors import ApiError, draining
+from relay.link import Upstream
 from relay.pool import Member, NoTransceiver
 from transceiver.observability import log_event
 from transceiver.protocol.contract import SessionSpec, Transport
@@ -52,7 +51,7 @@ class Admission:
         spec: SessionSpec,
         holder: str,
         member: Member,
-        upstream: ClientConnection,
+        upstream: Upstream,
     ) -> None:
         self.edge = edge
         self.spec = spec

@@ -115,6 +115,7 @@ class Edge:
             settings.max_frame_bytes,
             settings.resolve_interval_s,
             link_secret=settings.link_secret,
+            link=settings.transceiver_link,
         )
         edge = cls(
             settings,

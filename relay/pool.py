@@ -11,6 +11,9 @@ draining, gone) is skipped for the next. When none accepts, :class:`NoTransceive
 Every request to a transceiver (the session handshake, ``/load``, ``/v1/models``) carries
 the link secret (``--link-secret``) as ``Authorization: Bearer``; a transceiver that
 answers 401 has another secret, and is marked down until it accepts ours.
+
+Sessions travel on one multiplexed link per transceiver (relay/link.py) where the
+transceiver offers it, else on one WebSocket each (``--transceiver-link``).
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from relay.link import LinkRefused, Links, Upstream
 from transceiver.protocol.contract import SessionSpec
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,7 @@ class Member:
     draining: bool = False
     healthy: bool = True
     refused_secret: bool = False  # it answered 401: its link secret is not ours
+    link: bool = False  # it offers the multiplexed link (relay/link.py)
 
     @property
     def tls_name(self) -> str | None:
@@ -88,6 +93,7 @@ class Member:
             "draining": self.draining,
             "healthy": self.healthy,
             "refused_link_secret": self.refused_secret,
+            "link": self.link,  # it offers the multiplexed link
         }
 
 
@@ -117,11 +123,13 @@ class TransceiverPool:
         resolver: Resolver = resolve,
         transport: httpx.AsyncBaseTransport | None = None,
         link_secret: str | None = None,
+        link: str = "mux",
     ) -> None:
         """``resolver`` and ``transport`` (the HTTP transport of the load polls) are
         injected by tests, which must not send to the addresses a fake resolver names.
         ``link_secret`` goes with every request (none: the transceivers must run with
-        ``--insecure-no-link-secret``)."""
+        ``--insecure-no-link-secret``). ``link``: ``"mux"`` puts sessions on one link per
+        transceiver that offers it, ``"websocket"`` opens one WebSocket per session."""
         self._targets = [url.rstrip("/") for url in urls]
         self._headers = {"Authorization": f"Bearer {link_secret}"} if link_secret else {}
         self._max_frame_bytes = max_frame_bytes
@@ -131,6 +139,8 @@ class TransceiverPool:
         self._members: dict[str, Member] = {}
         self._task: asyncio.Task[None] | None = None
         self.on_refusal: Callable[[Member], None] = lambda member: None
+        self._use_links = link == "mux"
+        self._links = Links(self._headers, max_frame_bytes, PING_S)
         for target in self._targets:  # literal addresses need no lookup
             host = urlsplit(target).hostname or ""
             if _is_address(host) or host == "localhost":
@@ -195,6 +205,7 @@ class TransceiverPool:
             member.capacity = int(capacity) if capacity is not None else None
             member.cpu = float(load.get("cpu", 0.0))
             member.draining = bool(load.get("draining", False))
+            member.link = load.get("link") == 1
             member.healthy = True
             member.refused_secret = False
         except (httpx.HTTPError, ValueError, TypeError, AttributeError):
@@ -228,6 +239,7 @@ class TransceiverPool:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self._links.aclose()
 
     def _candidates(self) -> list[Member]:
         """Least loaded with room first; then the rest, in case the figures are stale."""
@@ -236,7 +248,7 @@ class TransceiverPool:
         others = sorted((m for m in members if not m.has_room()), key=Member.load)
         return roomy + others
 
-    async def open_session(self, spec: SessionSpec) -> tuple[Member, ClientConnection]:
+    async def open_session(self, spec: SessionSpec) -> tuple[Member, Upstream]:
         """A session on the first candidate that accepts, within ``PLACEMENT_TIMEOUT_S``,
         opened with ``spec`` (its first frame)."""
         await self.start()
@@ -248,29 +260,11 @@ class TransceiverPool:
             # Counted before the handshake, so a burst of sessions spreads out.
             member.sessions += 1
             placed = False
-            extra: dict[str, Any] = {}
-            if member.tls_name is not None:
-                extra["server_hostname"] = member.tls_name
             try:
-                connection = await connect(
-                    f"{member.url}/v1/sessions",
-                    max_size=self._max_frame_bytes,
-                    compression=None,
-                    # A transceiver that vanishes without a FIN (a dead node, a partition)
-                    # is noticed within PING_S * 2 and its sessions end with 1011.
-                    ping_interval=PING_S,
-                    ping_timeout=PING_S,
-                    # Frames read ahead for a client that stopped reading: 4, not 16 (each
-                    # may be up to max_frame_bytes) before the transceiver is pushed back.
-                    max_queue=4,
-                    open_timeout=min(OPEN_TIMEOUT_S, left_s),
-                    additional_headers=self._headers,
-                    **extra,
-                )
-                await connection.send(spec.encode())
+                connection = await self._connect(member, spec, min(OPEN_TIMEOUT_S, left_s))
                 placed = True
-            except InvalidStatus as exc:  # full or draining (HTTP 503): try the next
-                status = exc.response.status_code
+            except (InvalidStatus, LinkRefused) as exc:  # full or draining (503): try the next
+                status = exc.status if isinstance(exc, LinkRefused) else exc.response.status_code
                 member.draining = status == 503
                 if status == 401:
                     self._secret_refused(member)
@@ -286,6 +280,31 @@ class TransceiverPool:
             member.healthy = True
             return member, connection
         raise NoTransceiver("no transceiver is available")
+
+    async def _connect(self, member: Member, spec: SessionSpec, timeout_s: float) -> Upstream:
+        """The session opened on ``member``: on its link, or on a WebSocket of its own."""
+        if self._use_links and member.link:
+            return await self._links.open(member.url, member.tls_name, spec, timeout_s)
+        extra: dict[str, Any] = {}
+        if member.tls_name is not None:
+            extra["server_hostname"] = member.tls_name
+        connection = await connect(
+            f"{member.url}/v1/sessions",
+            max_size=self._max_frame_bytes,
+            compression=None,
+            # A transceiver that vanishes without a FIN (a dead node, a partition) is
+            # noticed within PING_S * 2 and its sessions end with 1011.
+            ping_interval=PING_S,
+            ping_timeout=PING_S,
+            # Frames read ahead for a client that stopped reading: 4, not 16 (each may be
+            # up to max_frame_bytes) before the transceiver is pushed back.
+            max_queue=4,
+            open_timeout=timeout_s,
+            additional_headers=self._headers,
+            **extra,
+        )
+        await connection.send(spec.encode())
+        return connection
 
     def _refused(self, member: Member, why: str) -> None:
         log.warning("transceiver %s refused a session: %s", member.url, why)

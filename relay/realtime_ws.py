@@ -27,6 +27,7 @@ from relay.drain import SHUTDOWN_MESSAGE
 from relay.edge import Edge, EdgeDep
 from relay.ephemeral import EphemeralKey, call_owner
 from relay.errors import ApiError, answer_websocket_failure
+from relay.link import Upstream
 from relay.ratelimit import PASS, SessionRates
 from relay.webrtc import Call
 from transceiver.protocol.contract import Dialect, SessionKind, SessionSpec
@@ -191,7 +192,7 @@ async def sideband(websocket: WebSocket, call: Call) -> None:
 
 async def forward(
     websocket: WebSocket,
-    upstream: ClientConnection,
+    upstream: Upstream,
     edge: Edge,
     rates: SessionRates | None = None,
 ) -> None:
@@ -253,7 +254,7 @@ async def forward(
 
 
 async def _to_client(
-    websocket: WebSocket, upstream: ClientConnection, frame: str | bytes, rates: SessionRates | None
+    websocket: WebSocket, upstream: Upstream, frame: str | bytes, rates: SessionRates | None
 ) -> None:
     """A server frame to the client, with what the key's rate limits add to it: an event
     after it, a cancel upstream (relay/ratelimit.py)."""
@@ -271,7 +272,7 @@ async def _to_client(
             await upstream.send(text)
 
 
-async def close_discarding(upstream: ClientConnection) -> None:
+async def close_discarding(upstream: Upstream) -> None:
     """Close upstream, dropping what it still has for a client that is gone.
 
     A client that stopped reading leaves upstream's receive queue full, and a full queue
@@ -293,9 +294,7 @@ async def close_discarding(upstream: ClientConnection) -> None:
         discarding.cancel()
 
 
-async def _answer_upstream_end(
-    websocket: WebSocket, upstream: ClientConnection, edge: Edge
-) -> None:
+async def _answer_upstream_end(websocket: WebSocket, upstream: Upstream, edge: Edge) -> None:
     """Pass on the transceiver's close code. A lost transceiver (no close frame) gets an
     ``error`` event and 1011, RFC 6455's code for a server that met an unexpected condition."""
     rcvd = upstream.protocol.close_rcvd

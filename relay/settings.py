@@ -31,6 +31,12 @@ class RelaySettings(BaseSettings):
         "theirs must be the same. Give it as the environment variable, not an option. serve "
         "uses RELAY_LINK_SECRET if set, else a random one per run.",
     )
+    transceiver_link: Literal["mux", "websocket"] = Field(
+        "mux",
+        description="How sessions reach the transceivers: mux (one multiplexed connection "
+        "per transceiver that offers it, else one WebSocket per session) or websocket (one "
+        "WebSocket per session for all).",
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Accepted API keys (comma-separated). Empty: no auth required.",

@@ -46,13 +46,13 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import Response
 from starlette.websockets import WebSocketDisconnect
-from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from relay.admission import Refused
 from relay.bodies import read_body
 from relay.edge import Edge, EdgeDep
 from relay.errors import ApiError, answer_websocket_failure, draining
+from relay.link import Upstream
 from relay.phone import Playout, admit_call, call_spec, phone_session, truncate_event
 from relay.ratelimit import SessionRates
 from relay.twilio_signature import SIGNATURE_HEADER, check_signature, public_base, public_url
@@ -262,7 +262,7 @@ class TwilioStream:
     def __init__(
         self,
         websocket: WebSocket,
-        upstream: ClientConnection,
+        upstream: Upstream,
         edge: Edge,
         stream_sid: str,
         conn: str,

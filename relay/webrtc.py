@@ -33,9 +33,9 @@ from typing import Any
 import av
 from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
-from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from relay.link import Upstream
 from relay.playback import BYTES_PER_MS, OutboundAudio
 from relay.ratelimit import PASS, SessionRates
 from transceiver.protocol.errors import ClientError, server_error_event
@@ -71,7 +71,7 @@ class Call:
         self,
         call_id: str,
         pc: RTCPeerConnection,
-        upstream: ClientConnection,
+        upstream: Upstream,
         on_close: Callable[[Call], None],
         idle_timeout_s: float = 20.0,
         max_pending_audio_s: float = 60.0,

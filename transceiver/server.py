@@ -1,9 +1,12 @@
-"""The transceiver's network face: one internal WebSocket per session, plus health and load.
+"""The transceiver's network face: a relay's link, sessions, health and load.
 
-``ws://HOST:PORT/v1/sessions`` opens a session: the relay's first frame is its
-``session.open`` spec (``transceiver/protocol/contract.py``); every later frame is a
-Realtime JSON event, in both directions. ``GET /load``, ``/metrics`` and ``/v1/models``
-answer plain HTTP.
+``ws://HOST:PORT/v1/link`` is a relay's link: all its sessions on one connection
+(transceiver/link.py), each opened with its ``session.open`` spec and refused (503) when
+this transceiver is full or draining. ``ws://HOST:PORT/v1/sessions`` opens one session on a
+WebSocket of its own (``--transceiver-link websocket``, or an older relay): the relay's first
+frame is its spec (``transceiver/protocol/contract.py``); every later frame is a Realtime
+JSON event, in both directions. ``GET /load`` (which says ``"link": 1``), ``/metrics`` and
+``/v1/models`` answer plain HTTP.
 
 Every request but ``GET /healthz`` must carry the link secret (``--link-secret``, the
 relay's too) as ``Authorization: Bearer``, or gets 401: the port gives sessions that no
@@ -36,6 +39,7 @@ from models.turn import TurnError
 from transceiver.backends.base import Backend
 from transceiver.faults import Faults
 from transceiver.lag import LoopLagMonitor
+from transceiver.link import Link, LinkSession, carrier_max_size
 from transceiver.observability import CONTENT_TYPE, Metrics, log_event
 from transceiver.prompts import PromptLibrary, PromptLibraryError
 from transceiver.protocol.contract import SessionSpec, SpecError
@@ -49,6 +53,9 @@ from transceiver.settings import TransceiverSettings
 from transceiver.turns import TurnModel, load_turn_model
 
 log = logging.getLogger(__name__)
+
+# A session: its own WebSocket (/v1/sessions), or one on a relay's link (/v1/link).
+Session = ServerConnection | LinkSession
 
 # How long a new connection may take to send its session.open frame.
 OPEN_TIMEOUT_S = 10.0
@@ -168,10 +175,11 @@ class TransceiverServer:
         self.cpu = CpuMeter()
         self.metrics = Metrics("realtime_transceiver")
         self.ids = IdFactory()
-        self._connections: set[ServerConnection] = set()
-        # Admitted by _process_request, handshake not finished: they count against
-        # max_sessions, so a burst of handshakes cannot overfill the transceiver.
-        self._admitting: set[ServerConnection] = set()
+        self._connections: set[Session] = set()
+        # Admitted by _process_request (or a link's OPEN), not started yet: they count
+        # against max_sessions, so a burst of opens cannot overfill the transceiver.
+        self._admitting: set[Session] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.faults = Faults(
             error_after=settings.mock_fault_error_after,
             close_after=settings.mock_fault_close_after,
@@ -188,6 +196,7 @@ class TransceiverServer:
             "backend": self.backend.name,
             "pid": os.getpid(),
             "loop_lag": self.lag.stats(),
+            "link": 1,  # sessions may come over /v1/link (transceiver/link.py)
         }
 
     def _authorized(self, request: Request) -> bool:
@@ -229,13 +238,14 @@ class TransceiverServer:
             return Response(200, "OK", headers, data)
         if path == "/v1/models":
             return _json_response(http.HTTPStatus.OK, {"models": self.backend.model_ids()})
+        if path == "/v1/link":  # admission is per session, at each OPEN
+            return None
         if path != "/v1/sessions":
             return _error_response(
                 http.HTTPStatus.NOT_FOUND, f"No route {path}.", "not_found", "invalid_request_error"
             )
-        self._admitting = {c for c in self._admitting if c.state is not State.CLOSED}
-        if self.draining or self.sessions + len(self._admitting) >= self.settings.max_sessions:
-            reason = "draining" if self.draining else "full"
+        reason = self._refusal()
+        if reason is not None:
             return _error_response(
                 http.HTTPStatus.SERVICE_UNAVAILABLE,
                 f"This transceiver is {reason}.",
@@ -245,19 +255,49 @@ class TransceiverServer:
         self._admitting.add(connection)
         return None
 
-    async def _send_counted(self, connection: ServerConnection, message: str) -> None:
+    def _refusal(self) -> str | None:
+        """Why a new session is refused now ("draining", "full"), or ``None``."""
+        self._admitting = {c for c in self._admitting if c.state is not State.CLOSED}
+        if self.draining or self.sessions + len(self._admitting) >= self.settings.max_sessions:
+            return "draining" if self.draining else "full"
+        return None
+
+    def _link_open(self, session: LinkSession, spec: bytes) -> tuple[int, str] | None:
+        """A link's OPEN: refused (503, as ``/v1/sessions`` answers), or started with
+        ``spec`` as its first frame."""
+        reason = self._refusal()
+        if reason is not None:
+            return http.HTTPStatus.SERVICE_UNAVAILABLE.value, reason
+        try:
+            session.preload(spec.decode())
+        except UnicodeDecodeError:
+            return http.HTTPStatus.BAD_REQUEST.value, "the session.open frame is not UTF-8"
+        self._admitting.add(session)
+        task = asyncio.create_task(self._handler(session))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return None
+
+    async def _serve_link(self, connection: ServerConnection) -> None:
+        await Link(connection, self.settings.max_frame_bytes, self._link_open).run()
+
+    async def _send_counted(self, connection: Session, message: str) -> None:
         """Send a frame made by ``encode_server_event``, counting it (and errors by code)."""
         self.metrics.events_out.inc()
         if message.startswith('{"type":"error"'):
             self.metrics.error(json.loads(message).get("error", {}).get("code"))
         await connection.send(message)
 
-    async def _counted(self, connection: ServerConnection) -> AsyncIterator[str | bytes]:
+    async def _counted(self, connection: Session) -> AsyncIterator[str | bytes]:
         async for frame in connection:
             self.metrics.events_in.inc()
             yield frame
 
-    async def _handler(self, connection: ServerConnection) -> None:
+    async def _handler(self, connection: Session) -> None:
+        if isinstance(connection, ServerConnection) and connection.request is not None:
+            if urlsplit(connection.request.path).path == "/v1/link":
+                await self._serve_link(connection)
+                return
         self._admitting.discard(connection)
         self._connections.add(connection)
         self.sessions += 1
@@ -269,7 +309,7 @@ class TransceiverServer:
             self._connections.discard(connection)
             self.sessions -= 1
 
-    async def _open(self, connection: ServerConnection) -> SessionSpec | None:
+    async def _open(self, connection: Session) -> SessionSpec | None:
         """The session spec the relay sends first, or ``None`` (the connection is closed)."""
         try:
             frame = await asyncio.wait_for(connection.recv(), OPEN_TIMEOUT_S)
@@ -282,7 +322,7 @@ class TransceiverServer:
             pass
         return None
 
-    async def _run(self, connection: ServerConnection, spec: SessionSpec) -> None:
+    async def _run(self, connection: Session, spec: SessionSpec) -> None:
         transport = spec.transport.value
         self.metrics.sessions.labels(transport).inc()
         self.metrics.sessions_total.labels(transport).inc()
@@ -324,9 +364,7 @@ class TransceiverServer:
             backend=self.backend.name,
         )
 
-    async def _core_session(
-        self, connection: ServerConnection, spec: SessionSpec
-    ) -> RealtimeSession | None:
+    async def _core_session(self, connection: Session, spec: SessionSpec) -> RealtimeSession | None:
         """The core session for ``spec``, or ``None`` when its configuration is refused."""
         try:
             return RealtimeSession(
@@ -343,7 +381,7 @@ class TransceiverServer:
                 await connection.close(1008, "invalid session configuration")
             return None
 
-    async def _run_local(self, connection: ServerConnection, session: RealtimeSession) -> None:
+    async def _run_local(self, connection: Session, session: RealtimeSession) -> None:
         assert not isinstance(self.backend, ProxyBackend)
 
         async def close(code: int, reason: str) -> None:
@@ -375,7 +413,7 @@ class TransceiverServer:
         # not everyone's.
         await asyncio.gather(*(self._close_for_drain(c) for c in list(self._connections)))
 
-    async def _close_for_drain(self, connection: ServerConnection) -> None:
+    async def _close_for_drain(self, connection: Session) -> None:
         message = server_error_event(self.ids.event_id(), SHUTDOWN_MESSAGE, "server_shutting_down")
         try:
             # A peer that stopped reading cannot hold the shutdown: bounded, then dropped.
@@ -385,7 +423,10 @@ class TransceiverServer:
         except ConnectionClosed:
             pass
         except TimeoutError:
-            connection.transport.abort()
+            if isinstance(connection, LinkSession):
+                connection.abort()
+            else:
+                connection.transport.abort()
 
     async def start(self) -> Server:
         self.lag.start()
@@ -394,7 +435,7 @@ class TransceiverServer:
             self.settings.host,
             self.settings.port,
             process_request=self._process_request,
-            max_size=self.settings.max_frame_bytes,
+            max_size=carrier_max_size(self.settings.max_frame_bytes),
             # Frames read ahead of a session that stopped reading (its outbox is full):
             # each may be max_frame_bytes, so few (the relay reads 4 ahead too).
             max_queue=4,

@@ -29,8 +29,8 @@ import av
 import numpy as np
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
-from websockets.asyncio.client import ClientConnection
 
+from relay.link import Upstream
 from relay.ratelimit import SessionRates
 from relay.sip.media import RtpStream
 from relay.sip.rtp import G711, DtmfReceiver, RtpPacket
@@ -48,7 +48,7 @@ class SipCall(Call):
         self,
         call_id: str,
         dialog_id: str,
-        upstream: ClientConnection,
+        upstream: Upstream,
         on_close: Callable[[Call], None],
         offer: Offer,
         rtp_timeout_s: float,

@@ -1,0 +1,133 @@
+"""``python -m bench.link_hop``: what the relay <-> transceiver hop costs, link against one
+WebSocket per session. Prints; writes nothing.
+
+``hop``: 50 sessions in this process each send a 1.3 KB append and wait for its echo, 400
+times, over the real link (relay/link.py to transceiver/link.py) and over one ``websockets``
+connection per session (as ``--transceiver-link websocket``); CPU time per frame crossing,
+both ends together.
+
+``frames``: bench/frames.py's measurement (``serve --backend mock --no-mock-realtime
+--transceivers 1``, real-time audio sessions with server VAD, CPU per frame of the relay,
+the transceiver and the load generator), at 50 sessions, twice with each
+``RELAY_TRANSCEIVER_LINK``, without writing bench/results.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from bench.frames import measure
+from bench.harness import relay_server
+from bench.stats import load_average, machine
+from relay.link import Links
+from transceiver.link import Link, LinkSession, carrier_max_size
+from transceiver.protocol.contract import SessionSpec
+
+MAX_FRAME = 32 * 1024 * 1024
+FRAME = '{"type":"input_audio_buffer.append","audio":"' + "A" * 1280 + '"}'
+SESSIONS, ROUNDS = 50, 400
+
+Echoing = Callable[[str | bytes], Awaitable[None]]
+
+
+async def _timed(sessions: list[tuple[Echoing, Callable[[], Awaitable[str | bytes]]]]) -> float:
+    """CPU microseconds per frame crossing (each round trip is two)."""
+
+    async def run(send: Echoing, recv: Callable[[], Awaitable[str | bytes]]) -> None:
+        for _ in range(ROUNDS):
+            await send(FRAME)
+            await recv()
+
+    started = time.process_time()
+    await asyncio.gather(*(run(send, recv) for send, recv in sessions))
+    return (time.process_time() - started) / (len(sessions) * ROUNDS * 2) * 1e6
+
+
+@contextlib.asynccontextmanager
+async def echo_link(max_frame_bytes: int = MAX_FRAME) -> AsyncIterator[str]:
+    """The URL of a link server on 127.0.0.1 (the real :class:`Link`) that echoes every
+    session's frames after its spec (tests/relay/test_link_mux.py uses it too)."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def echo(session: LinkSession) -> None:
+        with contextlib.suppress(ConnectionClosed):  # the other end went: the echo ends
+            SessionSpec.decode(await session.recv())
+            async for message in session:
+                await session.send(message)
+
+    def on_open(session: LinkSession, spec: bytes) -> None:
+        session.preload(spec.decode())
+        task = asyncio.create_task(echo(session))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def handler(connection: ServerConnection) -> None:
+        await Link(connection, max_frame_bytes, on_open).run()
+
+    size = carrier_max_size(max_frame_bytes)
+    async with serve(handler, "127.0.0.1", 0, max_size=size) as server:
+        yield f"ws://127.0.0.1:{next(iter(server.sockets)).getsockname()[1]}"
+    for task in list(tasks):
+        task.cancel()
+
+
+async def link_hop() -> float:
+    async with echo_link() as url:
+        links = Links({}, MAX_FRAME, 20)
+        opened = [await links.open(url, None, SessionSpec(), 10) for _ in range(SESSIONS)]
+        us = await _timed([(s.send, s.recv) for s in opened])
+        await links.aclose()
+    return us
+
+
+async def websocket_hop() -> float:
+    async def handler(connection: ServerConnection) -> None:
+        async for message in connection:
+            await connection.send(message)
+
+    async with serve(handler, "127.0.0.1", 0, compression=None, max_queue=4) as server:
+        url = f"ws://127.0.0.1:{next(iter(server.sockets)).getsockname()[1]}"
+        opened = [await connect(url, compression=None, max_queue=4) for _ in range(SESSIONS)]
+        us = await _timed([(c.send, c.recv) for c in opened])
+        for connection in opened:
+            await connection.close()
+    return us
+
+
+def hop() -> None:
+    print(machine(), "; load average", load_average())
+    for _ in range(2):
+        print(f"one WebSocket per session: {asyncio.run(websocket_hop()):.1f} us per frame")
+        print(f"one link:                  {asyncio.run(link_hop()):.1f} us per frame")
+
+
+def frames() -> None:
+    print(machine(), "; load average", load_average())
+    for mode in ("websocket", "mux"):
+        env = {"RELAY_TRANSCEIVER_LINK": mode}
+        args = ("--backend", "mock", "--no-mock-realtime", "--transceivers", "1")
+        with relay_server(*args, env=env) as server:
+            measure(server, 5, 3.0)  # warm-up, not counted
+            for _ in range(2):
+                s = measure(server, SESSIONS, 15.0)
+                print(
+                    f"{mode}: {s.frames / s.wall_s:.0f} frames/s, relay "
+                    f"{s.per_frame_us(s.relay_s):.0f} us, transceiver "
+                    f"{s.per_frame_us(s.transceiver_s):.0f} us, load generator "
+                    f"{s.per_frame_us(s.loadgen_s):.0f} us per frame; {s.turns} turns, "
+                    f"{s.errors} errors",
+                    flush=True,
+                )
+    print("load average after", load_average())
+
+
+if __name__ == "__main__":
+    {"hop": hop, "frames": frames}[sys.argv[1] if len(sys.argv) > 1 else "hop"]()

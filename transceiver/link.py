@@ -1,0 +1,300 @@
+"""The relay <-> transceiver link: one WebSocket per relay and transceiver, many sessions.
+
+The frames are transceiver/protocol/link.py's. The carrier is a WebSocket (``/v1/link`` on
+the transceiver's port), so the link secret is checked once, at its handshake (401 as for
+every request), ``wss://`` members get TLS as before, and its pings notice a peer that
+vanished without a FIN within ``2 * PING_S``. Frames written in one event-loop iteration go
+out as one message: one mask, one write, one syscall for all of them.
+
+A :class:`LinkSession` is one session on a link, with the part of a ``websockets``
+connection that the relay's and the transceiver's session code use: ``send``, ``recv`` and
+async iteration, ``close(code, reason)``, ``state``, ``protocol.close_rcvd``, and
+``ConnectionClosed`` when it has ended. When the link dies, every session on it ends
+without a close frame (1006), as a dropped WebSocket would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from websockets.asyncio.connection import Connection
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
+from websockets.frames import OK_CLOSE_CODES, Close
+from websockets.protocol import State
+
+from transceiver.protocol import link as frames
+from transceiver.protocol.link import Kind, LinkError
+
+log = logging.getLogger(__name__)
+
+_OK_CODES = {int(code) for code in OK_CLOSE_CODES}
+
+# Bytes a session may have in flight each way before its sender waits for the reader
+# (websockets read 4 frames ahead; one frame past the window may be max_frame_bytes).
+WINDOW_BYTES = 1 << 20
+# A batch is cut after this many bytes (a larger frame goes alone).
+BATCH_BYTES = 1 << 20
+# How long a close waits for the peer's echo, as websockets' close_timeout.
+CLOSE_TIMEOUT_S = 10.0
+
+# Called by the transceiver for each OPEN: a refusal (status, reason), or None to accept.
+OnOpen = Callable[["LinkSession", bytes], "tuple[int, str] | None"]
+
+
+def carrier_max_size(max_frame_bytes: int) -> int:
+    """The carrier's largest message: a batch, or one largest frame with its header."""
+    return max(max_frame_bytes, BATCH_BYTES) + frames.CONTROL_BYTES + frames.HEADER.size
+
+
+class LinkSession:
+    """One session on a link (see the module's docstring)."""
+
+    def __init__(self, link: Link, session_id: int) -> None:
+        self.link = link
+        self.id = session_id
+        self.state = State.OPEN
+        self.close_rcvd: Close | None = None
+        self.close_sent: Close | None = None
+        self._rcvd_then_sent: bool | None = None
+        self._inbox: deque[tuple[str | bytes, int]] = deque()
+        self._readable = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._send_credit = WINDOW_BYTES  # bytes we may still send
+        self._credited = asyncio.Event()
+        self._recv_budget = WINDOW_BYTES  # bytes the peer may still send
+        self._consumed = 0  # read since the last CREDIT we sent
+
+    @property
+    def protocol(self) -> LinkSession:
+        """``upstream.protocol.close_rcvd`` reads as on a ``websockets`` connection."""
+        return self
+
+    def _exception(self) -> ConnectionClosed:
+        rcvd, sent = self.close_rcvd, self.close_sent
+        if rcvd is None or sent is None:
+            return ConnectionClosedError(rcvd, sent)
+        order = self._rcvd_then_sent
+        if {rcvd.code, sent.code} <= _OK_CODES:
+            return ConnectionClosedOK(rcvd, sent, order)
+        return ConnectionClosedError(rcvd, sent, order)
+
+    async def send(self, message: str | bytes) -> None:
+        if self.state is not State.OPEN:
+            raise self._exception()
+        while self._send_credit <= 0:
+            self._credited.clear()
+            await self._credited.wait()
+            if self.state is not State.OPEN:
+                raise self._exception()
+        if isinstance(message, str):
+            data, kind = message.encode(), Kind.TEXT
+        else:
+            data, kind = bytes(message), Kind.BINARY
+        self._send_credit -= len(data)
+        self.link.write(frames.header(kind, self.id, len(data)), data)
+
+    async def recv(self) -> str | bytes:
+        while not self._inbox:
+            if self.state is State.CLOSED:
+                raise self._exception()
+            self._readable.clear()
+            await self._readable.wait()
+        message, size = self._inbox.popleft()
+        self._consumed += size
+        if self._consumed >= WINDOW_BYTES // 2 and self.state is State.OPEN:
+            self.link.write(frames.encode_credit(self.id, self._consumed))
+            self._recv_budget += self._consumed
+            self._consumed = 0
+        return message
+
+    async def __aiter__(self) -> AsyncIterator[str | bytes]:
+        """Frames until the session ends: quietly after a normal close, else
+        ``ConnectionClosedError``, as ``websockets`` does."""
+        try:
+            while True:
+                yield await self.recv()
+        except ConnectionClosedOK:
+            return
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Send a close and wait (``CLOSE_TIMEOUT_S`` at most) for the peer's echo."""
+        if self.state is State.OPEN:
+            self.state = State.CLOSING
+            self.close_sent = Close(code, reason)
+            self.link.write(frames.encode_close(self.id, code, reason))
+            self._wake()
+        try:
+            await asyncio.wait_for(self._closed.wait(), CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            self.abort()
+
+    def preload(self, message: str) -> None:
+        """A first frame to read, given by the link itself (the transceiver's spec)."""
+        self._inbox.append((message, 0))
+        self._readable.set()
+
+    def abort(self) -> None:
+        """End the session now, without waiting for the peer (1006)."""
+        self._end()
+
+    def _deliver(self, frame: frames.Frame) -> None:
+        self._recv_budget -= len(frame.payload)
+        if self._recv_budget < -self.link.max_frame_bytes:
+            raise LinkError(f"session {self.id} sent past its window")
+        if self.state is not State.OPEN:
+            return  # we closed it: nobody reads it any more, what is in flight is dropped
+        message = frames.decode_text(frame) if frame.kind is Kind.TEXT else frame.payload
+        self._inbox.append((message, len(frame.payload)))
+        self._readable.set()
+
+    def _credit(self, size: int) -> None:
+        self._send_credit += size
+        self._credited.set()
+
+    def _peer_closed(self, code: int, reason: str) -> None:
+        self.close_rcvd = Close(code, reason)
+        self._rcvd_then_sent = self.state is State.OPEN
+        if self.state is State.OPEN:  # echo it, as RFC 6455 asks
+            self.close_sent = Close(code, reason)
+            self.link.write(frames.encode_close(self.id, code, reason))
+        self._end()
+
+    def _end(self) -> None:
+        self.state = State.CLOSED
+        self.link.sessions.pop(self.id, None)
+        self._closed.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        self._readable.set()
+        self._credited.set()
+
+
+class Link:
+    """One carrier connection and its sessions. :meth:`run` reads until the carrier ends;
+    ``on_open`` (the transceiver's) answers each ``OPEN``."""
+
+    def __init__(
+        self, carrier: Connection, max_frame_bytes: int, on_open: OnOpen | None = None
+    ) -> None:
+        self.carrier = carrier
+        self.max_frame_bytes = max_frame_bytes
+        self.sessions: dict[int, LinkSession] = {}
+        self.opening: dict[int, asyncio.Future[frames.Frame]] = {}
+        self.closed = False
+        self._on_open = on_open
+        self._out: deque[tuple[int, tuple[bytes, ...]]] = deque()  # (size, pieces) a frame
+        self._wake_writer = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._next_id = 0
+
+    def write(self, *pieces: bytes) -> None:
+        """Queue one frame (its pieces); the frames queued in this loop iteration leave
+        together once it yields."""
+        if self.closed:
+            return
+        self._out.append((sum(map(len, pieces)), pieces))
+        self._wake_writer.set()
+
+    async def _write_loop(self) -> None:
+        with contextlib.suppress(ConnectionClosed):  # the reader notices, and ends the link
+            await self._write_batches()
+
+    async def _write_batches(self) -> None:
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer.clear()
+            while self._out:
+                batch: list[bytes] = []
+                size = 0
+                while self._out and (not batch or size + self._out[0][0] <= BATCH_BYTES):
+                    frame_size, pieces = self._out.popleft()
+                    batch.extend(pieces)
+                    size += frame_size
+                await self.carrier.send(b"".join(batch))
+
+    def new_session(self) -> LinkSession:
+        self._next_id = (self._next_id + 1) % (1 << 32) or 1
+        session = LinkSession(self, self._next_id)
+        self.sessions[session.id] = session
+        return session
+
+    async def run(self) -> None:
+        """Read and dispatch until the carrier ends; then every session ends (1006)."""
+        self._writer = asyncio.create_task(self._write_loop())
+        try:
+            async for message in self.carrier:
+                if isinstance(message, str):
+                    raise LinkError("a text message on the link")
+                for frame in frames.parse(message, self.max_frame_bytes):
+                    self._dispatch(frame)
+        except LinkError as exc:
+            log.error("closing the link to %s: %s", _peer(self.carrier), exc)
+            with contextlib.suppress(ConnectionClosed):
+                await self.carrier.close(1002, "malformed link frame")
+        except ConnectionClosed:
+            pass
+        finally:
+            self._lost()
+
+    def _lost(self) -> None:
+        self.closed = True
+        if self._writer is not None:
+            self._writer.cancel()
+        for session in list(self.sessions.values()):
+            session._end()
+        for waiter in self.opening.values():
+            if not waiter.done():
+                waiter.set_exception(ConnectionError("the link to the transceiver closed"))
+        self.opening.clear()
+
+    def _dispatch(self, frame: frames.Frame) -> None:
+        session = self.sessions.get(frame.session)
+        if frame.kind in (Kind.TEXT, Kind.BINARY):
+            if session is not None:
+                session._deliver(frame)
+        elif frame.kind is Kind.CREDIT:
+            if session is not None:
+                session._credit(frames.decode_credit(frame))
+        elif frame.kind is Kind.CLOSE:
+            code, reason = frames.decode_code(frame)
+            if session is not None:
+                session._peer_closed(code, reason)
+        elif frame.kind is Kind.OPEN:
+            self._open(frame)
+        else:  # ACCEPTED, REFUSED: the answer to an open of ours
+            waiter = self.opening.pop(frame.session, None)
+            if waiter is None:
+                raise LinkError(f"an unexpected {frame.kind.name} for session {frame.session}")
+            if not waiter.done():
+                waiter.set_result(frame)
+            elif frame.kind is Kind.ACCEPTED:  # we stopped waiting: end it there
+                self.write(frames.encode_close(frame.session, 1001, "placement timed out"))
+
+    def _open(self, frame: frames.Frame) -> None:
+        if self._on_open is None:
+            raise LinkError("an OPEN frame sent to the relay")
+        if frame.session in self.sessions or frame.session == 0:
+            raise LinkError(f"an OPEN for session {frame.session}, which is taken")
+        session = LinkSession(self, frame.session)
+        refusal = self._on_open(session, frame.payload)
+        if refusal is not None:
+            self.write(frames.encode_refused(frame.session, *refusal))
+            return
+        self.sessions[session.id] = session
+        self.write(frames.encode(Kind.ACCEPTED, frame.session))
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self.carrier.close()
+
+
+def _peer(carrier: Connection) -> Any:
+    with contextlib.suppress(Exception):
+        return carrier.remote_address
+    return "?"
