@@ -164,13 +164,12 @@ class TransceiverSettings(BaseSettings):
     stt_short_window: bool = Field(
         True, description="Encode short utterances with a shortened Whisper window (faster)."
     )
-    vad: Literal["webrtc", "silero"] | None = Field(
-        None,
+    vad: Literal["webrtc", "silero"] = Field(
+        "webrtc",
         description="The server VAD's frame classifier: webrtc (webrtcvad, about 7 us a "
-        "frame) or silero (Silero VAD v5 gating webrtcvad, about 130 us a frame; tells "
-        "speech from noise: "
-        "python -m bench vad). Default: silero on the local backend, webrtc on the mock "
-        "(which takes only webrtc).",
+        "frame) or silero (local backend: Silero VAD v5 gating webrtcvad, about 130 us a "
+        "frame; tells speech from noise, python -m bench vad; the load generator's "
+        "synthetic speech is not speech to it).",
     )
     vad_model: str | None = Field(
         None,
@@ -263,7 +262,7 @@ class TransceiverSettings(BaseSettings):
         if self.backend == "mock" and self.vad == "silero":
             raise ValueError(
                 "--vad silero is for the local backend (and an openai fallback to it); the "
-                "mock's VAD is webrtc"
+                "mock's VAD is webrtc (its synthetic speech is not speech to Silero)"
             )
         return self
 

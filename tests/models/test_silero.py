@@ -69,12 +69,12 @@ def test_a_missing_model_says_how_to_install_it(tmp_path: object) -> None:
         SileroModel(f"{tmp_path}/none.onnx")
 
 
-def test_the_setting_defaults_per_backend_and_the_mock_refuses_silero() -> None:
+def test_the_setting_defaults_to_webrtc_and_the_mock_refuses_silero() -> None:
     from pydantic import ValidationError
 
     from transceiver.settings import TransceiverSettings
 
-    assert TransceiverSettings(backend="local").vad is None  # None: silero on local
+    assert TransceiverSettings(backend="local").vad == "webrtc"  # silero is opt-in
     assert TransceiverSettings(backend="mock", vad="webrtc").vad == "webrtc"
     with pytest.raises(ValidationError, match="the mock's VAD is webrtc"):
         TransceiverSettings(backend="mock", vad="silero")

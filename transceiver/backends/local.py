@@ -172,7 +172,7 @@ class LocalBackend:
             preemptive=settings.preemptive_reply,
             voices=voices,
             stt_models=stt_models,
-            vad_model=SileroModel(settings.vad_model) if settings.vad != "webrtc" else None,
+            vad_model=SileroModel(settings.vad_model) if settings.vad == "silero" else None,
         )
         backend.warm_up(embedded=not settings.llm_url)
         log.info("local backend ready in %.1f s", time.monotonic() - started)
