@@ -7,6 +7,7 @@ import sys
 from bench import (
     append,
     capacity,
+    first_audio,
     frames,
     noise,
     overhead,
@@ -32,6 +33,7 @@ BENCHES = {
     "capacity": capacity.main,
     "frames": frames.main,
     "append": append.main,
+    "first-audio": first_audio.main,
     "vad": vad.main,
     "noise": noise.main,
 }
