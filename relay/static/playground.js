@@ -13,6 +13,7 @@ const call = {
   items: new Map(),         // response id -> its assistant message item id
   calls: [],                // function calls of the current response, answered at response.done
   responding: false,
+  wantsResponse: false,     // a response.create waiting for the current response's end
   muted: false,
   session: null,            // the session as the server last described it
 };
@@ -90,7 +91,13 @@ function sendText(text) {
   call.nextClock = new TurnClock(performance.now(), "after sending");
   send({ type: "conversation.item.create",
          item: { type: "message", role: "user", content: [{ type: "input_text", text }] } });
-  send({ type: "response.create" });
+  createResponse();
+}
+
+// One response at a time, as the API allows: asked for during one, it waits for its end.
+function createResponse() {
+  if (call.responding) call.wantsResponse = true;
+  else send({ type: "response.create" });
 }
 
 // ---- push to talk and mute --------------------------------------------------------------
@@ -144,8 +151,9 @@ function onResponseDone(response) {
     send({ type: "conversation.item.create",
            item: { type: "function_call_output", call_id: item.call_id, output } });
   }
-  if (calls.length) {
-    call.nextClock = new TurnClock(performance.now(), "after the tool result");
+  if (calls.length) call.nextClock = new TurnClock(performance.now(), "after the tool result");
+  if (calls.length || call.wantsResponse) {
+    call.wantsResponse = false;
     send({ type: "response.create" });
   }
 }
@@ -197,6 +205,11 @@ const handlers = {
   "response.done": (e) => onResponseDone(e.response),
   "error": (e) => {
     const error = e.error || {};
+    if (error.code === "conversation_already_has_active_response") {
+      // A turn of the microphone's started one first: ask again once it is done.
+      call.responding = call.wantsResponse = true;
+      return;
+    }
     chat.add("error", "Error", `${error.code || error.type}: ${error.message}`);
     if (error.param && error.param.startsWith("session")) settingsError(error.message);
   },
