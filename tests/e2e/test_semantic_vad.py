@@ -133,6 +133,9 @@ async def test_a_transcription_session_ends_turns_at_the_models_word(
 async def test_speech_over_a_reply_cancels_it(mock_server: RunningServer, voice: PiperTts) -> None:
     client, update = await semantic_session(mock_server, "high")
     update["session"]["output_modalities"] = ["audio"]
+    # The slowest pace the mock speaks at: the reply lasts long enough to be talked over,
+    # however loaded the machine is.
+    update["session"]["audio"]["output"] = {"speed": 0.25}
     question = silence(300) + spoken(voice, "Tell me a long story about a dragon.")
     async with client.realtime.connect(model="gpt-realtime") as conn:
         rec = Recorder(conn)
