@@ -9,6 +9,8 @@ import os
 import sys
 from typing import Any
 
+from pydantic import ValidationError
+
 from relay import loop
 from relay.app import create_app
 from relay.drain import DrainingServer
@@ -16,7 +18,7 @@ from relay.server import raise_fd_limit, server_config
 from relay.settings import RelaySettings
 from relay.supervisor import Supervisor, TransceiverProcess, free_port
 from transceiver.observability import configure_logging
-from transceiver.settings import TransceiverSettings
+from transceiver.settings import TransceiverSettings, settings_error
 
 log = logging.getLogger("relay")
 
@@ -197,7 +199,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "relay":
-        settings = _relay_settings(args)
+        try:
+            settings = _relay_settings(args)
+        except ValidationError as exc:  # one line naming the option, not a traceback
+            parser.error(settings_error(exc))
         if not settings.transceiver:
             parser.error("relay needs at least one --transceiver URL")
         configure_logging(settings.log_level, settings.log_format)
@@ -211,6 +216,8 @@ def main(argv: list[str] | None = None) -> None:
         loop.run(_serve(args))
     except KeyboardInterrupt:
         pass
+    except ValidationError as exc:  # the settings, checked before anything starts
+        parser.error(settings_error(exc))
 
 
 if __name__ == "__main__":

@@ -16,9 +16,11 @@ import signal  # noqa: E402
 import sys  # noqa: E402
 from typing import Any  # noqa: E402
 
+from pydantic import ValidationError  # noqa: E402
+
 from transceiver.observability import configure_logging  # noqa: E402
 from transceiver.server import run_transceiver  # noqa: E402
-from transceiver.settings import TransceiverSettings  # noqa: E402
+from transceiver.settings import TransceiverSettings, settings_error  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,9 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     given: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
-    settings = TransceiverSettings(**given)
+    try:
+        settings = TransceiverSettings(**given)
+    except ValidationError as exc:  # one line naming the option, not a traceback
+        parser.error(settings_error(exc))
     configure_logging(settings.log_level, settings.log_format)
 
     async def runner() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Annotated, Literal, NamedTuple, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Sessions per CPU core one local-pipeline transceiver holds with end of speech -> first
@@ -296,3 +296,15 @@ class TransceiverSettings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+
+def settings_error(exc: ValidationError) -> str:
+    """A settings ``ValidationError`` as one line per bad option, for the command line:
+    ``--sip-listen: 'nonsense' is not HOST:PORT``."""
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"])
+        option = "--" + where.replace("_", "-") if where else "settings"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"{option}: {message}")
+    return "; ".join(lines)

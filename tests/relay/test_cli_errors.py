@@ -1,0 +1,24 @@
+"""A bad option on the command line is one line naming it, exit status 2, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["serve", "--backend", "mock", "--sip-listen", "nonsense"], "--sip-listen: 'nonsense'"),
+        (["relay", "--transceiver", "http://127.0.0.1:9", "--port", "abc"], "--port: Input"),
+        (["transceiver", "--backend", "mock", "--vad", "silero"], "--vad silero is for"),
+    ],
+)
+def test_a_bad_option_is_one_line(argv: list[str], line: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "relay.cli", *argv], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2, result.stderr
+    assert line in result.stderr and "Traceback" not in result.stderr, result.stderr
