@@ -36,6 +36,15 @@ def parse_voice(entry: str) -> VoiceEntry:
     return VoiceEntry(name.strip(), path.strip(), int(speaker) if speaker else None)
 
 
+def parse_stt_model(entry: str) -> tuple[str, str]:
+    """One ``--stt-models`` entry, ``NAME=MODEL``, as (name, model); ``ValueError`` saying so
+    for anything else."""
+    name, sep, model = (part.strip() for part in entry.partition("="))
+    if not sep or not name or not model:
+        raise ValueError(f"{entry!r} is not NAME=MODEL")
+    return name, model
+
+
 class TransceiverSettings(BaseSettings):
     # An empty variable (`RELAY_X=` in a .env file or compose) means unset, not "".
     model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore", env_ignore_empty=True)
@@ -283,9 +292,7 @@ class TransceiverSettings(BaseSettings):
     @classmethod
     def _stt_model_entries(cls, value: list[str]) -> list[str]:
         for entry in value:
-            name, sep, model = entry.partition("=")
-            if not sep or not name.strip() or not model.strip():
-                raise ValueError(f"{entry!r} is not NAME=MODEL")
+            parse_stt_model(entry)
         return value
 
     @field_validator(

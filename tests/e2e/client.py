@@ -7,6 +7,8 @@ import base64
 import json
 from typing import Any
 
+import numpy as np
+
 from models.synth import speech as speech  # the tests' speech: the mock's own voice
 from tests.invariants import check_stream, validate_with_sdk
 
@@ -40,6 +42,16 @@ class Recorder:
 
     def check(self) -> None:
         check_stream(self.events, beta=self.beta)
+
+
+def pink(seconds: float, level: float, seed: int = 7) -> bytes:
+    """Pink noise at RMS ``level`` (PCM16 units; 1000 is about -30 dBFS), 24 kHz."""
+    n = int(24_000 * seconds)
+    spectrum = np.fft.rfft(np.random.default_rng(seed).standard_normal(n))
+    spectrum /= np.sqrt(np.maximum(np.fft.rfftfreq(n, 1 / 24_000), 20.0))
+    noise = np.fft.irfft(spectrum, n)
+    noise *= level / np.sqrt(np.mean(noise**2))
+    return bytes(np.clip(noise, -32768, 32767).astype("<i2").tobytes())
 
 
 def silence(ms: int) -> bytes:

@@ -19,7 +19,7 @@ from openai import AsyncOpenAI
 from models.audio import resample, rms
 from models.stt import WhisperStt
 from models.tts import PiperTts
-from tests.e2e.client import Recorder, append_audio
+from tests.e2e.client import Recorder, append_audio, pink
 from tests.servers import RunningServer
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.models]
@@ -32,16 +32,6 @@ TEXT = "I would like to book a table for two people."
 @pytest.fixture(scope="module")
 def whisper_stt() -> Iterator[WhisperStt]:
     yield WhisperStt()
-
-
-def pink(seconds: float, level: float, seed: int) -> bytes:
-    """Pink noise at RMS ``level`` (PCM16 units; 1000 is about -30 dBFS), 24 kHz."""
-    n = int(RATE * seconds)
-    spectrum = np.fft.rfft(np.random.default_rng(seed).standard_normal(n))
-    spectrum /= np.sqrt(np.maximum(np.fft.rfftfreq(n, 1 / RATE), 20.0))
-    noise = np.fft.irfft(spectrum, n)
-    noise *= level / np.sqrt(np.mean(noise**2))
-    return bytes(np.clip(noise, -32768, 32767).astype("<i2").tobytes())
 
 
 def noisy_speech() -> bytes:

@@ -14,6 +14,7 @@ from models.audio import pcm16_to_array, resample, rms, ulaw_decode, ulaw_encode
 from models.noise import InputNoiseFilter, NoiseError, NoiseType, Suppressor, max_attenuation_db
 from models.stt import WhisperStt
 from models.tts import PiperTts
+from tests.e2e.client import pink
 from tests.transceiver.test_speculation import Client, ScriptedBackend
 from tests.waiting import eventually
 from transceiver.protocol.contract import SessionSpec
@@ -26,16 +27,6 @@ RATE = 24_000
 CHUNK = RATE // 50 * 2  # 20 ms of PCM16
 KINDS: tuple[NoiseType, ...] = ("near_field", "far_field")
 DELAY = RATE // 100 + 1  # samples: the filter's 10 ms and one
-
-
-def pink(seconds: float, level: float, seed: int = 7) -> bytes:
-    """Pink noise at RMS ``level`` (PCM16 units), 24 kHz."""
-    n = int(RATE * seconds)
-    spectrum = np.fft.rfft(np.random.default_rng(seed).standard_normal(n))
-    spectrum /= np.sqrt(np.maximum(np.fft.rfftfreq(n, 1 / RATE), 20.0))
-    noise = np.fft.irfft(spectrum, n)
-    noise *= level / np.sqrt(np.mean(noise**2))
-    return bytes(np.clip(noise, -32768, 32767).astype("<i2").tobytes())
 
 
 def streamed(

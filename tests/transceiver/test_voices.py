@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, cast
 
@@ -11,6 +10,7 @@ from pydantic import ValidationError
 
 from models.errors import TtsError
 from models.tts import PiperTts, bundled_voice_path
+from tests.local.conftest import slow_voice
 from transceiver.backends.local import LocalBackend, load_voices
 from transceiver.settings import TransceiverSettings
 
@@ -42,11 +42,7 @@ def test_two_configured_voices_speak_differently(tmp_path: Any) -> None:
     """Only joe is bundled, so the second voice is joe's model with its own settings file
     (slower, as a voice's ``inference`` section may say): a voice is an .onnx and its .json."""
     joe = Path(bundled_voice_path())
-    slow = tmp_path / "slow-joe.onnx"
-    slow.symlink_to(joe)
-    config = json.loads(Path(f"{joe}.json").read_text())
-    config["inference"]["length_scale"] = 1.5
-    Path(f"{slow}.json").write_text(json.dumps(config))
+    slow = slow_voice(tmp_path)
     voices = load_voices([f"marin={joe}", f"cedar={slow}"])
     backend = LocalBackend(cast(Any, None), cast(Any, None), PiperTts(), voices=voices, workers=1)
     text = "Two voices, one sentence."

@@ -28,7 +28,7 @@ from transceiver.backends.base import BackendError, ResponseSink, TranscriptSink
 from transceiver.backends.conversation import chat_messages, fit_context, offered_tools
 from transceiver.protocol.audio import AudioFormatType
 from transceiver.protocol.effects import ResponseRequest, Transcribe
-from transceiver.settings import TransceiverSettings, parse_voice
+from transceiver.settings import TransceiverSettings, parse_stt_model, parse_voice
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,7 @@ def load_stt_models(settings: TransceiverSettings) -> tuple[WhisperStt, dict[str
     default = load(settings.stt_model)
     loaded = {settings.stt_model or "": default}
     named: dict[str, WhisperStt] = {}
-    for entry in settings.stt_models:
-        name, _, model = (part.strip() for part in entry.partition("="))
+    for name, model in map(parse_stt_model, settings.stt_models):
         if model not in loaded:
             loaded[model] = load(model)
         named[name] = loaded[model]
