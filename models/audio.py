@@ -82,8 +82,15 @@ _ALAW_ENCODE = _encode_table(_ALAW_DECODE)
 
 
 def pcm16_to_array(pcm16: bytes) -> _I16:
+    """The samples of PCM16 bytes (a trailing odd byte ignored), as a writable array."""
+    return _pcm16_view(pcm16).astype(np.int16)
+
+
+def _pcm16_view(pcm16: bytes) -> _I16:
+    """The samples of PCM16 bytes, read-only, without a copy where the length is even."""
     usable = len(pcm16) - len(pcm16) % 2
-    return np.frombuffer(pcm16[:usable], dtype="<i2").astype(np.int16)
+    view: _I16 = np.frombuffer(pcm16 if usable == len(pcm16) else pcm16[:usable], dtype="<i2")
+    return view
 
 
 def ulaw_decode(data: bytes) -> bytes:
@@ -131,7 +138,7 @@ def resample(pcm16: bytes, src_rate_hz: int, dst_rate_hz: int) -> bytes:
     """PCM16 at ``src_rate_hz`` -> PCM16 at ``dst_rate_hz`` (see the module docstring)."""
     if src_rate_hz == dst_rate_hz or not pcm16:
         return pcm16[: len(pcm16) - len(pcm16) % 2]
-    out = resample_array(pcm16_to_array(pcm16), src_rate_hz, dst_rate_hz)
+    out = resample_array(_pcm16_view(pcm16), src_rate_hz, dst_rate_hz)
     # Block means and linear interpolation stay within the input's range: no clipping.
     pcm: bytes = np.rint(out).astype("<i2").tobytes()
     return pcm
@@ -156,5 +163,5 @@ def from_pcm16(pcm16: bytes, audio_format: str, rate_hz: int = WIRE_RATE_HZ) -> 
 
 
 def rms(pcm16: bytes) -> float:
-    samples = pcm16_to_array(pcm16).astype(np.float64)
+    samples = _pcm16_view(pcm16).astype(np.float64)
     return float(np.sqrt(np.dot(samples, samples) / len(samples))) if len(samples) else 0.0

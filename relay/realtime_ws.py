@@ -17,8 +17,7 @@ from fastapi import APIRouter, WebSocket
 from fastapi.responses import Response
 from starlette.websockets import WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-from websockets.protocol import State
+from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
 from relay.admission import Refused, admit
@@ -27,8 +26,7 @@ from relay.drain import SHUTDOWN_MESSAGE
 from relay.edge import Edge, EdgeDep
 from relay.ephemeral import EphemeralKey, call_owner
 from relay.errors import ApiError, answer_websocket_failure
-from relay.link import Upstream
-from relay.ratelimit import PASS, SessionRates
+from relay.forward import forward
 from relay.webrtc import Call
 from transceiver.protocol.contract import Dialect, SessionKind, SessionSpec
 
@@ -188,124 +186,3 @@ async def sideband(websocket: WebSocket, call: Call) -> None:
     finally:
         ended.cancel()
         call.sidebands.discard(websocket.send_text)
-
-
-async def forward(
-    websocket: WebSocket,
-    upstream: Upstream,
-    edge: Edge,
-    rates: SessionRates | None = None,
-) -> None:
-    """Pass frames both ways unchanged until either side ends; with ``rates``, the key's
-    rate limits apply (relay/ratelimit.py: a refused ``response.create``, a
-    ``rate_limits.updated`` after each ``response.done``).
-
-    When the client leaves, the caller closes upstream. When upstream ends (the transceiver
-    closed the session, drained, or died), the client gets its close code, or an error and
-    1011 for a lost transceiver, whichever direction noticed first.
-    """
-    events_in, events_out = edge.metrics.events_in, edge.metrics.events_out
-    client_left = False
-
-    async def client_to_upstream() -> None:
-        nonlocal client_left
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                client_left = True
-                return
-            events_in.inc()
-            data = message.get("text")
-            payload = data if data is not None else message.get("bytes") or b""
-            refusal = rates.refuse(payload) if rates is not None else None
-            if refusal is not None:  # past the key's rate limits: answered here
-                try:
-                    await websocket.send_text(refusal)
-                except (WebSocketDisconnect, RuntimeError, OSError):
-                    client_left = True
-                    return
-                continue
-            try:
-                await upstream.send(payload)
-            except ConnectionClosed:
-                return  # upstream ended: answered below
-
-    async def upstream_to_client() -> None:
-        nonlocal client_left
-        async for frame in upstream:
-            events_out.inc()
-            try:
-                await _to_client(websocket, upstream, frame, rates)
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                client_left = True
-                return
-
-    to_up = asyncio.create_task(client_to_upstream())
-    to_client = asyncio.create_task(upstream_to_client())
-    done, _ = await asyncio.wait({to_up, to_client}, return_when=asyncio.FIRST_COMPLETED)
-    for task in (to_up, to_client):
-        if task not in done:
-            task.cancel()
-    results = await asyncio.gather(to_up, to_client, return_exceptions=True)
-    if client_left or any(isinstance(r, WebSocketDisconnect) for r in results):
-        await close_discarding(upstream)
-        return
-    await _answer_upstream_end(websocket, upstream, edge)
-
-
-async def _to_client(
-    websocket: WebSocket, upstream: Upstream, frame: str | bytes, rates: SessionRates | None
-) -> None:
-    """A server frame to the client, with what the key's rate limits add to it: an event
-    after it, a cancel upstream (relay/ratelimit.py)."""
-    action = rates.on_server(frame) if rates is not None else PASS
-    if action.drop:
-        pass
-    elif isinstance(frame, str):
-        await websocket.send_text(frame)
-    else:
-        await websocket.send_bytes(frame)
-    for text in action.to_client:
-        await websocket.send_text(text)
-    with contextlib.suppress(ConnectionClosed):  # upstream ended: answered by forward
-        for text in action.to_upstream:
-            await upstream.send(text)
-
-
-async def close_discarding(upstream: Upstream) -> None:
-    """Close upstream, dropping what it still has for a client that is gone.
-
-    A client that stopped reading leaves upstream's receive queue full, and a full queue
-    stops reading (websockets' ``max_queue``), so the transceiver's closing frame would not
-    be read before ``close_timeout`` (10 s): the session would stay open that long.
-    """
-    if upstream.state is State.CLOSED:
-        return
-
-    async def discard() -> None:
-        with contextlib.suppress(ConnectionClosed):
-            async for _ in upstream:
-                pass
-
-    discarding = asyncio.create_task(discard())
-    try:
-        await upstream.close()
-    finally:
-        discarding.cancel()
-
-
-async def _answer_upstream_end(websocket: WebSocket, upstream: Upstream, edge: Edge) -> None:
-    """Pass on the transceiver's close code. A lost transceiver (no close frame) gets an
-    ``error`` event and 1011, RFC 6455's code for a server that met an unexpected condition."""
-    rcvd = upstream.protocol.close_rcvd
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError, ConnectionClosed):
-        if rcvd is None:
-            log.warning("transceiver connection lost mid-session")
-            await websocket.send_text(
-                edge.error_event(
-                    "The server lost this session's transceiver.", "transceiver_unavailable"
-                )
-            )
-            await websocket.close(1011, "transceiver failed")
-        else:
-            await websocket.close(rcvd.code, rcvd.reason)

@@ -52,12 +52,12 @@ import httptools
 import uvicorn
 from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 from websockets.datastructures import Headers
 from websockets.exceptions import SecurityError
 from websockets.http11 import Request, Response
 
+from relay.direct import DirectWebSocketProtocol
 from relay.errors import error_body
 from relay.settings import RelaySettings
 
@@ -409,9 +409,10 @@ async def _refuse_full(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's WebSocket protocol with the stall bound, the connection limit, its errors in
-    the envelope, and no ping timeout while the client's pong cannot have been read."""
+class RelayWebSocketProtocol(DirectWebSocketProtocol):
+    """uvicorn's WebSocket protocol, with the direct frame path (relay/direct.py), the stall
+    bound, the connection limit, its errors in the envelope, and no ping timeout while the
+    client's pong cannot have been read."""
 
     def __init__(
         self,

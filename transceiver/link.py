@@ -84,19 +84,31 @@ class LinkSession:
         return ConnectionClosedError(rcvd, sent, order)
 
     async def send(self, message: str | bytes) -> None:
+        if isinstance(message, str):
+            data, text = message.encode(), True
+        else:
+            data, text = bytes(message), False
+        while not self.offer(data, text):
+            await self.wait_credit()
+
+    def offer(self, data: bytes, text: bool) -> bool:
+        """Send a text (UTF-8) or binary frame now if the window has room; ``False``: it
+        was not sent (wait for :meth:`wait_credit`). ``ConnectionClosed`` once ended."""
         if self.state is not State.OPEN:
             raise self._exception()
-        while self._send_credit <= 0:
+        if self._send_credit <= 0:
+            return False
+        self._send_credit -= len(data)
+        self.link.write(frames.header(Kind.TEXT if text else Kind.BINARY, self.id, len(data)), data)
+        return True
+
+    async def wait_credit(self) -> None:
+        """Until the peer gives the window room again; ``ConnectionClosed`` once ended."""
+        while self._send_credit <= 0 and self.state is State.OPEN:
             self._credited.clear()
             await self._credited.wait()
-            if self.state is not State.OPEN:
-                raise self._exception()
-        if isinstance(message, str):
-            data, kind = message.encode(), Kind.TEXT
-        else:
-            data, kind = bytes(message), Kind.BINARY
-        self._send_credit -= len(data)
-        self.link.write(frames.header(kind, self.id, len(data)), data)
+        if self.state is not State.OPEN:
+            raise self._exception()
 
     async def recv(self) -> str | bytes:
         while not self._inbox:

@@ -268,7 +268,7 @@ class SessionRunner:
             )
             self._vad_config = vad_config
         self._speculator.remember(effect)
-        fmt = AudioFormatType(effect.audio_format)
+        fmt = AudioFormatType.of(effect.audio_format)
         self._fed_end_ms = effect.start_ms + fmt.duration_ms(len(effect.audio))
         pcm = to_pcm16(effect.audio, effect.audio_format, VAD_RATE_HZ)
         for event in self._vad.feed(pcm, effect.start_ms):

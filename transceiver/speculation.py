@@ -148,7 +148,7 @@ class Speculator:
 
     def remember(self, effect: FeedVad) -> None:
         """Keep the last ``RECENT_AUDIO_MS`` of input audio, in its wire format."""
-        fmt = AudioFormatType(effect.audio_format)
+        fmt = AudioFormatType.of(effect.audio_format)
         end_ms = self._recent_start_ms + fmt.duration_ms(len(self._recent))
         if abs(effect.start_ms - end_ms) > 1:
             self._recent.clear()

@@ -17,26 +17,37 @@ from typing import Any
 import httpx
 import uvicorn
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from relay.app import create_app
 from relay.edge import Edge
+from relay.server import server_config
 from relay.settings import RelaySettings
 from tests.waiting import eventually
+from transceiver.link import Link, LinkSession, carrier_max_size
 from transceiver.protocol.contract import SessionSpec
 
 HOST = "127.0.0.1"
+MAX_LINK_FRAME = 32 * 1024 * 1024  # the relay's default max_frame_bytes
 
 
 class FakeTransceiver:
-    """One fake transceiver. ``refusing`` answers sessions with 503, as a full or draining
-    transceiver does; a frame ``{"type": "test.close", "code": N}`` makes it close that
-    session with ``N``; :meth:`kill` drops every connection without a close frame."""
+    """One fake transceiver. ``refusing`` answers sessions with 503 (or ``REFUSED`` on the
+    link), as a full or draining transceiver does; a frame ``{"type": "test.close", "code":
+    N}`` makes it close that session with ``N``, ``{"type": "test.pause", "ms": N}`` makes
+    it read nothing for N ms, other frames (JSON or not) are echoed; :meth:`kill` drops
+    every connection without a close frame. With ``link`` (the default) it offers the relay
+    <-> transceiver link (``/v1/link``, the real :class:`Link`), as a transceiver does, so
+    the relay's sessions go over it; without, one WebSocket per session (``/v1/sessions``)."""
 
-    def __init__(self, refusing: bool = False) -> None:
+    def __init__(self, refusing: bool = False, link: bool = True) -> None:
         self.refusing = refusing
+        self.link = link
         self.specs: list[SessionSpec] = []
-        self.connections: set[ServerConnection] = set()
+        self.connections: set[ServerConnection | LinkSession] = set()  # its sessions
+        self.carriers: set[ServerConnection] = set()  # sessions' WebSockets and links
+        self._tasks: set[asyncio.Task[None]] = set()
         self._server: Server | None = None
 
     @property
@@ -50,7 +61,12 @@ class FakeTransceiver:
 
     async def start(self) -> None:
         self._server = await serve(
-            self._session, HOST, 0, process_request=self._http, ping_interval=None
+            self._session,
+            HOST,
+            0,
+            process_request=self._http,
+            ping_interval=None,
+            max_size=carrier_max_size(MAX_LINK_FRAME),
         )
 
     async def stop(self) -> None:
@@ -60,15 +76,19 @@ class FakeTransceiver:
 
     def kill(self) -> None:
         """The transceiver dies: its connections drop, no close frame is sent."""
-        for connection in list(self.connections):
+        for connection in list(self.carriers):
             connection.transport.abort()
 
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.path == "/load":
             load = {"sessions": len(self.connections), "max_sessions": None, "cpu": 0.0}
+            if self.link:
+                load["link"] = 1
             return connection.respond(HTTPStatus.OK, json.dumps(load))
         if request.path == "/v1/models":
             return connection.respond(HTTPStatus.OK, json.dumps({"models": ["gpt-realtime"]}))
+        if request.path == "/v1/link" and self.link:
+            return None
         if request.path != "/v1/sessions":
             return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
         if self.refusing:
@@ -76,25 +96,56 @@ class FakeTransceiver:
         return None
 
     async def _session(self, connection: ServerConnection) -> None:
-        spec = SessionSpec.decode(await connection.recv())
-        self.specs.append(spec)
+        self.carriers.add(connection)
+        try:
+            if connection.request is not None and connection.request.path == "/v1/link":
+                await Link(connection, MAX_LINK_FRAME, self._link_open).run()
+            else:
+                await self._echo(connection)
+        finally:
+            self.carriers.discard(connection)
+
+    def _link_open(self, session: LinkSession, spec: bytes) -> tuple[int, str] | None:
+        if self.refusing:
+            return HTTPStatus.SERVICE_UNAVAILABLE.value, "full"
+        session.preload(spec.decode())
+        task = asyncio.create_task(self._echo(session))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return None
+
+    async def _echo(self, connection: ServerConnection | LinkSession) -> None:
         self.connections.add(connection)
         try:
-            created = {"type": "session.created", "conn": spec.conn, "model": spec.model}
-            await connection.send(json.dumps(created))
-            async for frame in connection:
-                event = json.loads(frame)
-                if event.get("type") == "test.close":
-                    await connection.close(int(event["code"]), "closed by the test")
-                    return
-                await connection.send(frame)
+            await self._echo_frames(connection)
+        except ConnectionClosed:
+            pass  # the relay ended it
         finally:
             self.connections.discard(connection)
 
+    async def _echo_frames(self, connection: ServerConnection | LinkSession) -> None:
+        spec = SessionSpec.decode(await connection.recv())
+        self.specs.append(spec)
+        created = {"type": "session.created", "conn": spec.conn, "model": spec.model}
+        await connection.send(json.dumps(created))
+        async for frame in connection:
+            try:
+                event = json.loads(frame)
+            except ValueError:  # not JSON (a binary frame, say): echoed as it is
+                event = None
+            if isinstance(event, dict) and event.get("type") == "test.close":
+                await connection.close(int(event["code"]), "closed by the test")
+                return
+            if isinstance(event, dict) and event.get("type") == "test.pause":
+                await asyncio.sleep(event["ms"] / 1000)  # reads nothing meanwhile
+            await connection.send(frame)
+
 
 @contextlib.asynccontextmanager
-async def fake_transceiver(refusing: bool = False) -> AsyncIterator[FakeTransceiver]:
-    fake = FakeTransceiver(refusing)
+async def fake_transceiver(
+    refusing: bool = False, link: bool = True
+) -> AsyncIterator[FakeTransceiver]:
+    fake = FakeTransceiver(refusing, link)
     await fake.start()
     try:
         yield fake
@@ -149,14 +200,8 @@ async def running_relay(
     )
     app = create_app(config_settings)
     edge: Edge = app.state.edge
-    config = uvicorn.Config(
-        app,
-        ws="websockets-sansio",
-        ws_ping_interval=None,
-        lifespan="off",
-        log_config=None,
-        log_level="warning",
-    )
+    # The relay's own protocols (relay/server.py), as relay.cli serves it; no pings.
+    config = server_config(app, config_settings, ws_ping_interval=None, log_level="warning")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:

@@ -18,18 +18,24 @@ class AudioFormatType(enum.StrEnum):
     PCMU = "audio/pcmu"
     PCMA = "audio/pcma"
 
-    @property
-    def sample_rate_hz(self) -> int:
-        return 24_000 if self is AudioFormatType.PCM else 8_000
+    # Set once per member (a property computed them on every call: per frame, in the
+    # append path): the rate, the bytes a sample, and bytes a millisecond (48 for PCM16 at
+    # 24 kHz, 8 for G.711).
+    sample_rate_hz: int
+    sample_bytes: int
+    bytes_per_ms: int
 
-    @property
-    def sample_bytes(self) -> int:
-        return 2 if self is AudioFormatType.PCM else 1
+    def __init__(self, value: str) -> None:
+        self.sample_rate_hz = 24_000 if value == "audio/pcm" else 8_000
+        self.sample_bytes = 2 if value == "audio/pcm" else 1
+        self.bytes_per_ms = self.sample_rate_hz * self.sample_bytes // 1000
 
-    @property
-    def bytes_per_ms(self) -> int:
-        """48 for PCM16 at 24 kHz, 8 for G.711."""
-        return self.sample_rate_hz * self.sample_bytes // 1000
+    @classmethod
+    def of(cls, value: str) -> AudioFormatType:
+        """The member for ``value`` (a member or its ``type``): a dict lookup where the
+        call ``AudioFormatType(value)`` goes through the enum machinery."""
+        member = cls._value2member_map_.get(value)
+        return member if member is not None else cls(value)  # type: ignore[return-value]
 
     def duration_ms(self, byte_count: int) -> float:
         """How long ``byte_count`` bytes of this format play."""

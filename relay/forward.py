@@ -1,0 +1,251 @@
+"""A client session's frames, both ways, between its WebSocket and its transceiver.
+
+On a link session (relay/link.py) behind the relay's own WebSocket protocol, the client's
+frames take the direct path (relay/direct.py): each goes to the link as it is read, with no
+ASGI message, task switch or parse, and the transceiver's go out without ASGI either.
+Otherwise (one WebSocket per session, or another ASGI server) they go through ASGI as any
+FastAPI WebSocket's. Both behave the same way to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import WebSocket
+from prometheus_client import Counter
+from starlette.websockets import WebSocketDisconnect
+from uvicorn.protocols.utils import ClientDisconnected
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+
+from relay.direct import EXTENSION, DirectWebSocketProtocol
+from relay.edge import Edge
+from relay.link import Upstream
+from relay.ratelimit import PASS, SessionRates
+from transceiver.link import LinkSession
+
+log = logging.getLogger(__name__)
+
+SendToClient = Callable[[str | bytes], Awaitable[None]]
+
+
+async def forward(
+    websocket: WebSocket,
+    upstream: Upstream,
+    edge: Edge,
+    rates: SessionRates | None = None,
+) -> None:
+    """Pass frames both ways unchanged until either side ends; with ``rates``, the key's
+    rate limits apply (relay/ratelimit.py: a refused ``response.create``, a
+    ``rate_limits.updated`` after each ``response.done``).
+
+    When the client leaves, the caller closes upstream. When upstream ends (the transceiver
+    closed the session, drained, or died), the client gets its close code, or an error and
+    1011 for a lost transceiver, whichever direction noticed first.
+    """
+    events_in, events_out = edge.metrics.events_in, edge.metrics.events_out
+    extension = websocket.scope.get("extensions", {}).get(EXTENSION)
+    direct = None
+    if extension is not None and isinstance(upstream, LinkSession):
+        direct = DirectSession(extension["attach"], upstream, rates, events_in)
+    send = direct.send if direct is not None else _asgi_sender(websocket)
+    client_left = False
+
+    async def client_to_upstream() -> None:
+        nonlocal client_left
+        if direct is not None:
+            client_left = await direct.read(websocket)
+            return
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                client_left = True
+                return
+            events_in.inc()
+            data = message.get("text")
+            payload = data if data is not None else message.get("bytes") or b""
+            refusal = rates.refuse(payload) if rates is not None else None
+            if refusal is not None:  # past the key's rate limits: answered here
+                try:
+                    await websocket.send_text(refusal)
+                except (WebSocketDisconnect, RuntimeError, OSError):
+                    client_left = True
+                    return
+                continue
+            try:
+                await upstream.send(payload)
+            except ConnectionClosed:
+                return  # upstream ended: answered below
+
+    async def upstream_to_client() -> None:
+        nonlocal client_left
+        async for frame in upstream:
+            events_out.inc()
+            try:
+                await _to_client(send, upstream, frame, rates)
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                client_left = True
+                return
+
+    to_up = asyncio.create_task(client_to_upstream())
+    to_client = asyncio.create_task(upstream_to_client())
+    done, _ = await asyncio.wait({to_up, to_client}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (to_up, to_client):
+        if task not in done:
+            task.cancel()
+    results = await asyncio.gather(to_up, to_client, return_exceptions=True)
+    if client_left or any(isinstance(r, WebSocketDisconnect) for r in results):
+        await close_discarding(upstream)
+        return
+    await _answer_upstream_end(websocket, upstream, edge)
+
+
+class DirectSession:
+    """The client's side of a session on the direct path: its frames go to the link as
+    they are read; when the link's window for the session is full, reading stops until the
+    transceiver gives credit (the frames of the read in hand wait here, in order)."""
+
+    def __init__(
+        self,
+        attach: Callable[[Callable[[bytes, bool], None]], DirectWebSocketProtocol],
+        upstream: LinkSession,
+        rates: SessionRates | None,
+        events_in: Counter,
+    ) -> None:
+        self.upstream = upstream
+        self.rates = rates
+        self.events_in = events_in
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.held: deque[tuple[bytes, bool]] = deque()
+        self.flushing: asyncio.Task[None] | None = None
+        self.frames = attach(self.on_message)
+
+    def on_message(self, payload: bytes, text: bool) -> None:
+        """A client frame (called by the protocol as it reads)."""
+        self.events_in.inc()
+        refusal = self.rates.refuse(payload) if self.rates is not None else None
+        try:
+            if refusal is not None:  # past the key's rate limits: answered here
+                self.frames.send_frame(refusal.encode(), True)
+            elif self.held or not self.upstream.offer(payload, text):
+                self.held.append((payload, text))
+                self.frames.pause()
+                if self.flushing is None:
+                    self.flushing = asyncio.create_task(self._flush())
+        except ClientDisconnected:
+            pass  # the disconnect comes through receive()
+        except ConnectionClosed:
+            self._end()
+
+    async def _flush(self) -> None:
+        try:
+            while self.held:
+                await self.upstream.wait_credit()
+                while self.held and self.upstream.offer(*self.held[0]):
+                    self.held.popleft()
+        except ConnectionClosed:
+            self._end()
+            return
+        finally:
+            self.flushing = None
+        self.frames.resume()
+
+    def _end(self) -> None:
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+    async def read(self, websocket: WebSocket) -> bool:
+        """Until the client leaves (``True``) or upstream ends (``False``)."""
+        try:
+            while True:
+                receive: asyncio.Future[Any] = asyncio.ensure_future(websocket.receive())
+                await asyncio.wait({receive, self.ended}, return_when=asyncio.FIRST_COMPLETED)
+                if not receive.done():
+                    receive.cancel()
+                    return False
+                message = receive.result()
+                if message["type"] == "websocket.disconnect":
+                    return True
+        finally:
+            self.frames.detach()
+            if self.flushing is not None:
+                self.flushing.cancel()
+
+    async def send(self, frame: str | bytes) -> None:
+        """A frame to the client, once its transport's buffer is below the high-water
+        mark, as uvicorn's ``send`` does."""
+        if not self.frames.writable_now:
+            await self.frames.drain()
+        if isinstance(frame, str):
+            self.frames.send_frame(frame.encode(), True)
+        else:
+            self.frames.send_frame(frame, False)
+
+
+def _asgi_sender(websocket: WebSocket) -> SendToClient:
+    async def send(frame: str | bytes) -> None:
+        if isinstance(frame, str):
+            await websocket.send_text(frame)
+        else:
+            await websocket.send_bytes(frame)
+
+    return send
+
+
+async def _to_client(
+    send: SendToClient, upstream: Upstream, frame: str | bytes, rates: SessionRates | None
+) -> None:
+    """A server frame to the client, with what the key's rate limits add to it: an event
+    after it, a cancel upstream (relay/ratelimit.py)."""
+    action = rates.on_server(frame) if rates is not None else PASS
+    if not action.drop:
+        await send(frame)
+    for text in action.to_client:
+        await send(text)
+    with contextlib.suppress(ConnectionClosed):  # upstream ended: answered by forward
+        for text in action.to_upstream:
+            await upstream.send(text)
+
+
+async def close_discarding(upstream: Upstream) -> None:
+    """Close upstream, dropping what it still has for a client that is gone.
+
+    A client that stopped reading leaves upstream's receive queue full, and a full queue
+    stops reading (websockets' ``max_queue``), so the transceiver's closing frame would not
+    be read before ``close_timeout`` (10 s): the session would stay open that long.
+    """
+    if upstream.state is State.CLOSED:
+        return
+
+    async def discard() -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for _ in upstream:
+                pass
+
+    discarding = asyncio.create_task(discard())
+    try:
+        await upstream.close()
+    finally:
+        discarding.cancel()
+
+
+async def _answer_upstream_end(websocket: WebSocket, upstream: Upstream, edge: Edge) -> None:
+    """Pass on the transceiver's close code. A lost transceiver (no close frame) gets an
+    ``error`` event and 1011, RFC 6455's code for a server that met an unexpected condition."""
+    rcvd = upstream.protocol.close_rcvd
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError, ConnectionClosed):
+        if rcvd is None:
+            log.warning("transceiver connection lost mid-session")
+            await websocket.send_text(
+                edge.error_event(
+                    "The server lost this session's transceiver.", "transceiver_unavailable"
+                )
+            )
+            await websocket.close(1011, "transceiver failed")
+        else:
+            await websocket.close(rcvd.code, rcvd.reason)

@@ -1,0 +1,173 @@
+"""The client edge's direct frame path (relay/direct.py, relay/forward.py): a raw TCP client
+on 127.0.0.1 speaks WebSocket through websockets' sans-I/O client, to the relay in this
+process (its own protocols), in front of a fake transceiver that echoes over the link.
+
+Frames cut anywhere across reads, of every size and kind, with pings and a fragmented
+message among them, come back whole and in order; invalid UTF-8 fails the connection with
+1007 and an oversized frame with 1009, as before; a transceiver that stops reading holds the
+client's frames (reading stops) and loses none."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+import relay.forward
+from tests.relay.inprocess import HOST, fake_transceiver, running_relay
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+class RawClient:
+    """A WebSocket client whose bytes the test cuts as it likes."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.protocol = ClientProtocol(parse_uri(f"ws://{HOST}/v1/realtime"), max_size=None)
+        self.frames: list[Frame] = []
+        self.pongs = 0
+
+    async def handshake(self, port: int) -> None:
+        request = self.protocol.connect()
+        request.headers["Host"] = f"{HOST}:{port}"
+        self.protocol.send_request(request)
+        await self.flush()
+        while self.protocol.state is not State.OPEN:
+            await self.read()
+        assert self.protocol.handshake_exc is None
+
+    async def flush(self, cut: random.Random | None = None) -> None:
+        """Write what the protocol has to send; with ``cut``, in pieces of 1-3000 bytes."""
+        data = b"".join(self.protocol.data_to_send())
+        while data:
+            size = cut.randint(1, 3000) if cut is not None else len(data)
+            self.writer.write(data[:size])
+            await self.writer.drain()
+            data = data[size:]
+
+    async def read(self) -> None:
+        data = await asyncio.wait_for(self.reader.read(65536), 10)
+        if data:
+            self.protocol.receive_data(data)
+        else:
+            self.protocol.receive_eof()
+        for event in self.protocol.events_received():
+            if isinstance(event, Frame):
+                self.frames.append(event)
+                self.pongs += event.opcode is Opcode.PONG
+
+    async def messages(self, count: int) -> list[tuple[Opcode, bytes]]:
+        """The next ``count`` data messages (text or binary; no fragments are sent to us)."""
+        while len(self._data()) < count:
+            await self.read()
+        data = self._data()[:count]
+        self.frames = self.frames[self.frames.index(data[-1]) + 1 :]
+        return [(frame.opcode, bytes(frame.data)) for frame in data]
+
+    def _data(self) -> list[Frame]:
+        return [f for f in self.frames if f.opcode in (Opcode.TEXT, Opcode.BINARY)]
+
+    async def close_code(self) -> int | None:
+        """Read until the server closes; its close code."""
+        while self.protocol.close_rcvd is None and self.protocol.state is not State.CLOSED:
+            await self.read()
+        return self.protocol.close_rcvd.code if self.protocol.close_rcvd else None
+
+
+@asynccontextmanager
+async def client(**settings: Any) -> AsyncIterator[RawClient]:
+    async with fake_transceiver() as fake, running_relay([fake], **settings) as relay:
+        reader, writer = await asyncio.open_connection(HOST, relay.port)
+        raw = RawClient(reader, writer)
+        await raw.handshake(relay.port)
+        (created,) = await raw.messages(1)
+        assert json.loads(created[1])["type"] == "session.created"
+        try:
+            yield raw
+        finally:
+            writer.close()
+
+
+def text(size: int, char: str = "a") -> bytes:
+    body = json.dumps({"type": "test.echo", "pad": char * max(0, size - 30)})
+    return body.encode()
+
+
+async def test_frames_cut_anywhere_come_back_whole_and_in_order() -> None:
+    sizes = [0, 1, 100, 125, 126, 127, 1000, 65535, 65536, 70_000, 300_000]
+    messages: list[tuple[Opcode, bytes]] = []
+    for size in sizes:
+        messages.append((Opcode.TEXT, text(size)))
+        messages.append((Opcode.BINARY, os.urandom(size)))
+    messages.append((Opcode.TEXT, text(500, "é")))  # UTF-8 beyond ASCII
+    cut = random.Random(16)
+    async with client() as raw:
+        for round_ in range(3):  # whole at first (parsed here), then cut differently
+            for opcode, payload in messages:
+                if opcode is Opcode.TEXT:
+                    raw.protocol.send_text(payload)
+                else:
+                    raw.protocol.send_binary(payload)
+                if cut.random() < 0.2:  # a ping among the frames: answered, not echoed
+                    raw.protocol.send_ping(b"p%d" % round_)
+            # A fragmented message: websockets' parser takes it, in the same order.
+            raw.protocol.send_text(b'{"type":"test.echo","part":', fin=False)
+            raw.protocol.send_continuation(b'"two"}', fin=True)
+            await raw.flush(cut if round_ else None)
+            expected = [*messages, (Opcode.TEXT, b'{"type":"test.echo","part":"two"}')]
+            assert await raw.messages(len(expected)) == expected
+        assert raw.pongs > 0
+
+
+async def test_invalid_utf8_fails_the_connection_with_1007() -> None:
+    async with client() as raw:
+        raw.protocol.send_text(b'{"type":"test.echo","bad":"\xff\xfe"}')
+        await raw.flush()
+        assert await raw.close_code() == 1007
+
+
+async def test_a_frame_over_the_limit_fails_the_connection_with_1009() -> None:
+    async with client(max_frame_bytes=4096) as raw:
+        raw.protocol.send_text(text(1000))
+        await raw.flush()
+        assert (await raw.messages(1))[0][1] == text(1000)
+        raw.protocol.send_binary(b"x" * 5000)
+        await raw.flush()
+        assert await raw.close_code() == 1009
+
+
+async def test_a_transceiver_that_stops_reading_holds_the_frames_and_loses_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the link's window (1 MiB a session), the relay stops reading the client until
+    the transceiver reads again; every frame then arrives, in order."""
+    flushes = 0
+    flush = relay.forward.DirectSession._flush
+
+    async def counted(self: relay.forward.DirectSession) -> None:
+        nonlocal flushes
+        flushes += 1
+        await flush(self)
+
+    monkeypatch.setattr(relay.forward.DirectSession, "_flush", counted)
+    chunks = [os.urandom(100_000) for _ in range(30)]  # 3 MB: three windows
+    async with client() as raw:
+        raw.protocol.send_text(b'{"type":"test.pause","ms":1500}')
+        for chunk in chunks:
+            raw.protocol.send_binary(chunk)
+        await raw.flush()
+        echoed = await raw.messages(1 + len(chunks))
+        assert echoed[0] == (Opcode.TEXT, b'{"type":"test.pause","ms":1500}')
+        assert [payload for _, payload in echoed[1:]] == chunks
+    assert flushes >= 1  # the window filled: frames were held, then sent
