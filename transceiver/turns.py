@@ -27,10 +27,7 @@ disagree, the pause ends the turn after half the eagerness's max timeout; when b
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -55,11 +52,6 @@ EAGERNESS_SHIFT = {"low": 0.2, "medium": 0.0, "auto": 0.0, "high": -0.2}
 # Model calls run on this many threads per transceiver; more pauses at once wait their turn.
 TURN_WORKERS = 2
 TRANSCRIPT_WAIT_S = 2.0
-# The model calls' threads run this much nicer than the rest (Linux): a reply's first
-# tokens and audio, which run beside them, then keep their core. Measured on 2 cores: the
-# LLM's first token 150-200 ms with them at the same priority, 55-65 ms at +10, while the
-# two calls took about as long (175 against 185 ms). README.md, "End-of-turn model".
-TURN_NICE = 10
 # ln P(end of message | words) above which the words allow the turn to end (models/turn_text.py)
 TEXT_THRESHOLD = -14.0
 
@@ -73,14 +65,6 @@ class TextScorer(Protocol):
 def decision_threshold(base: float, eagerness: str) -> float:
     """The probability above which a pause ends the turn, at this eagerness."""
     return min(0.95, max(0.05, base + EAGERNESS_SHIFT.get(eagerness, 0.0)))
-
-
-def _lower_priority() -> None:
-    """A model thread's start: ``TURN_NICE`` for this thread alone (on Linux a thread has
-    its own nice value; elsewhere the call would renice the process, so it is not made)."""
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), TURN_NICE)
 
 
 def _probability(model: EndOfTurn, audio: bytes, audio_format: str) -> float:
@@ -104,9 +88,7 @@ class TurnModel:
     _text_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._executor = ThreadPoolExecutor(
-            self.workers, thread_name_prefix="end-of-turn", initializer=_lower_priority
-        )
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="end-of-turn")
 
     async def probability(self, audio: bytes, audio_format: str) -> float:
         """P(the turn in ``audio``, wire format, is complete), computed off the loop."""

@@ -7,8 +7,6 @@ what the speech detector and the eagerness timeouts count.
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import threading
 from typing import Any
 
@@ -21,7 +19,7 @@ from transceiver.protocol.contract import SessionKind, SessionSpec
 from transceiver.protocol.effects import ResponseRequest
 from transceiver.protocol.session import RealtimeSession
 from transceiver.runner import SessionRunner
-from transceiver.turns import MODEL_RATE_HZ, TURN_NICE, TurnModel, decision_threshold
+from transceiver.turns import MODEL_RATE_HZ, TurnModel, decision_threshold
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -393,24 +391,3 @@ async def test_a_failing_words_model_lets_the_audio_decide() -> None:
     await shell.stopped()
     assert words.scored == ["words 1"]
     await shell.close()
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="a thread's own nice value is Linux's")
-async def test_the_model_runs_nicer_than_the_loop_and_the_reply() -> None:
-    """The end-of-turn calls yield their core to a reply's first tokens (transceiver/turns.py
-    TURN_NICE); the event loop's thread keeps its priority."""
-    seen: list[int] = []
-
-    class Niceness:
-        def probability(self, pcm16: bytes, sample_rate_hz: int) -> float:
-            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-            return 0.9
-
-    turn_model = TurnModel(Niceness())
-    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    try:
-        assert await turn_model.probability(b"\x00\x00" * 1600, "audio/pcm") == 0.9
-    finally:
-        turn_model.close()
-    assert seen == [min(19, own + TURN_NICE)]
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
