@@ -68,6 +68,10 @@ class LinkSession:
         self._credited = asyncio.Event()
         self._recv_budget = WINDOW_BYTES  # bytes the peer may still send
         self._consumed = 0  # read since the last CREDIT we sent
+        # Takes a frame as it arrives, on the link's reader, instead of the inbox (and the
+        # wake of whoever reads it); ``False``: not now, the inbox it is. Only while
+        # nothing waits in the inbox, so frames stay in order.
+        self.take: Callable[[str | bytes], bool] | None = None
 
     @property
     def protocol(self) -> LinkSession:
@@ -117,12 +121,16 @@ class LinkSession:
             self._readable.clear()
             await self._readable.wait()
         message, size = self._inbox.popleft()
+        self._read(size)
+        return message
+
+    def _read(self, size: int) -> None:
+        """``size`` bytes were read: the peer gets credit for them every half window."""
         self._consumed += size
         if self._consumed >= WINDOW_BYTES // 2 and self.state is State.OPEN:
             self.link.write(frames.encode_credit(self.id, self._consumed))
             self._recv_budget += self._consumed
             self._consumed = 0
-        return message
 
     async def __aiter__(self) -> AsyncIterator[str | bytes]:
         """Frames until the session ends: quietly after a normal close, else
@@ -161,6 +169,9 @@ class LinkSession:
         if self.state is not State.OPEN:
             return  # we closed it: nobody reads it any more, what is in flight is dropped
         message = frames.decode_text(frame) if frame.kind is Kind.TEXT else frame.payload
+        if self.take is not None and not self._inbox and self.take(message):
+            self._read(len(frame.payload))
+            return
         self._inbox.append((message, len(frame.payload)))
         self._readable.set()
 

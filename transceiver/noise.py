@@ -33,6 +33,13 @@ class InputNoise:
         self._filter = InputNoiseFilter()
         self._job: asyncio.Future[bytes] | None = None
 
+    def unfiltered(self) -> bool:
+        """Whether frames go to the core as they are now (noise reduction is off)."""
+        if self._session.config.audio.input.noise_reduction is not None:
+            return False
+        self._filter.reset_stream()  # audio goes in unfiltered: a gap in the stream
+        return True
+
     async def frame(self, frame: str | bytes) -> str | bytes | dict[str, Any] | None:
         """What the core should receive for ``frame``: the frame itself, or its event with
         the filtered audio; None when the append was refused here (the engine cannot

@@ -69,6 +69,11 @@ class Outbox:
             self._room.set()
         return frame
 
+    @property
+    def has_room(self) -> bool:
+        """Whether a producer may go on now (``room()`` would not wait)."""
+        return self._room.is_set()
+
     async def room(self) -> None:
         """Wait until the writer has brought the queue below its low-water mark (or the
         outbox is closed)."""

@@ -154,6 +154,7 @@ class SessionRunner:
             else None
         )
         self.closed = asyncio.Event()
+        self._running = False  # between run()'s start and its end: take_now() may take
 
     def now_ms(self) -> float:
         return (self._clock() - self._t0) * 1000
@@ -164,6 +165,7 @@ class SessionRunner:
         writer = asyncio.create_task(self._writer())
         timer = asyncio.create_task(self._timer())
         self.pump()
+        self._running = True
         try:
             async for frame in incoming:
                 event = await self._noise.frame(frame)  # the append's audio filtered
@@ -178,6 +180,7 @@ class SessionRunner:
                 if self.closed.is_set():  # the connection ended while we waited
                     break
         finally:
+            self._running = False
             self.session.close(self.now_ms())
             self._speculator.close()
             if self._judge is not None:
@@ -187,6 +190,27 @@ class SessionRunner:
             self.outbox.put(None)
             await asyncio.gather(writer, timer, *self._tasks.values(), return_exceptions=True)
             await self._noise.close()
+
+    def take_now(self, frame: str | bytes) -> bool:
+        """Handle a client frame as it arrives, without waking ``run``'s loop (a link
+        session's consumer, transceiver/link.py): when it can be handled at once, with
+        nothing before it still to handle, room in the outbox, no noise filter to run and
+        the session going on. ``False``: it goes the usual way, through the loop."""
+        if (
+            not self._running
+            or self.closed.is_set()
+            or not self.outbox.has_room
+            or not self._noise.unfiltered()
+        ):
+            return False
+        try:
+            self.session.receive_client_event(frame, self.now_ms())
+            self.pump()
+        except Exception:  # a bug: this session ends, the link and the others go on
+            log.exception("session %s: failed on a client frame", self.session.id)
+            self._running = False
+            self.outbox.put(CloseMarker(1011, "internal error"))
+        return True
 
     def pump(self) -> None:
         """Handle effects until none are left, then queue the events for the writer."""

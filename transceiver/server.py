@@ -398,8 +398,21 @@ class TransceiverServer:
             metrics=self.metrics,
             turn_model=self.turn_model,
         )
-        with contextlib.suppress(ConnectionClosed):
-            await runner.run(self._counted(connection))
+        if isinstance(connection, LinkSession):  # frames taken as they arrive, when possible
+
+            def take(frame: str | bytes) -> bool:
+                if not runner.take_now(frame):
+                    return False
+                self.metrics.events_in.inc()
+                return True
+
+            connection.take = take
+        try:
+            with contextlib.suppress(ConnectionClosed):
+                await runner.run(self._counted(connection))
+        finally:
+            if isinstance(connection, LinkSession):
+                connection.take = None
 
     async def drain(self, timeout_s: float) -> None:
         """Refuse new sessions; let running ones go on up to ``timeout_s``; close the rest."""

@@ -55,7 +55,9 @@ def local_runs(questions: list[Clip], clean: list[Clip], figures: Figures) -> No
     """First audio on ``questions``; then turn ends on every ``clean`` clip, semantic_vad
     auto, where the local backend's speculative transcript lets the words be checked."""
     runs: dict[str, list[Outcome]] = {}
-    with relay_server("--backend", "local") as server:
+    # Room for LOCAL_CONCURRENCY sessions at once (the turn ends), past the local backend's
+    # default of 0.5 a core: their latency is then a loaded machine's, as the report says.
+    with relay_server("--backend", "local", "--max-sessions", str(LOCAL_CONCURRENCY)) as server:
         for detector in LOCAL_DETECTORS:
             outcomes = []
             for clip in questions:  # one at a time: the local backend is slow

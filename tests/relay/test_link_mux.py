@@ -31,6 +31,7 @@ from tests.waiting import eventually
 from transceiver.link import WINDOW_BYTES
 from transceiver.protocol import link as frames
 from transceiver.protocol.contract import SessionSpec
+from transceiver.runner import SessionRunner
 from transceiver.server import TransceiverServer, build_backend
 from transceiver.settings import TransceiverSettings
 
@@ -308,3 +309,49 @@ async def test_drain_over_the_link_closes_with_1012() -> None:
                 codes, code = await ended_with(ws)
                 assert (codes, code) == (["server_shutting_down"], 1012)
                 await drain
+
+
+async def test_frames_taken_on_arrival_and_through_the_loop_stay_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The transceiver handles a link session's frames as they arrive while it can
+    (transceiver/runner.py ``take_now``) and through its read loop once its outbox is full
+    (a client that does not read): every event still answers its frame, in order."""
+    taken: list[bool] = []
+    take_now = SessionRunner.take_now
+
+    def counted(self: SessionRunner, frame: str | bytes) -> bool:
+        taken.append(take_now(self, frame))
+        return taken[-1]
+
+    monkeypatch.setattr(SessionRunner, "take_now", counted)
+    links = Links(HEADERS, MAX_FRAME, ping_s=20)
+    text = "x" * 20_000
+    count = 150  # about 6 MB of events: past the link's window and the outbox
+    async with transceiver() as t:
+        session = await links.open(t.url, None, SessionSpec(), timeout_s=10)
+        assert json.loads(await session.recv())["type"] == "session.created"
+
+        async def send_all() -> None:
+            for i in range(count):
+                item = {
+                    "id": f"item_{i:03d}",
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": text}],
+                }
+                await session.send(json.dumps({"type": "conversation.item.create", "item": item}))
+
+        sending = asyncio.create_task(send_all())
+        # Not read: the transceiver's outbox fills, it stops taking frames, the window runs out.
+        await eventually(lambda: session._send_credit <= 0, what="the sender held")
+        added: list[str] = []
+        while len(added) < count:
+            event = json.loads(await asyncio.wait_for(session.recv(), 30))
+            assert event["type"] != "error", event
+            if event["type"] == "conversation.item.added":
+                added.append(event["item"]["id"])
+        assert added == [f"item_{i:03d}" for i in range(count)]
+        await sending
+        await links.aclose()
+    assert True in taken and False in taken  # both ways were taken
