@@ -41,19 +41,11 @@ class SilenceStarted:
 
 
 @dataclass(frozen=True)
-class PauseStarted:
-    """Speech paused briefly (``early_pause_ms``, before ``SilenceStarted``): soon enough
-    to start transcribing what was said. Only from a :class:`ServerVad` asked for it."""
-
-    audio_ms: float
-
-
-@dataclass(frozen=True)
 class SpeechResumed:
-    """Speech came back after ``SilenceStarted`` (or ``PauseStarted``): the turn goes on."""
+    """Speech came back after ``SilenceStarted``: the turn goes on."""
 
 
-VadEvent = SpeechStarted | SpeechStopped | SilenceStarted | PauseStarted | SpeechResumed
+VadEvent = SpeechStarted | SpeechStopped | SilenceStarted | SpeechResumed
 # Unvoiced frames after speech before ``SilenceStarted`` (100 ms).
 SPECULATE_FRAMES = 5
 
@@ -93,15 +85,11 @@ class ServerVad:
         prefix_padding_ms: int = 300,
         silence_duration_ms: int = 500,
         classifier: FrameClassifier | None = None,
-        early_pause_ms: int | None = None,
     ) -> None:
         self._classifier = classifier or WebRtcFrames(threshold)
         self._padding_ms = prefix_padding_ms
         self._silence_frames = max(1, -(-silence_duration_ms // FRAME_MS))
         self._speculate_frames = min(SPECULATE_FRAMES, self._silence_frames - 1) or -1
-        early = max(1, early_pause_ms // FRAME_MS) if early_pause_ms else 0
-        self._early_frames = early if 0 < early < self._speculate_frames else -1
-        self._resume_frames = early if self._early_frames > 0 else self._speculate_frames
         self._carry = b""
         self._clock_ms = 0.0  # session time of the start of ``_carry``
         self._recent: deque[tuple[float, bool]] = deque(maxlen=START_WINDOW)
@@ -156,14 +144,12 @@ class ServerVad:
                 return SpeechStarted(max(0.0, first - self._padding_ms))
             return None
         if voiced:
-            resumed = self._unvoiced_run >= self._resume_frames
+            resumed = self._unvoiced_run >= self._speculate_frames
             self._unvoiced_run = 0
             self._pause_frames = None
             self._last_voiced_end_ms = frame_start_ms + FRAME_MS
             return SpeechResumed() if resumed else None
         self._unvoiced_run += 1
-        if self._unvoiced_run == self._early_frames:
-            return PauseStarted(self._last_voiced_end_ms)
         if self._unvoiced_run == self._speculate_frames:
             return SilenceStarted(self._last_voiced_end_ms)
         window = min(self._silence_frames, self._pause_frames or self._silence_frames)

@@ -18,7 +18,6 @@ from models.audio import from_pcm16, to_pcm16
 from models.silero import SileroFrames, SileroModel
 from models.vad import (
     VAD_RATE_HZ,
-    PauseStarted,
     ServerVad,
     SilenceStarted,
     SpeechResumed,
@@ -45,7 +44,7 @@ from transceiver.protocol.effects import (
 )
 from transceiver.protocol.session import RealtimeSession
 from transceiver.protocol.wire import encode_server_event
-from transceiver.speculation import EARLY_STT_MS, Speculator
+from transceiver.speculation import Speculator
 from transceiver.turns import LEAD_MS, TURN_WINDOW_MS, TurnJudge, TurnModel, decision_threshold
 
 log = logging.getLogger(__name__)
@@ -290,7 +289,6 @@ class SessionRunner:
                 prefix_padding_ms=td.prefix_padding_ms,
                 silence_duration_ms=td.silence_duration_ms,
                 classifier=SileroFrames(model, td.threshold) if model is not None else None,
-                early_pause_ms=EARLY_STT_MS if self._speculator.enabled else None,
             )
             self._vad_config = vad_config
         self._speculator.remember(effect)
@@ -301,9 +299,8 @@ class SessionRunner:
             if isinstance(event, SpeechStarted):
                 self._speculator.speech_started(event.audio_start_ms)
                 self.session.vad_speech_started(event.audio_start_ms, self.now_ms())
-            elif isinstance(event, PauseStarted):
-                self._speculator.silence_started(effect.audio_format, event.audio_ms)
             elif isinstance(event, SilenceStarted):
+                self._speculator.silence_started(effect.audio_format, event.audio_ms)
                 if isinstance(td, SemanticVad):
                     self._ask_end_of_turn(td, effect.audio_format, event.audio_ms)
             elif isinstance(event, SpeechResumed):

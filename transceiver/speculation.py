@@ -1,10 +1,10 @@
 """Speculative STT and preemptive replies: work started while the silence window runs.
 
-When the user pauses (VAD ``PauseStarted``, ``EARLY_STT_MS`` into the pause), the speech
-so far is transcribed at once. If the pause becomes the end of the turn, that transcript
-is used instead of transcribing again. Once it is ready, the reply itself can be
-generated ahead (preemptive generation) into a buffer; when the real response starts with
-the same request, the buffer is replayed and the reply goes on live. Speech that resumes
+When the user pauses (VAD ``SilenceStarted``), the speech so far is transcribed at
+once. If the pause becomes the end of the turn, that transcript is used instead of
+transcribing again. Once it is ready, the reply itself can be generated ahead
+(preemptive generation) into a buffer; when the real response starts with the same
+request, the buffer is replayed and the reply goes on live. Speech that resumes
 discards both.
 """
 
@@ -27,11 +27,6 @@ from transceiver.protocol.session import RealtimeSession
 log = logging.getLogger(__name__)
 
 RECENT_AUDIO_MS = 30_000  # input audio kept for speculative transcription
-# How far into a pause the speech so far is transcribed: sooner than semantic_vad's
-# question to its end-of-turn model (``SilenceStarted``, 100 ms), since the transcript
-# starts the reply; each pause between words this long costs a transcription, dropped
-# when speech resumes.
-EARLY_STT_MS = 60
 _END = ("end", ())
 
 
@@ -179,13 +174,8 @@ class Speculator:
         start -= start % fmt.sample_bytes
         return bytes(self._recent[start:])
 
-    @property
-    def enabled(self) -> bool:
-        """Whether the backend transcribes at pauses (the local backend, by default)."""
-        return bool(getattr(self.backend, "speculative_stt", False))
-
     def silence_started(self, audio_format: str, until_ms: float) -> None:
-        if not self.enabled:
+        if not getattr(self.backend, "speculative_stt", False):
             return
         self.drop()
         fmt = AudioFormatType(audio_format)

@@ -3,15 +3,7 @@
 from __future__ import annotations
 
 from models.synth import speech
-from models.vad import (
-    PauseStarted,
-    ServerVad,
-    SilenceStarted,
-    SpeechResumed,
-    SpeechStarted,
-    SpeechStopped,
-    VadEvent,
-)
+from models.vad import ServerVad, SilenceStarted, SpeechStarted, SpeechStopped, VadEvent
 
 SPEECH = speech("hello there how are you", rate_hz=8_000)
 
@@ -67,36 +59,3 @@ def test_without_speech_there_is_no_pause_to_shorten() -> None:
     feeder = Feeder(ServerVad(silence_duration_ms=500))
     feeder.vad.end_pause_after(100)
     assert kinds(feeder.feed(silence(1000))) == []
-
-
-def frames_until(feeder: Feeder, wanted: type, most: int = 50) -> list[tuple[int, VadEvent]]:
-    """Feed 20 ms of silence at a time until ``wanted`` comes: each event, by frame."""
-    seen: list[tuple[int, VadEvent]] = []
-    for frame in range(most):
-        seen += [(frame, event) for event in feeder.feed(silence(20))]
-        if any(isinstance(event, wanted) for _, event in seen):
-            return seen
-    raise AssertionError(f"no {wanted.__name__} in {most} frames: {seen}")
-
-
-def test_an_early_pause_comes_before_the_silence_and_a_word_gap_resumes() -> None:
-    """``early_pause_ms`` (the speculative transcription's cue) comes 60 ms into a pause,
-    two frames before ``SilenceStarted`` (100 ms); speech after it is a resumption."""
-    feeder = Feeder(ServerVad(silence_duration_ms=500, early_pause_ms=60))
-    assert SpeechStarted in kinds(feeder.feed(SPEECH))
-    assert kinds([e for _, e in frames_until(feeder, PauseStarted)]) == [PauseStarted]
-    assert kinds(feeder.feed(SPEECH))[0] is SpeechResumed  # (and its own gaps, after)
-    seen = frames_until(feeder, SpeechStopped)
-    assert kinds([e for _, e in seen]) == [PauseStarted, SilenceStarted, SpeechStopped]
-    (early, pause), (late, silence_started), (_, stopped) = seen
-    assert late - early == 2
-    assert isinstance(pause, PauseStarted) and isinstance(silence_started, SilenceStarted)
-    assert isinstance(stopped, SpeechStopped)
-    assert pause.audio_ms == silence_started.audio_ms == stopped.audio_end_ms
-
-
-def test_without_early_pause_ms_there_is_no_pause_event() -> None:
-    feeder = Feeder(ServerVad(silence_duration_ms=500))
-    feeder.feed(SPEECH)
-    seen = frames_until(feeder, SpeechStopped)
-    assert kinds([e for _, e in seen]) == [SilenceStarted, SpeechStopped]
