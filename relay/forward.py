@@ -171,6 +171,11 @@ class DirectSession:
                 message = receive.result()
                 if message["type"] == "websocket.disconnect":
                     return True
+                # After attach() data comes to on_message; should any reach the queue, it
+                # is passed on all the same, not dropped.
+                text = message.get("text")
+                payload = text.encode() if text is not None else message.get("bytes") or b""
+                self.on_message(payload, text is not None)
         finally:
             self.frames.detach()
             if self.flushing is not None:

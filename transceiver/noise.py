@@ -18,6 +18,7 @@ from typing import Any
 
 from models.noise import InputNoiseFilter, NoiseError
 from transceiver.protocol.audio import AudioFormatType
+from transceiver.protocol.config import NoiseReduction
 from transceiver.protocol.errors import ClientError
 from transceiver.protocol.input_audio import APPEND_MAX_CHARS
 from transceiver.protocol.items import decode_base64
@@ -35,18 +36,21 @@ class InputNoise:
 
     def unfiltered(self) -> bool:
         """Whether frames go to the core as they are now (noise reduction is off)."""
-        if self._session.config.audio.input.noise_reduction is not None:
-            return False
-        self._filter.reset_stream()  # audio goes in unfiltered: a gap in the stream
-        return True
+        return self._reduction() is None
+
+    def _reduction(self) -> NoiseReduction | None:
+        """The session's noise reduction; while it is off, the filter's stream is reset."""
+        nr = self._session.config.audio.input.noise_reduction
+        if nr is None:
+            self._filter.reset_stream()  # audio goes in unfiltered: a gap in the stream
+        return nr
 
     async def frame(self, frame: str | bytes) -> str | bytes | dict[str, Any] | None:
         """What the core should receive for ``frame``: the frame itself, or its event with
         the filtered audio; None when the append was refused here (the engine cannot
         load: an ``error`` event says so)."""
-        nr = self._session.config.audio.input.noise_reduction
+        nr = self._reduction()
         if nr is None:
-            self._filter.reset_stream()  # audio goes in unfiltered: a gap in the stream
             return frame
         try:
             event = parse_client_frame(frame)
