@@ -4,7 +4,11 @@ The frames are transceiver/protocol/link.py's. The carrier is a WebSocket (``/v1
 the transceiver's port), so the link secret is checked once, at its handshake (401 as for
 every request), ``wss://`` members get TLS as before, and its pings notice a peer that
 vanished without a FIN within ``2 * PING_S``. Frames written in one event-loop iteration go
-out as one message: one mask, one write, one syscall for all of them.
+out as one message: one write, one syscall for all of them. That message is written on the
+carrier's transport as it stands (:func:`carrier_header`, then the frames' own pieces: no
+copy on the transceiver's side, one masked copy on the relay's), not through
+``websockets``' ``send``, which copies a batch three times (join, serialization, buffer);
+the carrier's state and its flow control are honoured as ``send`` would.
 
 A :class:`LinkSession` is one session on a link, with the part of a ``websockets``
 connection that the relay's and the transceiver's session code use: ``send``, ``recv`` and
@@ -18,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import struct
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -25,7 +31,12 @@ from typing import Any
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
 from websockets.frames import OK_CLOSE_CODES, Close
-from websockets.protocol import State
+from websockets.protocol import Side, State
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets without its C extension
+    from websockets.utils import apply_mask
 
 from transceiver.protocol import link as frames
 from transceiver.protocol.link import Kind, LinkError
@@ -44,6 +55,18 @@ CLOSE_TIMEOUT_S = 10.0
 
 # Called by the transceiver for each OPEN: a refusal (status, reason), or None to accept.
 OnOpen = Callable[["LinkSession", bytes], "tuple[int, str] | None"]
+
+
+def carrier_header(size: int, mask: bytes = b"") -> bytes:
+    """The header of a final, unfragmented binary WebSocket frame of ``size`` bytes
+    (RFC 6455, section 5.2), with its 4-byte masking key when it has one."""
+    if size < 126:
+        head = struct.pack("!BB", 0x82, (0x80 if mask else 0) | size)
+    elif size < 1 << 16:
+        head = struct.pack("!BBH", 0x82, (0x80 if mask else 0) | 126, size)
+    else:
+        head = struct.pack("!BBQ", 0x82, (0x80 if mask else 0) | 127, size)
+    return head + mask
 
 
 def carrier_max_size(max_frame_bytes: int) -> int:
@@ -225,7 +248,8 @@ class Link:
         self._wake_writer.set()
 
     async def _write_loop(self) -> None:
-        with contextlib.suppress(ConnectionClosed):  # the reader notices, and ends the link
+        # The reader notices a carrier that closed or failed, and ends the link.
+        with contextlib.suppress(ConnectionClosed, OSError):
             await self._write_batches()
 
     async def _write_batches(self) -> None:
@@ -239,7 +263,22 @@ class Link:
                     frame_size, pieces = self._out.popleft()
                     batch.extend(pieces)
                     size += frame_size
-                await self.carrier.send(b"".join(batch))
+                await self._send(batch, size)
+
+    async def _send(self, pieces: list[bytes], size: int) -> None:
+        """One binary message on the carrier: its header and ``pieces`` in one write."""
+        carrier = self.carrier
+        if carrier.protocol.state is not State.OPEN:
+            await carrier.send(b"".join(pieces))  # raises ConnectionClosed, as it should
+            return
+        if carrier.protocol.side is Side.CLIENT:  # a client masks what it sends
+            mask = os.urandom(4)
+            pieces = [apply_mask(b"".join(pieces), mask)]
+        else:
+            mask = b""
+        carrier.transport.writelines([carrier_header(size, mask), *pieces])
+        if carrier.paused:  # the transport's buffer is full: wait, as ``send`` does
+            await carrier.drain()
 
     def new_session(self) -> LinkSession:
         self._next_id = (self._next_id + 1) % (1 << 32) or 1

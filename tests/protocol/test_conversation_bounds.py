@@ -7,6 +7,7 @@ import base64
 
 import pytest
 
+from transceiver.protocol.audio import AudioFormatType
 from transceiver.protocol.conversation import Conversation
 from transceiver.protocol.errors import ClientError
 
@@ -235,3 +236,17 @@ def one_of(events, etype):
     matches = [e for e in events if e["type"] == etype]
     assert len(matches) == 1, [e["type"] for e in events]
     return matches[0]
+
+
+def test_an_items_audio_is_read_without_a_copy_and_a_read_does_not_change_with_it() -> None:
+    conversation = Conversation("conv_1")
+    item = {"id": "item_a", "type": "message", "role": "assistant", "content": []}
+    conversation.add(item, audio=b"\1\0" * 480, audio_format=AudioFormatType.PCM)
+    stored = conversation.get("item_a")
+    first = stored.audio_bytes()
+    assert stored.audio_bytes() is first  # each response's context reads it: no copy each time
+    conversation.append_audio(stored, b"\2\0" * 480)
+    assert first == b"\1\0" * 480  # what was read stays as it was
+    assert stored.audio_bytes() == b"\1\0" * 480 + b"\2\0" * 480
+    conversation.truncate_audio(stored, 20)
+    assert stored.audio_bytes() == b"\1\0" * 480 and stored.audio_ms() == 20.0

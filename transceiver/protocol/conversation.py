@@ -13,7 +13,7 @@ from transceiver.protocol.errors import ClientError
 @dataclass
 class StoredItem:
     item: dict[str, Any]
-    audio: bytearray = field(default_factory=bytearray)
+    audio: bytes | bytearray = field(default_factory=bytearray)
     audio_format: AudioFormatType | None = None
     # For assistant audio: (audio bytes sent, transcript chars sent) at the start of
     # each transcript delta, so a truncation keeps the transcript the user heard.
@@ -25,6 +25,14 @@ class StoredItem:
         if self.audio_format is None:
             return 0.0
         return self.audio_format.duration_ms(len(self.audio))
+
+    def audio_bytes(self) -> bytes:
+        """The audio, immutable: held as ``bytes`` from its first read until more is
+        added. Each response's context reads every item's audio; a copy each time grew
+        with the conversation."""
+        if isinstance(self.audio, bytearray):
+            self.audio = bytes(self.audio)
+        return self.audio
 
 
 # What one conversation holds: a session's clients cannot grow it past these.
@@ -101,7 +109,7 @@ class Conversation:
             )
         if after_given and previous_item_id not in (None, "root"):
             self.get(previous_item_id, "previous_item_id")
-        stored = StoredItem(item=item, audio=bytearray(audio or b""), audio_format=audio_format)
+        stored = StoredItem(item=item, audio=bytes(audio or b""), audio_format=audio_format)
         if not after_given:
             previous = self.last_id()
             self._order.append(item_id)
@@ -131,6 +139,8 @@ class Conversation:
         if self._items.get(stored.item["id"]) is not stored:
             return  # deleted while it is generated: nothing to keep
         before = stored.audio_ms()
+        if not isinstance(stored.audio, bytearray):
+            stored.audio = bytearray(stored.audio)
         stored.audio += audio
         self._audio_ms += stored.audio_ms() - before
         self._fit_audio(keep=stored)
@@ -172,7 +182,7 @@ class Conversation:
         keep = stored.audio_format.byte_count(audio_end_ms)
         total = len(stored.audio)
         before = stored.audio_ms()
-        del stored.audio[keep:]
+        stored.audio = stored.audio[:keep]
         self._audio_ms -= before - stored.audio_ms()
         for part in stored.item.get("content", []):
             if part.get("type") == "output_audio" and part.get("transcript") is not None:

@@ -71,7 +71,7 @@ class SessionItems:
         if stored.audio_format is not None:
             for part in item.get("content", []):
                 if part.get("type") in ("input_audio", "output_audio"):
-                    part["audio"] = base64.b64encode(bytes(stored.audio)).decode("ascii")
+                    part["audio"] = base64.b64encode(stored.audio_bytes()).decode("ascii")
         self._emit("conversation.item.retrieved", item=item)
 
     def _on_item_delete(self, event: dict[str, Any], now_ms: float) -> None:

@@ -143,7 +143,7 @@ def parse_response_params(params: Any, conversation_id: str) -> ResponseParams:
 
 
 def _stored_context(stored: StoredItem) -> ContextItem:
-    audio = bytes(stored.audio) if stored.audio_format else None
+    audio = stored.audio_bytes() if stored.audio_format else None
     return ContextItem(dict(stored.item), audio, stored.audio_format)
 
 
