@@ -81,7 +81,8 @@ class InputBuffer:
 
     def take(self, from_ms: float, fmt: AudioFormatType) -> bytes:
         """The audio from ``from_ms`` on; the buffer is left empty."""
-        audio = bytes(self.audio[fmt.byte_count(max(0.0, from_ms - self.start_ms)) :])
+        with memoryview(self.audio) as view:  # one copy, not a slice and then bytes
+            audio = bytes(view[fmt.byte_count(max(0.0, from_ms - self.start_ms)) :])
         self.clear()
         return audio
 
