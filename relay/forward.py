@@ -2,9 +2,7 @@
 
 On a link session (relay/link.py) behind the relay's own WebSocket protocol, the client's
 frames take the direct path (relay/direct.py): each goes to the link as it is read, with no
-ASGI message, task switch or parse, and the transceiver's go out without ASGI either, most
-of them as the link reads them (``DirectSession.take``), without waking this session's
-task.
+ASGI message, task switch or parse, and the transceiver's go out without ASGI either.
 Otherwise (one WebSocket per session, or another ASGI server) they go through ASGI as any
 FastAPI WebSocket's. Both behave the same way to the client.
 """
@@ -57,9 +55,6 @@ async def forward(
         direct = DirectSession(extension["attach"], upstream, rates, events_in)
     send = direct.send if direct is not None else _asgi_sender(websocket)
     client_left = False
-    if direct is not None:
-        direct.events_out = events_out
-        direct.upstream.take = direct.take
 
     async def client_to_upstream() -> None:
         nonlocal client_left
@@ -91,16 +86,11 @@ async def forward(
         nonlocal client_left
         async for frame in upstream:
             events_out.inc()
-            if direct is not None:
-                direct.sending = True  # take() must not pass this frame
             try:
                 await _to_client(send, upstream, frame, rates)
             except (WebSocketDisconnect, RuntimeError, OSError):
                 client_left = True
                 return
-            finally:
-                if direct is not None:
-                    direct.sending = False
 
     to_up = asyncio.create_task(client_to_upstream())
     to_client = asyncio.create_task(upstream_to_client())
@@ -109,8 +99,6 @@ async def forward(
         if task not in done:
             task.cancel()
     results = await asyncio.gather(to_up, to_client, return_exceptions=True)
-    if direct is not None:
-        direct.upstream.take = None
     if client_left or any(isinstance(r, WebSocketDisconnect) for r in results):
         await close_discarding(upstream)
         return
@@ -133,31 +121,9 @@ class DirectSession:
         self.rates = rates
         self.events_in = events_in
         self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.events_out: Counter | None = None
         self.held: deque[tuple[bytes, bool]] = deque()
         self.flushing: asyncio.Task[None] | None = None
-        self.sending = False  # forward's loop holds a transceiver frame it has not written
         self.frames = attach(self.on_message)
-
-    def take(self, frame: str | bytes) -> bool:
-        """A transceiver frame, handed over as the link reads it (``LinkSession.take``,
-        called only while no frame waits in the session's inbox): written to the client
-        now when nothing is being sent before it, the client's transport takes writes and
-        the key's rate limits have no part in it. ``False``: forward's loop sends it."""
-        if self.sending or not self.frames.writable_now:
-            return False
-        if self.rates is not None and not self.rates.passes(frame):
-            return False
-        try:
-            if isinstance(frame, str):
-                self.frames.send_frame(frame.encode(), True)
-            else:
-                self.frames.send_frame(frame, False)
-        except ClientDisconnected:
-            return False  # the loop's send meets it too, and ends the session
-        if self.events_out is not None:
-            self.events_out.inc()
-        return True
 
     def on_message(self, payload: bytes, text: bool) -> None:
         """A client frame (called by the protocol as it reads)."""

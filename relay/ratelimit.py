@@ -192,17 +192,11 @@ class SessionRates:
 
     # -- server frames ---------------------------------------------------------------
 
-    def passes(self, frame: str | bytes) -> bool:
-        """Whether :meth:`on_server` has no part in ``frame`` (it would return ``PASS``
-        and change nothing)."""
-        handle = self._HANDLERS.get(_peek_type(frame) or "")
-        return handle is None or (handle is _ERROR and not _contains(frame, CANCEL_PREFIX))
-
     def on_server(self, frame: str | bytes) -> ServerAction:
         """The relay's part in a server frame: count, cancel, fold, announce."""
-        if self.passes(frame):
+        handle = self._HANDLERS.get(_peek_type(frame) or "")
+        if handle is None or (handle is _ERROR and not _contains(frame, CANCEL_PREFIX)):
             return PASS
-        handle = self._HANDLERS[_peek_type(frame) or ""]
         event = _event(frame)
         return PASS if event is None else handle(self, event)
 
