@@ -7,8 +7,8 @@ vanished without a FIN within ``2 * PING_S``. Frames written in one event-loop i
 out as one message: one write, one syscall for all of them. That message is written on the
 carrier's transport as it stands (:func:`carrier_header`, then the frames' own pieces: no
 copy on the transceiver's side, one masked copy on the relay's), not through
-``websockets``' ``send``, which copies a batch three times (join, serialization, buffer);
-the carrier's state and its flow control are honoured as ``send`` would.
+``websockets``' ``send``, which joins a batch and then copies it again into the serialized
+frame; the carrier's state and its flow control are honoured as ``send`` would.
 
 A :class:`LinkSession` is one session on a link, with the part of a ``websockets``
 connection that the relay's and the transceiver's session code use: ``send``, ``recv`` and
