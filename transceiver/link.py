@@ -235,50 +235,62 @@ class Link:
         self.closed = False
         self._on_open = on_open
         self._out: deque[tuple[int, tuple[bytes, ...]]] = deque()  # (size, pieces) a frame
-        self._wake_writer = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        self._flush_scheduled = False
+        self._draining: asyncio.Task[None] | None = None  # waits for a full transport
         self._next_id = 0
 
     def write(self, *pieces: bytes) -> None:
         """Queue one frame (its pieces); the frames queued in this loop iteration leave
-        together once it yields."""
+        together in the next (:meth:`_flush`, a callback: no task wakes for it)."""
         if self.closed:
             return
         self._out.append((sum(map(len, pieces)), pieces))
-        self._wake_writer.set()
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
 
-    async def _write_loop(self) -> None:
-        # The reader notices a carrier that closed or failed, and ends the link.
-        with contextlib.suppress(ConnectionClosed, OSError):
-            await self._write_batches()
-
-    async def _write_batches(self) -> None:
-        while True:
-            await self._wake_writer.wait()
-            self._wake_writer.clear()
-            while self._out:
-                batch: list[bytes] = []
-                size = 0
-                while self._out and (not batch or size + self._out[0][0] <= BATCH_BYTES):
-                    frame_size, pieces = self._out.popleft()
-                    batch.extend(pieces)
-                    size += frame_size
-                await self._send(batch, size)
-
-    async def _send(self, pieces: list[bytes], size: int) -> None:
-        """One binary message on the carrier: its header and ``pieces`` in one write."""
+    def _flush(self) -> None:
+        """Write what is queued, in batches of at most ``BATCH_BYTES``; once the carrier's
+        transport is full (``websockets`` paused writing), the rest waits for it to drain,
+        as ``send`` would. A carrier that is no longer open takes nothing: its reader ends
+        the link."""
+        self._flush_scheduled = False
         carrier = self.carrier
-        if carrier.protocol.state is not State.OPEN:
-            await carrier.send(b"".join(pieces))  # raises ConnectionClosed, as it should
-            return
-        if carrier.protocol.side is Side.CLIENT:  # a client masks what it sends
+        while self._out and self._draining is None and not self.closed:
+            if carrier.protocol.state is not State.OPEN:
+                self._out.clear()
+                return
+            batch: list[bytes] = []
+            size = 0
+            while self._out and (not batch or size + self._out[0][0] <= BATCH_BYTES):
+                frame_size, pieces = self._out.popleft()
+                batch.extend(pieces)
+                size += frame_size
+            try:
+                self._send(batch, size)
+            except (OSError, RuntimeError):  # the transport is closing: as above
+                self._out.clear()
+                return
+            if carrier.paused:
+                self._draining = asyncio.create_task(self._drain())
+
+    def _send(self, pieces: list[bytes], size: int) -> None:
+        """One binary message on the carrier: its header and ``pieces`` in one write."""
+        if self.carrier.protocol.side is Side.CLIENT:  # a client masks what it sends
             mask = os.urandom(4)
             pieces = [apply_mask(b"".join(pieces), mask)]
         else:
             mask = b""
-        carrier.transport.writelines([carrier_header(size, mask), *pieces])
-        if carrier.paused:  # the transport's buffer is full: wait, as ``send`` does
-            await carrier.drain()
+        self.carrier.transport.writelines([carrier_header(size, mask), *pieces])
+
+    async def _drain(self) -> None:
+        try:
+            await self.carrier.drain()
+        except Exception:  # the connection is lost: the reader ends the link
+            return
+        self._draining = None
+        self._flush()
 
     def new_session(self) -> LinkSession:
         self._next_id = (self._next_id + 1) % (1 << 32) or 1
@@ -288,7 +300,6 @@ class Link:
 
     async def run(self) -> None:
         """Read and dispatch until the carrier ends; then every session ends (1006)."""
-        self._writer = asyncio.create_task(self._write_loop())
         try:
             async for message in self.carrier:
                 if isinstance(message, str):
@@ -306,8 +317,8 @@ class Link:
 
     def _lost(self) -> None:
         self.closed = True
-        if self._writer is not None:
-            self._writer.cancel()
+        if self._draining is not None:
+            self._draining.cancel()
         for session in list(self.sessions.values()):
             session._end()
         for waiter in self.opening.values():
