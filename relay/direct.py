@@ -36,6 +36,8 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.speedups import apply_mask
 
+from transceiver.link import frame_header
+
 EXTENSION = "realtime-relay.frames"
 
 OnMessage = Callable[[bytes, bool], None]
@@ -91,15 +93,7 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         the connection is closing."""
         if self.disconnected or self.close_sent or self.conn.state is not State.OPEN:
             raise ClientDisconnected()
-        size = len(payload)
-        opcode = _TEXT if text else _BINARY
-        if size < 126:
-            head = bytes((opcode, size))
-        elif size < 1 << 16:
-            head = bytes((opcode, 126)) + _U16.pack(size)
-        else:
-            head = bytes((opcode, 127)) + _U64.pack(size)
-        self.transport.write(head + payload)
+        self.transport.write(frame_header(len(payload), text=text) + payload)
 
     @property
     def writable_now(self) -> bool:

@@ -5,7 +5,7 @@ the transceiver's port), so the link secret is checked once, at its handshake (4
 every request), ``wss://`` members get TLS as before, and its pings notice a peer that
 vanished without a FIN within ``2 * PING_S``. Frames written in one event-loop iteration go
 out as one message: one write, one syscall for all of them. That message is written on the
-carrier's transport as it stands (:func:`carrier_header`, then the frames' own pieces: no
+carrier's transport as it stands (:func:`frame_header`, then the frames' own pieces: no
 copy on the transceiver's side, one masked copy on the relay's), not through
 ``websockets``' ``send``, which joins a batch and then copies it again into the serialized
 frame; the carrier's state and its flow control are honoured as ``send`` would.
@@ -57,15 +57,18 @@ CLOSE_TIMEOUT_S = 10.0
 OnOpen = Callable[["LinkSession", bytes], "tuple[int, str] | None"]
 
 
-def carrier_header(size: int, mask: bytes = b"") -> bytes:
-    """The header of a final, unfragmented binary WebSocket frame of ``size`` bytes
-    (RFC 6455, section 5.2), with its 4-byte masking key when it has one."""
+def frame_header(size: int, *, text: bool = False, mask: bytes = b"") -> bytes:
+    """The header of a final, unfragmented text or binary WebSocket frame of ``size`` bytes
+    (RFC 6455, section 5.2), with its 4-byte masking key when it has one: the link's
+    carrier messages, and the relay's frames to its clients (relay/direct.py)."""
+    first = 0x81 if text else 0x82
+    masked = 0x80 if mask else 0
     if size < 126:
-        head = struct.pack("!BB", 0x82, (0x80 if mask else 0) | size)
+        head = struct.pack("!BB", first, masked | size)
     elif size < 1 << 16:
-        head = struct.pack("!BBH", 0x82, (0x80 if mask else 0) | 126, size)
+        head = struct.pack("!BBH", first, masked | 126, size)
     else:
-        head = struct.pack("!BBQ", 0x82, (0x80 if mask else 0) | 127, size)
+        head = struct.pack("!BBQ", first, masked | 127, size)
     return head + mask
 
 
@@ -282,7 +285,7 @@ class Link:
             pieces = [apply_mask(b"".join(pieces), mask)]
         else:
             mask = b""
-        self.carrier.transport.writelines([carrier_header(size, mask), *pieces])
+        self.carrier.transport.writelines([frame_header(size, mask=mask), *pieces])
 
     async def _drain(self) -> None:
         try:
