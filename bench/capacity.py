@@ -70,9 +70,26 @@ class Step:
 
 
 def cpu_seconds(pid: int) -> float:
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process so far."""
     # /proc/PID/stat: fields 14 and 15 (utime, stime) in clock ticks, after "(comm)".
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    return int(fields[11]) / _TICKS, int(fields[12]) / _TICKS
+
+
+def wakeups(pid: int) -> int:
+    """Times the process's threads went to sleep and were woken so far (voluntary context
+    switches, /proc/PID/task/*/status): an event loop's waits for its sockets."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            for line in status.read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
 
 
 def rss_mib(pid: int) -> float:

@@ -291,7 +291,8 @@ class SessionRunner:
                 classifier=SileroFrames(model, td.threshold) if model is not None else None,
             )
             self._vad_config = vad_config
-        self._speculator.remember(effect)
+        judged = self._judge is not None and isinstance(td, SemanticVad)
+        self._speculator.remember(effect, TURN_WINDOW_MS if judged else 0.0)
         fmt = AudioFormatType.of(effect.audio_format)
         self._fed_end_ms = effect.start_ms + fmt.duration_ms(len(effect.audio))
         pcm = to_pcm16(effect.audio, effect.audio_format, VAD_RATE_HZ)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,53 @@ log = logging.getLogger(__name__)
 
 RECENT_AUDIO_MS = 30_000  # input audio kept for speculative transcription
 _END = ("end", ())
+
+
+class RecentAudio:
+    """The last ``keep_ms`` (at least) of input audio, in its wire format, kept as the
+    appends' own chunks: adding one copies nothing (a bytearray grown at its end and trimmed
+    at its front is copied whole, into fresh pages, again and again)."""
+
+    def __init__(self) -> None:
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._dropped = 0  # bytes dropped from the front since ``_start_ms``
+        self._start_ms = 0.0  # where the audio after a reset starts, session audio time
+
+    def add(self, audio: bytes, start_ms: float, fmt: AudioFormatType, keep_ms: float) -> None:
+        """Audio that starts at ``start_ms``, keeping the last ``keep_ms`` (0: nothing);
+        a gap or an overlap starts over."""
+        if abs(start_ms - self.start_ms(fmt) - fmt.duration_ms(self._size)) > 1:
+            self._chunks.clear()
+            self._size = self._dropped = 0
+            self._start_ms = start_ms
+        self._chunks.append(audio)
+        self._size += len(audio)
+        keep = fmt.byte_count(keep_ms)
+        while self._chunks and self._size - len(self._chunks[0]) >= keep:
+            first = self._chunks.popleft()
+            self._size -= len(first)
+            self._dropped += len(first)
+
+    def start_ms(self, fmt: AudioFormatType) -> float:
+        """Session audio time of the first byte held."""
+        return self._start_ms + fmt.duration_ms(self._dropped)
+
+    def duration_ms(self, fmt: AudioFormatType) -> float:
+        return fmt.duration_ms(self._size)
+
+    def between(self, fmt: AudioFormatType, start_ms: float, end_ms: float | None = None) -> bytes:
+        """The samples held from ``start_ms`` to ``end_ms`` (session audio time; None: to
+        the latest)."""
+        start = self._index(fmt, start_ms)
+        end = self._size if end_ms is None else self._index(fmt, end_ms)
+        return b"".join(self._chunks)[start:end]
+
+    def _index(self, fmt: AudioFormatType, at_ms: float) -> int:
+        """Where the sample at ``at_ms`` starts in what is held: at the earliest the first
+        whole sample held (appends need not be whole samples), at the latest the end."""
+        index = fmt.byte_count(max(0.0, at_ms - self._start_ms)) - self._dropped
+        return min(max(index, -self._dropped % fmt.sample_bytes), self._size)
 
 
 def request_signature(request: ResponseRequest) -> str:
@@ -139,26 +187,21 @@ class Speculator:
     now_ms: Callable[[], float]
     # Fills in the transcripts of earlier user audio items (None: not all ready yet).
     fill: Callable[[ResponseRequest], ResponseRequest | None]
-    _recent: bytearray = field(default_factory=bytearray)
-    _recent_start_ms: float = 0.0
+    _recent: RecentAudio = field(default_factory=RecentAudio)
     _speech_start_ms: float = 0.0
     _stt: asyncio.Task[Speculated] | None = None
     _stt_item: str | None = None
     _preemption: Preemption | None = None
 
-    def remember(self, effect: FeedVad) -> None:
-        """Keep the last ``RECENT_AUDIO_MS`` of input audio, in its wire format."""
-        fmt = AudioFormatType.of(effect.audio_format)
-        end_ms = self._recent_start_ms + fmt.duration_ms(len(self._recent))
-        if abs(effect.start_ms - end_ms) > 1:
-            self._recent.clear()
-            self._recent_start_ms = effect.start_ms
-        self._recent += effect.audio
-        excess = len(self._recent) - fmt.byte_count(RECENT_AUDIO_MS)
-        if excess > 0:
-            excess += -excess % fmt.sample_bytes  # whole samples
-            del self._recent[:excess]
-            self._recent_start_ms += fmt.duration_ms(excess)
+    def remember(self, effect: FeedVad, judged_ms: float = 0.0) -> None:
+        """Keep the input audio that may be asked for: the last ``RECENT_AUDIO_MS`` where
+        the backend transcribes at pauses, else the last ``judged_ms`` (what an end-of-turn
+        model sees: 0 without one). So a mock session with server VAD keeps none."""
+        speculative = getattr(self.backend, "speculative_stt", False)
+        keep_ms = RECENT_AUDIO_MS if speculative else judged_ms
+        self._recent.add(
+            effect.audio, effect.start_ms, AudioFormatType.of(effect.audio_format), keep_ms
+        )
 
     def speech_started(self, audio_start_ms: float) -> None:
         self._speech_start_ms = audio_start_ms
@@ -166,24 +209,19 @@ class Speculator:
     def turn_audio(self, audio_format: str, lead_ms: float, max_ms: float) -> bytes:
         """The current turn's input audio up to the latest (wire format): from ``lead_ms``
         before its speech started, at most the last ``max_ms``."""
-        fmt = AudioFormatType(audio_format)
-        available = fmt.duration_ms(len(self._recent))
-        start_ms = max(self._speech_start_ms - lead_ms - self._recent_start_ms, 0.0)
-        start_ms = max(start_ms, available - max_ms)
-        start = fmt.byte_count(start_ms)
-        start -= start % fmt.sample_bytes
-        return bytes(self._recent[start:])
+        fmt = AudioFormatType.of(audio_format)
+        latest_ms = self._recent.start_ms(fmt) + self._recent.duration_ms(fmt)
+        return self._recent.between(fmt, max(self._speech_start_ms - lead_ms, latest_ms - max_ms))
 
     def silence_started(self, audio_format: str, until_ms: float) -> None:
         if not getattr(self.backend, "speculative_stt", False):
             return
         self.drop()
-        fmt = AudioFormatType(audio_format)
-        start = fmt.byte_count(max(0.0, self._speech_start_ms - self._recent_start_ms))
-        end = fmt.byte_count(max(0.0, until_ms - self._recent_start_ms))
+        fmt = AudioFormatType.of(audio_format)
+        audio = self._recent.between(fmt, self._speech_start_ms, until_ms)
         transcription = self.session.config.audio.input.transcription
         config = transcription if transcription is not None else Transcription()
-        job = Transcribe("speculation", bytes(self._recent[start:end]), fmt, config)
+        job = Transcribe("speculation", audio, fmt, config)
         log.debug("session %s: speculative STT at %.0f ms", self.session.id, until_ms)
         task = asyncio.create_task(self._transcribe(job))
         task.add_done_callback(self._transcribed)

@@ -15,12 +15,13 @@ from tests.waiting import eventually
 from transceiver.backends.base import ResponseSink, TranscriptSink
 from transceiver.backends.mock import word_audio
 from transceiver.protocol.audio import AudioFormatType
+from transceiver.protocol.config import ServerVad
 from transceiver.protocol.contract import SessionSpec
-from transceiver.protocol.effects import ResponseRequest, Transcribe
+from transceiver.protocol.effects import FeedVad, ResponseRequest, Transcribe
 from transceiver.protocol.items import item_text
 from transceiver.protocol.session import RealtimeSession
 from transceiver.runner import SessionRunner
-from transceiver.speculation import request_signature
+from transceiver.speculation import RECENT_AUDIO_MS, RecentAudio, Speculator, request_signature
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -191,3 +192,52 @@ async def test_semantic_vad_turns_end_on_the_eagerness_timeout_without_a_model()
     types = [e["type"] for e in client.events]
     assert "input_audio_buffer.speech_stopped" in types and "response.done" in types
     assert backend.requests[-1].context[-1].item["role"] == "user"
+
+
+async def test_recent_audio_keeps_the_last_window_and_slices_by_audio_time() -> None:
+    fmt = AudioFormatType.PCM  # 24 kHz, 48 bytes a ms
+    recent = RecentAudio()
+    stream = bytes(range(256)) * 8000  # 42 s, in appends of odd sizes
+    sizes = [961, 1, 3, 4800, 959] * 300
+    offset = 0
+    for size in sizes:
+        recent.add(stream[offset : offset + size], fmt.duration_ms(offset), fmt, RECENT_AUDIO_MS)
+        offset += size
+    held = recent.duration_ms(fmt)
+    assert RECENT_AUDIO_MS <= held <= RECENT_AUDIO_MS + fmt.duration_ms(4800)
+    start_ms = recent.start_ms(fmt)
+    assert start_ms + held == pytest.approx(fmt.duration_ms(offset))
+    # Any window comes back as the stream's own bytes, from the first whole sample held.
+    dropped = offset - round(held * fmt.bytes_per_ms)
+    assert dropped % 2 == 1  # what is held starts mid-sample
+    for lo_ms, hi_ms in ((start_ms + 1000.03, start_ms + 2500.51), (0.0, None), (0.0, 1.0)):
+        lo = max(fmt.byte_count(lo_ms), dropped + 1)
+        hi = offset if hi_ms is None else max(fmt.byte_count(hi_ms), lo)
+        assert recent.between(fmt, lo_ms, hi_ms) == stream[lo:hi]
+    # A gap in session audio time starts over.
+    recent.add(b"\x01\x02" * 480, fmt.duration_ms(offset) + 500, fmt, RECENT_AUDIO_MS)
+    assert recent.between(fmt, 0.0) == b"\x01\x02" * 480
+    # Keeping nothing holds nothing, and audio time still runs on (no reset after).
+    end_ms = fmt.duration_ms(offset) + 520
+    recent.add(b"\x03\x04" * 480, end_ms, fmt, 0.0)
+    assert recent.duration_ms(fmt) == 0 and recent.between(fmt, 0.0) == b""
+    assert recent.start_ms(fmt) == pytest.approx(end_ms + 20)
+
+
+@pytest.mark.parametrize(
+    ("speculative", "judged_ms", "held_ms"),
+    [(True, 0.0, RECENT_AUDIO_MS), (False, 8000.0, 8000.0), (False, 0.0, 0.0)],
+)
+async def test_only_the_audio_that_may_be_asked_for_is_kept(
+    speculative: bool, judged_ms: float, held_ms: float
+) -> None:
+    backend = ScriptedBackend()
+    backend.speculative_stt = speculative
+    session = RealtimeSession(SessionSpec(model="gpt-realtime"))
+    speculator = Speculator(session, backend, {}, lambda: 0.0, lambda request: request)
+    fmt = AudioFormatType.PCM
+    chunk, vad = bytes(fmt.byte_count(20)), ServerVad(type="server_vad")
+    for n in range(2000):  # 40 s of 20 ms appends
+        speculator.remember(FeedVad(chunk, "audio/pcm", n * 20.0, vad), judged_ms)
+    held = speculator.turn_audio("audio/pcm", 0.0, 60_000.0)
+    assert held_ms <= fmt.duration_ms(len(held)) <= held_ms + 20
