@@ -188,7 +188,6 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} ms"
 
 
-
 def report(
     idle: float,
     steps: list[Step],

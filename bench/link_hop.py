@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from websockets.asyncio.client import connect
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection, serve, unix_serve
 from websockets.exceptions import ConnectionClosed
 
 from bench.frames import measure
@@ -52,9 +54,12 @@ async def _timed(sessions: list[tuple[Echoing, Callable[[], Awaitable[str | byte
 
 
 @contextlib.asynccontextmanager
-async def echo_link(max_frame_bytes: int = MAX_FRAME) -> AsyncIterator[str]:
+async def echo_link(
+    max_frame_bytes: int = MAX_FRAME, unix_path: str | None = None
+) -> AsyncIterator[str]:
     """The URL of a link server on 127.0.0.1 (the real :class:`Link`) that echoes every
-    session's frames after its spec (tests/relay/test_link_mux.py uses it too)."""
+    session's frames after its spec (tests/relay/test_link_mux.py uses it too); with
+    ``unix_path``, on that Unix socket as well."""
     tasks: set[asyncio.Task[None]] = set()
 
     async def echo(session: LinkSession) -> None:
@@ -73,18 +78,25 @@ async def echo_link(max_frame_bytes: int = MAX_FRAME) -> AsyncIterator[str]:
         await Link(connection, max_frame_bytes, on_open).run()
 
     size = carrier_max_size(max_frame_bytes)
-    async with serve(handler, "127.0.0.1", 0, max_size=size) as server:
+    async with contextlib.AsyncExitStack() as stack:
+        server = await stack.enter_async_context(serve(handler, "127.0.0.1", 0, max_size=size))
+        if unix_path is not None:
+            await stack.enter_async_context(unix_serve(handler, unix_path, max_size=size))
         yield f"ws://127.0.0.1:{next(iter(server.sockets)).getsockname()[1]}"
     for task in list(tasks):
         task.cancel()
 
 
-async def link_hop() -> float:
-    async with echo_link() as url:
-        links = Links({}, MAX_FRAME, 20)
-        opened = [await links.open(url, None, SessionSpec(), 10) for _ in range(SESSIONS)]
-        us = await _timed([(s.send, s.recv) for s in opened])
-        await links.aclose()
+async def link_hop(over_unix: bool = False) -> float:
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "link.sock") if over_unix else None
+        async with echo_link(unix_path=path) as url:
+            links = Links({}, MAX_FRAME, 20)
+            opened = [
+                await links.open(url, None, SessionSpec(), 10, socket=path) for _ in range(SESSIONS)
+            ]
+            us = await _timed([(s.send, s.recv) for s in opened])
+            await links.aclose()
     return us
 
 
@@ -107,6 +119,7 @@ def hop() -> None:
     for _ in range(2):
         print(f"one WebSocket per session: {asyncio.run(websocket_hop()):.1f} us per frame")
         print(f"one link:                  {asyncio.run(link_hop()):.1f} us per frame")
+        print(f"one link, Unix socket:     {asyncio.run(link_hop(True)):.1f} us per frame")
 
 
 def frames() -> None:

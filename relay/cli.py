@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from typing import Any
 
 from pydantic import ValidationError
@@ -39,7 +41,15 @@ def _add_relay_options(parser: argparse.ArgumentParser, with_transceiver: bool) 
 
 
 # Transceiver options that serve sets itself, or that name a relay option of serve's own.
-_SERVE_OWN = {"host", "port", "backend", "log_level", "log_format", "drain_timeout_s"}
+_SERVE_OWN = {
+    "host",
+    "port",
+    "backend",
+    "log_level",
+    "log_format",
+    "drain_timeout_s",
+    "link_socket",  # one per transceiver, in a directory of serve's own
+}
 _PASSED = "transceiver__"  # the dest prefix of the options serve passes on
 
 
@@ -163,18 +173,34 @@ async def _run_relay(settings: RelaySettings, banner: bool) -> None:
         await edge.pool.stop()
 
 
+def _socket_args(directory: str, n: int) -> list[str]:
+    """Transceiver ``n``'s ``--link-socket`` in ``directory``; none where the path would be
+    too long for a Unix socket (108 bytes on Linux, with its NUL): TCP then."""
+    path = os.path.join(directory, f"transceiver-{n}.sock")
+    return ["--link-socket", path] if len(os.fsencode(path)) < 100 else []
+
+
 async def _serve(args: argparse.Namespace) -> None:
     host = "127.0.0.1"
     extra = ["--log-level", args.log_level] if args.log_level else []
     if args.log_format:
         extra += ["--log-format", args.log_format]
+    # Each transceiver also listens on a Unix socket for the relay's link (cheaper than TCP
+    # on one machine), in a directory only this user can enter.
+    sockets = tempfile.mkdtemp(prefix="realtime-relay-")
     processes = [
         TransceiverProcess(
             host,
             free_port(host),
-            ["--backend", args.backend, *extra, *_transceiver_args(args)],
+            [
+                "--backend",
+                args.backend,
+                *extra,
+                *_transceiver_args(args),
+                *_socket_args(sockets, n),
+            ],
         )
-        for _ in range(max(1, args.transceivers))
+        for n in range(max(1, args.transceivers))
     ]
     # One link secret for the relay and its transceivers: --link-secret, the environment's,
     # or a new one (given to the transceivers in their environment, never on argv).
@@ -187,6 +213,7 @@ async def _serve(args: argparse.Namespace) -> None:
         await _run_relay(settings, banner=True)
     finally:
         await supervisor.stop()
+        shutil.rmtree(sockets, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -116,6 +116,7 @@ class Edge:
             settings.resolve_interval_s,
             link_secret=settings.link_secret,
             link=settings.transceiver_link,
+            use_sockets=settings.transceiver_socket,
         )
         edge = cls(
             settings,

@@ -14,7 +14,7 @@ import contextlib
 import logging
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection, connect, unix_connect
 
 from transceiver.link import Link, LinkSession, carrier_max_size
 from transceiver.protocol import link as frames
@@ -49,13 +49,19 @@ class Links:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def open(
-        self, url: str, tls_name: str | None, spec: SessionSpec, timeout_s: float
+        self,
+        url: str,
+        tls_name: str | None,
+        spec: SessionSpec,
+        timeout_s: float,
+        socket: str | None = None,
     ) -> LinkSession:
-        """A session on the link to ``url`` (dialled if none is open), opened with ``spec``.
+        """A session on the link to ``url`` (dialled if none is open: over the Unix socket
+        ``socket`` when given and it answers, else TCP), opened with ``spec``.
         :class:`LinkRefused` when the transceiver refuses it; a connection error or
         ``TimeoutError`` when it cannot be reached in ``timeout_s``."""
         async with asyncio.timeout(timeout_s):
-            link = await self._link(url, tls_name)
+            link = await self._link(url, tls_name, socket)
             if link.closed:  # it died while this waited on its dial
                 raise ConnectionError(f"the link to {url} closed")
             session = link.new_session()
@@ -72,13 +78,13 @@ class Links:
             raise LinkRefused(*frames.decode_code(answer))
         return session
 
-    async def _link(self, url: str, tls_name: str | None) -> Link:
+    async def _link(self, url: str, tls_name: str | None, socket: str | None) -> Link:
         link = self._links.get(url)
         if link is not None and not link.closed:
             return link
         dialing = self._dialing.get(url)
         if dialing is None:  # one dial per transceiver, however many sessions wait on it
-            dialing = asyncio.ensure_future(self._dial(url, tls_name))
+            dialing = asyncio.ensure_future(self._dial(url, tls_name, socket))
             self._dialing[url] = dialing
             dialing.add_done_callback(lambda done: self._dialed(url, done))
         return await asyncio.shield(dialing)
@@ -88,12 +94,8 @@ class Links:
         if not done.cancelled():
             done.exception()  # retrieved: the sessions waiting on it have it
 
-    async def _dial(self, url: str, tls_name: str | None) -> Link:
-        extra: dict[str, Any] = {}
-        if tls_name is not None:
-            extra["server_hostname"] = tls_name
-        carrier: ClientConnection = await connect(
-            f"{url}/v1/link",
+    async def _dial(self, url: str, tls_name: str | None, socket: str | None) -> Link:
+        options: dict[str, Any] = dict(
             max_size=carrier_max_size(self._max_frame_bytes),
             compression=None,
             # A transceiver that vanishes without a FIN (a dead node, a partition) is
@@ -103,14 +105,25 @@ class Links:
             ping_timeout=self._ping_s / 2,
             close_timeout=self._ping_s / 2,
             additional_headers=self._headers,
-            **extra,
         )
+        carrier: ClientConnection | None = None
+        via = "TCP"
+        if socket is not None:
+            try:
+                carrier = await unix_connect(socket, f"{url}/v1/link", **options)
+                via = f"unix:{socket}"
+            except OSError as exc:  # gone, or not ours to reach: TCP it is
+                log.warning("link to transceiver %s: unix:%s failed (%s), TCP", url, socket, exc)
+        if carrier is None:
+            if tls_name is not None:
+                options["server_hostname"] = tls_name
+            carrier = await connect(f"{url}/v1/link", **options)
         link = Link(carrier, self._max_frame_bytes)
         self._links[url] = link
         task = asyncio.create_task(self._run(url, link))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        log.info("link to transceiver %s open", url)
+        log.info("link to transceiver %s open (%s)", url, via)
         return link
 
     async def _run(self, url: str, link: Link) -> None:

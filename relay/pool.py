@@ -61,6 +61,7 @@ class Member:
     healthy: bool = True
     refused_secret: bool = False  # it answered 401: its link secret is not ours
     link: bool = False  # it offers the multiplexed link (relay/link.py)
+    socket: str | None = None  # ... on this Unix socket too, and it is on this machine
 
     @property
     def tls_name(self) -> str | None:
@@ -95,6 +96,7 @@ class Member:
             "healthy": self.healthy,
             "refused_link_secret": self.refused_secret,
             "link": self.link,  # it offers the multiplexed link
+            "link_socket": self.socket,  # ... on this Unix socket, which this relay uses
         }
 
 
@@ -105,6 +107,20 @@ def resolve(host: str, port: int) -> list[str]:
     """Every address ``host`` resolves to (sorted, so the order is stable)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return sorted({str(info[4][0]) for info in infos})
+
+
+def is_loopback(url: str) -> bool:
+    """A ``ws://`` URL whose host is a loopback address or ``localhost``: this machine."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme != "ws":
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _is_address(host: str) -> bool:
@@ -125,12 +141,15 @@ class TransceiverPool:
         transport: httpx.AsyncBaseTransport | None = None,
         link_secret: str | None = None,
         link: str = "mux",
+        use_sockets: bool = True,
     ) -> None:
         """``resolver`` and ``transport`` (the HTTP transport of the load polls) are
         injected by tests, which must not send to the addresses a fake resolver names.
         ``link_secret`` goes with every request (none: the transceivers must run with
         ``--insecure-no-link-secret``). ``link``: ``"mux"`` puts sessions on one link per
-        transceiver that offers it, ``"websocket"`` opens one WebSocket per session."""
+        transceiver that offers it, ``"websocket"`` opens one WebSocket per session;
+        ``use_sockets``: a link to a transceiver on this machine goes over the Unix socket
+        it offers (``--link-socket``), if it does."""
         self._targets = [url.rstrip("/") for url in urls]
         self._headers = {"Authorization": f"Bearer {link_secret}"} if link_secret else {}
         self._max_frame_bytes = max_frame_bytes
@@ -142,6 +161,7 @@ class TransceiverPool:
         self._task: asyncio.Task[None] | None = None
         self.on_refusal: Callable[[Member], None] = lambda member: None
         self._use_links = link == "mux"
+        self._use_sockets = use_sockets
         self._links = Links(self._headers, max_frame_bytes, PING_S)
         for target in self._targets:  # literal addresses need no lookup
             host = urlsplit(target).hostname or ""
@@ -210,10 +230,18 @@ class TransceiverPool:
             member.cpu = float(load.get("cpu", 0.0))
             member.draining = bool(load.get("draining", False))
             member.link = load.get("link") == 1
+            member.socket = self._socket_of(member, load.get("link_socket"))
             member.healthy = True
             member.refused_secret = False
         except (httpx.HTTPError, ValueError, TypeError, AttributeError):
             member.healthy = False
+
+    def _socket_of(self, member: Member, offered: object) -> str | None:
+        """The Unix socket to link over: the one the member offers, when it is reached on
+        loopback (so on this machine), without TLS, and sockets are not turned off."""
+        if not self._use_sockets or not isinstance(offered, str) or not offered:
+            return None
+        return offered if is_loopback(member.url) else None
 
     def _secret_refused(self, member: Member) -> None:
         """The member answered 401: marked down, and said once until it accepts again."""
@@ -288,7 +316,9 @@ class TransceiverPool:
     async def _connect(self, member: Member, spec: SessionSpec, timeout_s: float) -> Upstream:
         """The session opened on ``member``: on its link, or on a WebSocket of its own."""
         if self._use_links and member.link:
-            return await self._links.open(member.url, member.tls_name, spec, timeout_s)
+            return await self._links.open(
+                member.url, member.tls_name, spec, timeout_s, socket=member.socket
+            )
         extra: dict[str, Any] = {}
         if member.tls_name is not None:
             extra["server_hostname"] = member.tls_name

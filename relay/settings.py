@@ -37,6 +37,11 @@ class RelaySettings(BaseSettings):
         "per transceiver that offers it, else one WebSocket per session) or websocket (one "
         "WebSocket per session for all).",
     )
+    transceiver_socket: bool = Field(
+        True,
+        description="Link to a transceiver on this machine (a loopback ws:// URL) over the "
+        "Unix socket it offers (its --link-socket; serve gives each one) instead of TCP.",
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Accepted API keys (comma-separated). Empty: no auth required.",

@@ -29,13 +29,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection, serve, unix_serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from models.turn import TurnError
+from transceiver import unix
 from transceiver.backends.base import Backend
 from transceiver.faults import Faults
 from transceiver.lag import LoopLagMonitor
@@ -197,6 +198,8 @@ class TransceiverServer:
             "pid": os.getpid(),
             "loop_lag": self.lag.stats(),
             "link": 1,  # sessions may come over /v1/link (transceiver/link.py)
+            # ... also on this Unix socket, for a relay on this machine (transceiver/unix.py)
+            "link_socket": self.settings.link_socket,
         }
 
     def _authorized(self, request: Request) -> bool:
@@ -441,12 +444,21 @@ class TransceiverServer:
             else:
                 connection.transport.abort()
 
-    async def start(self) -> Server:
+    async def start(self) -> list[Server]:
+        """Listen on the port and, with ``--link-socket``, on that Unix socket too (the
+        port's server first). ``unix.SocketPathError`` when the path cannot be used."""
         self.lag.start()
-        return await serve(
-            self._handler,
-            self.settings.host,
-            self.settings.port,
+        servers = [await serve(self._handler, self.settings.host, self.settings.port, **self._ws)]
+        path = self.settings.link_socket
+        if path:
+            servers.append(await unix_serve(self._handler, unix.claim(path), **self._ws))
+            unix.secure(path)
+        return servers
+
+    @property
+    def _ws(self) -> dict[str, Any]:
+        """The WebSocket server's options, the same on the port and the socket."""
+        return dict(
             process_request=self._process_request,
             max_size=carrier_max_size(self.settings.max_frame_bytes),
             # Frames read ahead of a session that stopped reading (its outbox is full):
@@ -494,16 +506,30 @@ async def run_transceiver(settings: TransceiverSettings, stop: asyncio.Event) ->
             log.error("transceiver not started: %s", exc)
             raise SystemExit(2) from None
     server = TransceiverServer(settings, backend, turn_model, prompts)
-    ws_server = await server.start()
+    try:
+        listeners = await server.start()
+    except (unix.SocketPathError, OSError) as exc:
+        log.error("transceiver not started: %s", exc)
+        await backend.aclose()
+        raise SystemExit(2) from None
+    on_socket = f" and unix:{settings.link_socket}" if settings.link_socket else ""
     log.info(
-        "transceiver ready on ws://%s:%d backend=%s", settings.host, settings.port, settings.backend
+        "transceiver ready on ws://%s:%d%s backend=%s",
+        settings.host,
+        settings.port,
+        on_socket,
+        settings.backend,
     )
     try:
         await stop.wait()
         await server.drain(settings.drain_timeout_s)
-        ws_server.close()
-        await ws_server.wait_closed()
+        for listener in listeners:
+            listener.close()
+        for listener in listeners:
+            await listener.wait_closed()
     finally:
+        if settings.link_socket:
+            unix.release(settings.link_socket)
         server.lag.stop()
         if turn_model is not None:
             turn_model.close()

@@ -59,6 +59,12 @@ class TransceiverSettings(BaseSettings):
         description="Sessions this transceiver accepts at once (local backend: default "
         f"{LOCAL_SESSIONS_PER_CORE:g} per CPU core, at least 1; see the README's sizing).",
     )
+    link_socket: str | None = Field(
+        None,
+        description="Also listen on this Unix socket (a path), with the same endpoints and "
+        "secret as the port: a relay on this machine links over it instead of TCP, which "
+        "costs less per frame. serve gives each of its transceivers one.",
+    )
     max_frame_bytes: int = Field(32 * 1024 * 1024, description="Largest WebSocket frame.")
     drain_timeout_s: float = Field(
         30.0,

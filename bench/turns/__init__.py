@@ -34,7 +34,6 @@ LOCAL_DETECTORS = [Detector("semantic_vad", "auto"), Detector("server_vad")]
 COMMAND = "python -m bench turns"
 
 
-
 def mock_runs(clips: list[Clip]) -> dict[str, list[Outcome]]:
     runs: dict[str, list[Outcome]] = {}
     with relay_server("--backend", "mock") as server:

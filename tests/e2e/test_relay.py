@@ -95,6 +95,13 @@ async def test_transceiver_death_costs_only_its_sessions(auth_server: RunningSer
     headers = {"Authorization": f"Bearer {KEY}"}
     async with connect(url, additional_headers=headers) as victim:
         await next_event(victim)
+        # serve's transceivers each offer a Unix socket, and the relay links over it.
+        await eventually(
+            lambda: any(
+                "link to transceiver" in line and "(unix:" in line for line in auth_server.lines
+            ),
+            what="the relay's link over a Unix socket",
+        )
         before = await transceiver_pids(auth_server)
         victim_url = next(u for u, (_, n) in before.items() if n == 1)
         async with connect(url, additional_headers=headers) as survivor:
@@ -118,6 +125,11 @@ async def test_transceiver_death_costs_only_its_sessions(auth_server: RunningSer
         return after[victim_url][0] != before[victim_url][0]
 
     await eventually(restarted, timeout_s=20, what="the transceiver restarted")
+    # Its socket file was left behind by the kill: the new process took it over.
+    async with connect(url, additional_headers=headers) as ws:
+        assert (await next_event(ws))["type"] == "session.created"
+    links = [line for line in auth_server.lines if "link to transceiver" in line and "open" in line]
+    assert all("(unix:" in line for line in links), links
 
 
 async def test_fault_knobs() -> None:

@@ -46,6 +46,7 @@ MAX_FRAME = 32 * 1024 * 1024
 class Transceiver:
     server: TransceiverServer
     ws: Server
+    unix: Server | None = None  # its --link-socket's
 
     @property
     def url(self) -> str:
@@ -62,12 +63,13 @@ async def transceiver(**settings: Any) -> AsyncIterator[Transceiver]:
         backend="mock", host=HOST, port=0, link_secret=SECRET, mock_first_delta_ms=0, **settings
     )
     server = TransceiverServer(config, build_backend(config))
-    ws = await server.start()
+    ws, *on_socket = await server.start()
     try:
-        yield Transceiver(server, ws)
+        yield Transceiver(server, ws, on_socket[0] if on_socket else None)
     finally:
-        ws.close()
-        await ws.wait_closed()
+        for listener in (ws, *on_socket):
+            listener.close()
+            await listener.wait_closed()
         server.lag.stop()
         await server.backend.aclose()
 

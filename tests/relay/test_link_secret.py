@@ -60,7 +60,7 @@ async def transceiver(secret: str | None = SECRET) -> AsyncIterator[Transceiver]
     )
     check_secret(settings)
     server = TransceiverServer(settings, build_backend(settings))
-    ws_server = await server.start()
+    (ws_server,) = await server.start()
     try:
         yield Transceiver(server, int(next(iter(ws_server.sockets)).getsockname()[1]))
     finally:

@@ -123,4 +123,3 @@ async def test_a_connection_that_ends_while_the_outbox_is_full_ends_the_session(
     gone.set()
     await asyncio.wait_for(task, 2)
     assert runner.outbox.closed and runner.closed.is_set()
-

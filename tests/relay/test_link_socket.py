@@ -1,0 +1,99 @@
+"""The link over a transceiver's Unix socket (``--link-socket``, transceiver/unix.py): a
+relay on the same machine links over it instead of TCP, falls back to TCP when it cannot,
+and a session behaves the same either way. Real transceivers (mock backend), the relay in
+this process, real clients."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+
+from relay.pool import is_loopback
+from tests.relay.inprocess import running_relay
+from tests.relay.test_link_mux import (
+    SECRET,
+    Transceiver,
+    next_event,
+    still_serves,
+    transceiver,
+    updated_or_ended,
+)
+from transceiver import unix
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def link_paths(server: object) -> list[str]:
+    """The request paths of a listener's connections."""
+    return sorted(c.request.path for c in server.connections if c.request is not None)  # type: ignore[attr-defined]
+
+
+async def one_session_over(t: Transceiver, **relay_settings: object) -> tuple[list[str], list[str]]:
+    """A session through a relay in front of ``t``: the link's paths on the socket, on TCP."""
+    async with running_relay([t], link_secret=SECRET, **relay_settings) as relay:  # type: ignore[list-item]
+        async with connect(relay.ws_url) as ws:
+            assert (await next_event(ws))["type"] == "session.created"
+            await still_serves(ws)
+            on_socket = link_paths(t.unix) if t.unix is not None else []
+            return on_socket, t.paths()
+
+
+async def test_a_relay_on_this_machine_links_over_the_socket(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.sock")
+    async with transceiver(link_socket=path) as t:
+        assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+        assert t.server.load()["link_socket"] == path
+        assert await one_session_over(t) == (["/v1/link"], [])
+        # Turned off on the relay: TCP.
+        assert await one_session_over(t, transceiver_socket=False) == ([], ["/v1/link"])
+
+
+async def test_a_socket_that_does_not_answer_falls_back_to_tcp(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.sock")
+    async with transceiver(link_socket=path) as t:
+        assert t.unix is not None
+        t.unix.close()  # it stops listening there (the file goes too)
+        await t.unix.wait_closed()
+        assert await one_session_over(t) == ([], ["/v1/link"])
+
+
+async def test_a_link_over_the_socket_that_dies_ends_its_sessions_with_1011(
+    tmp_path: Path,
+) -> None:
+    async with transceiver(link_socket=str(tmp_path / "t.sock")) as t:
+        assert t.unix is not None
+        async with running_relay([t], link_secret=SECRET) as relay:  # type: ignore[list-item]
+            async with connect(relay.ws_url) as ws:
+                assert (await next_event(ws))["type"] == "session.created"
+                for connection in list(t.unix.connections):  # no close frame
+                    connection.transport.abort()
+                assert await updated_or_ended(ws) == (["transceiver_unavailable"], 1011)
+            await relay.idle()
+
+
+async def test_only_loopback_ws_urls_count_as_this_machine() -> None:
+    for url in ("ws://127.0.0.1:8100", "ws://127.0.0.2:1", "ws://[::1]:8100", "ws://localhost"):
+        assert is_loopback(url), url
+    for url in ("wss://127.0.0.1:8100", "ws://10.0.0.4:8100", "ws://[fd00::4]:1", "ws://a.b:1"):
+        assert not is_loopback(url), url
+
+
+async def test_the_socket_path_is_claimed_only_when_nothing_else_holds_it(tmp_path: Path) -> None:
+    free = str(tmp_path / "free.sock")
+    assert unix.claim(free) == free
+    regular = tmp_path / "file"
+    regular.write_text("not a socket")
+    with pytest.raises(unix.SocketPathError, match="not a socket"):
+        unix.claim(str(regular))
+    live = str(tmp_path / "live.sock")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(live)
+        listener.listen()
+        with pytest.raises(unix.SocketPathError, match="in use"):
+            unix.claim(live)
+    # The listener is gone, its file left behind: taken over.
+    assert os.path.exists(live) and unix.claim(live) == live and not os.path.exists(live)
