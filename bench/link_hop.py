@@ -8,8 +8,9 @@ both ends together.
 
 ``frames``: bench/frames.py's measurement (``serve --backend mock --no-mock-realtime
 --transceivers 1``, real-time audio sessions with server VAD, CPU per frame of the relay,
-the transceiver and the load generator), at 50 sessions, twice with each
-``RELAY_TRANSCEIVER_LINK``, without writing bench/results.md.
+the transceiver and the load generator), at 50 sessions, twice each for one WebSocket per
+session, the link over TCP and the link over the transceiver's Unix socket (``serve``'s
+default), alternated, without writing bench/results.md.
 """
 
 from __future__ import annotations
@@ -124,21 +125,26 @@ def hop() -> None:
 
 def frames() -> None:
     print(machine(), "; load average", load_average())
-    for mode in ("websocket", "mux"):
-        env = {"RELAY_TRANSCEIVER_LINK": mode}
-        args = ("--backend", "mock", "--no-mock-realtime", "--transceivers", "1")
-        with relay_server(*args, env=env) as server:
-            measure(server, 5, 3.0)  # warm-up, not counted
-            for _ in range(2):
+    modes = {
+        "one WebSocket per session": {"RELAY_TRANSCEIVER_LINK": "websocket"},
+        "the link over TCP": {"RELAY_TRANSCEIVER_SOCKET": "false"},
+        "the link over a Unix socket": {},
+    }
+    args = ("--backend", "mock", "--no-mock-realtime", "--transceivers", "1")
+    runs = {mode: [] for mode in modes}
+    for _ in range(2):  # alternated, so a machine that changes speed shows in each
+        for mode, env in modes.items():
+            with relay_server(*args, env=env) as server:
+                measure(server, 5, 3.0)  # warm-up, not counted
                 s = measure(server, SESSIONS, 15.0)
-                print(
-                    f"{mode}: {s.frames / s.wall_s:.0f} frames/s, relay "
-                    f"{s.per_frame_us(s.relay_s):.0f} us, transceiver "
-                    f"{s.per_frame_us(s.transceiver_s):.0f} us, load generator "
-                    f"{s.per_frame_us(s.loadgen_s):.0f} us per frame; {s.turns} turns, "
-                    f"{s.errors} errors",
-                    flush=True,
-                )
+            runs[mode].append(
+                f"{s.frames / s.wall_s:.0f} frames/s, relay {s.cell(s.relay)} us, transceiver "
+                f"{s.cell(s.transceiver)} us (system in brackets), load generator "
+                f"{s.per_frame_us(s.loadgen_s):.0f} us a frame; {s.errors} errors"
+            )
+            print(f"{mode}: {runs[mode][-1]}", flush=True)
+    for mode, lines in runs.items():
+        print(mode, *lines, sep="\n  ")
     print("load average after", load_average())
 
 

@@ -89,11 +89,12 @@ async def test_the_socket_path_is_claimed_only_when_nothing_else_holds_it(tmp_pa
     regular.write_text("not a socket")
     with pytest.raises(unix.SocketPathError, match="not a socket"):
         unix.claim(str(regular))
-    live = str(tmp_path / "live.sock")
+    live_path = tmp_path / "live.sock"
+    live = str(live_path)
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(live)
         listener.listen()
         with pytest.raises(unix.SocketPathError, match="in use"):
             unix.claim(live)
     # The listener is gone, its file left behind: taken over.
-    assert os.path.exists(live) and unix.claim(live) == live and not os.path.exists(live)
+    assert live_path.exists() and unix.claim(live) == live and not live_path.exists()
