@@ -173,9 +173,21 @@ async def _run_relay(settings: RelaySettings, banner: bool) -> None:
         await edge.pool.stop()
 
 
-def _socket_args(directory: str, n: int) -> list[str]:
-    """Transceiver ``n``'s ``--link-socket`` in ``directory``; none where the path would be
-    too long for a Unix socket (108 bytes on Linux, with its NUL): TCP then."""
+def _socket_dir() -> str | None:
+    """A directory only this user can enter, for the transceivers' sockets; None (TCP
+    links) where none can be made."""
+    try:
+        return tempfile.mkdtemp(prefix="realtime-relay-")
+    except OSError as exc:
+        log.warning("links over TCP: no socket directory (%s)", exc)
+        return None
+
+
+def _socket_args(directory: str | None, n: int) -> list[str]:
+    """Transceiver ``n``'s ``--link-socket`` in ``directory``; none without one, or where
+    the path would be too long for a Unix socket (108 bytes on Linux, with its NUL)."""
+    if directory is None:
+        return []
     path = os.path.join(directory, f"transceiver-{n}.sock")
     return ["--link-socket", path] if len(os.fsencode(path)) < 100 else []
 
@@ -187,7 +199,7 @@ async def _serve(args: argparse.Namespace) -> None:
         extra += ["--log-format", args.log_format]
     # Each transceiver also listens on a Unix socket for the relay's link (cheaper than TCP
     # on one machine), in a directory only this user can enter.
-    sockets = tempfile.mkdtemp(prefix="realtime-relay-")
+    sockets = _socket_dir()
     processes = [
         TransceiverProcess(
             host,
@@ -213,7 +225,8 @@ async def _serve(args: argparse.Namespace) -> None:
         await _run_relay(settings, banner=True)
     finally:
         await supervisor.stop()
-        shutil.rmtree(sockets, ignore_errors=True)
+        if sockets is not None:
+            shutil.rmtree(sockets, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
+from relay.cli import _socket_args
 from relay.pool import is_loopback
 from tests.relay.inprocess import running_relay
 from tests.relay.test_link_mux import (
@@ -98,3 +99,9 @@ async def test_the_socket_path_is_claimed_only_when_nothing_else_holds_it(tmp_pa
             unix.claim(live)
     # The listener is gone, its file left behind: taken over.
     assert live_path.exists() and unix.claim(live) == live and not live_path.exists()
+
+
+async def test_serve_gives_each_transceiver_a_socket_that_fits(tmp_path: Path) -> None:
+    assert _socket_args(str(tmp_path), 1) == ["--link-socket", str(tmp_path / "transceiver-1.sock")]
+    assert _socket_args(str(tmp_path / ("d" * 100)), 0) == []  # too long: TCP
+    assert _socket_args(None, 0) == []  # no directory: TCP
