@@ -2,9 +2,10 @@
 WebSocket per session. Prints; writes nothing.
 
 ``hop``: 50 sessions in this process each send a 1.3 KB append and wait for its echo, 400
-times, over the real link (relay/link.py to transceiver/link.py) and over one ``websockets``
-connection per session (as ``--transceiver-link websocket``); CPU time per frame crossing,
-both ends together.
+times, over the real link (relay/link.py to transceiver/link.py; over TCP and over a Unix
+socket) and over one ``websockets`` connection per session (as ``--transceiver-link
+websocket``); CPU time per frame crossing, both ends together. Then one session alone on the
+link, where each message carries one frame: what a message costs beyond its frames.
 
 ``frames``: bench/frames.py's measurement (``serve --backend mock --no-mock-realtime
 --transceivers 1``, real-time audio sessions with server VAD, CPU per frame of the relay,
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve, unix_serve
@@ -31,7 +33,7 @@ from bench.frames import measure
 from bench.harness import relay_server
 from bench.stats import load_average, machine
 from relay.link import Links
-from transceiver.link import Link, LinkSession, carrier_max_size
+from transceiver.link import Link, LinkServerConnection, LinkSession, carrier_max_size
 from transceiver.protocol.contract import SessionSpec
 
 MAX_FRAME = 32 * 1024 * 1024
@@ -80,21 +82,22 @@ async def echo_link(
 
     size = carrier_max_size(max_frame_bytes)
     async with contextlib.AsyncExitStack() as stack:
-        server = await stack.enter_async_context(serve(handler, "127.0.0.1", 0, max_size=size))
+        options: dict[str, Any] = {"max_size": size, "create_connection": LinkServerConnection}
+        server = await stack.enter_async_context(serve(handler, "127.0.0.1", 0, **options))
         if unix_path is not None:
-            await stack.enter_async_context(unix_serve(handler, unix_path, max_size=size))
+            await stack.enter_async_context(unix_serve(handler, unix_path, **options))
         yield f"ws://127.0.0.1:{next(iter(server.sockets)).getsockname()[1]}"
     for task in list(tasks):
         task.cancel()
 
 
-async def link_hop(over_unix: bool = False) -> float:
+async def link_hop(over_unix: bool = False, sessions: int = SESSIONS) -> float:
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "link.sock") if over_unix else None
         async with echo_link(unix_path=path) as url:
             links = Links({}, MAX_FRAME, 20)
             opened = [
-                await links.open(url, None, SessionSpec(), 10, socket=path) for _ in range(SESSIONS)
+                await links.open(url, None, SessionSpec(), 10, socket=path) for _ in range(sessions)
             ]
             us = await _timed([(s.send, s.recv) for s in opened])
             await links.aclose()
@@ -121,6 +124,9 @@ def hop() -> None:
         print(f"one WebSocket per session: {asyncio.run(websocket_hop()):.1f} us per frame")
         print(f"one link:                  {asyncio.run(link_hop()):.1f} us per frame")
         print(f"one link, Unix socket:     {asyncio.run(link_hop(True)):.1f} us per frame")
+        # One session: every message carries one frame, so the per-message costs show.
+        alone = asyncio.run(link_hop(True, sessions=1))
+        print(f"one link, one session:     {alone:.1f} us per frame (a message each)")
 
 
 def frames() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect, unix_connect
 
-from transceiver.link import Link, LinkSession, carrier_max_size
+from transceiver.link import Link, LinkClientConnection, LinkSession, carrier_max_size
 from transceiver.protocol import link as frames
 from transceiver.protocol.contract import SessionSpec
 from transceiver.protocol.link import Kind
@@ -105,6 +105,7 @@ class Links:
             ping_timeout=self._ping_s / 2,
             close_timeout=self._ping_s / 2,
             additional_headers=self._headers,
+            create_connection=LinkClientConnection,
         )
         carrier: ClientConnection | None = None
         via = "TCP"

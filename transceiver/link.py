@@ -8,7 +8,9 @@ out as one message: one write, one syscall for all of them. That message is writ
 carrier's transport as it stands (:func:`frame_header`, then the frames' own pieces: no
 copy on the transceiver's side, one masked copy on the relay's), not through
 ``websockets``' ``send``, which joins a batch and then copies it again into the serialized
-frame; the carrier's state and its flow control are honoured as ``send`` would.
+frame; the carrier's state and its flow control are honoured as ``send`` would. What comes
+in is dispatched as ``websockets`` parses it (:class:`DirectCarrier`), not queued for a
+reader task to wake up for.
 
 A :class:`LinkSession` is one session on a link, with the part of a ``websockets``
 connection that the relay's and the transceiver's session code use: ``send``, ``recv`` and
@@ -27,11 +29,14 @@ import struct
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
+from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
-from websockets.frames import OK_CLOSE_CODES, Close
-from websockets.protocol import Side, State
+from websockets.frames import OK_CLOSE_CODES, Close, Frame, Opcode
+from websockets.protocol import Event, Side, State
 
 try:
     from websockets.speedups import apply_mask
@@ -70,6 +75,74 @@ def frame_header(size: int, *, text: bool = False, mask: bytes = b"") -> bytes:
     else:
         head = struct.pack("!BBQ", first, masked | 127, size)
     return head + mask
+
+
+class DirectCarrier(Connection):
+    """A link's carrier whose messages reach the link as ``websockets`` parses them, in
+    order, in the same callback: no queue, no wake-up of a reader task for each (the link
+    has its own flow control, per session). Only whole binary messages take this way (a
+    link never sends others); a text or fragmented one goes to the queue, where the link's
+    reader refuses it. Messages parsed before the link attaches wait for it, in order (the
+    transport stops reading past ``HOLD_BYTES`` of them)."""
+
+    HOLD_BYTES = 1 << 20
+    _on_message: Callable[[bytes], None] | None = None
+    _held: list[bytes] | None = None
+
+    def carries_link(self) -> bool:
+        return True
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of messages waiting for the link to attach."""
+        return sum(map(len, self._held or ()))
+
+    def attach(self, on_message: Callable[[bytes], None]) -> None:
+        held, self._held = self._held or [], None
+        self._on_message = on_message
+        for message in held:
+            on_message(message)
+        if sum(map(len, held)) >= self.HOLD_BYTES:
+            self.transport.resume_reading()
+
+    def process_event(self, event: Event) -> None:
+        if (
+            isinstance(event, Frame)
+            and event.opcode is Opcode.BINARY
+            and event.fin
+            and self.carries_link()
+        ):
+            message = bytes(event.data)
+            if self._on_message is not None:
+                self._on_message(message)
+                return
+            if self._held is None:
+                self._held = []
+            self._held.append(message)
+            if self.held_bytes >= self.HOLD_BYTES:
+                self.transport.pause_reading()
+            return
+        super().process_event(event)
+
+
+class LinkClientConnection(DirectCarrier, ClientConnection):
+    """The relay's side of a link's carrier."""
+
+
+class LinkServerConnection(DirectCarrier, ServerConnection):
+    """A transceiver's connections: a relay's link (``/v1/link``) is a direct carrier,
+    a session's own WebSocket (``/v1/sessions``) is not."""
+
+    _link: bool | None = None
+
+    def carries_link(self) -> bool:
+        if self._link is None:
+            self._link = self.request is not None and is_link_path(self.request.path)
+        return self._link
+
+
+def is_link_path(target: str) -> bool:
+    return urlsplit(target).path == "/v1/link"
 
 
 def carrier_max_size(max_frame_bytes: int) -> int:
@@ -241,6 +314,8 @@ class Link:
         self._loop = asyncio.get_running_loop()
         self._flush_scheduled = False
         self._draining: asyncio.Task[None] | None = None  # waits for a full transport
+        self._failed = False  # a malformed message came: what follows is dropped
+        self._tasks: set[asyncio.Task[None]] = set()
         self._next_id = 0
 
     def write(self, *pieces: bytes) -> None:
@@ -302,21 +377,51 @@ class Link:
         return session
 
     async def run(self) -> None:
-        """Read and dispatch until the carrier ends; then every session ends (1006)."""
+        """Read and dispatch until the carrier ends; then every session ends (1006). A
+        :class:`DirectCarrier` hands its messages to :meth:`_receive` as it parses them;
+        what still comes through its queue is refused."""
+        carrier = self.carrier
+        direct = isinstance(carrier, DirectCarrier)
+        if isinstance(carrier, DirectCarrier):
+            carrier.attach(self._receive)
         try:
             async for message in self.carrier:
                 if isinstance(message, str):
                     raise LinkError("a text message on the link")
-                for frame in frames.parse(message, self.max_frame_bytes):
-                    self._dispatch(frame)
+                if direct:  # a whole binary message would have been taken as parsed
+                    raise LinkError("a fragmented message on the link")
+                self._parse(message)
         except LinkError as exc:
-            log.error("closing the link to %s: %s", _peer(self.carrier), exc)
-            with contextlib.suppress(ConnectionClosed):
-                await self.carrier.close(1002, "malformed link frame")
+            await self._refuse(exc)
         except ConnectionClosed:
             pass
         finally:
             self._lost()
+
+    def _parse(self, message: bytes) -> None:
+        for frame in frames.parse(message, self.max_frame_bytes):
+            self._dispatch(frame)
+
+    def _receive(self, message: bytes) -> None:
+        """A carrier message, from a :class:`DirectCarrier` as it is parsed."""
+        if self._failed:
+            return
+        try:
+            self._parse(message)
+        except LinkError as exc:
+            self._failed = True
+            task = asyncio.create_task(self._refuse(exc))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        except Exception:  # a bug: this link ends, as when its reader failed
+            self._failed = True
+            log.exception("closing the link to %s", _peer(self.carrier))
+            self.carrier.transport.abort()
+
+    async def _refuse(self, exc: LinkError) -> None:
+        log.error("closing the link to %s: %s", _peer(self.carrier), exc)
+        with contextlib.suppress(ConnectionClosed):
+            await self.carrier.close(1002, "malformed link frame")
 
     def _lost(self) -> None:
         self.closed = True

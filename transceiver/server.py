@@ -40,7 +40,7 @@ from transceiver import unix
 from transceiver.backends.base import Backend
 from transceiver.faults import Faults
 from transceiver.lag import LoopLagMonitor
-from transceiver.link import Link, LinkSession, carrier_max_size
+from transceiver.link import Link, LinkServerConnection, LinkSession, carrier_max_size
 from transceiver.observability import CONTENT_TYPE, Metrics, log_event
 from transceiver.prompts import PromptLibrary, PromptLibraryError
 from transceiver.protocol.contract import SessionSpec, SpecError
@@ -460,6 +460,7 @@ class TransceiverServer:
         """The WebSocket server's options, the same on the port and the socket."""
         return dict(
             process_request=self._process_request,
+            create_connection=LinkServerConnection,
             max_size=carrier_max_size(self.settings.max_frame_bytes),
             # Frames read ahead of a session that stopped reading (its outbox is full):
             # each may be max_frame_bytes, so few (the relay reads 4 ahead too).

@@ -189,10 +189,11 @@ async def test_a_session_that_stops_reading_holds_its_window_not_the_link() -> N
         (frames.encode(frames.Kind.ACCEPTED, 7), "unexpected ACCEPTED"),
         (frames.encode(frames.Kind.OPEN, 0, SessionSpec().encode().encode()), "taken"),
         ("a text message", "text message"),
+        ([b"\x00\x00", b"\x00\x01"], "fragmented message"),  # websockets sends 2 fragments
     ],
 )
 async def test_a_malformed_link_frame_closes_that_link_only(
-    batch: str | bytes, said: str, caplog: pytest.LogCaptureFixture
+    batch: str | bytes | list[bytes], said: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR, logger="transceiver.link")
     async with transceiver() as t:
