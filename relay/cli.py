@@ -189,7 +189,10 @@ def _socket_args(directory: str | None, n: int) -> list[str]:
     if directory is None:
         return []
     path = os.path.join(directory, f"transceiver-{n}.sock")
-    return ["--link-socket", path] if len(os.fsencode(path)) < 100 else []
+    if len(os.fsencode(path)) >= 100:
+        log.warning("links over TCP: %s is too long for a Unix socket", path)
+        return []
+    return ["--link-socket", path]
 
 
 async def _serve(args: argparse.Namespace) -> None:

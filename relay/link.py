@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect, unix_connect
+from websockets.exceptions import InvalidHandshake
 
 from transceiver.link import Link, LinkClientConnection, LinkSession, carrier_max_size
 from transceiver.protocol import link as frames
@@ -113,7 +114,7 @@ class Links:
             try:
                 carrier = await unix_connect(socket, f"{url}/v1/link", **options)
                 via = f"unix:{socket}"
-            except OSError as exc:  # gone, or not ours to reach: TCP it is
+            except (OSError, InvalidHandshake) as exc:  # gone, or not it: TCP it is
                 log.warning("link to transceiver %s: unix:%s failed (%s), TCP", url, socket, exc)
         if carrier is None:
             if tls_name is not None:

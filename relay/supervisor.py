@@ -72,6 +72,7 @@ class TransceiverProcess:
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
+        env.pop("RELAY_LINK_SOCKET", None)  # serve hands out one socket each, or none
         if self.link_secret is not None:
             env[LINK_SECRET_ENV] = self.link_secret
         return env

@@ -88,21 +88,18 @@ class DirectCarrier(Connection):
     HOLD_BYTES = 1 << 20
     _on_message: Callable[[bytes], None] | None = None
     _held: list[bytes] | None = None
+    held_bytes = 0  # of the messages waiting for the link to attach
 
     def carries_link(self) -> bool:
         return True
 
-    @property
-    def held_bytes(self) -> int:
-        """Bytes of messages waiting for the link to attach."""
-        return sum(map(len, self._held or ()))
-
     def attach(self, on_message: Callable[[bytes], None]) -> None:
         held, self._held = self._held or [], None
+        was_paused, self.held_bytes = self.held_bytes >= self.HOLD_BYTES, 0
         self._on_message = on_message
         for message in held:
             on_message(message)
-        if sum(map(len, held)) >= self.HOLD_BYTES:
+        if was_paused:
             self.transport.resume_reading()
 
     def process_event(self, event: Event) -> None:
@@ -119,6 +116,7 @@ class DirectCarrier(Connection):
             if self._held is None:
                 self._held = []
             self._held.append(message)
+            self.held_bytes += len(message)
             if self.held_bytes >= self.HOLD_BYTES:
                 self.transport.pause_reading()
             return
@@ -392,10 +390,12 @@ class Link:
                     raise LinkError("a fragmented message on the link")
                 self._parse(message)
         except LinkError as exc:
+            self._failed = True
             await self._refuse(exc)
         except ConnectionClosed:
             pass
         finally:
+            self._failed = True  # nothing more is dispatched, whatever the carrier reads
             self._lost()
 
     def _parse(self, message: bytes) -> None:

@@ -173,6 +173,7 @@ class TransceiverServer:
         self.sessions = 0
         self.draining = False
         self.lag = LoopLagMonitor()
+        self.socket_file: os.stat_result | None = None  # the --link-socket this one bound
         self.cpu = CpuMeter()
         self.metrics = Metrics("realtime_transceiver")
         self.ids = IdFactory()
@@ -452,7 +453,7 @@ class TransceiverServer:
         path = self.settings.link_socket
         if path:
             servers.append(await unix_serve(self._handler, unix.claim(path), **self._ws))
-            unix.secure(path)
+            self.socket_file = unix.secure(path)
         return servers
 
     @property
@@ -526,11 +527,13 @@ async def run_transceiver(settings: TransceiverSettings, stop: asyncio.Event) ->
         await server.drain(settings.drain_timeout_s)
         for listener in listeners:
             listener.close()
+        if settings.link_socket:  # at once: a successor may bind the path meanwhile
+            unix.release(settings.link_socket, server.socket_file)
         for listener in listeners:
             await listener.wait_closed()
     finally:
         if settings.link_socket:
-            unix.release(settings.link_socket)
+            unix.release(settings.link_socket, server.socket_file)
         server.lag.stop()
         if turn_model is not None:
             turn_model.close()

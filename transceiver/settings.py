@@ -294,6 +294,12 @@ class TransceiverSettings(BaseSettings):
             parse_voice(entry)
         return value
 
+    @field_validator("link_socket")
+    @classmethod
+    def _absolute_socket(cls, value: str | None) -> str | None:
+        """Absolute, since /load offers it to relays started in other directories."""
+        return os.path.abspath(value) if value else None
+
     @field_validator("stt_models")
     @classmethod
     def _stt_model_entries(cls, value: list[str]) -> list[str]:

@@ -11,6 +11,7 @@ its own (mode 0700).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import stat
@@ -30,19 +31,34 @@ def claim(path: str) -> str:
     if not stat.S_ISSOCK(mode):
         raise SocketPathError(f"--link-socket {path} exists and is not a socket")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)  # a listener with a full backlog: in use
         try:
             probe.connect(path)
-        except OSError:
+        except ConnectionRefusedError:
             os.unlink(path)  # nobody listens: left by a process that ended
             return path
+        except OSError as exc:  # not ours to use (EACCES: another user's), or busy
+            reason = errno.errorcode.get(exc.errno or 0, str(exc))
+            raise SocketPathError(f"--link-socket {path} cannot be taken over ({reason})") from None
     raise SocketPathError(f"--link-socket {path} is in use by another process")
 
 
-def secure(path: str) -> None:
-    """Only the owner may connect (the link secret is still asked for)."""
+def secure(path: str) -> os.stat_result:
+    """Only the owner may connect (the link secret is still asked for); the file's identity,
+    for :func:`release`."""
     os.chmod(path, 0o600)
+    return os.stat(path)
 
 
-def release(path: str) -> None:
+def release(path: str, bound: os.stat_result | None) -> None:
+    """Remove the socket file this process bound (``bound``, from :func:`secure`), not one
+    that a successor bound at the same path since."""
     with contextlib.suppress(OSError):
-        os.unlink(path)
+        now = os.lstat(path)
+        if bound is not None and _identity(now) == _identity(bound):
+            os.unlink(path)
+
+
+def _identity(found: os.stat_result) -> tuple[int, int, int]:
+    # The inode number of a removed file may be reused at once: its change time too.
+    return found.st_dev, found.st_ino, found.st_ctime_ns

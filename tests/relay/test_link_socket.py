@@ -5,17 +5,24 @@ this process, real clients."""
 
 from __future__ import annotations
 
+import http
+import json
 import os
 import socket
 from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, unix_serve
+from websockets.http11 import Request, Response
 
 from relay.cli import _socket_args
+from relay.link import Links
 from relay.pool import is_loopback
 from tests.relay.inprocess import running_relay
 from tests.relay.test_link_mux import (
+    HEADERS,
+    MAX_FRAME,
     SECRET,
     Transceiver,
     next_event,
@@ -24,6 +31,8 @@ from tests.relay.test_link_mux import (
     updated_or_ended,
 )
 from transceiver import unix
+from transceiver.protocol.contract import SessionSpec
+from transceiver.settings import TransceiverSettings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -105,3 +114,42 @@ async def test_serve_gives_each_transceiver_a_socket_that_fits(tmp_path: Path) -
     assert _socket_args(str(tmp_path), 1) == ["--link-socket", str(tmp_path / "transceiver-1.sock")]
     assert _socket_args(str(tmp_path / ("d" * 100)), 0) == []  # too long: TCP
     assert _socket_args(None, 0) == []  # no directory: TCP
+
+
+async def test_a_socket_that_answers_but_refuses_the_handshake_falls_back_to_tcp(
+    tmp_path: Path,
+) -> None:
+    """Something else on the path (here a server that answers 403): the link goes over TCP."""
+    path = str(tmp_path / "other.sock")
+
+    def refuse(connection: ServerConnection, request: Request) -> Response:
+        return connection.respond(http.HTTPStatus.FORBIDDEN, "not a transceiver\n")
+
+    async with (
+        transceiver() as t,
+        unix_serve(lambda c: c.wait_closed(), path, process_request=refuse),
+    ):
+        links = Links(HEADERS, MAX_FRAME, ping_s=20)
+        session = await links.open(t.url, None, SessionSpec(), timeout_s=10, socket=path)
+        assert json.loads(await session.recv())["type"] == "session.created"
+        assert t.paths() == ["/v1/link"]
+        await session.close()
+        await links.aclose()
+
+
+async def test_a_relative_socket_path_is_offered_absolute() -> None:
+    settings = TransceiverSettings(link_socket="t.sock", insecure_no_link_secret=True)
+    assert settings.link_socket == str(Path.cwd() / "t.sock")
+
+
+async def test_shutdown_removes_its_own_socket_file_not_a_successors(tmp_path: Path) -> None:
+    path, elsewhere = tmp_path / "t.sock", tmp_path / "old.sock"
+    with socket.socket(socket.AF_UNIX) as old, socket.socket(socket.AF_UNIX) as successor:
+        old.bind(str(elsewhere))  # stands for the file a predecessor bound at the path
+        ours = unix.secure(str(elsewhere))
+        successor.bind(str(path))
+        theirs = unix.secure(str(path))
+        unix.release(str(path), ours)
+        assert path.exists()  # not the file it bound: left alone
+        unix.release(str(path), theirs)
+        assert not path.exists()
