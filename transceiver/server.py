@@ -452,8 +452,8 @@ class TransceiverServer:
         servers = [await serve(self._handler, self.settings.host, self.settings.port, **self._ws)]
         path = self.settings.link_socket
         if path:
-            servers.append(await unix_serve(self._handler, unix.claim(path), **self._ws))
-            self.socket_file = unix.secure(path)
+            listener, self.socket_file = unix.bind(path)
+            servers.append(await unix_serve(self._handler, sock=listener, **self._ws))
         return servers
 
     @property

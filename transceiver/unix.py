@@ -4,8 +4,8 @@ ends: two processes on two cores passing 1.3 KB back and forth spend about a thi
 CPU a round trip than over TCP on loopback (README, "Relay <-> transceiver link").
 
 The link secret is checked there as on the port; the socket file is made readable and
-writable by its owner only, and ``serve`` puts its transceivers' sockets in a directory of
-its own (mode 0700).
+writable by its owner only before it listens, and ``serve`` puts its transceivers' sockets
+in a directory of its own (mode 0700).
 """
 
 from __future__ import annotations
@@ -41,6 +41,21 @@ def claim(path: str) -> str:
             reason = errno.errorcode.get(exc.errno or 0, str(exc))
             raise SocketPathError(f"--link-socket {path} cannot be taken over ({reason})") from None
     raise SocketPathError(f"--link-socket {path} is in use by another process")
+
+
+def bind(path: str) -> tuple[socket.socket, os.stat_result]:
+    """A listening socket at ``path`` (claimed first), mode 0600 before it
+    listens, so no one else ever connects; and the file's identity, for :func:`release`."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(claim(path))
+        bound = secure(path)
+        listener.listen(socket.SOMAXCONN)
+        listener.setblocking(False)
+    except BaseException:
+        listener.close()
+        raise
+    return listener, bound
 
 
 def secure(path: str) -> os.stat_result:
