@@ -24,7 +24,7 @@ from websockets.protocol import State
 
 from models.audio import resample
 from models.synth import speech
-from transceiver.link import frame_header
+from transceiver.protocol.wsframe import frame_header
 
 try:
     from websockets.speedups import apply_mask

@@ -36,7 +36,7 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.speedups import apply_mask
 
-from transceiver.link import frame_header
+from transceiver.protocol.wsframe import frame_header
 
 EXTENSION = "realtime-relay.frames"
 

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import struct
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -45,6 +44,7 @@ except ImportError:  # pragma: no cover - websockets without its C extension
 
 from transceiver.protocol import link as frames
 from transceiver.protocol.link import Kind, LinkError
+from transceiver.protocol.wsframe import frame_header
 
 log = logging.getLogger(__name__)
 
@@ -60,21 +60,6 @@ CLOSE_TIMEOUT_S = 10.0
 
 # Called by the transceiver for each OPEN: a refusal (status, reason), or None to accept.
 OnOpen = Callable[["LinkSession", bytes], "tuple[int, str] | None"]
-
-
-def frame_header(size: int, *, text: bool = False, mask: bytes = b"") -> bytes:
-    """The header of a final, unfragmented text or binary WebSocket frame of ``size`` bytes
-    (RFC 6455, section 5.2), with its 4-byte masking key when it has one: the link's
-    carrier messages, and the relay's frames to its clients (relay/direct.py)."""
-    first = 0x81 if text else 0x82
-    masked = 0x80 if mask else 0
-    if size < 126:
-        head = struct.pack("!BB", first, masked | size)
-    elif size < 1 << 16:
-        head = struct.pack("!BBH", first, masked | 126, size)
-    else:
-        head = struct.pack("!BBQ", first, masked | 127, size)
-    return head + mask
 
 
 class DirectCarrier(Connection):

@@ -16,7 +16,8 @@ from websockets.frames import OP_BINARY, OP_TEXT, Frame
 from websockets.streams import StreamReader
 
 from tests.waiting import eventually
-from transceiver.link import LinkServerConnection, apply_mask, carrier_max_size, frame_header
+from transceiver.link import LinkServerConnection, apply_mask, carrier_max_size
+from transceiver.protocol.wsframe import frame_header
 
 
 def parse(data: bytes, *, mask: bool) -> Frame:
