@@ -22,27 +22,33 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# One run, in the tree it is started in (its code first on sys.path).
+# One run, in the tree it is started in (its code first on sys.path). It uses only what
+# every tree's bench/frames.py has (``measure`` and its frame count), and reads the servers'
+# CPU and page faults from /proc itself, so a revision from before this file works too.
 _RUN = """
 import sys
-from bench.frames import Usage, measure
+from pathlib import Path
+from bench.frames import measure
 from bench.harness import relay_server
 from bench.soak import children
-from pathlib import Path
 sessions = int(sys.argv[1])
-def faults(pid):
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+def stat(pid):  # minor faults, user and system clock ticks
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[7]), int(fields[11]), int(fields[12])
 with relay_server("--backend", "mock", "--no-mock-realtime", "--transceivers", "1") as server:
     measure(server, 5, 3.0)  # warm-up, not counted
-    (transceiver,) = children(server.process.pid)
-    before = faults(transceiver)
+    pids = (server.process.pid, *children(server.process.pid))
+    before = [stat(pid) for pid in pids]
     s = measure(server, sessions, 15.0)
-    print(
-        f"RESULT relay {s.cell(s.relay)} us, transceiver {s.cell(s.transceiver)} us, "
-        f"load generator {s.per_frame_us(s.loadgen_s):.0f} us a frame; "
-        f"{(faults(transceiver) - before) / max(s.frames, 1):.2f} page faults a frame; "
-        f"{s.errors} errors"
-    )
+    after = [stat(pid) for pid in pids]
+ticks = __import__("os").sysconf("SC_CLK_TCK")
+us = lambda n: n / ticks / max(s.frames, 1) * 1e6
+(rf, ru, rs), (tf, tu, ts) = [[b - a for a, b in zip(x, y)] for x, y in zip(before, after)]
+print(
+    f"RESULT relay {us(ru + rs):.0f} ({us(rs):.0f}) us, transceiver {us(tu + ts):.0f} "
+    f"({us(ts):.0f}) us, load generator {s.loadgen_s / max(s.frames, 1) * 1e6:.0f} us a "
+    f"frame; {tf / max(s.frames, 1):.2f} page faults a frame; {s.errors} errors"
+)
 """
 
 

@@ -17,7 +17,13 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect, unix_connect
 from websockets.exceptions import InvalidHandshake
 
-from transceiver.link import Link, LinkClientConnection, LinkSession, carrier_max_size
+from transceiver.link import (
+    LINK_PATH,
+    Link,
+    LinkClientConnection,
+    LinkSession,
+    carrier_max_size,
+)
 from transceiver.protocol import link as frames
 from transceiver.protocol.contract import SessionSpec
 from transceiver.protocol.link import Kind
@@ -112,14 +118,14 @@ class Links:
         via = "TCP"
         if socket is not None:
             try:
-                carrier = await unix_connect(socket, f"{url}/v1/link", **options)
+                carrier = await unix_connect(socket, f"{url}{LINK_PATH}", **options)
                 via = f"unix:{socket}"
             except (OSError, InvalidHandshake) as exc:  # gone, or not it: TCP it is
                 log.warning("link to transceiver %s: unix:%s failed (%s), TCP", url, socket, exc)
         if carrier is None:
             if tls_name is not None:
                 options["server_hostname"] = tls_name
-            carrier = await connect(f"{url}/v1/link", **options)
+            carrier = await connect(f"{url}{LINK_PATH}", **options)
         link = Link(carrier, self._max_frame_bytes)
         self._links[url] = link
         task = asyncio.create_task(self._run(url, link))

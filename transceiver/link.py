@@ -58,6 +58,8 @@ BATCH_BYTES = 1 << 20
 # How long a close waits for the peer's echo, as websockets' close_timeout.
 CLOSE_TIMEOUT_S = 10.0
 
+# Where a relay's link is served on a transceiver.
+LINK_PATH = "/v1/link"
 # Called by the transceiver for each OPEN: a refusal (status, reason), or None to accept.
 OnOpen = Callable[["LinkSession", bytes], "tuple[int, str] | None"]
 
@@ -125,7 +127,9 @@ class LinkServerConnection(DirectCarrier, ServerConnection):
 
 
 def is_link_path(target: str) -> bool:
-    return urlsplit(target).path == "/v1/link"
+    """Whether a request target (its query aside) asks for the link: the transceiver's
+    handler and :class:`LinkServerConnection` must agree on it."""
+    return urlsplit(target).path == LINK_PATH
 
 
 def carrier_max_size(max_frame_bytes: int) -> int:

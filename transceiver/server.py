@@ -40,7 +40,14 @@ from transceiver import unix
 from transceiver.backends.base import Backend
 from transceiver.faults import Faults
 from transceiver.lag import LoopLagMonitor
-from transceiver.link import Link, LinkServerConnection, LinkSession, carrier_max_size
+from transceiver.link import (
+    LINK_PATH,
+    Link,
+    LinkServerConnection,
+    LinkSession,
+    carrier_max_size,
+    is_link_path,
+)
 from transceiver.observability import CONTENT_TYPE, Metrics, log_event
 from transceiver.prompts import PromptLibrary, PromptLibraryError
 from transceiver.protocol.contract import SessionSpec, SpecError
@@ -242,7 +249,7 @@ class TransceiverServer:
             return Response(200, "OK", headers, data)
         if path == "/v1/models":
             return _json_response(http.HTTPStatus.OK, {"models": self.backend.model_ids()})
-        if path == "/v1/link":  # admission is per session, at each OPEN
+        if path == LINK_PATH:  # admission is per session, at each OPEN
             return None
         if path != "/v1/sessions":
             return _error_response(
@@ -299,7 +306,7 @@ class TransceiverServer:
 
     async def _handler(self, connection: Session) -> None:
         if isinstance(connection, ServerConnection) and connection.request is not None:
-            if urlsplit(connection.request.path).path == "/v1/link":
+            if is_link_path(connection.request.path):
                 await self._serve_link(connection)
                 return
         self._admitting.discard(connection)
