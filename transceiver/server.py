@@ -125,14 +125,27 @@ def _engine(settings: TransceiverSettings, name: str) -> Backend:
     return LocalBackend.from_settings(settings)
 
 
+def _http_response(status: http.HTTPStatus, content_type: str, data: bytes) -> Response:
+    """A plain HTTP answer. websockets closes the connection after any answer but a
+    WebSocket upgrade, so it says so (RFC 9112, section 9.6): a client that keeps
+    connections alive would otherwise send its next request on a closed one."""
+    headers = Headers(
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(data))),
+            ("Connection", "close"),
+        ]
+    )
+    return Response(status.value, status.phrase, headers, data)
+
+
 def _json_response(
     status: http.HTTPStatus, body: dict[str, Any], extra: list[tuple[str, str]] | None = None
 ) -> Response:
-    data = json.dumps(body).encode()
-    headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    response = _http_response(status, "application/json", json.dumps(body).encode())
     for name, value in extra or []:
-        headers[name] = value
-    return Response(status.value, status.phrase, headers, data)
+        response.headers[name] = value
+    return response
 
 
 def _error_response(
@@ -244,9 +257,7 @@ class TransceiverServer:
         if path == "/load":
             return _json_response(http.HTTPStatus.OK, self.load())
         if path == "/metrics":
-            data = self.metrics.render()
-            headers = Headers([("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(data)))])
-            return Response(200, "OK", headers, data)
+            return _http_response(http.HTTPStatus.OK, CONTENT_TYPE, self.metrics.render())
         if path == "/v1/models":
             return _json_response(http.HTTPStatus.OK, {"models": self.backend.model_ids()})
         if path == LINK_PATH:  # admission is per session, at each OPEN

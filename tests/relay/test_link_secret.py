@@ -113,6 +113,22 @@ async def test_the_transceiver_answers_only_requests_with_the_secret() -> None:
             assert json.loads(await ws.recv())["type"] == "session.created"
 
 
+async def test_every_plain_http_answer_says_the_connection_closes() -> None:
+    """websockets closes the connection after any answer but an upgrade: the answer says so,
+    so a client keeping connections alive opens a new one for its next request."""
+    async with transceiver() as t, httpx.AsyncClient(base_url=t.http_url, timeout=5) as http:
+        for _ in range(10):
+            for path, headers in [
+                ("/healthz", {}),
+                ("/load", {}),  # 401
+                ("/load", bearer(SECRET)),
+                ("/metrics", bearer(SECRET)),
+                ("/nowhere", bearer(SECRET)),  # 404
+            ]:
+                reply = await http.get(path, headers=headers)
+                assert reply.headers["connection"] == "close", (path, reply.status_code)
+
+
 async def test_a_transceiver_run_insecure_takes_requests_without_a_secret() -> None:
     async with transceiver(secret=None) as t:
         async with httpx.AsyncClient(base_url=t.http_url, timeout=5) as http:
