@@ -6,7 +6,10 @@ then, for 1 and 2 onnxruntime intra-op threads: the load (``SmartTurn()``), the 
 and CALLS timed calls cycling over the clips, in wall time and in process CPU time (the
 number that counts on a shared machine). It also prints OPENBLAS_NUM_THREADS and the load
 average: with OpenBLAS threads free, the mel matmul wakes them and they spin, doubling
-the CPU per call (README.md, "End-of-turn model").
+the CPU per call (README.md, "End-of-turn model"). Last, how the model's answer depends on
+the silence after the words: on the labeled turn set's clean clips (bench/turns/), each cut
+at the end of its words (complete) or of its first half (mid-sentence pause) plus 100-400
+ms of its own silence, how many score above 0.5 (why transceiver/turns.py asks at 200 ms).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ SENTENCES = [
     ("Turn off the lights in the kitchen.", "Turn off the lights in the"),
 ]
 TRAILING_SILENCE_S = 0.1
+TRAILS_MS = (100, 150, 200, 300, 400)
 
 
 def clips(tts: PiperTts) -> list[tuple[str, bytes]]:
@@ -67,6 +71,33 @@ def measure(threads: int, audio: list[tuple[str, bytes]], rate: int, calls: int)
 def scores(audio: list[tuple[str, bytes]], rate: int) -> list[str]:
     model = SmartTurn()
     return [f"| {text} | {model.probability(pcm, rate):.3f} |" for text, pcm in audio]
+
+
+def by_trailing_silence() -> list[str]:
+    """Clips of the turn set scoring above 0.5, by the silence after the words."""
+    from bench.turns.audio import RATE, Speech
+    from bench.turns.labeled import load
+    from bench.turns.noise import build
+
+    model = SmartTurn()
+    counts = {kind: [0] * len(TRAILS_MS) for kind in ("complete", "paused")}
+    totals = dict.fromkeys(counts, 0)
+    for clip in build(load(), Speech()):
+        end_ms = clip.speech_end_ms if clip.kind == "complete" else clip.pause_start_ms
+        if clip.noisy or end_ms is None or clip.kind not in counts:
+            continue
+        totals[clip.kind] += 1
+        for i, trail_ms in enumerate(TRAILS_MS):
+            pcm = clip.pcm[: 2 * int((end_ms + trail_ms) * RATE / 1000)]
+            counts[clip.kind][i] += model.probability(pcm, RATE) > 0.5
+    return [
+        "| clips scoring above 0.5 | " + " | ".join(f"{t} ms" for t in TRAILS_MS) + " |",
+        "|---|" + "---:|" * len(TRAILS_MS),
+        *(
+            f"| {kind} | " + " | ".join(f"{n}/{totals[kind]}" for n in row) + " |"
+            for kind, row in (("complete", counts["complete"]), ("paused", counts["paused"]))
+        ),
+    ]
 
 
 def report(calls: int = CALLS) -> str:

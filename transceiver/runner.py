@@ -310,19 +310,23 @@ class SessionRunner:
                     self._judge.forget()
             elif isinstance(event, SpeechStopped):
                 self._end_turn(event.audio_end_ms)
+        if self._judge is not None and self._judge.look_due(self._fed_end_ms):
+            self._judge.look(
+                self._speculator.turn_audio(effect.audio_format, LEAD_MS, TURN_WINDOW_MS)
+            )
 
     def _ask_end_of_turn(self, td: SemanticVad, audio_format: str, pause_ms: float) -> None:
-        """semantic_vad: has the user finished? Asked once per pause (transceiver/turns.py)."""
+        """semantic_vad: has the user finished? Asked once per pause, 200 ms into it
+        (transceiver/turns.py)."""
         if self._judge is None or self.session.speech_item_id is None:
             return
-        audio = self._speculator.turn_audio(audio_format, LEAD_MS, TURN_WINDOW_MS)
         threshold = decision_threshold(self._judge.threshold, td.eagerness)
         self._unsure_wait_ms = td.silence_duration_ms // 2
         transcript = self._speculator.pause_transcript()
-        self._judge.pause(audio, audio_format, pause_ms, threshold, transcript)
+        self._judge.pause(audio_format, pause_ms, threshold, transcript)
 
     def _turn_unsure(self) -> None:
-        """The audio model says finished, the words do not: half the max wait, this pause."""
+        """The audio and the words disagree: half the max wait, this pause."""
         if self._vad is not None:
             self._vad.end_pause_after(self._unsure_wait_ms)
 

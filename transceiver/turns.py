@@ -2,14 +2,20 @@
 has finished (https://platform.openai.com/docs/guides/realtime-vad, "Semantic VAD").
 
 The session shell (transceiver/runner.py) runs the speech detector. When speech pauses
-(``SilenceStarted``, 100 ms of silence: models/vad.py) it hands this module the turn so
-far, which asks the model ONCE, off the event loop. A "finished" answer ends the turn at
-once; "not finished" keeps listening, and the turn then ends at the next pause the model
-calls finished, or after the eagerness's max timeout of silence
-(transceiver/protocol/config.py ``SEMANTIC_VAD_MAX_WAIT_MS``). Speech that resumes voids
-a pending answer. The model is asked early, not as the silence grows: it drifts to
-"complete" the longer the trailing silence, and it says "complete" on silence and noise
-alone, so it is only ever asked after the speech detector heard speech.
+(``SilenceStarted``, 100 ms of silence: models/vad.py) it tells this module, which asks
+the model once the pause has lasted ``LOOK_AFTER_MS`` (200 ms), about the turn so far,
+off the event loop. A "finished" answer ends the turn at once, where the speech paused;
+"not finished" keeps listening, and the turn then ends at the next pause the model calls
+finished, or after the eagerness's max timeout of silence (transceiver/protocol/config.py
+``SEMANTIC_VAD_MAX_WAIT_MS``). Speech that resumes voids a pending answer.
+
+Why 200 ms (`python -m bench turns`, bench/turns/): with 100 ms of trailing silence the
+model calls a quarter of this project's complete spoken questions unfinished (their turns
+then wait for the max timeout, 4 s at ``auto``), with 200 ms none; and pauses shorter
+than that (a comma in a list) are never asked about. It is not asked later, nor as the
+silence grows: past about 300 ms it drifts to "complete" (and it says "complete" on
+silence and noise alone, so it is only ever asked after the speech detector heard
+speech). The backend's speculative transcript still starts at 100 ms.
 
 Eagerness also moves the decision threshold (the transceiver's ``--turn-threshold``,
 default 0.5): ``high`` ends a turn more readily (threshold - 0.2), ``low`` only when the
@@ -31,7 +37,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Protocol
@@ -48,6 +54,7 @@ MODEL_RATE_HZ = 16_000
 # the speech detector's start (which already includes the prefix padding).
 TURN_WINDOW_MS = 8_000
 LEAD_MS = 200
+LOOK_AFTER_MS = 200  # the model is asked once a pause has lasted this long
 EAGERNESS_SHIFT = {"low": 0.2, "medium": 0.0, "auto": 0.0, "high": -0.2}
 # Model calls run on this many threads per transceiver; more pauses at once wait their turn.
 TURN_WORKERS = 2
@@ -161,7 +168,7 @@ class _Question:
     audio_format: str
     pause_ms: float
     threshold: float
-    transcript: asyncio.Task[Speculated] | None = None
+    words: asyncio.Task[bool] | None = None  # do the words so far allow an end?
 
 
 class TurnJudge:
@@ -184,6 +191,8 @@ class TurnJudge:
         self._generation = 0
         self._task: asyncio.Task[None] | None = None
         self._waiting: _Question | None = None  # asked while a call was in flight
+        self._due: _Question | None = None  # to ask at its pause_ms + LOOK_AFTER_MS
+        self._words: asyncio.Task[bool] | None = None  # the latest pause's words, scoring
 
     @property
     def threshold(self) -> float:
@@ -191,16 +200,33 @@ class TurnJudge:
 
     def pause(
         self,
-        audio: bytes,
         audio_format: str,
         pause_ms: float,
         threshold: float,
         transcript: asyncio.Task[Speculated] | None = None,
     ) -> None:
-        """Speech paused at ``pause_ms``: ask whether ``audio`` (the turn so far) is done;
-        ``transcript``: the speech so far being transcribed, to check the words too."""
+        """Speech paused at ``pause_ms``: the model is to be asked about it once the pause
+        has lasted ``LOOK_AFTER_MS`` (:meth:`look_due`, :meth:`look`); ``transcript``: the
+        speech so far being transcribed, to check the words too."""
         self._generation += 1
-        question = _Question(self._generation, audio, audio_format, pause_ms, threshold, transcript)
+        words = None
+        if transcript is not None:  # scored as soon as it is ready, not when the model is asked
+            words = asyncio.create_task(self._words_allow_end(transcript, self._generation))
+            self._words = words
+        self._due = _Question(self._generation, b"", audio_format, pause_ms, threshold, words)
+
+    def look_due(self, audio_ms: float) -> bool:
+        """Is the model to be asked now, the session's audio having reached ``audio_ms``?
+        Then the caller hands :meth:`look` the turn so far."""
+        due = self._due
+        return due is not None and audio_ms >= due.pause_ms + LOOK_AFTER_MS
+
+    def look(self, audio: bytes) -> None:
+        """Ask whether ``audio``, the turn so far (the pause's silence included), is done."""
+        question, self._due = self._due, None
+        if question is None:
+            return
+        question = replace(question, audio=audio)
         if self._task is not None and not self._task.done():
             self._waiting = question  # asked when the call in flight returns
             return
@@ -210,11 +236,13 @@ class TurnJudge:
         """Speech resumed, or the turn ended or was reset: any pending answer is void."""
         self._generation += 1
         self._waiting = None
+        self._due = None
 
     def close(self) -> None:
         self.forget()
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._task, self._words):
+            if task is not None:
+                task.cancel()
         self._finished = _ignore
         self._unsure = None
 
@@ -229,8 +257,8 @@ class TurnJudge:
         current = question.generation == self._generation
         finished = p is not None and current and p > question.threshold
         unsure = False
-        if p is not None and current and question.transcript is not None:
-            words = await self._words_allow_end(question)
+        if p is not None and current and question.words is not None:
+            words = await question.words
             finished, unsure = finished and words, finished != words
         waiting, self._waiting = self._waiting, None
         if waiting is not None and waiting.generation == self._generation:
@@ -251,14 +279,15 @@ class TurnJudge:
         elif unsure and self._unsure is not None:
             self._unsure()
 
-    async def _words_allow_end(self, question: _Question) -> bool:
-        """Do the words so far end a message? True when unknown."""
-        assert question.transcript is not None
-        done, _ = await asyncio.wait({question.transcript}, timeout=TRANSCRIPT_WAIT_S)
-        task = question.transcript
-        if not done or task.cancelled() or task.exception() is not None:
+    async def _words_allow_end(self, transcript: asyncio.Task[Speculated], generation: int) -> bool:
+        """Do the words so far end a message? True when unknown, or when the pause is over
+        before its transcript is ready (then they are not scored)."""
+        done, _ = await asyncio.wait({transcript}, timeout=TRANSCRIPT_WAIT_S)
+        if not done or transcript.cancelled() or transcript.exception() is not None:
             return True
-        text = task.result()[0]
+        if generation != self._generation:
+            return True
+        text = transcript.result()[0]
         try:
             lp = await self._model.text_log_probability(text)
         except Exception:

@@ -11,10 +11,14 @@ from typing import Any
 import pytest
 
 from models.synth import speech
+from tests.transceiver.test_semantic_vad import ScriptedTurns
+from tests.transceiver.test_speculation import settle
+from tests.waiting import eventually
 from transceiver.protocol.errors import ClientError
 from transceiver.protocol.ids import IdFactory
 from transceiver.proxy.local_view import read_turn_detection
 from transceiver.proxy.turns import TAIL_MS, LocalTurns
+from transceiver.turns import TurnModel
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -25,17 +29,18 @@ def silence(ms: int) -> bytes:
     return b"\x00\x00" * (24 * ms)
 
 
-def turns(**td: Any) -> tuple[LocalTurns, list[int]]:
+def turns(turn_model: TurnModel | None = None, **td: Any) -> tuple[LocalTurns, list[int]]:
     sent: list[int] = []
     local = LocalTurns(
         realtime=True,
         beta=False,
         ids=IdFactory(),
         session_id="sess_test",
-        turn_model=None,
+        turn_model=turn_model,
         on_sent=sent.append,
     )
-    update = {"type": "server_vad", "silence_duration_ms": 500, **td}
+    # server_vad with a 500 ms window unless the test names its own turn detection
+    update = td if "type" in td else {"type": "server_vad", "silence_duration_ms": 500, **td}
     session = {"type": "realtime", "audio": {"input": {"turn_detection": update}}}
     upstream = local.client_update({"type": "session.update", "session": session})
     assert upstream["session"]["audio"]["input"]["turn_detection"] is None
@@ -78,6 +83,30 @@ async def test_a_pause_is_held_and_sent_only_if_speech_resumes() -> None:
     audio = b"".join(base64.b64decode(f["audio"]) for f in upstream if "audio" in f)
     span_ms = client[1]["audio_end_ms"] + TAIL_MS - client[0]["audio_start_ms"]
     assert abs(len(audio) / 48 - span_ms) <= 40  # the pause went up, the trailing silence not
+
+
+async def test_semantic_vad_asks_the_model_once_the_pause_has_lasted_200_ms() -> None:
+    model = ScriptedTurns(0.9)
+    local, _ = turns(TurnModel(model), type="semantic_vad", eagerness="auto")
+    client, _ = feed(local, silence(500) + SAID + silence(160))
+    assert [e["type"] for e in client] == ["input_audio_buffer.speech_started"]
+    await settle()
+    assert model.asked == []  # the pause is held, not yet asked about
+    for _ in range(3):
+        local.append(silence(20))
+    await eventually(lambda: model.answered == 1, 5, 0.005, "the model's answer")
+    await settle()
+    client, upstream = local.take()
+    (stopped,) = client
+    assert stopped["type"] == "input_audio_buffer.speech_stopped"
+    assert 2300 <= stopped["audio_end_ms"] <= 2420  # where the speech paused
+    # The model heard the turn sent so far and the pause held since.
+    assert model.asked[0] >= (stopped["audio_end_ms"] - 2000 + 200) / 1000
+    assert [f["type"] for f in map(json.loads, upstream)][-2:] == [
+        "input_audio_buffer.commit",
+        "response.create",
+    ]
+    local.close()
 
 
 async def test_barge_in_cancels_the_response_in_progress() -> None:

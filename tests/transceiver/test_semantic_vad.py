@@ -19,7 +19,7 @@ from transceiver.protocol.contract import SessionKind, SessionSpec
 from transceiver.protocol.effects import ResponseRequest
 from transceiver.protocol.session import RealtimeSession
 from transceiver.runner import SessionRunner
-from transceiver.turns import MODEL_RATE_HZ, TurnModel, decision_threshold
+from transceiver.turns import LOOK_AFTER_MS, MODEL_RATE_HZ, TurnModel, decision_threshold
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -142,6 +142,7 @@ def silence(ms: int) -> bytes:
 
 
 QUESTION = speech("what is the time please")
+LOOK = LOOK_AFTER_MS + 40  # silence enough for the model to be asked
 
 
 @pytest.mark.parametrize(
@@ -179,7 +180,7 @@ async def test_a_finished_answer_ends_the_turn_right_after_the_pause() -> None:
     shell = Shell(semantic(), model)
     await shell.feed(QUESTION)
     speech_ms = len(QUESTION) / 48
-    await shell.feed(silence(120))  # the pause: 100 ms of silence asks the model
+    await shell.feed(silence(LOOK))  # the model is asked 200 ms into the pause
     await eventually(lambda: model.asked, 5, 0.005, "the model asked")
     # While the model thinks, the speculation runs: a transcript, and the reply ahead.
     await eventually(lambda: shell.backend.requests, 5, 0.005, "the reply generated ahead")
@@ -187,8 +188,9 @@ async def test_a_finished_answer_ends_the_turn_right_after_the_pause() -> None:
     model.gate.set()
     stopped = await shell.stopped()  # no more audio was fed: 120 ms of silence in all
     assert speech_ms - 200 < stopped["audio_end_ms"] <= speech_ms
-    # The turn so far, from a little before its speech, went to the model at 16 kHz.
-    assert speech_ms / 1000 < model.asked[0] < (speech_ms + 120 + 300 + 200 + 40) / 1000
+    # The turn so far, from a little before its speech and with the pause's silence,
+    # went to the model at 16 kHz.
+    assert (speech_ms + 150) / 1000 < model.asked[0] < (speech_ms + LOOK + 300 + 200 + 40) / 1000
     done = (await eventually(lambda: shell.of_type("response.done"), 5, 0.01, "a reply"))[0]
     # The speculative transcript and the reply made ahead were used: no second STT.
     assert len(shell.backend.transcribed) == 1
@@ -202,9 +204,9 @@ async def test_speech_that_resumes_voids_the_pending_answer_and_the_turn_goes_on
     model.gate.clear()
     shell = Shell(semantic("high"), model)
     first, second = speech("i would like a pizza with"), speech("mushrooms and extra cheese")
-    await shell.feed(first + silence(150))
+    await shell.feed(first + silence(LOOK))
     await eventually(lambda: model.asked, 5, 0.005, "the model asked")
-    await shell.feed(second + silence(150))  # speech resumed, then a second pause
+    await shell.feed(second + silence(LOOK))  # speech resumed, then a second pause
     assert shell.of_type("input_audio_buffer.speech_stopped") == []
     model.gate.set()  # the first answer ("finished") comes back void; the second counts
     stopped = await shell.stopped()
@@ -226,16 +228,44 @@ async def test_a_not_finished_answer_keeps_listening_and_the_next_pause_asks_aga
     await shell.feed(speech("i would like a pizza with") + silence(600))
     await shell.answered(1)
     assert shell.of_type("input_audio_buffer.speech_stopped") == []
-    await shell.feed(speech("mushrooms and extra cheese") + silence(120))
+    await shell.feed(speech("mushrooms and extra cheese") + silence(LOOK))
     await shell.stopped()
     assert len(model.asked) == 2
     assert len(shell.of_type("input_audio_buffer.committed")) == 1
     await shell.close()
 
 
+async def test_the_model_is_asked_once_the_pause_has_lasted_200_ms() -> None:
+    model = ScriptedTurns(0.9)
+    shell = Shell(semantic(), model)
+    await shell.feed(QUESTION + silence(120))  # the last word's own tail is silent too
+    # The speculative transcript starts after 100 ms of silence; the model waits for 200.
+    await eventually(lambda: shell.backend.transcribed, 5, 0.005, "the transcript")
+    assert model.asked == []
+    for _ in range(4):
+        await shell.feed(silence(20))
+    await shell.stopped()
+    assert len(model.asked) == 1
+    await shell.close()
+
+
+async def test_a_pause_shorter_than_that_is_not_asked_about() -> None:
+    model = ScriptedTurns(0.9)
+    shell = Shell(semantic(), model)
+    first, second = speech("apples oranges"), speech("bananas and grapes")
+    await shell.feed(first + silence(100) + second)  # a pause of about 140 ms
+    await settle()
+    assert model.asked == [] and shell.of_type("input_audio_buffer.speech_stopped") == []
+    await shell.feed(silence(LOOK))
+    await shell.stopped()
+    assert len(model.asked) == 1 and model.asked[0] > (len(first) + len(second)) / 48_000
+    assert len(shell.of_type("input_audio_buffer.committed")) == 1
+    await shell.close()
+
+
 async def test_barge_in_cancels_the_response_with_semantic_vad() -> None:
     shell = Shell(semantic(), ScriptedTurns(0.9), backend=SlowBackend())
-    await shell.feed(QUESTION + silence(120))
+    await shell.feed(QUESTION + silence(LOOK))
     await shell.stopped()
     await eventually(lambda: shell.of_type("response.output_text.delta"), 5, 0.01, "replying")
     await shell.feed(speech("wait a moment"))
@@ -249,7 +279,7 @@ async def test_barge_in_cancels_the_response_with_semantic_vad() -> None:
 async def test_interrupt_response_false_lets_the_response_go_on() -> None:
     td = semantic(interrupt_response=False)
     shell = Shell(td, ScriptedTurns(0.9), backend=SlowBackend())
-    await shell.feed(QUESTION + silence(120))
+    await shell.feed(QUESTION + silence(LOOK))
     await shell.stopped()
     await eventually(lambda: shell.of_type("response.output_text.delta"), 5, 0.01, "replying")
     await shell.feed(speech("wait a moment"))
@@ -260,7 +290,7 @@ async def test_interrupt_response_false_lets_the_response_go_on() -> None:
 
 async def test_create_response_false_commits_without_a_response() -> None:
     shell = Shell(semantic(create_response=False), ScriptedTurns(0.9))
-    await shell.feed(QUESTION + silence(120))
+    await shell.feed(QUESTION + silence(LOOK))
     stopped = await shell.stopped()
     (committed,) = shell.of_type("input_audio_buffer.committed")
     assert committed["item_id"] == stopped["item_id"]
@@ -272,7 +302,7 @@ async def test_create_response_false_commits_without_a_response() -> None:
 async def test_a_transcription_session_with_semantic_vad() -> None:
     shell = Shell(semantic("high"), ScriptedTurns(0.9), kind=SessionKind.TRANSCRIPTION)
     assert not any(e["type"] == "error" for e in shell.client.events)
-    await shell.feed(QUESTION + silence(120))
+    await shell.feed(QUESTION + silence(LOOK))
     stopped = await shell.stopped()
     done = await eventually(
         lambda: shell.of_type("conversation.item.input_audio_transcription.completed"),
@@ -309,7 +339,7 @@ async def test_a_low_eagerness_needs_a_surer_model() -> None:
     assert shell.of_type("input_audio_buffer.speech_stopped") == []
     await shell.close()
     shell = Shell(semantic("medium"), ScriptedTurns(0.6))
-    await shell.feed(QUESTION + silence(120))
+    await shell.feed(QUESTION + silence(LOOK))
     await shell.stopped()
     await shell.close()
 
@@ -350,7 +380,7 @@ async def test_words_that_cannot_end_a_message_keep_the_turn_open_for_half_the_w
 async def test_words_that_can_end_a_message_let_the_turn_end_at_the_pause() -> None:
     words = ScriptedWords(-5.0)
     shell = Shell(semantic(), ScriptedTurns(0.9), words=words)
-    await shell.feed(QUESTION + silence(120))
+    await shell.feed(QUESTION + silence(LOOK))
     await shell.stopped()
     assert words.scored == ["words 1"]
     await shell.close()
@@ -384,10 +414,25 @@ async def test_when_both_say_not_finished_the_turn_waits_the_whole_max_timeout()
     await shell.close()
 
 
+async def test_the_words_are_scored_while_the_pause_is_too_short_to_ask_the_model() -> None:
+    # The transcript starts 100 ms into the pause; its words are scored as soon as it is
+    # ready, so the decision at 200 ms waits only for the audio model.
+    words = ScriptedWords(-5.0)
+    model = ScriptedTurns(0.9)
+    shell = Shell(semantic(), model, words=words)
+    await shell.feed(QUESTION + silence(120))
+    await eventually(lambda: words.scored, 5, 0.005, "the words scored")
+    assert model.asked == [] and words.scored == ["words 1"]
+    await shell.feed(silence(80))
+    await shell.stopped()
+    assert len(model.asked) == 1 and words.scored == ["words 1"]
+    await shell.close()
+
+
 async def test_a_failing_words_model_lets_the_audio_decide() -> None:
     words = ScriptedWords(RuntimeError("broken words"))
     shell = Shell(semantic(), ScriptedTurns(0.9), words=words)
-    await shell.feed(QUESTION + silence(120))
+    await shell.feed(QUESTION + silence(LOOK))
     await shell.stopped()
     assert words.scored == ["words 1"]
     await shell.close()

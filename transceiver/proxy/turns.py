@@ -221,6 +221,9 @@ class LocalTurns:
                     self._judge.forget()
             elif isinstance(event, SpeechStopped):
                 self._end_turn(event.audio_end_ms)
+        if self._judge is not None and self._judge.look_due(self._received_ms):
+            # the turn sent so far, then the pause held since
+            self._judge.look(bytes(self._turn) + bytes(self._pending))
         if self._speech_item is None:
             keep_ms = td.prefix_padding_ms + IDLE_EXTRA_MS
             self._drop_until(self._received_ms - keep_ms)
@@ -281,7 +284,7 @@ class LocalTurns:
         if self._judge is None:
             return  # the eagerness's max timeout ends the turn
         threshold = decision_threshold(self._judge.threshold, td.eagerness)
-        self._judge.pause(bytes(self._turn), self.fmt, pause_ms, threshold)
+        self._judge.pause(self.fmt, pause_ms, threshold)
 
     def _finished(self, pause_ms: float) -> None:
         """The end-of-turn model says the user finished at ``pause_ms``."""
