@@ -316,8 +316,7 @@ class SessionRunner:
             )
 
     def _ask_end_of_turn(self, td: SemanticVad, audio_format: str, pause_ms: float) -> None:
-        """semantic_vad: has the user finished? Asked once per pause, 200 ms into it
-        (transceiver/turns.py)."""
+        """semantic_vad: has the user finished? Asked at each pause (transceiver/turns.py)."""
         if self._judge is None or self.session.speech_item_id is None:
             return
         threshold = decision_threshold(self._judge.threshold, td.eagerness)

@@ -3,19 +3,20 @@ has finished (https://platform.openai.com/docs/guides/realtime-vad, "Semantic VA
 
 The session shell (transceiver/runner.py) runs the speech detector. When speech pauses
 (``SilenceStarted``, 100 ms of silence: models/vad.py) it tells this module, which asks
-the model once the pause has lasted ``LOOK_AFTER_MS`` (200 ms), about the turn so far,
-off the event loop. A "finished" answer ends the turn at once, where the speech paused;
-"not finished" keeps listening, and the turn then ends at the next pause the model calls
-finished, or after the eagerness's max timeout of silence (transceiver/protocol/config.py
+the model about the turn so far, off the event loop. A "finished" answer ends the turn at
+once, where the speech paused; "not finished" keeps listening. Where the words allow an
+end (below), the model takes a second look at the same pause once it has lasted 200 ms
+(``LOOKS_MS``); then the turn ends at the next pause the model calls finished, or after
+the eagerness's max timeout of silence (transceiver/protocol/config.py
 ``SEMANTIC_VAD_MAX_WAIT_MS``). Speech that resumes voids a pending answer.
 
-Why 200 ms (`python -m bench turns`, bench/turns/): with 100 ms of trailing silence the
-model calls a quarter of this project's complete spoken questions unfinished (their turns
-then wait for the max timeout, 4 s at ``auto``), with 200 ms none; and pauses shorter
-than that (a comma in a list) are never asked about. It is not asked later, nor as the
-silence grows: past about 300 ms it drifts to "complete" (and it says "complete" on
-silence and noise alone, so it is only ever asked after the speech detector heard
-speech). The backend's speculative transcript still starts at 100 ms.
+Why two looks (`python -m bench turn-model`, last table, and `python -m bench turns`):
+with 100 ms of silence after the words the model calls a quarter of this project's
+complete spoken questions unfinished, and their turns would wait for the max timeout (4 s
+at ``auto``); with 200 ms it calls them finished, while calling one or two more of the 32
+mid-sentence pauses finished. It is not asked again as the silence grows: past
+about 300 ms it drifts to "complete" (and it says "complete" on silence and noise alone,
+so it is only ever asked after the speech detector heard speech).
 
 Eagerness also moves the decision threshold (the transceiver's ``--turn-threshold``,
 default 0.5): ``high`` ends a turn more readily (threshold - 0.2), ``low`` only when the
@@ -54,7 +55,10 @@ MODEL_RATE_HZ = 16_000
 # the speech detector's start (which already includes the prefix padding).
 TURN_WINDOW_MS = 8_000
 LEAD_MS = 200
-LOOK_AFTER_MS = 200  # the model is asked once a pause has lasted this long
+# The model looks at a pause once it has lasted 100 ms (when the speech detector calls it
+# a pause: models/vad.py) and, if it said "not finished" where the words allow an end,
+# once more at 200 ms.
+LOOKS_MS = (100, 200)
 EAGERNESS_SHIFT = {"low": 0.2, "medium": 0.0, "auto": 0.0, "high": -0.2}
 # Model calls run on this many threads per transceiver; more pauses at once wait their turn.
 TURN_WORKERS = 2
@@ -169,6 +173,7 @@ class _Question:
     pause_ms: float
     threshold: float
     words: asyncio.Task[bool] | None = None  # do the words so far allow an end?
+    look: int = 0  # the index in LOOKS_MS
 
 
 class TurnJudge:
@@ -191,7 +196,7 @@ class TurnJudge:
         self._generation = 0
         self._task: asyncio.Task[None] | None = None
         self._waiting: _Question | None = None  # asked while a call was in flight
-        self._due: _Question | None = None  # to ask at its pause_ms + LOOK_AFTER_MS
+        self._due: _Question | None = None  # to ask at its pause_ms + LOOKS_MS[look]
         self._words: asyncio.Task[bool] | None = None  # the latest pause's words, scoring
 
     @property
@@ -205,9 +210,9 @@ class TurnJudge:
         threshold: float,
         transcript: asyncio.Task[Speculated] | None = None,
     ) -> None:
-        """Speech paused at ``pause_ms``: the model is to be asked about it once the pause
-        has lasted ``LOOK_AFTER_MS`` (:meth:`look_due`, :meth:`look`); ``transcript``: the
-        speech so far being transcribed, to check the words too."""
+        """Speech paused at ``pause_ms``: the model is to look at it as the pause lasts
+        (``LOOKS_MS``: :meth:`look_due`, :meth:`look`); ``transcript``: the speech so far
+        being transcribed, to check the words too."""
         self._generation += 1
         words = None
         if transcript is not None:  # scored as soon as it is ready, not when the model is asked
@@ -219,7 +224,7 @@ class TurnJudge:
         """Is the model to be asked now, the session's audio having reached ``audio_ms``?
         Then the caller hands :meth:`look` the turn so far."""
         due = self._due
-        return due is not None and audio_ms >= due.pause_ms + LOOK_AFTER_MS
+        return due is not None and audio_ms >= due.pause_ms + LOOKS_MS[due.look]
 
     def look(self, audio: bytes) -> None:
         """Ask whether ``audio``, the turn so far (the pause's silence included), is done."""
@@ -256,7 +261,7 @@ class TurnJudge:
             p = None
         current = question.generation == self._generation
         finished = p is not None and current and p > question.threshold
-        unsure = False
+        unsure = words = False
         if p is not None and current and question.words is not None:
             words = await question.words
             finished, unsure = finished and words, finished != words
@@ -276,8 +281,11 @@ class TurnJudge:
         if finished:
             self._generation += 1
             self._finished(question.pause_ms)
-        elif unsure and self._unsure is not None:
+            return
+        if unsure and self._unsure is not None:
             self._unsure()
+        if question.look + 1 < len(LOOKS_MS) and (question.words is None or words):
+            self._due = replace(question, audio=b"", look=question.look + 1)
 
     async def _words_allow_end(self, transcript: asyncio.Task[Speculated], generation: int) -> bool:
         """Do the words so far end a message? True when unknown, or when the pause is over

@@ -85,23 +85,23 @@ async def test_a_pause_is_held_and_sent_only_if_speech_resumes() -> None:
     assert abs(len(audio) / 48 - span_ms) <= 40  # the pause went up, the trailing silence not
 
 
-async def test_semantic_vad_asks_the_model_once_the_pause_has_lasted_200_ms() -> None:
-    model = ScriptedTurns(0.9)
+async def test_semantic_vad_takes_a_second_look_at_a_pause_it_called_not_finished() -> None:
+    model = ScriptedTurns(0.2, 0.9)  # not yet after 100 ms of silence; finished at 200 ms
     local, _ = turns(TurnModel(model), type="semantic_vad", eagerness="auto")
-    client, _ = feed(local, silence(500) + SAID + silence(160))
+    client, _ = feed(local, silence(500) + SAID + silence(120))
     assert [e["type"] for e in client] == ["input_audio_buffer.speech_started"]
+    await eventually(lambda: model.answered == 1, 5, 0.005, "the first look")
     await settle()
-    assert model.asked == []  # the pause is held, not yet asked about
-    for _ in range(3):
+    for _ in range(5):
         local.append(silence(20))
-    await eventually(lambda: model.answered == 1, 5, 0.005, "the model's answer")
+    await eventually(lambda: model.answered == 2, 5, 0.005, "the second look")
     await settle()
     client, upstream = local.take()
     (stopped,) = client
     assert stopped["type"] == "input_audio_buffer.speech_stopped"
     assert 2300 <= stopped["audio_end_ms"] <= 2420  # where the speech paused
-    # The model heard the turn sent so far and the pause held since.
-    assert model.asked[0] >= (stopped["audio_end_ms"] - 2000 + 200) / 1000
+    # The second look heard the turn sent so far and the pause held since.
+    assert model.asked[1] >= model.asked[0] + 0.075
     assert [f["type"] for f in map(json.loads, upstream)][-2:] == [
         "input_audio_buffer.commit",
         "response.create",

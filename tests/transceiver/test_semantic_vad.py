@@ -19,7 +19,7 @@ from transceiver.protocol.contract import SessionKind, SessionSpec
 from transceiver.protocol.effects import ResponseRequest
 from transceiver.protocol.session import RealtimeSession
 from transceiver.runner import SessionRunner
-from transceiver.turns import LOOK_AFTER_MS, MODEL_RATE_HZ, TurnModel, decision_threshold
+from transceiver.turns import LOOKS_MS, MODEL_RATE_HZ, TurnModel, decision_threshold
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -142,7 +142,7 @@ def silence(ms: int) -> bytes:
 
 
 QUESTION = speech("what is the time please")
-LOOK = LOOK_AFTER_MS + 40  # silence enough for the model to be asked
+LOOK = LOOKS_MS[0] + 40  # silence enough for the model's first look
 
 
 @pytest.mark.parametrize(
@@ -180,7 +180,7 @@ async def test_a_finished_answer_ends_the_turn_right_after_the_pause() -> None:
     shell = Shell(semantic(), model)
     await shell.feed(QUESTION)
     speech_ms = len(QUESTION) / 48
-    await shell.feed(silence(LOOK))  # the model is asked 200 ms into the pause
+    await shell.feed(silence(LOOK))  # the model is asked 100 ms into the pause
     await eventually(lambda: model.asked, 5, 0.005, "the model asked")
     # While the model thinks, the speculation runs: a transcript, and the reply ahead.
     await eventually(lambda: shell.backend.requests, 5, 0.005, "the reply generated ahead")
@@ -188,9 +188,8 @@ async def test_a_finished_answer_ends_the_turn_right_after_the_pause() -> None:
     model.gate.set()
     stopped = await shell.stopped()  # no more audio was fed: 120 ms of silence in all
     assert speech_ms - 200 < stopped["audio_end_ms"] <= speech_ms
-    # The turn so far, from a little before its speech and with the pause's silence,
-    # went to the model at 16 kHz.
-    assert (speech_ms + 150) / 1000 < model.asked[0] < (speech_ms + LOOK + 300 + 200 + 40) / 1000
+    # The turn so far, from a little before its speech, went to the model at 16 kHz.
+    assert speech_ms / 1000 < model.asked[0] < (speech_ms + LOOK + 300 + 200 + 40) / 1000
     done = (await eventually(lambda: shell.of_type("response.done"), 5, 0.01, "a reply"))[0]
     # The speculative transcript and the reply made ahead were used: no second STT.
     assert len(shell.backend.transcribed) == 1
@@ -235,31 +234,83 @@ async def test_a_not_finished_answer_keeps_listening_and_the_next_pause_asks_aga
     await shell.close()
 
 
-async def test_the_model_is_asked_once_the_pause_has_lasted_200_ms() -> None:
-    model = ScriptedTurns(0.9)
+async def test_a_second_look_at_the_same_pause_can_end_the_turn_there() -> None:
+    # "Not yet" after 100 ms of silence; 200 ms after the speech paused the model looks
+    # again at the turn with more of the silence, says finished, and the turn ends where
+    # the speech paused, long before the eagerness's max timeout.
+    model = ScriptedTurns(0.2, 0.9)
     shell = Shell(semantic(), model)
-    await shell.feed(QUESTION + silence(120))  # the last word's own tail is silent too
-    # The speculative transcript starts after 100 ms of silence; the model waits for 200.
-    await eventually(lambda: shell.backend.transcribed, 5, 0.005, "the transcript")
-    assert model.asked == []
-    for _ in range(4):
-        await shell.feed(silence(20))
+    speech_ms = len(QUESTION) / 48
+    await shell.feed(QUESTION + silence(LOOK))
+    await shell.answered(1)
+    await shell.feed(silence(60))  # 180 ms of silence: not due yet
+    assert len(model.asked) == 1 and shell.of_type("input_audio_buffer.speech_stopped") == []
+    await shell.feed(silence(40))
+    stopped = await shell.stopped()
+    assert len(model.asked) == 2 and model.asked[1] >= model.asked[0] + 0.075
+    assert speech_ms - 200 < stopped["audio_end_ms"] <= speech_ms
+    await shell.feed(silence(1000))
+    assert len(model.asked) == 2
+    await shell.close()
+
+
+async def test_the_second_look_is_the_last_one_at_that_pause() -> None:
+    model = ScriptedTurns(0.01)
+    shell = Shell(semantic("high"), model)
+    await shell.feed(QUESTION + silence(LOOK))
+    await shell.answered(1)
+    for _ in range(8):
+        await shell.feed(silence(100))
+    await shell.answered(2)
+    assert len(model.asked) == 2 and shell.of_type("input_audio_buffer.speech_stopped") == []
+    await shell.feed(silence(1200))  # high: 2 s of silence in all
+    await shell.stopped()
+    assert len(model.asked) == 2
+    await shell.close()
+
+
+async def test_speech_that_resumes_before_the_second_look_cancels_it() -> None:
+    model = ScriptedTurns(0.01, 0.9)
+    shell = Shell(semantic(), model)
+    await shell.feed(speech("i would like a pizza with") + silence(LOOK))
+    await shell.answered(1)
+    await shell.feed(speech("mushrooms"))
+    await shell.feed(silence(40))  # past the first pause's 200 ms, but speech came back
+    assert len(model.asked) == 1
+    await shell.feed(silence(80))  # the next pause: asked (0.9, finished)
+    await shell.stopped()
+    assert len(model.asked) == 2
+    await shell.close()
+
+
+async def test_no_second_look_where_the_words_cannot_end_a_message() -> None:
+    words = ScriptedWords(-20.0)
+    model = ScriptedTurns(0.01, 0.9)
+    shell = Shell(semantic("high"), model, words=words)
+    await shell.feed(QUESTION + silence(LOOK))
+    await shell.answered(1)
+    await eventually(lambda: words.scored, 5, 0.005, "the words scored")
+    await settle()
+    for _ in range(5):
+        await shell.feed(silence(100))
+    assert shell.of_type("input_audio_buffer.speech_stopped") == []
+    await shell.feed(silence(1500))  # high: the turn ends after 2 s of silence
     await shell.stopped()
     assert len(model.asked) == 1
     await shell.close()
 
 
-async def test_a_pause_shorter_than_that_is_not_asked_about() -> None:
-    model = ScriptedTurns(0.9)
-    shell = Shell(semantic(), model)
-    first, second = speech("apples oranges"), speech("bananas and grapes")
-    await shell.feed(first + silence(100) + second)  # a pause of about 140 ms
+async def test_a_second_look_with_words_that_allow_an_end_does_not_score_them_again() -> None:
+    words = ScriptedWords(-5.0)
+    model = ScriptedTurns(0.01, 0.9)
+    shell = Shell(semantic(), model, words=words)
+    await shell.feed(QUESTION + silence(LOOK))
+    await shell.answered(1)
+    await eventually(lambda: words.scored, 5, 0.005, "the words scored")
     await settle()
-    assert model.asked == [] and shell.of_type("input_audio_buffer.speech_stopped") == []
-    await shell.feed(silence(LOOK))
+    await shell.feed(silence(100))
     await shell.stopped()
-    assert len(model.asked) == 1 and model.asked[0] > (len(first) + len(second)) / 48_000
-    assert len(shell.of_type("input_audio_buffer.committed")) == 1
+    assert len(model.asked) == 2 and words.scored == ["words 1"]
     await shell.close()
 
 
@@ -411,21 +462,6 @@ async def test_when_both_say_not_finished_the_turn_waits_the_whole_max_timeout()
     assert shell.of_type("input_audio_buffer.speech_stopped") == []
     await shell.feed(silence(200))
     await shell.stopped()
-    await shell.close()
-
-
-async def test_the_words_are_scored_while_the_pause_is_too_short_to_ask_the_model() -> None:
-    # The transcript starts 100 ms into the pause; its words are scored as soon as it is
-    # ready, so the decision at 200 ms waits only for the audio model.
-    words = ScriptedWords(-5.0)
-    model = ScriptedTurns(0.9)
-    shell = Shell(semantic(), model, words=words)
-    await shell.feed(QUESTION + silence(120))
-    await eventually(lambda: words.scored, 5, 0.005, "the words scored")
-    assert model.asked == [] and words.scored == ["words 1"]
-    await shell.feed(silence(80))
-    await shell.stopped()
-    assert len(model.asked) == 1 and words.scored == ["words 1"]
     await shell.close()
 
 
