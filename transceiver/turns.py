@@ -188,7 +188,7 @@ class TurnJudge:
         unsure: Callable[[], None] | None = None,
     ) -> None:
         """``finished(pause_ms)`` ends the turn, whose speech paused at ``pause_ms``;
-        ``unsure()``: the audio says finished and the words do not, for the current pause."""
+        ``unsure()``: the audio and the words disagree about the current pause."""
         self._model = model
         self._finished = finished
         self._unsure = unsure
