@@ -32,12 +32,12 @@ def scripted_llm() -> Iterator[ChatServer]:
 
 def slow_voice(directory: Path) -> Path:
     """A second piper voice: the bundled joe model with its own settings file, speaking
-    half as slowly again (only joe is bundled; a voice is an .onnx and its .json)."""
+    twice as slowly (only joe is bundled; a voice is an .onnx and its .json)."""
     joe = Path(bundled_voice_path())
     slow = directory / "slow-joe.onnx"
     slow.symlink_to(joe)
     config = json.loads(Path(f"{joe}.json").read_text())
-    config["inference"]["length_scale"] = 1.5
+    config["inference"]["length_scale"] = 2.0
     Path(f"{slow}.json").write_text(json.dumps(config))
     return slow
 
