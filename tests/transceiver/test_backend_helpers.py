@@ -18,7 +18,8 @@ def test_first_clause_is_short() -> None:
         " ok",
     )
     words = "one two three four five six "
-    assert split_clause(words, first=True) == ("one two three", " four five six ")
+    assert split_clause(words, first=True) == ("one two", " three four five six ")
+    assert split_clause("one two", first=True) is None  # "two" may not be a whole word yet
     assert split_clause(words, first=False) is None  # later clauses wait for punctuation
 
 

@@ -40,7 +40,7 @@ _SENTENCE_END = re.compile(r"[.!?;:](?=\s)|\n")
 _COMMA = re.compile(r",(?=\s)")
 _WORDS = re.compile(r"\s*\S+")
 _WORD_ENDS = re.compile(r"\S+(?=\s)")
-FIRST_CLAUSE_WORDS = 3
+FIRST_CLAUSE_WORDS = 2
 # The room kept for a reply when the history is fitted into the context window, when
 # neither max_output_tokens nor --llm-max-tokens sets a smaller one.
 DEFAULT_REPLY_ROOM = 256
