@@ -83,7 +83,7 @@ def by_trailing_silence() -> list[str]:
     counts = {kind: [0] * len(TRAILS_MS) for kind in ("complete", "paused")}
     totals = dict.fromkeys(counts, 0)
     for clip in build(load(), Speech()):
-        end_ms = clip.speech_end_ms if clip.kind == "complete" else clip.pause_start_ms
+        end_ms = clip.words_end_ms
         if clip.noisy or end_ms is None or clip.kind not in counts:
             continue
         totals[clip.kind] += 1

@@ -50,6 +50,12 @@ class Clip:
     def name(self) -> str:
         return self.id + ("+noise" if self.noisy else "")
 
+    @property
+    def words_end_ms(self) -> float | None:
+        """Where the words before the first end-of-turn question end: the utterance's, or
+        a paused one's first part's."""
+        return self.pause_start_ms if self.kind == "paused" else self.speech_end_ms
+
 
 class Speech:
     """Piper synthesis of the set, with a WAV cache keyed by text, cut and voice."""

@@ -67,7 +67,7 @@ def inference_ms(clips: list[Clip]) -> tuple[list[float], list[float]]:
     model.probability(silence(1000), 24_000)  # the first call is the slow one
     wall, cpu = [], []
     for clip in clips:
-        end = clip.pause_start_ms if clip.kind == "paused" else clip.speech_end_ms
+        end = clip.words_end_ms
         assert end is not None
         pcm = clip.pcm[: int(end * 48) // 2 * 2] + silence(100)
         wall_0, cpu_0 = time.perf_counter(), time.process_time()
