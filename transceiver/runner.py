@@ -322,7 +322,10 @@ class SessionRunner:
         threshold = decision_threshold(self._judge.threshold, td.eagerness)
         self._unsure_wait_ms = td.silence_duration_ms // 2
         transcript = self._speculator.pause_transcript()
-        self._judge.pause(audio_format, pause_ms, threshold, transcript)
+        audio = None
+        if transcript is None and self._judge.transcribes:  # --turn-transcribe
+            audio = self._speculator.turn_audio(audio_format, LEAD_MS, TURN_WINDOW_MS)
+        self._judge.pause(audio_format, pause_ms, threshold, transcript, audio)
 
     def _turn_unsure(self) -> None:
         """The audio and the words disagree: half the max wait, this pause."""

@@ -26,6 +26,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,6 +36,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from models.stt import WhisperStt
 from models.turn import TurnError
 from transceiver import unix
 from transceiver.backends.base import Backend
@@ -521,6 +523,11 @@ async def run_transceiver(settings: TransceiverSettings, stop: asyncio.Event) ->
                 settings.turn_threshold,
                 text_model=settings.turn_text_model,
                 text_threshold=settings.turn_text_threshold,
+                stt_loader=(
+                    partial(WhisperStt, settings.stt_model, **settings.stt_options())
+                    if settings.turn_transcribe
+                    else None
+                ),
             )
         except TurnError as exc:  # --turn-model given, and unusable
             log.error("transceiver not started: %s", exc)

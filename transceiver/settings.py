@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated, Literal, NamedTuple, Self
+from typing import Annotated, Any, Literal, NamedTuple, Self
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -255,6 +255,13 @@ class TransceiverSettings(BaseSettings):
         description="Natural log of the end-of-message probability above which the words "
         "let a turn end.",
     )
+    turn_transcribe: bool = Field(
+        False,
+        description="semantic_vad on the mock and the proxy (--local-turn-detection): "
+        "transcribe the speech so far at each pause (--stt-model, default the bundled "
+        "tiny.en) so that the words are judged too, as the local backend does with its own "
+        "transcript; about 60 ms more CPU a pause.",
+    )
     workers: int = Field(4, description="Worker threads for model calls.")
 
     # Mock backend
@@ -271,6 +278,16 @@ class TransceiverSettings(BaseSettings):
     mock_fault_stall_after: int | None = Field(
         None, description="Mock fault: stop sending (stall) after N events."
     )
+
+    def stt_options(self) -> dict[str, Any]:
+        """The ``--stt-*`` options, as models/stt.py ``WhisperStt`` takes them."""
+        return {
+            "device": self.stt_device,
+            "compute_type": self.stt_compute_type,
+            "language": self.stt_language,
+            "cpu_threads": self.stt_threads,
+            "short_window": self.stt_short_window,
+        }
 
     @model_validator(mode="after")
     def _vad_on_the_mock(self) -> Self:

@@ -44,6 +44,8 @@ from pathlib import Path
 from typing import Protocol
 
 from models.audio import to_pcm16
+from models.errors import SttError
+from models.stt import Transcript
 from models.turn import EndOfTurn, SmartTurn, TurnError
 from models.turn_text import TextTurn, TextTurnError
 from transceiver.speculation import Speculated
@@ -73,6 +75,12 @@ class TextScorer(Protocol):
     def log_probability(self, text: str) -> float: ...
 
 
+class PauseTranscriber(Protocol):
+    """Transcribes the speech so far at a pause (models/stt.py ``WhisperStt``)."""
+
+    def transcribe(self, pcm16: bytes, *, sample_rate_hz: int) -> Transcript: ...
+
+
 def decision_threshold(base: float, eagerness: str) -> float:
     """The probability above which a pause ends the turn, at this eagerness."""
     return min(0.95, max(0.05, base + EAGERNESS_SHIFT.get(eagerness, 0.0)))
@@ -95,11 +103,19 @@ class TurnModel:
     text: TextScorer | None = None
     text_loader: Callable[[], TextScorer] | None = None
     text_threshold: float = TEXT_THRESHOLD
+    # Where the backend has no transcript at a pause (mock, proxy): with --turn-transcribe,
+    # the speech so far is transcribed here for the words (built on first use).
+    stt: PauseTranscriber | None = None
+    stt_loader: Callable[[], PauseTranscriber] | None = None
     _executor: ThreadPoolExecutor = field(init=False, repr=False)
+    _stt_executor: ThreadPoolExecutor = field(init=False, repr=False)
     _text_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _stt_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="end-of-turn")
+        # Its own thread: a transcription (about 60 ms) does not hold up the model's calls.
+        self._stt_executor = ThreadPoolExecutor(1, thread_name_prefix="end-of-turn-stt")
 
     async def probability(self, audio: bytes, audio_format: str) -> float:
         """P(the turn in ``audio``, wire format, is complete), computed off the loop."""
@@ -125,8 +141,36 @@ class TurnModel:
             scorer = self.text
         return scorer.log_probability(text) if scorer is not None else None
 
+    @property
+    def transcribes(self) -> bool:
+        """Whether a pause's speech can be transcribed here, for the words."""
+        words = self.text is not None or self.text_loader is not None
+        return words and (self.stt is not None or self.stt_loader is not None)
+
+    async def transcribe(self, audio: bytes, audio_format: str) -> Speculated:
+        """The words of ``audio`` (wire format), off the loop; ``SttError`` without an STT."""
+        loop = asyncio.get_running_loop()
+        text = await loop.run_in_executor(self._stt_executor, self._transcribe, audio, audio_format)
+        return text, {}, []
+
+    def _transcribe(self, audio: bytes, audio_format: str) -> str:
+        with self._stt_lock:
+            loader, self.stt_loader = self.stt_loader, None
+            if self.stt is None and loader is not None:
+                try:
+                    self.stt = loader()
+                    log.info("semantic_vad: pauses are transcribed for the words")
+                except SttError as exc:
+                    log.warning("semantic_vad: no STT for the words at pauses (%s)", exc)
+            stt = self.stt
+        if stt is None:
+            raise SttError("no STT for the words at pauses")
+        pcm = to_pcm16(audio, audio_format, MODEL_RATE_HZ)
+        return stt.transcribe(pcm, sample_rate_hz=MODEL_RATE_HZ).text
+
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._stt_executor.shutdown(wait=False, cancel_futures=True)
 
 
 def load_turn_model(
@@ -135,12 +179,14 @@ def load_turn_model(
     *,
     text_model: str | None = None,
     text_threshold: float = TEXT_THRESHOLD,
+    stt_loader: Callable[[], PauseTranscriber] | None = None,
 ) -> TurnModel | None:
     """The transceiver's one end-of-turn model (``--turn-model``, default: the file
     scripts/fetch-smart-turn installs), warmed up; ``None``, said once in the log, where
     the default file or the `local` extra is missing. A ``path`` given that cannot be
     loaded is an error (``TurnError``): the option would otherwise have no effect.
-    ``text_model``: the words' GGUF (None: bundled SmolLM2, "none": no text check)."""
+    ``text_model``: the words' GGUF (None: bundled SmolLM2, "none": no text check);
+    ``stt_loader``: an STT for the words at pauses where the backend has no transcript."""
     try:
         model = SmartTurn(path)
     except TurnError as exc:
@@ -162,6 +208,7 @@ def load_turn_model(
         threshold,
         text_loader=partial(TextTurn, text_model) if text_enabled else None,
         text_threshold=text_threshold,
+        stt_loader=stt_loader if text_enabled else None,
     )
 
 
@@ -198,10 +245,16 @@ class TurnJudge:
         self._waiting: _Question | None = None  # asked while a call was in flight
         self._due: _Question | None = None  # to ask at its pause_ms + LOOKS_MS[look]
         self._words: asyncio.Task[bool] | None = None  # the latest pause's words, scoring
+        self._transcript: asyncio.Task[Speculated] | None = None  # ours, the latest pause's
 
     @property
     def threshold(self) -> float:
         return self._model.threshold
+
+    @property
+    def transcribes(self) -> bool:
+        """Whether :meth:`pause` transcribes the ``audio`` it is given (--turn-transcribe)."""
+        return self._model.transcribes
 
     def pause(
         self,
@@ -209,11 +262,21 @@ class TurnJudge:
         pause_ms: float,
         threshold: float,
         transcript: asyncio.Task[Speculated] | None = None,
+        audio: bytes | None = None,
     ) -> None:
         """Speech paused at ``pause_ms``: the model is to look at it as the pause lasts
         (``LOOKS_MS``: :meth:`look_due`, :meth:`look`); ``transcript``: the speech so far
-        being transcribed, to check the words too."""
+        being transcribed, to check the words too; without one, ``audio`` (the turn so
+        far) is transcribed here where :attr:`transcribes`. One transcription per session
+        at a time: a new pause cancels the last one's if it has not run yet."""
         self._generation += 1
+        if self._transcript is not None:
+            self._transcript.cancel()
+            self._transcript = None
+        if transcript is None and audio is not None and self._model.transcribes:
+            transcript = asyncio.create_task(self._model.transcribe(audio, audio_format))
+            transcript.add_done_callback(_retrieve)
+            self._transcript = transcript
         words = None
         if transcript is not None:  # scored as soon as it is ready, not when the model is asked
             words = asyncio.create_task(self._words_allow_end(transcript, self._generation))
@@ -245,7 +308,7 @@ class TurnJudge:
 
     def close(self) -> None:
         self.forget()
-        for task in (self._task, self._words):
+        for task in (self._task, self._words, self._transcript):
             if task is not None:
                 task.cancel()
         self._finished = _ignore
@@ -309,3 +372,10 @@ class TurnJudge:
 
 def _ignore(pause_ms: float) -> None:
     return None
+
+
+def _retrieve(task: asyncio.Task[Speculated]) -> None:
+    """A transcription's failure is the words' "unknown" (``_words_allow_end``), also
+    where nothing awaited it."""
+    if not task.cancelled():
+        task.exception()

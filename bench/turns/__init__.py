@@ -20,7 +20,7 @@ from bench.stats import load_average, machine, write_section
 from bench.turns.audio import Clip, Speech
 from bench.turns.labeled import load
 from bench.turns.noise import build
-from bench.turns.report import Figures, inference_ms, render
+from bench.turns.report import TRANSCRIBE, Figures, inference_ms, render
 from bench.turns.stream import Detector, Outcome, run_all
 
 CONCURRENCY = 8
@@ -35,18 +35,21 @@ COMMAND = "python -m bench turns"
 
 
 def mock_runs(clips: list[Clip]) -> dict[str, list[Outcome]]:
+    """Each detector on the mock (the audio model alone), then semantic_vad auto with
+    ``--turn-transcribe`` (the words of each pause judged too)."""
     runs: dict[str, list[Outcome]] = {}
-    with relay_server("--backend", "mock") as server:
-        for detector in DETECTORS:
-            started = time.monotonic()
-            runs[detector.label] = asyncio.run(
-                run_all(server.base_url, clips, detector, CONCURRENCY)
-            )
-            print(
-                f"  {detector.label}: {len(clips)} clips in {time.monotonic() - started:.0f} s,"
-                f" load average {load_average()}",
-                flush=True,
-            )
+    servers = [((), DETECTORS), ((TRANSCRIBE,), [Detector("semantic_vad", "auto")])]
+    for args, detectors in servers:
+        with relay_server("--backend", "mock", *args) as server:
+            for detector in detectors:
+                label = " ".join([detector.label, *args])
+                started = time.monotonic()
+                runs[label] = asyncio.run(run_all(server.base_url, clips, detector, CONCURRENCY))
+                print(
+                    f"  {label}: {len(clips)} clips in {time.monotonic() - started:.0f} s,"
+                    f" load average {load_average()}",
+                    flush=True,
+                )
     return runs
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from models.stt import Transcript
 from tests.transceiver.test_speculation import SILENCE_MS, Client, ScriptedBackend, settle, speech
 from tests.waiting import eventually
 from transceiver.backends.base import ResponseSink
@@ -471,4 +472,57 @@ async def test_a_failing_words_model_lets_the_audio_decide() -> None:
     await shell.feed(QUESTION + silence(LOOK))
     await shell.stopped()
     assert words.scored == ["words 1"]
+    await shell.close()
+
+
+class ScriptedStt:
+    """The STT for the words at a pause (transceiver/turns.py ``PauseTranscriber``)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.heard: list[float] = []  # seconds of audio per call
+
+    def transcribe(self, pcm16: bytes, *, sample_rate_hz: int) -> Transcript:
+        assert sample_rate_hz == MODEL_RATE_HZ
+        self.heard.append(len(pcm16) / 2 / sample_rate_hz)
+        return Transcript(text=self.text, language="en", duration_s=self.heard[-1])
+
+
+def without_transcripts() -> ScriptedBackend:
+    """A backend that does not transcribe at pauses (as the mock and the proxy)."""
+    backend = ScriptedBackend()
+    backend.speculative_stt = False
+    return backend
+
+
+async def test_turn_transcribe_judges_the_words_where_the_backend_has_no_transcript() -> None:
+    # --turn-transcribe: the audio says finished, the pause's own transcript does not end a
+    # message: the turn stays open for half the wait, as with the local backend's words.
+    words, stt = ScriptedWords(-20.0), ScriptedStt("i want to go to the")
+    model = ScriptedTurns(0.9)
+    shell = Shell(semantic("auto"), model, backend=without_transcripts(), words=words)
+    assert shell.runner._judge is not None
+    shell.runner._judge._model.stt = stt
+    await shell.feed(QUESTION + silence(600))
+    await shell.answered(1)
+    await eventually(lambda: words.scored, 5, 0.005, "the words scored")
+    await settle()
+    assert words.scored == ["i want to go to the"]
+    assert len(stt.heard) == 1  # the turn so far, at 16 kHz, from a little before its speech
+    speech_s = len(QUESTION) / 48_000
+    assert speech_s < stt.heard[0] < speech_s + 0.6
+    assert shell.backend.transcribed == []  # the backend was not asked
+    await shell.feed(silence(1300))
+    assert shell.of_type("input_audio_buffer.speech_stopped") == []
+    await shell.feed(silence(200))
+    await shell.stopped()
+    await shell.close()
+
+
+async def test_without_turn_transcribe_the_audio_decides_where_there_is_no_transcript() -> None:
+    words = ScriptedWords(-20.0)
+    shell = Shell(semantic("auto"), ScriptedTurns(0.9), backend=without_transcripts(), words=words)
+    await shell.feed(QUESTION + silence(LOOK))
+    await shell.stopped()
+    assert words.scored == []
     await shell.close()

@@ -69,14 +69,7 @@ def load_stt_models(settings: TransceiverSettings) -> tuple[WhisperStt, dict[str
     loaded once, at start, with the same device and options."""
 
     def load(model: str | None) -> WhisperStt:
-        return WhisperStt(
-            model,
-            device=settings.stt_device,
-            compute_type=settings.stt_compute_type,
-            language=settings.stt_language,
-            cpu_threads=settings.stt_threads,
-            short_window=settings.stt_short_window,
-        )
+        return WhisperStt(model, **settings.stt_options())
 
     default = load(settings.stt_model)
     loaded = {settings.stt_model or "": default}

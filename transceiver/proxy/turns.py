@@ -284,7 +284,9 @@ class LocalTurns:
         if self._judge is None:
             return  # the eagerness's max timeout ends the turn
         threshold = decision_threshold(self._judge.threshold, td.eagerness)
-        self._judge.pause(self.fmt, pause_ms, threshold)
+        # --turn-transcribe: the words of the turn so far are judged too
+        audio = bytes(self._turn) + bytes(self._pending) if self._judge.transcribes else None
+        self._judge.pause(self.fmt, pause_ms, threshold, audio=audio)
 
     def _finished(self, pause_ms: float) -> None:
         """The end-of-turn model says the user finished at ``pause_ms``."""
