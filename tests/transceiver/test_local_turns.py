@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from models.synth import speech
-from tests.transceiver.test_semantic_vad import ScriptedTurns
+from tests.transceiver.test_semantic_vad import ScriptedStt, ScriptedTurns, ScriptedWords
 from tests.transceiver.test_speculation import settle
 from tests.waiting import eventually
 from transceiver.protocol.errors import ClientError
@@ -106,6 +106,28 @@ async def test_semantic_vad_takes_a_second_look_at_a_pause_it_called_not_finishe
         "input_audio_buffer.commit",
         "response.create",
     ]
+    local.close()
+
+
+async def test_turn_transcribe_lets_the_words_keep_a_pause_open() -> None:
+    # --turn-transcribe: the audio says finished, the words of the turn so far do not end a
+    # message: the turn goes on (the eagerness's wait decides), nothing is committed.
+    model, words, stt = ScriptedTurns(0.9), ScriptedWords(-20.0), ScriptedStt("one two three")
+    local, _ = turns(TurnModel(model, text=words, stt=stt), type="semantic_vad", eagerness="auto")
+    client, _ = feed(local, silence(500) + SAID + silence(120))
+    assert [e["type"] for e in client] == ["input_audio_buffer.speech_started"]
+    await eventually(lambda: model.answered == 1 and words.scored, 5, 0.005, "both models")
+    await settle()
+    assert words.scored == ["one two three"]
+    # The words heard the turn so far: its speech, sent upstream, and the pause held back.
+    assert len(stt.heard) == 1 and 1.9 < stt.heard[0] < 2.6
+    for _ in range(10):
+        local.append(silence(20))
+    await settle()
+    client, upstream = local.take()
+    assert client == []
+    assert "input_audio_buffer.commit" not in [f["type"] for f in map(json.loads, upstream)]
+    assert model.answered == 1  # no second look where the words cannot end a message
     local.close()
 
 
