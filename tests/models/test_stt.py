@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import re
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,6 +11,7 @@ from models.audio import resample
 from models.errors import SttError
 from models.stt import WhisperStt, bundled_whisper_path, pcm16_to_float32
 from models.tts import PiperTts
+from transceiver.turns import TurnModel
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 KEY_WORDS = {"quick", "brown", "fox", "lazy", "dog"}
@@ -149,3 +151,29 @@ def test_languages_pick_among_them_and_an_english_model_refuses_others(
     assert heard(whisper_stt.transcribe(speech_16k, languages=["en", "fr"]).text)
     with pytest.raises(SttError, match="English-only, not for fr, de"):
         whisper_stt.transcribe(speech_16k, languages=["fr", "de"])
+
+
+class _Unused:
+    """An end-of-turn model and a words' scorer this test never calls."""
+
+    def probability(self, pcm16: bytes, sample_rate_hz: int) -> float:
+        raise AssertionError("not called")
+
+    def log_probability(self, text: str) -> float:
+        raise AssertionError("not called")
+
+
+def test_turn_transcribe_hears_a_pause_in_the_wire_format(
+    whisper_stt: WhisperStt, speech_22k: bytes, piper_tts: PiperTts
+) -> None:
+    # --turn-transcribe (transceiver/turns.py): the speech so far, 24 kHz PCM16 as the
+    # client sent it, through this Whisper on the model's own thread.
+    wire = resample(speech_22k, piper_tts.sample_rate_hz, 24_000)
+    turns = TurnModel(_Unused(), text=_Unused(), stt=whisper_stt)
+    try:
+        assert turns.transcribes
+        text, _, _ = asyncio.run(turns.transcribe(wire, "audio/pcm"))
+    finally:
+        turns.close()
+    assert heard(text), text
+    assert not TurnModel(_Unused(), stt=whisper_stt).transcribes  # no words' model: no STT
