@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import webrtcvad
+from hypothesis import given
+from hypothesis import strategies as st
 
 from models.audio import (
     alaw_decode,
@@ -54,6 +56,22 @@ def test_resample_chunk_by_chunk_equals_whole_for_whole_ratios() -> None:
     chunks = [pcm[i : i + 960] for i in range(0, len(pcm), 960)]
     for dst in (16000, 8000):
         assert b"".join(resample(c, 24000, dst) for c in chunks) == resample(pcm, 24000, dst)
+
+
+@given(
+    samples=st.lists(st.integers(-32768, 32767), max_size=200),
+    odd_byte=st.booleans(),
+    rates=st.sampled_from([(24000, 8000), (48000, 16000), (40000, 8000), (24000, 24000 // 7)]),
+)
+def test_odd_block_means_are_the_float_paths_samples(
+    samples: list[int], odd_byte: bool, rates: tuple[int, int]
+) -> None:
+    """Integer down-ratios by an odd factor (24 kHz -> 8 kHz on every append) are summed in
+    integers: the same samples as the float path's rounded means."""
+    src, dst = rates
+    pcm = np.array(samples, dtype="<i2").tobytes() + (b"\x01" if odd_byte else b"")
+    floats = resample_array(pcm16_to_array(pcm), src, dst)
+    assert resample(pcm, src, dst) == np.rint(floats).astype("<i2").tobytes()
 
 
 def test_resample_array_float_in_float_out() -> None:

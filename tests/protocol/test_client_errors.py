@@ -205,3 +205,23 @@ def test_transcription_session_refuses_response_create(make_session, kit) -> Non
     error = kit.error_of(h.send({"type": "response.create", "event_id": "r1"}))
     assert error["event_id"] == "r1"
     assert h.effects() == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ('{"type":"input_audio_buffer.append","audio":"A"}', "invalid_value"),  # not base64
+        ('{"type": "input_audio_buffer.append", "audio": "AA\x01A"}', "invalid_json"),
+        ('{"type":"input_audio_buffer.append","audio":"AAAA\\u0000"}', "invalid_value"),
+    ],
+)
+def test_a_bad_bare_append_gets_the_general_parse_error(make_session, kit, raw, code) -> None:
+    # A bare append takes a path without a general parse (transceiver/protocol/wire.py
+    # bare_append_audio); a bad one gets the error that parse gives, and nothing is buffered.
+    h = make_session()
+    error = kit.error_of(h.send(raw))
+    assert error["code"] == code and error["event_id"] is None
+    assert h.session._input.audio == bytearray()
+    good = '{"type":"input_audio_buffer.append","audio":"AAAA"}'
+    assert h.send(good) == [] and bytes(h.session._input.audio) == b"\0\0\0"
+    still_works(h, kit)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from transceiver.protocol.errors import ClientError
 from transceiver.protocol.wire import (
     MAX_EVENT_DEPTH,
+    bare_append_audio,
     encode_server_event,
     loads_strict,
     nested_deeper_than,
@@ -82,3 +83,64 @@ def nest(depth: int) -> Any:
 def test_depth(value: Any, deeper: bool) -> None:
     assert nested_deeper_than(value, MAX_EVENT_DEPTH) is deeper
     assert nested_deeper_than({"flat": 1}, 0) is True  # one level is past a limit of 0
+
+
+_BASE64ISH = st.text(alphabet="ABCxyz019+/=", max_size=40)
+_HEADS = [
+    '{"type":"input_audio_buffer.append","audio":"',
+    '{"type": "input_audio_buffer.append", "audio": "',
+]
+
+
+@given(audio=_BASE64ISH, head=st.sampled_from(_HEADS))
+def test_a_bare_append_gives_the_audio_json_would(audio: str, head: str) -> None:
+    frame = f'{head}{audio}"}}'
+    assert json.loads(frame) == {"type": "input_audio_buffer.append", "audio": audio}
+    assert bare_append_audio(frame) == audio
+
+
+def _valid_base64(text: str) -> bool:
+    try:
+        base64.b64decode(text, validate=True)
+    except ValueError:
+        return False
+    return True
+
+
+@given(
+    frame=st.one_of(
+        st.builds(lambda head, tail: head + tail, st.sampled_from(_HEADS), st.text(max_size=30)),
+        st.builds(
+            lambda audio, extra, compact: json.dumps(
+                {"type": "input_audio_buffer.append", "audio": audio, **extra},
+                separators=(",", ":") if compact else None,
+            ),
+            st.text(max_size=20),
+            st.dictionaries(st.sampled_from(["event_id", "type", "x"]), st.text(max_size=5)),
+            st.booleans(),
+        ),
+    )
+)
+def test_what_the_fast_path_takes_and_decodes_is_a_bare_append(frame: str) -> None:
+    # Whatever it returns and decodes as base64 (the session's check) is exactly a bare
+    # append of that audio; the rest (other fields, escapes, not JSON, not base64) is left
+    # to the general parse.
+    audio = bare_append_audio(frame)
+    if audio is not None and _valid_base64(audio):
+        assert json.loads(frame) == {"type": "input_audio_buffer.append", "audio": audio}
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"audio": "AAAA", "type": "input_audio_buffer.append"}',
+        '{"type": "input_audio_buffer.append", "audio": "AAAA", "event_id": "e1"}',
+        '{"type": "input_audio_buffer.append", "audio": "AA\\u0041A"}',
+        '{"type": "input_audio_buffer.append", "audio": "AA"A"}',
+        '{"type": "input_audio_buffer.append", "audio": "AAAA"} ',
+        '\ufeff{"type": "input_audio_buffer.append", "audio": "AAAA"}',
+        b'{"type": "input_audio_buffer.append", "audio": "AAAA"}',
+    ],
+)
+def test_other_frames_take_the_general_parse(frame: str | bytes) -> None:
+    assert bare_append_audio(frame) is None

@@ -144,7 +144,10 @@ class SessionInput:
     # -- the input audio buffer -------------------------------------------------------
 
     def _on_append(self, event: dict[str, Any], now_ms: float) -> None:
-        text = event.get("audio")
+        self.append_base64(event.get("audio"), now_ms)
+
+    def append_base64(self, text: Any, now_ms: float) -> None:
+        """An append's ``audio`` (base64, checked here) into the input buffer."""
         check_audio_chars(len(text) if isinstance(text, str) else 0, "audio")
         audio = decode_base64(text, "audio")
         if self.turn_detection is None or self._speech_item is not None:

@@ -40,7 +40,7 @@ from transceiver.protocol.media import check_media_formats, with_pcm_audio
 from transceiver.protocol.requests import PromptResolver, build_response, check_session_prompt
 from transceiver.protocol.responses import Response, ResponseWriter
 from transceiver.protocol.results import SessionResults
-from transceiver.protocol.wire import check_depth, parse_client_frame
+from transceiver.protocol.wire import bare_append_audio, check_depth, parse_client_frame
 
 # OpenAI's Realtime conversations guide: "The maximum duration of a Realtime session is
 # 60 minutes".
@@ -228,6 +228,8 @@ class RealtimeSession(SessionInput, SessionResults, SessionItems):
             return
         if isinstance(raw, dict):
             event = raw
+        elif (audio := bare_append_audio(raw)) is not None and self._append_bare(audio, now_ms):
+            return  # most frames: no general parse
         else:
             try:
                 event = parse_client_frame(raw)
@@ -254,6 +256,15 @@ class RealtimeSession(SessionInput, SessionResults, SessionItems):
             handler(self, event, now_ms)
         except ClientError as exc:
             self._error(exc, client_event_id)
+
+    def _append_bare(self, audio: str, now_ms: float) -> bool:
+        """A bare append's audio into the buffer; False, the buffer unchanged, if it is
+        refused (the general parse then gives the exact error)."""
+        try:
+            self.append_base64(audio, now_ms)
+        except ClientError:
+            return False
+        return True
 
     def _on_session_update(self, event: dict[str, Any], now_ms: float) -> None:
         old_td, old_format = self.turn_detection, self.input_format

@@ -62,6 +62,32 @@ def parse_client_frame(raw: str | bytes) -> dict[str, Any]:
     return event
 
 
+# A bare append (no field but ``type`` and ``audio``) as clients write it: compact (JSON.stringify,
+# pydantic) or with json.dumps's default spacing. Most client frames of a session are one.
+_BARE_APPEND_HEADS = (
+    '{"type":"input_audio_buffer.append","audio":"',
+    '{"type": "input_audio_buffer.append", "audio": "',
+)
+
+
+def bare_append_audio(raw: str | bytes) -> str | None:
+    """The ``audio`` of a bare ``input_audio_buffer.append`` text frame, read without a
+    general parse; None for any other frame (:func:`parse_client_frame`).
+
+    The value holds no quote or backslash, so no escape: it is the JSON string's content,
+    if the frame is JSON at all (a control character in it would make it invalid). The
+    caller decodes it as base64, which only the alphabet passes, and, where that fails,
+    parses the frame the general way for its exact error.
+    """
+    if type(raw) is not str or not raw.endswith('"}'):
+        return None
+    for head in _BARE_APPEND_HEADS:
+        if raw.startswith(head):
+            audio = raw[len(head) : -2]
+            return None if '"' in audio or "\\" in audio else audio
+    return None
+
+
 def check_depth(
     value: Any, what: str = "The event", code: str = "invalid_event", param: str | None = None
 ) -> None:
