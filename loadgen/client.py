@@ -24,12 +24,8 @@ from websockets.protocol import State
 
 from models.audio import resample
 from models.synth import speech
+from transceiver.link import apply_mask
 from transceiver.protocol.wsframe import frame_header
-
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - websockets without its C extension
-    from websockets.utils import apply_mask
 
 CHUNK_MS = 20
 MAX_SESSIONS = 2000

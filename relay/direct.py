@@ -34,8 +34,8 @@ from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 from websockets.protocol import State
-from websockets.speedups import apply_mask
 
+from transceiver.link import apply_mask
 from transceiver.protocol.wsframe import frame_header
 
 EXTENSION = "realtime-relay.frames"
