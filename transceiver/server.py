@@ -36,6 +36,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from models.silero import SileroModel
 from models.stt import WhisperStt
 from models.turn import TurnError
 from transceiver import unix
@@ -104,7 +105,10 @@ def build_backend(settings: TransceiverSettings) -> Backend | ProxyBackend:
         # The fallback is built once, at start: the local pipeline's models take seconds to
         # load, which a session that lost its upstream cannot wait for.
         fallback = None if settings.fallback == "none" else _engine(settings, settings.fallback)
-        return ProxyBackend(settings, fallback)
+        vad_model = None
+        if settings.vad == "silero" and settings.local_turn_detection:  # the fallback's, if any
+            vad_model = getattr(fallback, "vad_model", None) or SileroModel(settings.vad_model)
+        return ProxyBackend(settings, fallback, vad_model)
     return _engine(settings, settings.backend)
 
 

@@ -296,6 +296,16 @@ class TransceiverSettings(BaseSettings):
                 "--vad silero is for the local backend (and an openai fallback to it); the "
                 "mock's VAD is webrtc (its synthetic speech is not speech to Silero)"
             )
+        if (
+            self.backend == "openai"
+            and self.vad == "silero"
+            and not self.local_turn_detection
+            and self.fallback != "local"
+        ):
+            raise ValueError(
+                "--vad silero on the openai backend is for its own speech detection: "
+                "--local-turn-detection or --fallback local (otherwise OpenAI detects turns)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -14,6 +14,7 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
@@ -212,6 +213,36 @@ async def test_the_fallback_judges_semantic_vad_with_the_servers_model(voice: Pi
     async with refusing_upstream("unreachable") as url:
         with fallback_proxy(url) as (relay, _):
             await finished_question(relay, voice)
+
+
+@needs_model
+async def test_vad_silero_ends_a_turn_in_noise_through_the_proxy(
+    upstream: RunningServer, voice: PiperTts
+) -> None:
+    """``--local-turn-detection --vad silero``: the proxy's speech detector hears the end of
+    a sentence under white noise (10 dB below it), which webrtcvad alone takes for speech."""
+    said = spoken(voice, "Please book a table for two at eight tonight.")
+    clean = np.frombuffer(silence(300) + said + silence(1200), dtype="<i2").astype(np.float64)
+    level = float(np.sqrt(np.mean(clean[np.abs(clean) > 300] ** 2))) / 10**0.5
+    hiss = np.random.default_rng(7).standard_normal(clean.size) * level
+    audio = np.clip(clean + hiss, -32768, 32767).astype("<i2").tobytes()
+    url = f"{upstream.ws_base_url}/realtime"
+    with turn_proxy(url, "--local-turn-detection", "--vad", "silero", key=UPSTREAM_KEY) as (
+        relay,
+        _,
+    ):
+        async with client_for(relay).realtime.connect(model="gpt-realtime") as conn:
+            rec = Recorder(conn)
+            session = {"type": "realtime", "output_modalities": ["text"]}
+            await rec.send({"type": "session.update", "session": session})
+            await rec.until("session.updated")
+            await append_audio(rec, audio, chunk_ms=100)
+            stopped = await rec.until("input_audio_buffer.speech_stopped", timeout_s=10)
+            committed = await rec.until("input_audio_buffer.committed")
+            assert committed["item_id"] == stopped["item_id"]
+            assert stopped["audio_end_ms"] <= (300 + len(said) / 48) + 100
+            await rec.until("response.done")
+            rec.check()
 
 
 # The shared scenarios (test_scenarios.py) again, with the proxy detecting the turns: an

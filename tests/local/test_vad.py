@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from openai import AsyncOpenAI
 
+from models.silero import SileroModel
 from tests.e2e.client import Recorder, append_audio, silence
 from tests.local.conftest import Speaker
 from tests.servers import RunningServer, relay_server
+from tests.transceiver.test_local_turns import feed, turns
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.models]
 
@@ -64,3 +66,21 @@ async def test_noise_alone_starts_no_turn(silero_server: RunningServer) -> None:
     hiss = np.random.default_rng(3).standard_normal(4 * RATE) * 2000
     rec = await transcription_session(silero_server, hiss.astype("<i2").tobytes())
     assert rec.of_type("input_audio_buffer.speech_started") == []
+
+
+@pytest.mark.parametrize("silero", [True, False])
+async def test_the_proxys_local_turn_detection_takes_vad_silero(
+    speak: Speaker, silero: bool
+) -> None:
+    # --backend openai --local-turn-detection --vad silero: the proxy's own speech detector
+    # (transceiver/proxy/turns.py) classifies frames with Silero too, so a turn in noise
+    # ends there; with webrtcvad alone the noise holds it open.
+    audio = noisy(speak("Please book a table for two at eight tonight."), trailing_s=1.5)
+    local, _ = turns(vad_model=SileroModel() if silero else None)
+    client, upstream = feed(local, audio)
+    assert [e["type"] for e in client][:1] == ["input_audio_buffer.speech_started"]
+    stopped = [e for e in client if e["type"] == "input_audio_buffer.speech_stopped"]
+    assert len(stopped) == (1 if silero else 0)
+    commits = [f for f in upstream if f["type"] == "input_audio_buffer.commit"]
+    assert len(commits) == (1 if silero else 0)
+    local.close()

@@ -78,3 +78,8 @@ def test_the_setting_defaults_to_webrtc_and_the_mock_refuses_silero() -> None:
     assert TransceiverSettings(backend="mock", vad="webrtc").vad == "webrtc"
     with pytest.raises(ValidationError, match="the mock's VAD is webrtc"):
         TransceiverSettings(backend="mock", vad="silero")
+    # The proxy detects speech itself only with --local-turn-detection or a local fallback.
+    with pytest.raises(ValidationError, match="--local-turn-detection or --fallback local"):
+        TransceiverSettings(backend="openai", vad="silero")
+    for own in ({"local_turn_detection": True}, {"fallback": "local"}):
+        assert TransceiverSettings(backend="openai", vad="silero", **own).vad == "silero"

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from models.silero import SileroModel
 from models.synth import speech
 from tests.transceiver.test_semantic_vad import ScriptedStt, ScriptedTurns, ScriptedWords
 from tests.transceiver.test_speculation import settle
@@ -29,7 +30,9 @@ def silence(ms: int) -> bytes:
     return b"\x00\x00" * (24 * ms)
 
 
-def turns(turn_model: TurnModel | None = None, **td: Any) -> tuple[LocalTurns, list[int]]:
+def turns(
+    turn_model: TurnModel | None = None, vad_model: SileroModel | None = None, **td: Any
+) -> tuple[LocalTurns, list[int]]:
     sent: list[int] = []
     local = LocalTurns(
         realtime=True,
@@ -38,6 +41,7 @@ def turns(turn_model: TurnModel | None = None, **td: Any) -> tuple[LocalTurns, l
         session_id="sess_test",
         turn_model=turn_model,
         on_sent=sent.append,
+        vad_model=vad_model,
     )
     # server_vad with a 500 ms window unless the test names its own turn detection
     update = td if "type" in td else {"type": "server_vad", "silence_duration_ms": 500, **td}

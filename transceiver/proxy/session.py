@@ -93,6 +93,7 @@ class ProxySession(LocalTurnsBridge):
                 session_id=self.id,
                 turn_model=turn_model,
                 on_sent=self.meter.sent,
+                vad_model=backend.vad_model,
             )
             if settings.local_turn_detection
             else None

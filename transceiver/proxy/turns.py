@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from models.audio import to_pcm16
+from models.silero import SileroFrames, SileroModel
 from models.vad import (
     VAD_RATE_HZ,
     ServerVad,
@@ -77,8 +78,10 @@ class LocalTurns:
         session_id: str,
         turn_model: TurnModel | None,
         on_sent: Callable[[int], None],
+        vad_model: SileroModel | None = None,
     ) -> None:
-        """``on_sent(byte_count)``: audio went upstream (in the client's input format)."""
+        """``on_sent(byte_count)``: audio went upstream (in the client's input format);
+        ``vad_model``: Silero VAD (``--vad silero``) for the speech detector's frames."""
         self.realtime, self.beta = realtime, beta
         self.td: TurnDetection | None = ServerVadConfig(type="server_vad")
         self.fmt = AudioFormatType.PCM
@@ -94,6 +97,7 @@ class LocalTurns:
         )
         self._vad: ServerVad | None = None
         self._vad_config: tuple[float, int, int] | None = None
+        self._vad_model = vad_model
         self._received_ms = 0.0  # the client's timeline: all the audio it appended
         self._pending = bytearray()  # received, not yet sent upstream nor dropped
         self._pending_start_ms = 0.0
@@ -257,10 +261,12 @@ class LocalTurns:
     def _detector(self, td: TurnDetection) -> ServerVad:
         config = (td.threshold, td.prefix_padding_ms, td.silence_duration_ms)
         if self._vad is None or self._vad_config != config:
+            model = self._vad_model
             self._vad = ServerVad(
                 threshold=td.threshold,
                 prefix_padding_ms=td.prefix_padding_ms,
                 silence_duration_ms=td.silence_duration_ms,
+                classifier=SileroFrames(model, td.threshold) if model is not None else None,
             )
             self._vad_config = config
         return self._vad

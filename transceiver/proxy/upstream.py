@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
+from models.silero import SileroModel
 from transceiver.backends.base import Backend
 from transceiver.proxy.fallback import CAPACITY, UNREACHABLE
 from transceiver.proxy.policy import ProxyPolicy
@@ -34,9 +35,16 @@ class ProxyBackend:
 
     name = "openai"
 
-    def __init__(self, settings: TransceiverSettings, fallback: Backend | None = None) -> None:
+    def __init__(
+        self,
+        settings: TransceiverSettings,
+        fallback: Backend | None = None,
+        vad_model: SileroModel | None = None,
+    ) -> None:
         self.settings = settings
         self.fallback = fallback  # --fallback: where a session goes on without the upstream
+        # --vad silero: --local-turn-detection's speech detector classifies frames with it
+        self.vad_model = vad_model
         self.policy = ProxyPolicy.from_settings(settings)
         self.api_key = settings.upstream_api_key or os.environ.get("OPENAI_API_KEY")
         self.headers: list[tuple[str, str]] = []
