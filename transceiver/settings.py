@@ -309,6 +309,22 @@ class TransceiverSettings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _turn_transcribe_has_words_to_judge(self) -> Self:
+        if not self.turn_transcribe:
+            return self
+        if (self.turn_text_model or "").lower() == "none":
+            raise ValueError(
+                "--turn-transcribe transcribes pauses for the words' model, and "
+                "--turn-text-model none turns that off"
+            )
+        if self.backend == "openai" and not self.local_turn_detection and self.fallback == "none":
+            raise ValueError(
+                "--turn-transcribe on the openai backend needs --local-turn-detection or a "
+                "--fallback (otherwise OpenAI detects turns)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _local_default_sessions(self) -> Self:
         if self.backend == "local" and "max_sessions" not in self.model_fields_set:
             self.max_sessions = local_max_sessions()

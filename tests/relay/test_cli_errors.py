@@ -14,6 +14,12 @@ import pytest
         (["serve", "--backend", "mock", "--sip-listen", "nonsense"], "--sip-listen: 'nonsense'"),
         (["relay", "--transceiver", "http://127.0.0.1:9", "--port", "abc"], "--port: Input"),
         (["transceiver", "--backend", "mock", "--vad", "silero"], "--vad silero is for"),
+        (["transceiver", "--backend", "openai", "--vad", "silero"], "--local-turn-detection"),
+        (
+            ["transceiver", "--backend", "mock", "--turn-transcribe", "--turn-text-model", "none"],
+            "--turn-text-model none turns that off",
+        ),
+        (["transceiver", "--backend", "openai", "--turn-transcribe"], "--turn-transcribe on"),
     ],
 )
 def test_a_bad_option_is_one_line(argv: list[str], line: str) -> None:
