@@ -317,10 +317,19 @@ class TransceiverSettings(BaseSettings):
                 "--turn-transcribe transcribes pauses for the words' model, and "
                 "--turn-text-model none turns that off"
             )
-        if self.backend == "openai" and not self.local_turn_detection and self.fallback == "none":
+        return self
+
+    @model_validator(mode="after")
+    def _turn_options_where_turns_are_detected(self) -> Self:
+        """The end-of-turn options on a proxy that detects no turns itself would do nothing."""
+        if self.backend != "openai" or self.local_turn_detection or self.fallback != "none":
+            return self
+        given = [_flag(name) for name in _TURN_OPTIONS if name in self.model_fields_set]
+        given += ["--turn-transcribe"] if self.turn_transcribe else []
+        if given:
             raise ValueError(
-                "--turn-transcribe on the openai backend needs --local-turn-detection or a "
-                "--fallback (otherwise OpenAI detects turns)"
+                f"{', '.join(given)}: the openai backend detects no turns itself without "
+                "--local-turn-detection or a --fallback (OpenAI judges semantic_vad upstream)"
             )
         return self
 
@@ -358,6 +367,14 @@ class TransceiverSettings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+
+# semantic_vad's end-of-turn options (transceiver/turns.py)
+_TURN_OPTIONS = ("turn_model", "turn_threshold", "turn_text_model", "turn_text_threshold")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def settings_error(exc: ValidationError) -> str:

@@ -19,7 +19,11 @@ import pytest
             ["transceiver", "--backend", "mock", "--turn-transcribe", "--turn-text-model", "none"],
             "--turn-text-model none turns that off",
         ),
-        (["transceiver", "--backend", "openai", "--turn-transcribe"], "--turn-transcribe on"),
+        (["transceiver", "--backend", "openai", "--turn-transcribe"], "--turn-transcribe: the"),
+        (
+            ["transceiver", "--backend", "openai", "--turn-threshold", "0.7"],
+            "--turn-threshold: the openai backend detects no turns itself",
+        ),
     ],
 )
 def test_a_bad_option_is_one_line(argv: list[str], line: str) -> None:
