@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from models.audio import to_pcm16
 from models.errors import SttError
@@ -51,6 +51,7 @@ from models.turn_text import TextTurn, TextTurnError
 from transceiver.speculation import Speculated
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MODEL_RATE_HZ = 16_000
 # The model sees the last 8 s (models/turn.py); the turn is taken from a little before
@@ -131,13 +132,13 @@ class TurnModel:
 
     def _score_text(self, text: str) -> float | None:
         with self._text_lock:
-            loader, self.text_loader = self.text_loader, None
-            if self.text is None and loader is not None:
-                try:
-                    self.text = loader()
-                    log.info("semantic_vad: the words are checked too (models/turn_text.py)")
-                except TextTurnError as exc:
-                    log.warning("semantic_vad: no text end-of-turn model (%s)", exc)
+            self.text, self.text_loader = _built(
+                self.text,
+                self.text_loader,
+                TextTurnError,
+                "the words are checked too (models/turn_text.py)",
+                "no text end-of-turn model",
+            )
             scorer = self.text
         return scorer.log_probability(text) if scorer is not None else None
 
@@ -155,13 +156,13 @@ class TurnModel:
 
     def _transcribe(self, audio: bytes, audio_format: str) -> str:
         with self._stt_lock:
-            loader, self.stt_loader = self.stt_loader, None
-            if self.stt is None and loader is not None:
-                try:
-                    self.stt = loader()
-                    log.info("semantic_vad: pauses are transcribed for the words")
-                except SttError as exc:
-                    log.warning("semantic_vad: no STT for the words at pauses (%s)", exc)
+            self.stt, self.stt_loader = _built(
+                self.stt,
+                self.stt_loader,
+                SttError,
+                "pauses are transcribed for the words",
+                "no STT for the words at pauses",
+            )
             stt = self.stt
         if stt is None:
             raise SttError("no STT for the words at pauses")
@@ -171,6 +172,24 @@ class TurnModel:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._stt_executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _built(
+    value: T | None,
+    loader: Callable[[], T] | None,
+    error: type[Exception],
+    built: str,
+    not_built: str,
+) -> tuple[T | None, None]:
+    """``value``, or what ``loader`` builds the first time (the loader is then dropped: a
+    model that cannot be built is tried once, and said so once in the log)."""
+    if value is None and loader is not None:
+        try:
+            value = loader()
+            log.info("semantic_vad: %s", built)
+        except error as exc:
+            log.warning("semantic_vad: %s (%s)", not_built, exc)
+    return value, None
 
 
 def load_turn_model(
