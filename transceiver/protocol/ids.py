@@ -24,9 +24,17 @@ class IdFactory:
         self._counter = 0
 
     def _chars(self, n: int, alphabet: str = _BASE62) -> str:
-        if self._rng is None:
-            return "".join(secrets.choice(alphabet) for _ in range(n))
-        return "".join(self._rng.choice(alphabet) for _ in range(n))
+        if self._rng is not None:
+            return "".join(self._rng.choice(alphabet) for _ in range(n))
+        # Random bytes read at once (secrets.choice reads the OS per character: 16 us an
+        # id); a byte past the largest multiple of the alphabet's size is dropped, so every
+        # character stays equally likely.
+        size = len(alphabet)
+        below = 256 - 256 % size
+        chars: list[str] = []
+        while len(chars) < n:
+            chars += [alphabet[b % size] for b in secrets.token_bytes(n + 8) if b < below]
+        return "".join(chars[:n])
 
     def new(self, prefix: str, length: int = 21) -> str:
         return f"{prefix}_{self._chars(length)}"
