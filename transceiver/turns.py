@@ -22,8 +22,9 @@ Eagerness also moves the decision threshold (the transceiver's ``--turn-threshol
 default 0.5): ``high`` ends a turn more readily (threshold - 0.2), ``low`` only when the
 model is surer (+ 0.2); ``medium`` and ``auto`` use it as it is.
 
-Where the backend transcribes at the pause (the local backend's speculative STT), the
-words are judged too (models/turn_text.py): does the transcript so far end a message
+Where the backend transcribes at the pause (the local backend's speculative STT), or where
+the transceiver does it here for a backend that does not (``--turn-transcribe``: the mock,
+the proxy), the words are judged too (models/turn_text.py): does the transcript so far end a message
 (log-probability above ``--turn-text-threshold``)? The turn ends at the pause only if
 both say so ("I want to go to" keeps listening however final it sounded); when they
 disagree, the pause ends the turn after half the eagerness's max timeout; when both say
