@@ -45,10 +45,10 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from models.audio import to_pcm16
-from models.errors import SttError
+from models.errors import ModelError, SttError
 from models.stt import Transcript
 from models.turn import EndOfTurn, SmartTurn, TurnError
-from models.turn_text import TextTurn, TextTurnError
+from models.turn_text import TextTurn
 from transceiver.speculation import Speculated
 
 log = logging.getLogger(__name__)
@@ -133,10 +133,10 @@ class TurnModel:
 
     def _score_text(self, text: str) -> float | None:
         with self._text_lock:
-            self.text, self.text_loader = _built(
+            loader, self.text_loader = self.text_loader, None  # tried once, whatever happens
+            self.text = _built(
                 self.text,
-                self.text_loader,
-                TextTurnError,
+                loader,
                 "the words are checked too (models/turn_text.py)",
                 "no text end-of-turn model",
             )
@@ -157,10 +157,10 @@ class TurnModel:
 
     def _transcribe(self, audio: bytes, audio_format: str) -> str:
         with self._stt_lock:
-            self.stt, self.stt_loader = _built(
+            loader, self.stt_loader = self.stt_loader, None  # tried once, whatever happens
+            self.stt = _built(
                 self.stt,
-                self.stt_loader,
-                SttError,
+                loader,
                 "pauses are transcribed for the words",
                 "no STT for the words at pauses",
             )
@@ -175,22 +175,17 @@ class TurnModel:
         self._stt_executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _built(
-    value: T | None,
-    loader: Callable[[], T] | None,
-    error: type[Exception],
-    built: str,
-    not_built: str,
-) -> tuple[T | None, None]:
-    """``value``, or what ``loader`` builds the first time (the loader is then dropped: a
-    model that cannot be built is tried once, and said so once in the log)."""
+def _built(value: T | None, loader: Callable[[], T] | None, built: str, not_built: str) -> T | None:
+    """``value``, or what ``loader`` builds (the caller has dropped the loader: a model
+    that cannot be built, for whatever reason of the model's, is tried once and said so
+    once in the log)."""
     if value is None and loader is not None:
         try:
             value = loader()
             log.info("semantic_vad: %s", built)
-        except error as exc:
+        except ModelError as exc:  # TextTurnError, SttError, LlmError (no bundled GGUF)...
             log.warning("semantic_vad: %s (%s)", not_built, exc)
-    return value, None
+    return value
 
 
 def load_turn_model(

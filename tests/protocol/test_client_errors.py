@@ -212,6 +212,7 @@ def test_transcription_session_refuses_response_create(make_session, kit) -> Non
     [
         ('{"type":"input_audio_buffer.append","audio":"A"}', "invalid_value"),  # not base64
         ('{"type": "input_audio_buffer.append", "audio": "AA\x01A"}', "invalid_json"),
+        ('{"type":"input_audio_buffer.append","audio":"}', "invalid_json"),
         ('{"type":"input_audio_buffer.append","audio":"AAAA\\u0000"}', "invalid_value"),
     ],
 )

@@ -137,6 +137,8 @@ def test_what_the_fast_path_takes_and_decodes_is_a_bare_append(frame: str) -> No
         '{"type": "input_audio_buffer.append", "audio": "AAAA", "event_id": "e1"}',
         '{"type": "input_audio_buffer.append", "audio": "AA\\u0041A"}',
         '{"type": "input_audio_buffer.append", "audio": "AA"A"}',
+        '{"type":"input_audio_buffer.append","audio":"}',  # not JSON: the value never closes
+        '{"type": "input_audio_buffer.append", "audio": "}',
         '{"type": "input_audio_buffer.append", "audio": "AAAA"} ',
         '\ufeff{"type": "input_audio_buffer.append", "audio": "AAAA"}',
         b'{"type": "input_audio_buffer.append", "audio": "AAAA"}',

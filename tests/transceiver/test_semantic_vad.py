@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from models.errors import LlmError
 from models.stt import Transcript
 from tests.transceiver.test_speculation import SILENCE_MS, Client, ScriptedBackend, settle, speech
 from tests.waiting import eventually
@@ -526,3 +527,23 @@ async def test_without_turn_transcribe_the_audio_decides_where_there_is_no_trans
     await shell.stopped()
     assert words.scored == []
     await shell.close()
+
+
+async def test_a_words_model_that_cannot_load_is_tried_once() -> None:
+    # A model error of any kind (here the LLM's: no bundled GGUF) leaves the audio to decide,
+    # said once; the loader is not called again at every pause, nor does a pause's speech
+    # get transcribed for words that will not be judged.
+    calls = []
+
+    def load() -> ScriptedWords:
+        calls.append(1)
+        raise LlmError("no bundled GGUF")
+
+    model = TurnModel(ScriptedTurns(0.9), text_loader=load, stt=ScriptedStt("words"))
+    try:
+        assert model.transcribes
+        assert model._score_text("i want to") is None
+        assert model._score_text("i want to go") is None
+        assert calls == [1] and not model.transcribes
+    finally:
+        model.close()

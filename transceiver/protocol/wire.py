@@ -82,7 +82,7 @@ def bare_append_audio(raw: str | bytes) -> str | None:
     if type(raw) is not str or not raw.endswith('"}'):
         return None
     for head in _BARE_APPEND_HEADS:
-        if raw.startswith(head):
+        if raw.startswith(head) and len(raw) >= len(head) + 2:  # its own closing quote
             audio = raw[len(head) : -2]
             return None if '"' in audio or "\\" in audio else audio
     return None

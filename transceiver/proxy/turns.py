@@ -290,8 +290,9 @@ class LocalTurns:
         if self._judge is None:
             return  # the eagerness's max timeout ends the turn
         threshold = decision_threshold(self._judge.threshold, td.eagerness)
-        # --turn-transcribe: the words of the turn so far are judged too
-        audio = bytes(self._turn) + bytes(self._pending) if self._judge.transcribes else None
+        # --turn-transcribe: the words of the turn so far (sent upstream: at most its last
+        # 8 s) are judged too; what is held back is the pause, or speech after it
+        audio = bytes(self._turn) if self._judge.transcribes else None
         self._judge.pause(self.fmt, pause_ms, threshold, audio=audio)
 
     def _finished(self, pause_ms: float) -> None:
