@@ -36,6 +36,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from models.errors import ModelError
 from models.silero import SileroModel
 from models.stt import WhisperStt
 from models.turn import TurnError
@@ -515,7 +516,11 @@ async def run_transceiver(settings: TransceiverSettings, stop: asyncio.Event) ->
     except PromptLibraryError as exc:
         log.error("transceiver not started: %s", exc)
         raise SystemExit(2) from None
-    backend = build_backend(settings)
+    try:
+        backend = build_backend(settings)
+    except ModelError as exc:  # a model file missing or unreadable: one line, not a traceback
+        log.error("transceiver not started: %s", exc)
+        raise SystemExit(2) from None
     # The proxy passes semantic_vad upstream (OpenAI judges those turns), unless it detects
     # turns itself (--local-turn-detection) or may fall back to a backend of its own.
     turn_model = None

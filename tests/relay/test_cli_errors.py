@@ -15,6 +15,20 @@ import pytest
         (["relay", "--transceiver", "http://127.0.0.1:9", "--port", "abc"], "--port: Input"),
         (["transceiver", "--backend", "mock", "--vad", "silero"], "--vad silero is for"),
         (["transceiver", "--backend", "openai", "--vad", "silero"], "--local-turn-detection"),
+        (  # a model file that is not there: one line at start, not a traceback
+            [
+                "transceiver",
+                "--backend",
+                "openai",
+                "--local-turn-detection",
+                "--vad",
+                "silero",
+                "--vad-model",
+                "/nonexistent/silero_vad.onnx",
+                "--insecure-no-link-secret",
+            ],
+            "transceiver not started: Silero VAD model not found",
+        ),
         (
             ["transceiver", "--backend", "mock", "--turn-transcribe", "--turn-text-model", "none"],
             "--turn-text-model none turns that off",
