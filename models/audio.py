@@ -141,7 +141,7 @@ def resample(pcm16: bytes, src_rate_hz: int, dst_rate_hz: int) -> bytes:
         return pcm16[: len(pcm16) - len(pcm16) % 2]
     if 0 < dst_rate_hz < src_rate_hz and src_rate_hz % dst_rate_hz == 0:
         step = src_rate_hz // dst_rate_hz
-        if step % 2 == 1:
+        if step % 2 == 1 and step < 1 << 16:  # the block sums fit in int32
             return _odd_block_means(pcm16, step)
     out = resample_array(_pcm16_view(pcm16), src_rate_hz, dst_rate_hz)
     # Block means and linear interpolation stay within the input's range: no clipping.

@@ -61,7 +61,9 @@ def test_resample_chunk_by_chunk_equals_whole_for_whole_ratios() -> None:
 @given(
     samples=st.lists(st.integers(-32768, 32767), max_size=200),
     odd_byte=st.booleans(),
-    rates=st.sampled_from([(24000, 8000), (48000, 16000), (40000, 8000), (24000, 24000 // 7)]),
+    rates=st.sampled_from(
+        [(24000, 8000), (48000, 16000), (40000, 8000), (24000, 24000 // 7), (65539, 1)]
+    ),
 )
 def test_odd_block_means_are_the_float_paths_samples(
     samples: list[int], odd_byte: bool, rates: tuple[int, int]
