@@ -20,7 +20,7 @@ from relay.server import raise_fd_limit, server_config
 from relay.settings import RelaySettings
 from relay.supervisor import Supervisor, TransceiverProcess, free_port
 from transceiver.observability import configure_logging
-from transceiver.settings import TransceiverSettings, settings_error
+from transceiver.settings import TransceiverSettings, option_flag, settings_error
 
 log = logging.getLogger("relay")
 
@@ -31,7 +31,7 @@ def _add_relay_options(parser: argparse.ArgumentParser, with_transceiver: bool) 
             continue
         env = "RELAY_" + name.upper()
         help_text = f"{field.description} [env {env}]"
-        flag = "--" + name.replace("_", "-")
+        flag = option_flag(name)
         if name in ("transceiver", "api_keys", "cors_origins", "ice_servers"):
             parser.add_argument(flag, dest=name, action="append", default=None, help=help_text)
         else:
@@ -62,7 +62,7 @@ def _add_transceiver_options(parser: argparse.ArgumentParser) -> None:
     for name, field in TransceiverSettings.model_fields.items():
         if name in _SERVE_OWN or name in RelaySettings.model_fields:
             continue
-        flag = "--" + name.replace("_", "-")
+        flag = option_flag(name)
         help_text = f"{field.description} [env RELAY_{name.upper()}; default {field.default!r}]"
         action = argparse.BooleanOptionalAction if field.annotation is bool else "store"
         group.add_argument(flag, dest=_PASSED + name, action=action, default=None, help=help_text)

@@ -20,7 +20,7 @@ from pydantic import ValidationError  # noqa: E402
 
 from transceiver.observability import configure_logging  # noqa: E402
 from transceiver.server import run_transceiver  # noqa: E402
-from transceiver.settings import TransceiverSettings, settings_error  # noqa: E402
+from transceiver.settings import TransceiverSettings, option_flag, settings_error  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         "can also be set as an environment variable RELAY_<NAME> (e.g. RELAY_BACKEND=mock).",
     )
     for name, field in TransceiverSettings.model_fields.items():
-        flag = "--" + name.replace("_", "-")
+        flag = option_flag(name)
         env = "RELAY_" + name.upper()
         help_text = f"{field.description} [env {env}; default {field.default!r}]"
         if field.annotation is bool:

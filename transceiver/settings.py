@@ -290,7 +290,7 @@ class TransceiverSettings(BaseSettings):
         }
 
     @model_validator(mode="after")
-    def _vad_on_the_mock(self) -> Self:
+    def _vad_where_speech_is_detected_here(self) -> Self:
         if self.backend == "mock" and self.vad == "silero":
             raise ValueError(
                 "--vad silero is for the local backend (and an openai fallback to it); the "
@@ -324,7 +324,7 @@ class TransceiverSettings(BaseSettings):
         """The end-of-turn options on a proxy that detects no turns itself would do nothing."""
         if self.backend != "openai" or self.local_turn_detection or self.fallback != "none":
             return self
-        given = [_flag(name) for name in _TURN_OPTIONS if name in self.model_fields_set]
+        given = [option_flag(name) for name in _TURN_OPTIONS if name in self.model_fields_set]
         given += ["--turn-transcribe"] if self.turn_transcribe else []
         if given:
             raise ValueError(
@@ -373,7 +373,8 @@ class TransceiverSettings(BaseSettings):
 _TURN_OPTIONS = ("turn_model", "turn_threshold", "turn_text_model", "turn_text_threshold")
 
 
-def _flag(name: str) -> str:
+def option_flag(name: str) -> str:
+    """A setting's command-line option: ``turn_text_model`` -> ``--turn-text-model``."""
     return "--" + name.replace("_", "-")
 
 
@@ -383,7 +384,7 @@ def settings_error(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
         where = ".".join(str(part) for part in error["loc"])
-        option = "--" + where.replace("_", "-") if where else "settings"
+        option = option_flag(where) if where else "settings"
         message = str(error["msg"]).removeprefix("Value error, ")
         lines.append(f"{option}: {message}")
     return "; ".join(lines)
