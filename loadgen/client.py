@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import time
 import wave
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from websockets.protocol import State
 
 from models.audio import resample
 from models.synth import speech
-from transceiver.link import apply_mask
+from transceiver.link import MaskKeys, apply_mask
 from transceiver.protocol.wsframe import frame_header
 
 CHUNK_MS = 20
@@ -83,23 +82,7 @@ def read_wav(path: str) -> bytes:
     return resample(samples.astype("<i2").tobytes(), rate, 24000)
 
 
-class _Masks:
-    """Masking keys for the frames a client sends (RFC 6455 section 5.3: unpredictable),
-    drawn from the system's random source 4 KiB at a time rather than one system call a
-    frame."""
-
-    def __init__(self) -> None:
-        self._pool = b""
-        self._at = 0
-
-    def next(self) -> bytes:
-        if self._at + 4 > len(self._pool):
-            self._pool, self._at = os.urandom(4096), 0
-        self._at += 4
-        return self._pool[self._at - 4 : self._at]
-
-
-_masks = _Masks()
+_masks = MaskKeys()
 
 
 def send_text_now(ws: ClientConnection, message: bytes) -> bool:

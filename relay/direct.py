@@ -19,7 +19,8 @@ An app that finds :data:`EXTENSION` in a WebSocket scope may, once it has accept
   larger than allowed, a protocol error) goes to websockets' parser from that byte on,
   exactly as before; this path takes over again once websockets holds no partial frame;
 - :meth:`DirectWebSocketProtocol.send_frame` writes a text or binary frame at once
-  (server frames are not masked, RFC 6455 section 5.1), :meth:`drain` waits for the
+  (server frames are not masked, RFC 6455 section 5.1), :meth:`write_frames` several
+  already framed in one write, :meth:`drain` waits for the
   transport's buffer to go below its low-water mark, and :meth:`pause` / :meth:`resume` stop
   and restart reading for a receiver that cannot take more.
 """
@@ -91,9 +92,14 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
     def send_frame(self, payload: bytes, text: bool) -> None:
         """Write one text (``payload`` UTF-8) or binary frame; ``ClientDisconnected`` once
         the connection is closing."""
+        self.write_frames(frame_header(len(payload), text=text) + payload)
+
+    def write_frames(self, data: bytes) -> None:
+        """Write whole frames, headers included, in one write; ``ClientDisconnected`` once
+        the connection is closing."""
         if self.disconnected or self.close_sent or self.conn.state is not State.OPEN:
             raise ClientDisconnected()
-        self.transport.write(frame_header(len(payload), text=text) + payload)
+        self.transport.write(data)
 
     @property
     def writable_now(self) -> bool:

@@ -28,8 +28,13 @@ from relay.edge import Edge
 from relay.link import Upstream
 from relay.ratelimit import PASS, SessionRates
 from transceiver.link import LinkSession
+from transceiver.protocol.wsframe import frame_header
 
 log = logging.getLogger(__name__)
+
+# Server frames taken for a client in one loop iteration, at most (then they wait in the
+# session's inbox, which the link's window bounds): about a reply's events, 20 ms frames.
+TAKE_BYTES = 256 * 1024
 
 SendToClient = Callable[[str | bytes], Awaitable[None]]
 
@@ -52,7 +57,7 @@ async def forward(
     extension = websocket.scope.get("extensions", {}).get(EXTENSION)
     direct = None
     if extension is not None and isinstance(upstream, LinkSession):
-        direct = DirectSession(extension["attach"], upstream, rates, events_in)
+        direct = DirectSession(extension["attach"], upstream, rates, events_in, events_out)
     send = direct.send if direct is not None else _asgi_sender(websocket)
     client_left = False
 
@@ -86,11 +91,16 @@ async def forward(
         nonlocal client_left
         async for frame in upstream:
             events_out.inc()
+            if direct is not None:
+                direct.sending = True  # frames that come meanwhile wait in the inbox
             try:
                 await _to_client(send, upstream, frame, rates)
             except (WebSocketDisconnect, RuntimeError, OSError):
                 client_left = True
                 return
+            finally:
+                if direct is not None:
+                    direct.sending = False
 
     to_up = asyncio.create_task(client_to_upstream())
     to_client = asyncio.create_task(upstream_to_client())
@@ -99,6 +109,8 @@ async def forward(
         if task not in done:
             task.cancel()
     results = await asyncio.gather(to_up, to_client, return_exceptions=True)
+    if direct is not None:
+        direct.end_taking()
     if client_left or any(isinstance(r, WebSocketDisconnect) for r in results):
         await close_discarding(upstream)
         return
@@ -106,9 +118,20 @@ async def forward(
 
 
 class DirectSession:
-    """The client's side of a session on the direct path: its frames go to the link as
-    they are read; when the link's window for the session is full, reading stops until the
-    transceiver gives credit (the frames of the read in hand wait here, in order)."""
+    """A session on the direct path, both ways.
+
+    The client's frames go to the link as they are read; when the link's window for the
+    session is full, reading stops until the transceiver gives credit (the frames of the
+    read in hand wait here, in order).
+
+    The transceiver's frames are taken as the link reads them (``LinkSession.take``) and
+    leave in one write a session per loop iteration (a reply's events, read in one link
+    message, are one write to the client, not one each), except those the rate limits
+    act on (``response.created``, ``response.done``: relay/ratelimit.py), and any while
+    the client's transport is full or ``TAKE_BYTES`` wait already: those wait in the
+    session's inbox for ``forward``'s task, which writes them after what was taken
+    before, and nothing is taken while it holds one (:attr:`sending`), so the order stays.
+    """
 
     def __init__(
         self,
@@ -116,14 +139,51 @@ class DirectSession:
         upstream: LinkSession,
         rates: SessionRates | None,
         events_in: Counter,
+        events_out: Counter,
     ) -> None:
         self.upstream = upstream
         self.rates = rates
         self.events_in = events_in
-        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.events_out = events_out
+        self.loop = asyncio.get_running_loop()
+        self.ended: asyncio.Future[None] = self.loop.create_future()
         self.held: deque[tuple[bytes, bool]] = deque()
         self.flushing: asyncio.Task[None] | None = None
+        self.sending = False  # forward's task holds a server frame
+        self.taken: list[bytes] = []  # server frames (headers and payloads) to write
+        self.taken_bytes = 0
         self.frames = attach(self.on_message)
+        upstream.take = self.take
+
+    def take(self, payload: bytes, text: bool) -> bool:
+        """A server frame as the link reads it: written with the others of this loop
+        iteration; ``False``: not now (it goes through the inbox)."""
+        if self.sending or self.taken_bytes >= TAKE_BYTES or not self.frames.writable_now:
+            return False
+        if self.rates is not None and not self.rates.passes(payload):
+            return False  # counted, folded or answered by forward's task
+        if not self.taken:
+            self.loop.call_soon(self.write_taken)
+        self.taken += (frame_header(len(payload), text=text), payload)
+        self.taken_bytes += len(payload)
+        return True
+
+    def write_taken(self) -> None:
+        """Write the server frames taken so far, in one write."""
+        if not self.taken:
+            return
+        data, count = b"".join(self.taken), len(self.taken) // 2
+        self.taken.clear()
+        self.taken_bytes = 0
+        self.events_out.inc(count)
+        with contextlib.suppress(ClientDisconnected):  # the disconnect comes through receive()
+            self.frames.write_frames(data)
+
+    def end_taking(self) -> None:
+        """The session's frames are over: what was taken is written, nothing more taken."""
+        if self.upstream.take == self.take:
+            self.upstream.take = None
+        self.write_taken()
 
     def on_message(self, payload: bytes, text: bool) -> None:
         """A client frame (called by the protocol as it reads)."""
@@ -182,8 +242,9 @@ class DirectSession:
                 self.flushing.cancel()
 
     async def send(self, frame: str | bytes) -> None:
-        """A frame to the client, once its transport's buffer is below the high-water
-        mark, as uvicorn's ``send`` does."""
+        """A frame to the client, after those taken before it, once its transport's
+        buffer is below the high-water mark, as uvicorn's ``send`` does."""
+        self.write_taken()
         if not self.frames.writable_now:
             await self.frames.drain()
         if isinstance(frame, str):

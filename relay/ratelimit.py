@@ -194,11 +194,24 @@ class SessionRates:
 
     def on_server(self, frame: str | bytes) -> ServerAction:
         """The relay's part in a server frame: count, cancel, fold, announce."""
-        handle = self._HANDLERS.get(_peek_type(frame) or "")
-        if handle is None or (handle is _ERROR and not _contains(frame, CANCEL_PREFIX)):
+        handle = self._handler(frame)
+        if handle is None:
             return PASS
         event = _event(frame)
         return PASS if event is None else handle(self, event)
+
+    def passes(self, frame: str | bytes) -> bool:
+        """Whether :meth:`on_server` would pass ``frame`` on as it is, without a look (no
+        side effect: most server frames, audio deltas among them)."""
+        return self._handler(frame) is None
+
+    def _handler(
+        self, frame: str | bytes
+    ) -> Callable[[SessionRates, dict[str, Any]], ServerAction] | None:
+        handle = self._HANDLERS.get(_peek_type(frame) or "")
+        if handle is _ERROR and not _contains(frame, CANCEL_PREFIX):
+            return None
+        return handle
 
     def _created(self, event: dict[str, Any]) -> ServerAction:
         response_id = str((event.get("response") or {}).get("id") or "")

@@ -48,6 +48,26 @@ from transceiver.protocol.wsframe import frame_header
 
 log = logging.getLogger(__name__)
 
+
+class MaskKeys:
+    """Masking keys for the frames a WebSocket client sends (RFC 6455 section 5.3: from a
+    strong source of entropy, unpredictable), drawn from the system's random source 4 KiB
+    at a time rather than one system call a frame (the relay's link messages, the load
+    generator's frames)."""
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+
+    def next(self) -> bytes:
+        if self._at + 4 > len(self._pool):
+            self._pool, self._at = os.urandom(4096), 0
+        self._at += 4
+        return self._pool[self._at - 4 : self._at]
+
+
+_masks = MaskKeys()
+
 _OK_CODES = {int(code) for code in OK_CLOSE_CODES}
 
 # Bytes a session may have in flight each way before its sender waits for the reader
@@ -155,9 +175,10 @@ class LinkSession:
         self._recv_budget = WINDOW_BYTES  # bytes the peer may still send
         self._consumed = 0  # read since the last CREDIT we sent
         # Takes a frame as it arrives, on the link's reader, instead of the inbox (and the
-        # wake of whoever reads it); ``False``: not now, the inbox it is. Only while
-        # nothing waits in the inbox, so frames stay in order.
-        self.take: Callable[[str | bytes], bool] | None = None
+        # wake of whoever reads it): ``take(payload, text)``, a text frame's payload UTF-8
+        # checked already; ``False``: not now, the inbox it is. Only while nothing waits
+        # in the inbox, so frames stay in order.
+        self.take: Callable[[bytes, bool], bool] | None = None
 
     @property
     def protocol(self) -> LinkSession:
@@ -254,11 +275,13 @@ class LinkSession:
             raise LinkError(f"session {self.id} sent past its window")
         if self.state is not State.OPEN:
             return  # we closed it: nobody reads it any more, what is in flight is dropped
-        message = frames.decode_text(frame) if frame.kind is Kind.TEXT else frame.payload
-        if self.take is not None and not self._inbox and self.take(message):
-            self._read(len(frame.payload))
+        payload, text = frame.payload, frame.kind is Kind.TEXT
+        if text and not payload.isascii():
+            frames.decode_text(frame)  # LinkError where it is not UTF-8
+        if self.take is not None and not self._inbox and self.take(payload, text):
+            self._read(len(payload))
             return
-        self._inbox.append((message, len(frame.payload)))
+        self._inbox.append((payload.decode() if text else payload, len(payload)))
         self._readable.set()
 
     def _credit(self, size: int) -> None:
@@ -343,7 +366,7 @@ class Link:
     def _send(self, pieces: list[bytes], size: int) -> None:
         """One binary message on the carrier: its header and ``pieces`` in one write."""
         if self.carrier.protocol.side is Side.CLIENT:  # a client masks what it sends
-            mask = os.urandom(4)
+            mask = _masks.next()
             pieces = [apply_mask(b"".join(pieces), mask)]
         else:
             mask = b""

@@ -429,8 +429,8 @@ class TransceiverServer:
         )
         if isinstance(connection, LinkSession):  # frames taken as they arrive, when possible
 
-            def take(frame: str | bytes) -> bool:
-                if not runner.take_now(frame):
+            def take(payload: bytes, text: bool) -> bool:
+                if not runner.take_now(payload.decode() if text else payload):
                     return False
                 self.metrics.events_in.inc()
                 return True

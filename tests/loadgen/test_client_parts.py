@@ -9,7 +9,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
-from loadgen.client import _delta_event, _Masks, send_text_now
+from loadgen.client import _delta_event, send_text_now
 from tests.waiting import eventually
 
 
@@ -56,9 +56,3 @@ async def test_a_frame_written_at_once_arrives_as_the_text_sent() -> None:
             await ws.close()
             assert not send_text_now(ws, b"{}")
     assert received == [m.decode() for m in messages]
-
-
-def test_masks_are_fresh_four_byte_keys() -> None:
-    masks = _Masks()
-    keys = [masks.next() for _ in range(3000)]  # past one 4 KiB draw
-    assert {len(k) for k in keys} == {4} and len(set(keys)) > 2990

@@ -36,7 +36,8 @@ class FakeTransceiver:
     """One fake transceiver. ``refusing`` answers sessions with 503 (or ``REFUSED`` on the
     link), as a full or draining transceiver does; a frame ``{"type": "test.close", "code":
     N}`` makes it close that session with ``N``, ``{"type": "test.pause", "ms": N}`` makes
-    it read nothing for N ms, other frames (JSON or not) are echoed; :meth:`kill` drops
+    it read nothing for N ms, ``test.burst`` sends many frames at once (:func:`burst`),
+    other frames (JSON or not) are echoed; :meth:`kill` drops
     every connection without a close frame. With ``link`` (the default) it offers the relay
     <-> transceiver link (``/v1/link``, the real :class:`Link`), as a transceiver does, so
     the relay's sessions go over it; without, one WebSocket per session (``/v1/sessions``)."""
@@ -138,7 +139,22 @@ class FakeTransceiver:
                 return
             if isinstance(event, dict) and event.get("type") == "test.pause":
                 await asyncio.sleep(event["ms"] / 1000)  # reads nothing meanwhile
+            if isinstance(event, dict) and event.get("type") == "test.burst":
+                for frame in burst(event):
+                    await connection.send(frame)
+                continue
             await connection.send(frame)
+
+
+def burst(event: dict[str, Any]) -> list[str]:
+    """``{"type": "test.burst", "n": N, "pad": P, "done_at": I}``: N frames ``test.frame``
+    numbered by ``seq`` (P bytes of padding each), sent at once; the one at I (if given) a
+    ``response.done``."""
+    frames = []
+    for seq in range(int(event["n"])):
+        kind = "response.done" if seq == event.get("done_at") else "test.frame"
+        frames.append(json.dumps({"type": kind, "seq": seq, "pad": "x" * int(event.get("pad", 0))}))
+    return frames
 
 
 @contextlib.asynccontextmanager

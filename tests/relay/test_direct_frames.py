@@ -23,8 +23,10 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+import relay.direct
 import relay.forward
 from tests.relay.inprocess import HOST, fake_transceiver, running_relay
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -171,3 +173,61 @@ async def test_a_transceiver_that_stops_reading_holds_the_frames_and_loses_none(
         assert echoed[0] == (Opcode.TEXT, b'{"type":"test.pause","ms":1500}')
         assert [payload for _, payload in echoed[1:]] == chunks
     assert flushes >= 1  # the window filled: frames were held, then sent
+
+
+def burst(n: int, pad: int = 0, done_at: int | None = None) -> bytes:
+    return json.dumps({"type": "test.burst", "n": n, "pad": pad, "done_at": done_at}).encode()
+
+
+async def test_a_burst_of_server_frames_leaves_in_order_in_one_write_or_few(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Frames the transceiver sends together (a reply's events) reach the client as one
+    write, not one each, and in order."""
+    writes = 0
+    write = relay.direct.DirectWebSocketProtocol.write_frames
+
+    def counted(self: relay.direct.DirectWebSocketProtocol, data: bytes) -> None:
+        nonlocal writes
+        writes += 1
+        write(self, data)
+
+    monkeypatch.setattr(relay.direct.DirectWebSocketProtocol, "write_frames", counted)
+    async with client() as raw:
+        writes = 0
+        raw.protocol.send_text(burst(50))
+        await raw.flush()
+        got = [json.loads(payload) for _, payload in await raw.messages(50)]
+        assert [event["seq"] for event in got] == list(range(50))
+        assert writes <= 3, writes  # one link message (or a few reads of it): 50 before
+
+
+async def test_server_frames_stay_in_order_when_the_client_stops_reading(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that reads nothing for a while fills its transport: the transceiver's frames
+    then wait in the session's inbox, and are taken as they come again once it drains.
+    Every frame arrives in order, the relay's ``rate_limits.updated`` right after the
+    ``response.done`` among them."""
+    taken = {True: 0, False: 0}
+    take = relay.forward.DirectSession.take
+
+    def counted(self: relay.forward.DirectSession, payload: bytes, text: bool) -> bool:
+        result = take(self, payload, text)
+        taken[result] += 1
+        return result
+
+    monkeypatch.setattr(relay.forward.DirectSession, "take", counted)
+    count, done_at = 400, 250
+    async with client() as raw:
+        raw.protocol.send_text(burst(count, pad=20_000, done_at=done_at))  # 8 MB
+        await raw.flush()
+        # Reading nothing until the relay has had to hold frames back.
+        await eventually(lambda: taken[False] > 0, what="a full client transport")
+        got = [json.loads(payload) for _, payload in await raw.messages(count + 1)]
+    types = [event["type"] for event in got]
+    assert types.index("rate_limits.updated") == done_at + 1
+    assert types[done_at] == "response.done"
+    del got[done_at + 1]
+    assert [event["seq"] for event in got] == list(range(count))
+    assert taken[True] > 0 and taken[False] > 0, taken  # both ways were taken

@@ -1,8 +1,8 @@
 """The link writes its batches on the carrier's transport with its own WebSocket frame
 header (transceiver/link.py ``frame_header``, which the relay's frames to its clients use
 too): what it writes must be what ``websockets`` reads, at every length encoding (7, 16 and
-64 bits), text or binary, masked (the relay, a client) or not. And the carrier hands what it
-reads to the link as it parses it."""
+64 bits), text or binary, masked (the relay, a client, its keys drawn in bulk) or not.
+And the carrier hands what it reads to the link as it parses it."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from websockets.frames import OP_BINARY, OP_TEXT, Frame
 from websockets.streams import StreamReader
 
 from tests.waiting import eventually
-from transceiver.link import LinkServerConnection, apply_mask, carrier_max_size
+from transceiver.link import LinkServerConnection, MaskKeys, apply_mask, carrier_max_size
 from transceiver.protocol.wsframe import frame_header
 
 
@@ -96,3 +96,9 @@ async def test_a_sessions_own_websocket_is_not_a_direct_carrier() -> None:
         async with connect(f"ws://127.0.0.1:{port}/v1/sessions") as client:
             await client.send(b"echo")
             assert await asyncio.wait_for(client.recv(), 10) == b"echo"
+
+
+def test_mask_keys_are_fresh_four_byte_keys() -> None:
+    masks = MaskKeys()
+    keys = [masks.next() for _ in range(3000)]  # past one 4 KiB draw
+    assert {len(k) for k in keys} == {4} and len(set(keys)) > 2990
