@@ -12,6 +12,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import contextlib  # noqa: E402
+import logging  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 from typing import Any  # noqa: E402
@@ -20,7 +21,14 @@ from pydantic import ValidationError  # noqa: E402
 
 from transceiver.observability import configure_logging  # noqa: E402
 from transceiver.server import run_transceiver  # noqa: E402
-from transceiver.settings import TransceiverSettings, option_flag, settings_error  # noqa: E402
+from transceiver.settings import (  # noqa: E402
+    TransceiverSettings,
+    option_flag,
+    settings_error,
+    unused_options,
+)
+
+log = logging.getLogger("transceiver")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValidationError as exc:  # one line naming the option, not a traceback
         parser.error(settings_error(exc))
     configure_logging(settings.log_level, settings.log_format)
+    if unused := unused_options(settings):
+        log.warning("%s: not used by the %s backend, ignored", ", ".join(unused), settings.backend)
 
     async def runner() -> None:
         stop = asyncio.Event()

@@ -371,6 +371,77 @@ class TransceiverSettings(BaseSettings):
 
 # semantic_vad's end-of-turn options (transceiver/turns.py)
 _TURN_OPTIONS = ("turn_model", "turn_threshold", "turn_text_model", "turn_text_threshold")
+# Which backend uses which options (the rest: all of them, or checked by a validator above).
+_STT_OPTIONS = (
+    "stt_model",
+    "stt_device",
+    "stt_compute_type",
+    "stt_language",
+    "stt_threads",
+    "stt_short_window",
+)
+_LOCAL_OPTIONS = (
+    "stt_models",
+    "speculative_stt",
+    "preemptive_reply",
+    "llm_url",
+    "llm_model",
+    "llm_api_key",
+    "llm_gguf",
+    "llm_context_tokens",
+    "llm_threads",
+    "llm_max_tokens",
+    "llm_temperature",
+    "tts_voice",
+    "tts_speaker",
+    "voices",
+    "tts_lead_ms",
+    "workers",
+)
+_MOCK_OPTIONS = (
+    "mock_script",
+    "mock_first_delta_ms",
+    "mock_words_per_minute",
+    "mock_realtime",
+    "mock_fault_error_after",
+    "mock_fault_close_after",
+    "mock_fault_stall_after",
+)
+_OPENAI_OPTIONS = (
+    "upstream_url",
+    "upstream_api_key",
+    "upstream_header",
+    "allowed_models",
+    "model_map",
+    "instructions_prefix",
+    "upstream_open_timeout_s",
+    "fallback",
+    "local_turn_detection",
+    "mirror_max_items",
+    "mirror_max_bytes",
+)
+_SESSION_STATE_OPTIONS = ("max_input_audio_s", "max_conversation_audio_s", "prompts")
+
+
+def unused_options(settings: TransceiverSettings) -> list[str]:
+    """The options given (flag or environment) that the chosen backend does not use, as
+    command-line options: the transceiver says so at start rather than ignore them quietly
+    (environment variables shared by every backend's container would make a refusal a
+    nuisance)."""
+    proxy = settings.backend == "openai"
+    local = settings.backend == "local" or (proxy and settings.fallback == "local")
+    mock = settings.backend == "mock" or (proxy and settings.fallback == "mock")
+    groups = (
+        (_STT_OPTIONS, local or settings.turn_transcribe),
+        (_LOCAL_OPTIONS, local),
+        (_MOCK_OPTIONS, mock),
+        (_OPENAI_OPTIONS, proxy),
+        (_SESSION_STATE_OPTIONS, local or mock),
+    )
+    given = settings.model_fields_set
+    return [
+        option_flag(name) for names, used in groups if not used for name in names if name in given
+    ]
 
 
 def option_flag(name: str) -> str:

@@ -1,0 +1,60 @@
+"""Options the chosen backend does not use are named at start (transceiver/settings.py
+``unused_options``), flag or environment alike, instead of being ignored quietly."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from tests.servers import relay_server
+from transceiver.settings import TransceiverSettings, unused_options
+
+
+@pytest.fixture(autouse=True)
+def _no_relay_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("RELAY_")]:
+        monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize(
+    ("given", "unused"),
+    [
+        ({"backend": "mock"}, []),
+        (
+            {"backend": "mock", "stt_model": "base.en", "llm_url": "http://x/v1"},
+            ["--stt-model", "--llm-url"],
+        ),
+        ({"backend": "mock", "stt_model": "base.en", "turn_transcribe": True}, []),  # its words
+        (
+            {"backend": "mock", "upstream_url": "wss://x", "voices": ["a=b.onnx"]},
+            ["--voices", "--upstream-url"],
+        ),
+        ({"backend": "local", "mock_script": "s.yaml", "llm_threads": 2}, ["--mock-script"]),
+        (
+            {"backend": "openai", "tts_voice": "v.onnx", "max_input_audio_s": 60},
+            ["--tts-voice", "--max-input-audio-s"],
+        ),
+        ({"backend": "openai", "fallback": "local", "tts_voice": "v.onnx"}, []),
+        (
+            {"backend": "openai", "fallback": "mock", "mock_realtime": False, "llm_gguf": "m.gguf"},
+            ["--llm-gguf"],
+        ),
+    ],
+)
+def test_options_the_backend_does_not_use(given: dict[str, Any], unused: list[str]) -> None:
+    assert sorted(unused_options(TransceiverSettings(**given))) == sorted(unused)
+
+
+def test_the_environment_counts_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_LLM_GGUF", "/models/m.gguf")
+    assert unused_options(TransceiverSettings(backend="mock")) == ["--llm-gguf"]
+
+
+def test_the_transceiver_says_so_at_start() -> None:
+    args = ("--backend", "mock", "--llm-url", "http://127.0.0.1:9/v1", "--insecure-no-link-secret")
+    env = {"RELAY_STT_MODEL": "base.en"}
+    with relay_server(*args, command="transceiver", timeout_s=120, env=env) as transceiver:
+        said = [line for line in transceiver.lines if "not used by the mock backend" in line]
+    assert len(said) == 1 and "--stt-model, --llm-url: not used" in said[0], said
