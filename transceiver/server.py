@@ -541,6 +541,10 @@ async def run_transceiver(settings: TransceiverSettings, stop: asyncio.Event) ->
         except TurnError as exc:  # --turn-model given, and unusable
             log.error("transceiver not started: %s", exc)
             raise SystemExit(2) from None
+    local = "local" in (settings.backend, settings.fallback)
+    words_at_pauses = settings.turn_transcribe or (local and settings.speculative_stt)
+    if turn_model is not None and words_at_pauses:  # not at the first user's first pause
+        await asyncio.to_thread(turn_model.prepare)
     server = TransceiverServer(settings, backend, turn_model, prompts)
     try:
         listeners = await server.start()

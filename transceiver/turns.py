@@ -100,13 +100,14 @@ class TurnModel:
     model: EndOfTurn
     threshold: float = 0.5
     workers: int = TURN_WORKERS
-    # The words' model (models/turn_text.py), or how to build it on first use: only
-    # backends that transcribe at pauses ask, so a mock transceiver never loads it.
+    # The words' model (models/turn_text.py), or how to build it (by ``prepare`` at the
+    # start of a transceiver whose pauses will ask, else on first use): a mock
+    # transceiver without --turn-transcribe never loads it.
     text: TextScorer | None = None
     text_loader: Callable[[], TextScorer] | None = None
     text_threshold: float = TEXT_THRESHOLD
     # Where the backend has no transcript at a pause (mock, proxy): with --turn-transcribe,
-    # the speech so far is transcribed here for the words (built on first use).
+    # the speech so far is transcribed here for the words (built by ``prepare``).
     stt: PauseTranscriber | None = None
     stt_loader: Callable[[], PauseTranscriber] | None = None
     _executor: ThreadPoolExecutor = field(init=False, repr=False)
@@ -132,6 +133,10 @@ class TurnModel:
         return await loop.run_in_executor(self._executor, self._score_text, text)
 
     def _score_text(self, text: str) -> float | None:
+        scorer = self._text_scorer()
+        return scorer.log_probability(text) if scorer is not None else None
+
+    def _text_scorer(self) -> TextScorer | None:
         with self._text_lock:
             loader, self.text_loader = self.text_loader, None  # tried once, whatever happens
             self.text = _built(
@@ -140,8 +145,16 @@ class TurnModel:
                 "the words are checked too (models/turn_text.py)",
                 "no text end-of-turn model",
             )
-            scorer = self.text
-        return scorer.log_probability(text) if scorer is not None else None
+            return self.text
+
+    def prepare(self) -> None:
+        """Build the words' models now (blocking): for a transceiver whose pauses will ask
+        for them (the local backend's, or with --turn-transcribe), so that its first
+        pause does not wait for them to load."""
+        if self.text_loader is not None:
+            self._text_scorer()
+        if self.text is not None and self.stt_loader is not None:
+            self._pause_stt()
 
     @property
     def transcribes(self) -> bool:
@@ -156,6 +169,13 @@ class TurnModel:
         return text, {}, []
 
     def _transcribe(self, audio: bytes, audio_format: str) -> str:
+        stt = self._pause_stt()
+        if stt is None:
+            raise SttError("no STT for the words at pauses")
+        pcm = to_pcm16(audio, audio_format, MODEL_RATE_HZ)
+        return stt.transcribe(pcm, sample_rate_hz=MODEL_RATE_HZ).text
+
+    def _pause_stt(self) -> PauseTranscriber | None:
         with self._stt_lock:
             loader, self.stt_loader = self.stt_loader, None  # tried once, whatever happens
             self.stt = _built(
@@ -164,11 +184,7 @@ class TurnModel:
                 "pauses are transcribed for the words",
                 "no STT for the words at pauses",
             )
-            stt = self.stt
-        if stt is None:
-            raise SttError("no STT for the words at pauses")
-        pcm = to_pcm16(audio, audio_format, MODEL_RATE_HZ)
-        return stt.transcribe(pcm, sample_rate_hz=MODEL_RATE_HZ).text
+            return self.stt
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

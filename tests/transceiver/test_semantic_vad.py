@@ -547,3 +547,45 @@ async def test_a_words_model_that_cannot_load_is_tried_once() -> None:
         assert calls == [1] and not model.transcribes
     finally:
         model.close()
+
+
+async def test_prepare_builds_the_words_models_before_the_first_pause() -> None:
+    # A transceiver whose pauses will ask for the words (the local backend, --turn-transcribe)
+    # builds them at start; the pauses then find them built.
+    built: list[str] = []
+
+    def words() -> ScriptedWords:
+        built.append("words")
+        return ScriptedWords(-5.0)
+
+    def stt() -> ScriptedStt:
+        built.append("stt")
+        return ScriptedStt("why is the sky blue")
+
+    model = TurnModel(ScriptedTurns(0.9), text_loader=words, stt_loader=stt)
+    try:
+        await asyncio.to_thread(model.prepare)
+        assert built == ["words", "stt"]
+        text, _, _ = await model.transcribe(b"\0\0" * 2400, "pcm16")
+        assert await model.text_log_probability(text) == -5.0
+        assert built == ["words", "stt"]  # not built again
+    finally:
+        model.close()
+
+
+async def test_prepare_skips_the_stt_when_the_words_model_cannot_load() -> None:
+    built: list[str] = []
+
+    def words() -> ScriptedWords:
+        raise LlmError("no bundled GGUF")
+
+    def stt() -> ScriptedStt:
+        built.append("stt")
+        return ScriptedStt("words")
+
+    model = TurnModel(ScriptedTurns(0.9), text_loader=words, stt_loader=stt)
+    try:
+        await asyncio.to_thread(model.prepare)
+        assert built == [] and not model.transcribes
+    finally:
+        model.close()

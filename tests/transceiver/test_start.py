@@ -1,5 +1,7 @@
-"""Options the chosen backend does not use are named at start (transceiver/settings.py
-``unused_options``), flag or environment alike, instead of being ignored quietly."""
+"""What a transceiver does at start: options the chosen backend does not use are named
+(transceiver/settings.py ``unused_options``), flag or environment alike, instead of being
+ignored quietly; the models that judge the words at a pause are built before it says it
+is ready, where its pauses will ask for them (``--turn-transcribe``)."""
 
 from __future__ import annotations
 
@@ -58,3 +60,12 @@ def test_the_transceiver_says_so_at_start() -> None:
     with relay_server(*args, command="transceiver", timeout_s=120, env=env) as transceiver:
         said = [line for line in transceiver.lines if "not used by the mock backend" in line]
     assert len(said) == 1 and "--stt-model, --llm-url: not used" in said[0], said
+
+
+def test_turn_transcribe_builds_its_models_before_the_transceiver_is_ready() -> None:
+    args = ("--backend", "mock", "--turn-transcribe", "--insecure-no-link-secret")
+    with relay_server(*args, command="transceiver", timeout_s=120) as transceiver:
+        lines = list(transceiver.lines)
+    ready = next(i for i, line in enumerate(lines) if "transceiver ready" in line)
+    for built in ("the words are checked too", "pauses are transcribed for the words"):
+        assert any(built in line for line in lines[:ready]), (built, lines)
