@@ -104,13 +104,15 @@ async def forward(
 
     to_up = asyncio.create_task(client_to_upstream())
     to_client = asyncio.create_task(upstream_to_client())
-    done, _ = await asyncio.wait({to_up, to_client}, return_when=asyncio.FIRST_COMPLETED)
-    for task in (to_up, to_client):
-        if task not in done:
-            task.cancel()
-    results = await asyncio.gather(to_up, to_client, return_exceptions=True)
-    if direct is not None:
-        direct.end_taking()
+    try:
+        done, _ = await asyncio.wait({to_up, to_client}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (to_up, to_client):
+            if task not in done:
+                task.cancel()
+        results = await asyncio.gather(to_up, to_client, return_exceptions=True)
+    finally:  # also where forward itself is cancelled: nothing more is taken for the client
+        if direct is not None:
+            direct.end_taking()
     if client_left or any(isinstance(r, WebSocketDisconnect) for r in results):
         await close_discarding(upstream)
         return

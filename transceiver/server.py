@@ -541,10 +541,13 @@ async def run_transceiver(settings: TransceiverSettings, stop: asyncio.Event) ->
         except TurnError as exc:  # --turn-model given, and unusable
             log.error("transceiver not started: %s", exc)
             raise SystemExit(2) from None
-    local = "local" in (settings.backend, settings.fallback)
-    words_at_pauses = settings.turn_transcribe or (local and settings.speculative_stt)
-    if turn_model is not None and words_at_pauses:  # not at the first user's first pause
-        await asyncio.to_thread(turn_model.prepare)
+    # Built now, not at the first user's first pause, where pauses will ask for the words:
+    # the local pipeline's speculative transcripts, or --turn-transcribe (whose STT the
+    # local backend needs only without its speculative STT).
+    speculates = settings.local_pipeline and settings.speculative_stt
+    if turn_model is not None and (speculates or settings.turn_transcribe):
+        own_stt = settings.turn_transcribe and not (speculates and settings.backend == "local")
+        await asyncio.to_thread(turn_model.prepare, own_stt)
     server = TransceiverServer(settings, backend, turn_model, prompts)
     try:
         listeners = await server.start()

@@ -279,6 +279,12 @@ class TransceiverSettings(BaseSettings):
         None, description="Mock fault: stop sending (stall) after N events."
     )
 
+    @property
+    def local_pipeline(self) -> bool:
+        """Whether this transceiver runs the local pipeline: the local backend, or a
+        proxy's ``--fallback local``."""
+        return self.backend == "local" or (self.backend == "openai" and self.fallback == "local")
+
     def stt_options(self) -> dict[str, Any]:
         """The ``--stt-*`` options, as models/stt.py ``WhisperStt`` takes them."""
         return {
@@ -398,15 +404,9 @@ _LOCAL_OPTIONS = (
     "tts_lead_ms",
     "workers",
 )
-_MOCK_OPTIONS = (
-    "mock_script",
-    "mock_first_delta_ms",
-    "mock_words_per_minute",
-    "mock_realtime",
-    "mock_fault_error_after",
-    "mock_fault_close_after",
-    "mock_fault_stall_after",
-)
+_MOCK_OPTIONS = ("mock_script", "mock_first_delta_ms", "mock_words_per_minute", "mock_realtime")
+# The faults wrap the sessions this transceiver runs itself (mock and local, not the proxy's).
+_FAULT_OPTIONS = ("mock_fault_error_after", "mock_fault_close_after", "mock_fault_stall_after")
 _OPENAI_OPTIONS = (
     "upstream_url",
     "upstream_api_key",
@@ -420,7 +420,9 @@ _OPENAI_OPTIONS = (
     "mirror_max_items",
     "mirror_max_bytes",
 )
-_SESSION_STATE_OPTIONS = ("max_input_audio_s", "max_conversation_audio_s", "prompts")
+# A proxy's fallback session gets the input buffer's bound only.
+_CORE_OPTIONS = ("max_conversation_audio_s", "prompts")
+_WORDS_OPTIONS = ("turn_text_model", "turn_text_threshold")
 
 
 def unused_options(settings: TransceiverSettings) -> list[str]:
@@ -429,14 +431,19 @@ def unused_options(settings: TransceiverSettings) -> list[str]:
     (environment variables shared by every backend's container would make a refusal a
     nuisance)."""
     proxy = settings.backend == "openai"
-    local = settings.backend == "local" or (proxy and settings.fallback == "local")
+    local = settings.local_pipeline
     mock = settings.backend == "mock" or (proxy and settings.fallback == "mock")
+    own = settings.backend in ("mock", "local")  # sessions run by this transceiver's core
     groups = (
         (_STT_OPTIONS, local or settings.turn_transcribe),
         (_LOCAL_OPTIONS, local),
         (_MOCK_OPTIONS, mock),
+        (_FAULT_OPTIONS, own),
         (_OPENAI_OPTIONS, proxy),
-        (_SESSION_STATE_OPTIONS, local or mock),
+        (("max_input_audio_s",), local or mock),
+        (_CORE_OPTIONS, own),
+        (_WORDS_OPTIONS, local or settings.turn_transcribe),
+        (("vad_model",), settings.vad == "silero"),
     )
     given = settings.model_fields_set
     return [

@@ -147,13 +147,13 @@ class TurnModel:
             )
             return self.text
 
-    def prepare(self) -> None:
-        """Build the words' models now (blocking): for a transceiver whose pauses will ask
-        for them (the local backend's, or with --turn-transcribe), so that its first
-        pause does not wait for them to load."""
+    def prepare(self, stt: bool = True) -> None:
+        """Build the words' models now (blocking), and with ``stt`` the pauses' STT: for a
+        transceiver whose pauses will ask for them (the local backend's, or with
+        --turn-transcribe), so that its first pause does not wait for them to load."""
         if self.text_loader is not None:
             self._text_scorer()
-        if self.text is not None and self.stt_loader is not None:
+        if stt and self.text is not None and self.stt_loader is not None:
             self._pause_stt()
 
     @property

@@ -20,7 +20,7 @@ from bench.stats import load_average, machine, write_section
 from bench.turns.audio import Clip, Speech
 from bench.turns.labeled import load
 from bench.turns.noise import build
-from bench.turns.report import TRANSCRIBE, Figures, inference_ms, render
+from bench.turns.report import TRANSCRIBE, TRANSCRIBE_FEWER, Figures, inference_ms, render
 from bench.turns.stream import Detector, Outcome, run_all
 
 CONCURRENCY = 8
@@ -36,15 +36,22 @@ COMMAND = "python -m bench turns"
 
 def mock_runs(clips: list[Clip]) -> dict[str, list[Outcome]]:
     """Each detector on the mock (the audio model alone), then semantic_vad auto with
-    ``--turn-transcribe`` (the words of each pause judged too)."""
+    ``--turn-transcribe`` (the words of each pause judged too: about 160 ms of model CPU a
+    pause), 8 sessions at once as the other rows and 4 as the local backend's row."""
     runs: dict[str, list[Outcome]] = {}
-    servers = [((), DETECTORS), ((TRANSCRIBE,), [Detector("semantic_vad", "auto")])]
+    auto = Detector("semantic_vad", "auto")
+    servers = [
+        ((), [(d, CONCURRENCY) for d in DETECTORS]),
+        ((TRANSCRIBE,), [(auto, CONCURRENCY), (auto, LOCAL_CONCURRENCY)]),
+    ]
     for args, detectors in servers:
         with relay_server("--backend", "mock", *args) as server:
-            for detector in detectors:
+            for detector, concurrency in detectors:
                 label = " ".join([detector.label, *args])
+                if concurrency != CONCURRENCY:
+                    label += TRANSCRIBE_FEWER
                 started = time.monotonic()
-                runs[label] = asyncio.run(run_all(server.base_url, clips, detector, CONCURRENCY))
+                runs[label] = asyncio.run(run_all(server.base_url, clips, detector, concurrency))
                 print(
                     f"  {label}: {len(clips)} clips in {time.monotonic() - started:.0f} s,"
                     f" load average {load_average()}",

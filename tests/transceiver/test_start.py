@@ -25,23 +25,38 @@ def _no_relay_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         ({"backend": "mock"}, []),
         (
-            {"backend": "mock", "stt_model": "base.en", "llm_url": "http://x/v1"},
+            {"backend": "mock", "stt_model": "x", "llm_url": "http://x/v1"},
             ["--stt-model", "--llm-url"],
         ),
-        ({"backend": "mock", "stt_model": "base.en", "turn_transcribe": True}, []),  # its words
+        ({"backend": "mock", "stt_model": "x", "turn_transcribe": True}, []),  # its words
+        ({"backend": "mock", "turn_text_threshold": -10}, ["--turn-text-threshold"]),
         (
             {"backend": "mock", "upstream_url": "wss://x", "voices": ["a=b.onnx"]},
             ["--voices", "--upstream-url"],
         ),
         ({"backend": "local", "mock_script": "s.yaml", "llm_threads": 2}, ["--mock-script"]),
+        ({"backend": "local", "mock_fault_error_after": 3, "vad_model": "v.onnx"}, ["--vad-model"]),
+        ({"backend": "local", "vad": "silero", "vad_model": "v.onnx"}, []),
         (
             {"backend": "openai", "tts_voice": "v.onnx", "max_input_audio_s": 60},
             ["--tts-voice", "--max-input-audio-s"],
         ),
-        ({"backend": "openai", "fallback": "local", "tts_voice": "v.onnx"}, []),
+        (
+            {
+                "backend": "openai",
+                "fallback": "local",
+                "tts_voice": "v.onnx",
+                "max_input_audio_s": 60,
+            },
+            [],
+        ),
         (
             {"backend": "openai", "fallback": "mock", "mock_realtime": False, "llm_gguf": "m.gguf"},
             ["--llm-gguf"],
+        ),
+        (
+            {"backend": "openai", "fallback": "mock", "prompts": "p", "mock_fault_close_after": 2},
+            ["--prompts", "--mock-fault-close-after"],
         ),
     ],
 )
