@@ -125,7 +125,8 @@ def _engine(settings: TransceiverSettings, name: str) -> Backend:
                 first_delta_ms=settings.mock_first_delta_ms,
                 words_per_minute=settings.mock_words_per_minute,
                 realtime=settings.mock_realtime,
-            )
+            ),
+            vad_model=SileroModel(settings.vad_model) if settings.vad == "silero" else None,
         )
     from transceiver.backends.local import LocalBackend
 

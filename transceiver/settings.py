@@ -182,9 +182,9 @@ class TransceiverSettings(BaseSettings):
     vad: Literal["webrtc", "silero"] = Field(
         "webrtc",
         description="The server VAD's frame classifier: webrtc (webrtcvad, about 7 us a "
-        "frame) or silero (local backend: Silero VAD v5 gating webrtcvad, about 130 us a "
-        "frame; tells speech from noise, python -m bench vad; the load generator's "
-        "synthetic speech is not speech to it).",
+        "frame) or silero (Silero VAD v5 gating webrtcvad, about 130 us a frame; tells "
+        "speech from noise, python -m bench vad; the load generator's and the mock's "
+        "synthetic speech is not speech to it, so it is for real voices).",
     )
     vad_model: str | None = Field(
         None,
@@ -297,20 +297,15 @@ class TransceiverSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _vad_where_speech_is_detected_here(self) -> Self:
-        if self.backend == "mock" and self.vad == "silero":
-            raise ValueError(
-                "--vad silero is for the local backend (and an openai fallback to it); the "
-                "mock's VAD is webrtc (its synthetic speech is not speech to Silero)"
-            )
         if (
             self.backend == "openai"
             and self.vad == "silero"
             and not self.local_turn_detection
-            and self.fallback != "local"
+            and self.fallback == "none"
         ):
             raise ValueError(
                 "--vad silero on the openai backend is for its own speech detection: "
-                "--local-turn-detection or --fallback local (otherwise OpenAI detects turns)"
+                "--local-turn-detection or a --fallback (otherwise OpenAI detects turns)"
             )
         return self
 

@@ -1,5 +1,6 @@
-"""``--vad silero`` through the official SDK on the local backend: in a noisy room a turn
-ends and noise alone starts none, where webrtcvad (the default) hears speech throughout."""
+"""``--vad silero`` through the official SDK on the local backend (and the mock's and the
+proxy's speech detectors): in a noisy room a turn ends and noise alone starts none, where
+webrtcvad (the default) hears speech throughout."""
 
 from __future__ import annotations
 
@@ -66,6 +67,18 @@ async def test_noise_alone_starts_no_turn(silero_server: RunningServer) -> None:
     hiss = np.random.default_rng(3).standard_normal(4 * RATE) * 2000
     rec = await transcription_session(silero_server, hiss.astype("<i2").tobytes())
     assert rec.of_type("input_audio_buffer.speech_started") == []
+
+
+@pytest.mark.parametrize("silero", [True, False])
+async def test_the_mock_takes_vad_silero(speak: Speaker, silero: bool) -> None:
+    # Client developers stream real voices to the mock too: with --vad silero its server
+    # VAD ends a turn in noise as the local backend's does; with webrtcvad the noise holds
+    # it open.
+    audio = noisy(speak("Please book a table for two at eight tonight."), trailing_s=1.5)
+    vad = ("--vad", "silero") if silero else ()
+    with relay_server("--backend", "mock", *vad) as server:
+        rec = await transcription_session(server, audio)
+    assert len(rec.of_type("input_audio_buffer.committed")) == (1 if silero else 0)
 
 
 @pytest.mark.parametrize("silero", [True, False])

@@ -69,17 +69,15 @@ def test_a_missing_model_says_how_to_install_it(tmp_path: object) -> None:
         SileroModel(f"{tmp_path}/none.onnx")
 
 
-def test_the_setting_defaults_to_webrtc_and_the_mock_refuses_silero() -> None:
+def test_the_setting_defaults_to_webrtc_and_the_proxy_refuses_it_without_own_turns() -> None:
     from pydantic import ValidationError
 
     from transceiver.settings import TransceiverSettings
 
     assert TransceiverSettings(backend="local").vad == "webrtc"  # silero is opt-in
-    assert TransceiverSettings(backend="mock", vad="webrtc").vad == "webrtc"
-    with pytest.raises(ValidationError, match="the mock's VAD is webrtc"):
-        TransceiverSettings(backend="mock", vad="silero")
-    # The proxy detects speech itself only with --local-turn-detection or a local fallback.
-    with pytest.raises(ValidationError, match="--local-turn-detection or --fallback local"):
+    assert TransceiverSettings(backend="mock", vad="silero").vad == "silero"  # real voices
+    # The proxy detects speech itself only with --local-turn-detection or a fallback.
+    with pytest.raises(ValidationError, match="--local-turn-detection or a --fallback"):
         TransceiverSettings(backend="openai", vad="silero")
-    for own in ({"local_turn_detection": True}, {"fallback": "local"}):
+    for own in ({"local_turn_detection": True}, {"fallback": "local"}, {"fallback": "mock"}):
         assert TransceiverSettings(backend="openai", vad="silero", **own).vad == "silero"

@@ -25,7 +25,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -35,6 +35,9 @@ from transceiver.backends.conversation import offered_tools
 from transceiver.protocol.audio import AudioFormatType
 from transceiver.protocol.effects import ContextItem, ResponseRequest, Transcribe
 from transceiver.protocol.items import item_text
+
+if TYPE_CHECKING:
+    from models.silero import SileroModel
 
 PCM = AudioFormatType.PCM  # the audio the mock speaks: PCM16 at the wire rate
 CHUNK_MS = 100  # output audio delta size
@@ -88,8 +91,11 @@ class MockOptions:
 class MockBackend:
     name = "mock"
 
-    def __init__(self, options: MockOptions) -> None:
+    def __init__(self, options: MockOptions, vad_model: SileroModel | None = None) -> None:
         self.options = options
+        # --vad silero: the runner's server VAD classifies frames with it (models/silero.py),
+        # for clients that stream real speech from noisy rooms.
+        self.vad_model = vad_model
 
     def model_ids(self) -> list[str]:
         return ["gpt-realtime", "gpt-realtime-mini", "gpt-4o-realtime-preview", "mock"]
