@@ -30,6 +30,7 @@ DETECTORS = [
     Detector("server_vad"),
     *(Detector("semantic_vad", e) for e in ("low", "medium", "high", "auto")),
 ]
+SILERO = ("--vad", "silero")
 LOCAL_DETECTORS = [Detector("semantic_vad", "auto"), Detector("server_vad")]
 COMMAND = "python -m bench turns"
 
@@ -37,12 +38,14 @@ COMMAND = "python -m bench turns"
 def mock_runs(clips: list[Clip]) -> dict[str, list[Outcome]]:
     """Each detector on the mock (the audio model alone), then semantic_vad auto with
     ``--turn-transcribe`` (the words of each pause judged too: about 160 ms of model CPU a
-    pause), 8 sessions at once as the other rows and 4 as the local backend's row."""
+    pause), 8 sessions at once as the other rows and 4 as the local backend's row, and
+    with ``--vad silero`` (Silero gating the speech detector: the clips with noise)."""
     runs: dict[str, list[Outcome]] = {}
     auto = Detector("semantic_vad", "auto")
     servers = [
         ((), [(d, CONCURRENCY) for d in DETECTORS]),
         ((TRANSCRIBE,), [(auto, CONCURRENCY), (auto, LOCAL_CONCURRENCY)]),
+        (SILERO, [(auto, CONCURRENCY)]),  # the noisy clips: webrtcvad hears noise as speech
     ]
     for args, detectors in servers:
         with relay_server("--backend", "mock", *args) as server:
