@@ -39,13 +39,15 @@ def mock_runs(clips: list[Clip]) -> dict[str, list[Outcome]]:
     """Each detector on the mock (the audio model alone), then semantic_vad auto with
     ``--turn-transcribe`` (the words of each pause judged too: about 160 ms of model CPU a
     pause), 8 sessions at once as the other rows and 4 as the local backend's row, and
-    with ``--vad silero`` (Silero gating the speech detector: the clips with noise)."""
+    with ``--vad silero`` (Silero gating the speech detector: the clips with noise), without
+    and with the words."""
     runs: dict[str, list[Outcome]] = {}
     auto = Detector("semantic_vad", "auto")
     servers = [
         ((), [(d, CONCURRENCY) for d in DETECTORS]),
         ((TRANSCRIBE,), [(auto, CONCURRENCY), (auto, LOCAL_CONCURRENCY)]),
         (SILERO, [(auto, CONCURRENCY)]),  # the noisy clips: webrtcvad hears noise as speech
+        ((*SILERO, TRANSCRIBE), [(auto, CONCURRENCY)]),  # and with the words
     ]
     for args, detectors in servers:
         with relay_server("--backend", "mock", *args) as server:
