@@ -370,8 +370,9 @@ class TransceiverSettings(BaseSettings):
         return value
 
 
-# semantic_vad's end-of-turn options (transceiver/turns.py)
-_TURN_OPTIONS = ("turn_model", "turn_threshold", "turn_text_model", "turn_text_threshold")
+# semantic_vad's end-of-turn options (transceiver/turns.py): the audio model's and the words'
+_WORDS_OPTIONS = ("turn_text_model", "turn_text_threshold")
+_TURN_OPTIONS = ("turn_model", "turn_threshold", *_WORDS_OPTIONS)
 # Which backend uses which options (the rest: all of them, or checked by a validator above).
 _STT_OPTIONS = (
     "stt_model",
@@ -417,7 +418,6 @@ _OPENAI_OPTIONS = (
 )
 # A proxy's fallback session gets the input buffer's bound only.
 _CORE_OPTIONS = ("max_conversation_audio_s", "prompts")
-_WORDS_OPTIONS = ("turn_text_model", "turn_text_threshold")
 
 
 def unused_options(settings: TransceiverSettings) -> list[str]:
@@ -429,15 +429,16 @@ def unused_options(settings: TransceiverSettings) -> list[str]:
     local = settings.local_pipeline
     mock = settings.backend == "mock" or (proxy and settings.fallback == "mock")
     own = settings.backend in ("mock", "local")  # sessions run by this transceiver's core
+    words = local or settings.turn_transcribe  # pauses transcribed and their words judged
     groups = (
-        (_STT_OPTIONS, local or settings.turn_transcribe),
+        (_STT_OPTIONS, words),
         (_LOCAL_OPTIONS, local),
         (_MOCK_OPTIONS, mock),
         (_FAULT_OPTIONS, own),
         (_OPENAI_OPTIONS, proxy),
         (("max_input_audio_s",), local or mock),
         (_CORE_OPTIONS, own),
-        (_WORDS_OPTIONS, local or settings.turn_transcribe),
+        (_WORDS_OPTIONS, words),
         (("vad_model",), settings.vad == "silero"),
     )
     given = settings.model_fields_set
