@@ -8,8 +8,9 @@ number that counts on a shared machine). It also prints OPENBLAS_NUM_THREADS and
 average: with OpenBLAS threads free, the mel matmul wakes them and they spin, doubling
 the CPU per call (README.md, "End-of-turn model"). Last, how the model's answer depends on
 the silence after the words: on the labeled turn set's clean clips (bench/turns/), each cut
-at the end of its words (complete) or of its first half (mid-sentence pause) plus 100-400
-ms of its own silence, how many score above 0.5 (why transceiver/turns.py asks at 200 ms).
+at the end of its words (complete), of its first half (mid-sentence pause) or before a
+pause inside its words (a comma's), plus 100-400 ms of silence, how many score above 0.5
+(why transceiver/turns.py asks at 100 and 200 ms, and why a list is cut at its first comma).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ SENTENCES = [
 ]
 TRAILING_SILENCE_S = 0.1
 TRAILS_MS = (100, 150, 200, 300, 400)
+INNER_PAUSE_MS = 150  # a pause inside the words: a comma's, in piper's speech
 
 
 def clips(tts: PiperTts) -> list[tuple[str, bytes]]:
@@ -74,28 +76,52 @@ def scores(audio: list[tuple[str, bytes]], rate: int) -> list[str]:
 
 
 def by_trailing_silence() -> list[str]:
-    """Clips of the turn set scoring above 0.5, by the silence after the words."""
-    from bench.turns.audio import RATE, Speech
+    """Clips of the turn set scoring above 0.5, by the silence after the words: the words
+    of a complete utterance, those before a mid-sentence pause, and those before each
+    pause inside the words (a comma's, 150 ms or longer in piper's speech: a list's items,
+    a filler's comma, "Thank you, that's all"), then digital silence."""
+    from bench.turns.audio import LEAD_MS, RATE, Speech, quiet_spans, silence
     from bench.turns.labeled import load
     from bench.turns.noise import build
 
     model = SmartTurn()
-    counts = {kind: [0] * len(TRAILS_MS) for kind in ("complete", "paused")}
-    totals = dict.fromkeys(counts, 0)
+    kinds = ("complete", "paused", "inner")
+    counts = {kind: [0] * len(TRAILS_MS) for kind in kinds}
+    totals = dict.fromkeys(kinds, 0)
+    inner_ms: list[float] = []
     for clip in build(load(), Speech()):
         end_ms = clip.words_end_ms
         if clip.noisy or end_ms is None or clip.kind not in counts:
             continue
-        totals[clip.kind] += 1
-        for i, trail_ms in enumerate(TRAILS_MS):
-            pcm = clip.pcm[: 2 * int((end_ms + trail_ms) * RATE / 1000)]
-            counts[clip.kind][i] += model.probability(pcm, RATE) > 0.5
+        ends = [(clip.kind, end_ms)]
+        for start_ms, length_ms in quiet_spans(clip.pcm, INNER_PAUSE_MS, LEAD_MS, end_ms):
+            ends.append(("inner", start_ms))
+            inner_ms.append(length_ms)
+        for kind, words_ms in ends:
+            totals[kind] += 1
+            words = clip.pcm[: 2 * int(words_ms * RATE / 1000)]
+            for i, trail_ms in enumerate(TRAILS_MS):
+                counts[kind][i] += model.probability(words + silence(trail_ms), RATE) > 0.5
+    names = {
+        "complete": "complete utterances",
+        "paused": "before a mid-sentence pause",
+        "inner": "before a pause inside the words",
+    }
+    lengths = (
+        f"The {len(inner_ms)} pauses inside the words last {min(inner_ms):.0f}-"
+        f"{max(inner_ms):.0f} ms (median {percentile(inner_ms, 50):.0f}).\n\n"
+        if inner_ms
+        else ""
+    )
     return [
-        "| clips scoring above 0.5 | " + " | ".join(f"{t} ms" for t in TRAILS_MS) + " |",
+        lengths
+        + "| words, then silence: clips scoring above 0.5 | "
+        + " | ".join(f"{t} ms" for t in TRAILS_MS)
+        + " |",
         "|---|" + "---:|" * len(TRAILS_MS),
         *(
-            f"| {kind} | " + " | ".join(f"{n}/{totals[kind]}" for n in row) + " |"
-            for kind, row in (("complete", counts["complete"]), ("paused", counts["paused"]))
+            f"| {names[kind]} | " + " | ".join(f"{n}/{totals[kind]}" for n in counts[kind]) + " |"
+            for kind in kinds
         ),
     ]
 
@@ -123,7 +149,11 @@ def report(calls: int = CALLS) -> str:
         f"calls; a fresh model per row, loaded after the imports ({import_ms:.0f} ms).\n\n"
         + "\n".join(rows)
         + "\n\np(complete) of each clip (piper's speech is random; see tests/models/test_turn.py):"
-        "\n\n| clip | p |\n|---|---:|\n" + "\n".join(scores(audio, rate))
+        "\n\n| clip | p |\n|---|---:|\n"
+        + "\n".join(scores(audio, rate))
+        + "\n\nBy the silence after the words, on the turn set's clean clips (bench/turns/): "
+        "how many the model calls finished (transceiver/turns.py asks at 100 and 200 ms)."
+        "\n\n" + "\n".join(by_trailing_silence())
     )
 
 

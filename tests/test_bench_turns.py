@@ -63,3 +63,23 @@ def test_a_bad_entry_is_refused(change: object, message: str, tmp_path: Path) ->
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=message):
         load(path)
+
+
+def test_quiet_spans_finds_the_pauses_inside_speech() -> None:
+    """bench turn-model's pauses inside the words: runs of quiet 10 ms frames, at least
+    the minimum long, inside the window asked for."""
+    import numpy as np
+
+    from bench.turns.audio import RATE, quiet_spans, silence
+
+    def tone(ms: float) -> bytes:
+        t = np.arange(int(RATE * ms / 1000)) / RATE
+        return (8000 * np.sin(2 * np.pi * 200 * t)).astype("<i2").tobytes()
+
+    pcm = silence(300) + tone(500) + silence(250) + tone(400) + silence(100) + tone(300)
+    assert quiet_spans(pcm, 150, start_ms=300) == [(800.0, 250.0)]
+    assert quiet_spans(pcm, 100, start_ms=300) == [(800.0, 250.0), (1450.0, 100.0)]
+    assert quiet_spans(pcm, 150) == [(0.0, 300.0), (800.0, 250.0)]
+    # A window's end cuts a pause short: what lies past it is not looked at.
+    assert quiet_spans(pcm, 150, start_ms=300, end_ms=900) == []
+    assert quiet_spans(pcm, 100, start_ms=300, end_ms=900) == [(800.0, 100.0)]

@@ -162,6 +162,31 @@ def trim(pcm: bytes) -> bytes:
     return samples[loud[0] : loud[-1] + 1].tobytes() if loud.size else pcm
 
 
+def quiet_spans(
+    pcm: bytes, min_ms: float, start_ms: float = 0.0, end_ms: float | None = None
+) -> list[tuple[float, float]]:
+    """The (start, length) in ms of each run of 10 ms frames below ``LOUD`` (RMS) lasting
+    at least ``min_ms`` between ``start_ms`` and ``end_ms``: the pauses inside speech."""
+    frame = RATE // 100
+    samples = as_array(pcm)
+    first, last = int(start_ms / 10), len(samples) // frame
+    if end_ms is not None:
+        last = min(last, int(end_ms / 10))
+    if last <= first:
+        return []
+    frames = samples[first * frame : last * frame].reshape(-1, frame)
+    quiet = np.sqrt(np.mean(frames**2, axis=1)) < LOUD
+    spans, run = [], None
+    for i, q in enumerate([*quiet, False]):
+        if q and run is None:
+            run = i
+        elif not q and run is not None:
+            if (i - run) * 10 >= min_ms:
+                spans.append(((first + run) * 10.0, (i - run) * 10.0))
+            run = None
+    return spans
+
+
 def read_wav(path: Path) -> bytes:
     with wave.open(str(path), "rb") as w:
         return w.readframes(w.getnframes())
