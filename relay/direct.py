@@ -7,7 +7,8 @@ half the relay's CPU per frame under load (``python -m bench frames``). A sessio
 need none of it: they go to the link as they are.
 
 An app that finds :data:`EXTENSION` in a WebSocket scope may, once it has accepted, call
-``scope["extensions"][EXTENSION]["attach"](on_message)``. From then on:
+``scope["extensions"][EXTENSION]["attach"](on_message)``, and then ``deliver_held()`` on
+the protocol it returns. From then on:
 
 - every data message reaches ``on_message(payload, text)`` synchronously, in order, as it is
   read (``payload`` the message's bytes; a text message's UTF-8 checked first, else the
@@ -17,7 +18,9 @@ An app that finds :data:`EXTENSION` in a WebSocket scope may, once it has accept
   parsed here: its header and a C unmask (websockets' own ``apply_mask``). Anything else
   (control frames, fragments, compressed frames, a frame split across reads, a frame
   larger than allowed, a protocol error) goes to websockets' parser from that byte on,
-  exactly as before; this path takes over again once websockets holds no partial frame;
+  exactly as before; this path takes over again once websockets' parser waits for the
+  next frame's first byte (``_between_frames``: not inside a frame, whose header it may
+  have taken with nothing left buffered);
 - :meth:`DirectWebSocketProtocol.send_frame` writes a text or binary frame at once
   (server frames are not masked, RFC 6455 section 5.1), :meth:`write_frames` several
   already framed in one write, :meth:`drain` waits for the
@@ -35,6 +38,7 @@ from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 from websockets.protocol import State
+from websockets.streams import StreamReader
 
 from transceiver.link import apply_mask
 from transceiver.protocol.wsframe import frame_header
@@ -45,6 +49,22 @@ OnMessage = Callable[[bytes, bool], None]
 
 _TEXT, _BINARY = 0x81, 0x82  # FIN, no RSV bits, opcode 1 or 2
 _U16, _U64 = struct.Struct("!H"), struct.Struct("!Q")
+
+
+_AT_EOF = StreamReader.at_eof.__code__
+
+
+def _between_frames(conn: Any) -> bool:
+    """Whether websockets' parser waits for a frame's first byte, with nothing buffered:
+    suspended in ``StreamReader.at_eof``, where ``Protocol.parse`` starts each frame. A
+    frame cut inside its header leaves the parser further in (its header, length or mask
+    taken, the buffer empty): the bytes that follow are the rest of that frame, not a new
+    one. Any other state (another websockets' parser included) reads as inside a frame,
+    so websockets parses: slower, never wrong."""
+    parser = conn.parser
+    while (inner := getattr(parser, "gi_yieldfrom", None)) is not None:
+        parser = inner
+    return getattr(parser, "gi_code", None) is _AT_EOF and not conn.reader.buffer
 
 
 def _drop(payload: bytes, text: bool) -> None:
@@ -66,8 +86,15 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def attach(self, on_message: OnMessage) -> DirectWebSocketProtocol:
         """Deliver data messages to ``on_message`` from now on; those uvicorn already holds
-        for the app are delivered first, in order."""
+        for the app go to it when the app calls :meth:`deliver_held`, first and in order
+        (once the app has what this returns: a refusal or a full link answered as they
+        are delivered needs it)."""
         self._on_message = on_message
+        return self
+
+    def deliver_held(self) -> None:
+        """The data messages uvicorn read for the app before :meth:`attach`, in order."""
+        on_message: Any = self._on_message
         held = []
         while not self.queue.empty():
             held.append(self.queue.get_nowait())
@@ -83,7 +110,6 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
                 on_message(message.get("bytes") or b"", False)
         if was_paused and not self.read_paused and not self.close_sent:
             self.transport.resume_reading()
-        return self
 
     def detach(self) -> None:
         """Drop the data messages still to come (the session has ended)."""
@@ -131,14 +157,15 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
             super().data_received(data[taken:] if taken else data)
 
     def _busy(self) -> bool:
-        """Whether websockets must parse what comes next: it holds part of a frame, is in
-        a fragmented message, or the connection is past its open state."""
+        """Whether websockets must parse what comes next: it is inside a frame (some of
+        it buffered, or its header already taken), in a fragmented message, or the
+        connection is past its open state."""
         conn = self.conn
         return (
-            bool(conn.reader.buffer)
-            or conn.current_size is not None
+            conn.current_size is not None
             or conn.state is not State.OPEN
             or self.close_sent
+            or not _between_frames(conn)
         )
 
     def _take_frames(self, data: bytes) -> int:
@@ -181,8 +208,11 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
             try:
                 payload.decode()
             except UnicodeDecodeError:
-                self.conn.send_close(1007)
-                self.handle_parser_exception()
+                # Past the open state (a close read with it) the closing handshake is under
+                # way: no 1007 can be sent, and the message is dropped as it is.
+                if self.conn.state is State.OPEN:
+                    self.conn.send_close(1007)
+                    self.handle_parser_exception()
                 return
         on_message: Any = self._on_message
         on_message(payload, text)

@@ -150,12 +150,14 @@ class DirectSession:
         self.loop = asyncio.get_running_loop()
         self.ended: asyncio.Future[None] = self.loop.create_future()
         self.held: deque[tuple[bytes, bool]] = deque()
+        self.answered_full = False  # a refusal written here left the transport full
         self.flushing: asyncio.Task[None] | None = None
         self.sending = False  # forward's task holds a server frame
         self.taken: list[bytes] = []  # server frames (headers and payloads) to write
         self.taken_bytes = 0
         self.frames = attach(self.on_message)
         upstream.take = self.take
+        self.frames.deliver_held()  # answered, or held, with self.frames at hand
 
     def take(self, payload: bytes, text: bool) -> bool:
         """A server frame as the link reads it: written with the others of this loop
@@ -192,27 +194,43 @@ class DirectSession:
         self.events_in.inc()
         refusal = self.rates.refuse(payload) if self.rates is not None else None
         try:
-            if refusal is not None:  # past the key's rate limits: answered here
+            if refusal is not None:  # past the key's rate limits: answered here,
+                self.write_taken()  # after the server frames taken before it
                 self.frames.send_frame(refusal.encode(), True)
+                if not self.frames.writable_now:  # a client that does not read its
+                    self.answered_full = True  # answers is not read either until it does
+                    self._hold()
             elif self.held or not self.upstream.offer(payload, text):
                 self.held.append((payload, text))
-                self.frames.pause()
-                if self.flushing is None:
-                    self.flushing = asyncio.create_task(self._flush())
+                self._hold()
         except ClientDisconnected:
             pass  # the disconnect comes through receive()
         except ConnectionClosed:
             self._end()
 
+    def _hold(self) -> None:
+        """Stop reading the client until :meth:`_flush` has passed on what is held and,
+        where an answer given here found the client's transport full, the client has
+        taken it."""
+        self.frames.pause()
+        if self.flushing is None:
+            self.flushing = asyncio.create_task(self._flush())
+
     async def _flush(self) -> None:
         try:
-            while self.held:
-                await self.upstream.wait_credit()
-                while self.held and self.upstream.offer(*self.held[0]):
-                    self.held.popleft()
+            while self.held or self.answered_full:
+                if self.held:
+                    await self.upstream.wait_credit()
+                    while self.held and self.upstream.offer(*self.held[0]):
+                        self.held.popleft()
+                else:
+                    self.answered_full = False
+                    await self.frames.drain()
         except ConnectionClosed:
             self._end()
             return
+        except ClientDisconnected:
+            return  # the disconnect comes through receive()
         finally:
             self.flushing = None
         self.frames.resume()

@@ -27,6 +27,7 @@ import relay.direct
 import relay.forward
 from tests.relay.inprocess import HOST, fake_transceiver, running_relay
 from tests.waiting import eventually
+from transceiver.link import apply_mask
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -72,13 +73,20 @@ class RawClient:
     async def messages(self, count: int) -> list[tuple[Opcode, bytes]]:
         """The next ``count`` data messages (text or binary; no fragments are sent to us)."""
         while len(self._data()) < count:
+            if self.protocol.state is State.CLOSED:
+                code = self.protocol.close_rcvd.code if self.protocol.close_rcvd else None
+                raise AssertionError(f"closed ({code}) with {self._data()} of {count} messages")
             await self.read()
-        data = self._data()[:count]
-        self.frames = self.frames[self.frames.index(data[-1]) + 1 :]
+        at = self._data_at()[:count]
+        data = [self.frames[i] for i in at]
+        self.frames = self.frames[at[-1] + 1 :]  # by position: equal frames may repeat
         return [(frame.opcode, bytes(frame.data)) for frame in data]
 
+    def _data_at(self) -> list[int]:
+        return [i for i, f in enumerate(self.frames) if f.opcode in (Opcode.TEXT, Opcode.BINARY)]
+
     def _data(self) -> list[Frame]:
-        return [f for f in self.frames if f.opcode in (Opcode.TEXT, Opcode.BINARY)]
+        return [self.frames[i] for i in self._data_at()]
 
     async def close_code(self) -> int | None:
         """Read until the server closes; its close code."""
@@ -132,11 +140,88 @@ async def test_frames_cut_anywhere_come_back_whole_and_in_order() -> None:
         assert raw.pongs > 0
 
 
+def masked_text(payload: bytes, mask: bytes) -> bytes:
+    """A client text frame with the ``mask`` chosen (FIN, masked; 7- or 16-bit length)."""
+    size = len(payload)
+    length = bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + size.to_bytes(2, "big")
+    return b"\x81" + length + mask + apply_mask(payload, mask)
+
+
+ECHO = b'{"type":"test.echo","n":1}'
+# Each frame is cut where the bytes that follow look like a simple frame's header
+# (0x81, then a masked length): a header, an extended length or a mask already taken by
+# websockets' parser, the rest read by this path as a new frame, lost the real one.
+CUT_AFTER_HEADER = masked_text(ECHO, b"\x81\x85AB"), 2
+CUT_AFTER_LENGTH = masked_text(text(200), b"\x81\x85AB"), 4
+CUT_AFTER_MASK = masked_text(ECHO, bytes([0x7B ^ 0x81, 0x22 ^ 0x85, 0, 0])), 6
+
+
+@pytest.mark.parametrize(
+    ("frame", "cut"),
+    [CUT_AFTER_HEADER, CUT_AFTER_LENGTH, CUT_AFTER_MASK],
+    ids=["after-header", "after-length", "after-mask"],
+)
+async def test_a_frame_cut_inside_its_header_is_not_read_from_the_middle(
+    frame: bytes, cut: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = 0
+    data_received = relay.direct.DirectWebSocketProtocol.data_received
+
+    def counted(self: relay.direct.DirectWebSocketProtocol, data: bytes) -> None:
+        nonlocal reads
+        reads += 1
+        data_received(self, data)
+
+    taken = 0
+    take_frames = relay.direct.DirectWebSocketProtocol._take_frames
+
+    def taking(self: relay.direct.DirectWebSocketProtocol, data: bytes) -> int:
+        nonlocal taken
+        offset = take_frames(self, data)
+        taken += offset > 0
+        return offset
+
+    monkeypatch.setattr(relay.direct.DirectWebSocketProtocol, "data_received", counted)
+    monkeypatch.setattr(relay.direct.DirectWebSocketProtocol, "_take_frames", taking)
+    async with client() as raw:
+        before = reads
+        raw.writer.write(frame[:cut])
+        await raw.writer.drain()
+        await eventually(lambda: reads > before, what="the relay read the first part")
+        raw.writer.write(frame[cut:])
+        raw.protocol.send_text(ECHO)  # and a whole frame after it
+        await raw.flush()
+        expected = json.loads(text(200)) if cut == 4 else json.loads(ECHO)
+        got = await raw.messages(2)
+        assert [json.loads(data) for _, data in got] == [expected, json.loads(ECHO)]
+        # Once websockets has the frame whole, this path takes the next ones again.
+        taken = 0
+        raw.protocol.send_text(ECHO)
+        await raw.flush()
+        assert await raw.messages(1) == [(Opcode.TEXT, ECHO)]
+        assert taken == 1
+
+
 async def test_invalid_utf8_fails_the_connection_with_1007() -> None:
     async with client() as raw:
         raw.protocol.send_text(b'{"type":"test.echo","bad":"\xff\xfe"}')
         await raw.flush()
         assert await raw.close_code() == 1007
+
+
+async def test_invalid_utf8_in_the_read_that_closes_ends_with_the_close(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A ping, an invalid text frame and a close in one read: websockets parses them all
+    (the ping makes this path step aside), so the connection is closing when the bad text
+    comes to be checked; no 1007 can be sent then, and none is tried: the close goes on."""
+    async with client() as raw:
+        raw.protocol.send_ping(b"p")
+        raw.protocol.send_text(b'{"type":"test.echo","bad":"\xff"}')
+        raw.protocol.send_close(1000)
+        await raw.flush()
+        assert await raw.close_code() == 1000
+    assert not [r for r in caplog.records if "Fatal error" in r.getMessage()]
 
 
 async def test_a_frame_over_the_limit_fails_the_connection_with_1009() -> None:
