@@ -75,6 +75,7 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
     """See the module's docstring."""
 
     _on_message: OnMessage | None = None
+    _fed = True  # websockets was given bytes since its parser was last between frames
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -150,10 +151,12 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._on_message is None or self._busy():
+            self._fed = True
             super().data_received(data)
             return
         taken = self._take_frames(data)
         if taken < len(data):
+            self._fed = True
             super().data_received(data[taken:] if taken else data)
 
     def _busy(self) -> bool:
@@ -165,8 +168,17 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
             conn.current_size is not None
             or conn.state is not State.OPEN
             or self.close_sent
-            or not _between_frames(conn)
+            or self._inside_frame()
         )
+
+    def _inside_frame(self) -> bool:
+        """Whether websockets' parser is inside a frame; looked at only after websockets
+        was given bytes (its parser moves on nothing else)."""
+        if self._fed:
+            if not _between_frames(self.conn):
+                return True
+            self._fed = False
+        return False
 
     def _take_frames(self, data: bytes) -> int:
         """Deliver the whole simple frames at the start of ``data``; the offset of the
