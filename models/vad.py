@@ -108,6 +108,15 @@ class ServerVad:
         if self._speaking:
             self._pause_frames = max(1, -(-silence_ms // FRAME_MS))
 
+    def end_pause(self, at_least_ms: int) -> bool:
+        """The current pause is to end the turn (an end-of-turn model said so): ``True``
+        if it has lasted ``at_least_ms`` (the caller ends the turn now); else the detector
+        ends it (``SpeechStopped``) once it has, unless speech resumes."""
+        if self._unvoiced_run * FRAME_MS >= at_least_ms:
+            return True
+        self.end_pause_after(at_least_ms)
+        return False
+
     def reset(self) -> None:
         """Forget the current turn (buffer cleared or committed); time goes on."""
         self._recent.clear()

@@ -533,6 +533,7 @@ async def run_transceiver(settings: TransceiverSettings, stop: asyncio.Event) ->
                 settings.turn_threshold,
                 text_model=settings.turn_text_model,
                 text_threshold=settings.turn_text_threshold,
+                min_silence_ms=settings.turn_min_silence_ms,
                 stt_loader=(
                     partial(WhisperStt, settings.stt_model, **settings.stt_options())
                     if settings.turn_transcribe

@@ -243,6 +243,15 @@ class TransceiverSettings(BaseSettings):
         le=1.0,
         description="End-of-turn probability above which the turn counts as complete.",
     )
+    turn_min_silence_ms: int = Field(
+        270,
+        ge=0,
+        le=2000,
+        description="semantic_vad: the shortest pause a 'finished' from the end-of-turn "
+        "model ends the turn at (eagerness medium and auto; low waits twice as long, high "
+        "not at all): a speaker's comma passes, a complete turn still ends well within "
+        "OpenAI's timeouts.",
+    )
     turn_text_model: str | None = Field(
         None,
         description="semantic_vad's check of the words at a pause (local backend): a chat "
@@ -372,7 +381,7 @@ class TransceiverSettings(BaseSettings):
 
 # semantic_vad's end-of-turn options (transceiver/turns.py): the audio model's and the words'
 _WORDS_OPTIONS = ("turn_text_model", "turn_text_threshold")
-_TURN_OPTIONS = ("turn_model", "turn_threshold", *_WORDS_OPTIONS)
+_TURN_OPTIONS = ("turn_model", "turn_threshold", "turn_min_silence_ms", *_WORDS_OPTIONS)
 # Which backend uses which options (the rest: all of them, or checked by a validator above).
 _STT_OPTIONS = (
     "stt_model",

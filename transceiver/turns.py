@@ -3,8 +3,10 @@ has finished (https://platform.openai.com/docs/guides/realtime-vad, "Semantic VA
 
 The session shell (transceiver/runner.py) runs the speech detector. When speech pauses
 (``SilenceStarted``, 100 ms of silence: models/vad.py) it tells this module, which asks
-the model about the turn so far, off the event loop. A "finished" answer ends the turn at
-once, where the speech paused; "not finished" keeps listening. Where the words allow an
+the model about the turn so far, off the event loop. A "finished" answer ends the turn
+where the speech paused, as soon as the pause has lasted the eagerness's shortest
+(``MIN_SILENCE_MS``, ``--turn-min-silence-ms``: at once if it has, else when it has,
+unless speech resumes first); "not finished" keeps listening. Where the words allow an
 end (below), the model takes a second look at the same pause once it has lasted 200 ms
 (``LOOKS_MS``); then the turn ends at the next pause the model calls finished, or after
 the eagerness's max timeout of silence (transceiver/protocol/config.py
@@ -64,6 +66,13 @@ LEAD_MS = 200
 # once more at 200 ms.
 LOOKS_MS = (100, 200)
 EAGERNESS_SHIFT = {"low": 0.2, "medium": 0.0, "auto": 0.0, "high": -0.2}
+# The shortest pause a "finished" ends the turn at (``--turn-min-silence-ms``), at medium
+# and auto; low waits twice as long, high not at all. A speaker's comma is a pause too
+# (210-320 ms in piper's speech: ``python -m bench turn-model``, last table) that both
+# models may call an end ("I need apples,"): 270 ms lets most of them pass and leaves a
+# complete turn's end within 300 ms of its last word (README.md, "End-of-turn model").
+MIN_SILENCE_MS = 270
+EAGERNESS_SILENCE = {"low": 2.0, "medium": 1.0, "auto": 1.0, "high": 0.0}
 # Model calls run on this many threads per transceiver; more pauses at once wait their turn.
 TURN_WORKERS = 2
 TRANSCRIPT_WAIT_S = 2.0
@@ -88,6 +97,11 @@ def decision_threshold(base: float, eagerness: str) -> float:
     return min(0.95, max(0.05, base + EAGERNESS_SHIFT.get(eagerness, 0.0)))
 
 
+def min_silence(base_ms: int, eagerness: str) -> int:
+    """The shortest pause that ends the turn at this eagerness, in ms."""
+    return round(base_ms * EAGERNESS_SILENCE.get(eagerness, 1.0))
+
+
 def _probability(model: EndOfTurn, audio: bytes, audio_format: str) -> float:
     return model.probability(to_pcm16(audio, audio_format, MODEL_RATE_HZ), MODEL_RATE_HZ)
 
@@ -99,6 +113,7 @@ class TurnModel:
 
     model: EndOfTurn
     threshold: float = 0.5
+    min_silence_ms: int = MIN_SILENCE_MS
     workers: int = TURN_WORKERS
     # The words' model (models/turn_text.py), or how to build it (by ``prepare`` at the
     # start of a transceiver whose pauses will ask, else on first use): a mock
@@ -211,6 +226,7 @@ def load_turn_model(
     text_model: str | None = None,
     text_threshold: float = TEXT_THRESHOLD,
     stt_loader: Callable[[], PauseTranscriber] | None = None,
+    min_silence_ms: int = MIN_SILENCE_MS,
 ) -> TurnModel | None:
     """The transceiver's one end-of-turn model (``--turn-model``, default: the file
     scripts/fetch-smart-turn installs), warmed up; ``None``, said once in the log, where
@@ -237,6 +253,7 @@ def load_turn_model(
     return TurnModel(
         model,
         threshold,
+        min_silence_ms,
         text_loader=partial(TextTurn, text_model) if text_enabled else None,
         text_threshold=text_threshold,
         stt_loader=stt_loader if text_enabled else None,
@@ -281,6 +298,15 @@ class TurnJudge:
     @property
     def threshold(self) -> float:
         return self._model.threshold
+
+    @property
+    def min_silence_ms(self) -> int:
+        return self._model.min_silence_ms
+
+    @property
+    def asking(self) -> bool:
+        """Whether a model call, or what its answer does, is still to come."""
+        return self._task is not None and not self._task.done()
 
     @property
     def transcribes(self) -> bool:

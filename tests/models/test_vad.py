@@ -59,3 +59,19 @@ def test_without_speech_there_is_no_pause_to_shorten() -> None:
     feeder = Feeder(ServerVad(silence_duration_ms=500))
     feeder.vad.end_pause_after(100)
     assert kinds(feeder.feed(silence(1000))) == []
+
+
+def test_end_pause_ends_now_a_pause_long_enough_else_when_it_is() -> None:
+    feeder = Feeder(ServerVad(silence_duration_ms=4000))
+    feeder.feed(SPEECH + silence(300))
+    assert feeder.vad.end_pause(200)  # lasted long enough: the caller ends the turn
+    feeder.vad.reset()
+    feeder.feed(SPEECH)
+    (started,) = feeder.feed(silence(140))
+    assert isinstance(started, SilenceStarted)
+    assert not feeder.vad.end_pause(270)  # not yet: the detector ends it at 270 ms
+    # The pause is counted from the last voiced frame, which may come before the silence.
+    to_go_ms = started.audio_ms + 260 - feeder.at_ms
+    assert 0 < to_go_ms < 140
+    assert kinds(feeder.feed(silence(int(to_go_ms)))) == []
+    assert kinds(feeder.feed(silence(20))) == [SpeechStopped]

@@ -91,7 +91,7 @@ async def test_a_pause_is_held_and_sent_only_if_speech_resumes() -> None:
 
 async def test_semantic_vad_takes_a_second_look_at_a_pause_it_called_not_finished() -> None:
     model = ScriptedTurns(0.2, 0.9)  # not yet after 100 ms of silence; finished at 200 ms
-    local, _ = turns(TurnModel(model), type="semantic_vad", eagerness="auto")
+    local, _ = turns(TurnModel(model, min_silence_ms=0), type="semantic_vad", eagerness="auto")
     client, _ = feed(local, silence(500) + SAID + silence(120))
     assert [e["type"] for e in client] == ["input_audio_buffer.speech_started"]
     await eventually(lambda: model.answered == 1, 5, 0.005, "the first look")
@@ -113,11 +113,41 @@ async def test_semantic_vad_takes_a_second_look_at_a_pause_it_called_not_finishe
     local.close()
 
 
+async def test_semantic_vad_ends_a_finished_turn_once_the_pause_lasts_its_shortest() -> None:
+    # --turn-min-silence-ms 270: "finished" 120 ms into the pause; the turn ends, and is
+    # committed upstream, once the pause has lasted 270 ms, where the speech paused.
+    model = ScriptedTurns(0.9)
+    local, _ = turns(TurnModel(model, min_silence_ms=270), type="semantic_vad", eagerness="auto")
+    client, _ = feed(local, silence(500) + SAID + silence(120))
+    assert [e["type"] for e in client] == ["input_audio_buffer.speech_started"]
+    await eventually(lambda: model.answered == 1, 5, 0.005, "the model's answer")
+    judge = local._judge
+    assert judge is not None
+    await eventually(lambda: not judge.asking, 5, 0.005, "the answer taken")
+    fed_ms, events, frames = 500 + len(SAID) / 48 + 120, [], []
+    while not events and fed_ms < 4000:
+        local.append(silence(20))
+        fed_ms += 20
+        client, upstream = local.take()
+        events += client
+        frames += [json.loads(f)["type"] for f in upstream]
+    (stopped,) = events
+    assert stopped["type"] == "input_audio_buffer.speech_stopped"
+    assert 2300 <= stopped["audio_end_ms"] <= 2420  # where the speech paused
+    assert 270 <= fed_ms - stopped["audio_end_ms"] <= 400  # the pause when it ended
+    assert frames[-2:] == ["input_audio_buffer.commit", "response.create"]
+    local.close()
+
+
 async def test_turn_transcribe_lets_the_words_keep_a_pause_open() -> None:
     # --turn-transcribe: the audio says finished, the words of the turn so far do not end a
     # message: the turn goes on (the eagerness's wait decides), nothing is committed.
     model, words, stt = ScriptedTurns(0.9), ScriptedWords(-20.0), ScriptedStt("one two three")
-    local, _ = turns(TurnModel(model, text=words, stt=stt), type="semantic_vad", eagerness="auto")
+    local, _ = turns(
+        TurnModel(model, text=words, stt=stt, min_silence_ms=0),
+        type="semantic_vad",
+        eagerness="auto",
+    )
     client, _ = feed(local, silence(500) + SAID + silence(120))
     assert [e["type"] for e in client] == ["input_audio_buffer.speech_started"]
     await eventually(lambda: model.answered == 1 and words.scored, 5, 0.005, "both models")
