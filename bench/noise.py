@@ -10,8 +10,8 @@ chunks of wire audio through ``InputNoiseFilter``):
 - word error rate of Whisper tiny.en (models/stt.py) on the filtered clips (16 kHz);
 - VAD false starts: ``speech_started`` of the server VAD (models/vad.py, the session's
   defaults) on the set's twelve 3 s noise-only clips (white, pink, brown, speech-shaped,
-  hum, babble at -10 and 0 dB against the speech level), and the noisy clips on which the
-  VAD found speech at all;
+  hum at -10 and 0 dB against the speech level, babble at -20 and -10), and the noisy
+  clips on which the VAD found speech at all;
 - process CPU time per 20 ms chunk of 24 kHz audio (filter and resampling).
 """
 

@@ -192,7 +192,7 @@ def main(steps: tuple[int, ...] = (50, 100, 150, 200, 250, 300, 400)) -> str:
         + "\n\nRelay overhead (relay minus direct; target at most +1 ms p50, +5 ms p99):\n\n"
         "| load | p50 | p99 |\n|---|---:|---:|\n"
         + "\n".join(lines)
-        + "\n\nCapacity (target: 200 sessions with p99 under 50 ms):\n\n"
+        + "\n\nCapacity (target: 300 sessions with p99 under 50 ms):\n\n"
         + "\n".join(cap_rows)
         + f"\n\n**Most concurrent real-time audio sessions with p99 under 50 ms: {capacity}.**"
     )

@@ -3,11 +3,11 @@
 ``python -m bench resample`` measures, for each rate conversion the server makes:
 
 - in-band fidelity: SNR of a multitone below both Nyquist rates against the exact tones
-  at the target rate, for a whole 10 s buffer and for the same audio converted 20 ms at
-  a time without state (how the runner converts appends and TTS chunks);
+  at the target rate, for a whole buffer (SECONDS long) and for the same audio converted
+  20 ms at a time without state (how the runner converts appends and TTS chunks);
 - alias rejection (down-sampling only): how far tones between the target's and the
   source's Nyquist rate are suppressed (the energy that folds back into the band);
-- cost: microseconds per 20 ms chunk and milliseconds per 10 s buffer.
+- cost: microseconds per 20 ms chunk and milliseconds per second of audio converted whole.
 
 PyAV is measured both stateless (a fresh resampler per buffer, flushed) and stateful
 (one resampler per stream, chunks fed in order), the way relay/webrtc.py uses it.

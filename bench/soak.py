@@ -1,4 +1,5 @@
-"""``python -m bench soak [SESSIONS] [MINUTES]``: memory and file descriptors under a long load.
+"""``python -m bench soak`` (50 sessions, 3 minutes; other sizes: ``python -m bench.soak
+SESSIONS MINUTES``): memory and file descriptors under a long load.
 
 ``realtime-relay serve --backend mock --transceivers 2`` on loopback, driven by the load
 generator (N sessions streaming real-time audio, turn after turn, for M minutes). Every
@@ -88,10 +89,12 @@ def report(samples: Samples, sessions: int, minutes: float) -> str:
             f"| {warm[2]} | {end[2]} |"
         )
     _, turns, failed = samples.rows["load: turns / failed"][0]
+    command = f"python -m bench.soak {sessions} {minutes:g}"
     return (
-        f"{machine()}\n\nCommand: `python -m bench soak {sessions} {minutes:g}` (part of "
-        f"`make bench`): {sessions} sessions streaming real-time audio turns to "
-        f"`serve --backend mock --transceivers 2` for {minutes:g} minutes; every process "
+        f"{machine()}\n\nCommand: `{command}` (`python -m bench soak`, part of "
+        f"`make bench`, runs 50 sessions for 3 minutes): {sessions} sessions streaming "
+        f"real-time audio turns to `serve --backend mock --transceivers 2` for {minutes:g} "
+        "minutes; every process "
         f"sampled every {SAMPLE_S:g} s. Turns: {int(turns)}, of which {failed} failed.\n\n"
         + "\n".join(lines)
     )

@@ -4,13 +4,14 @@
 piper voice (22050 Hz, resampled by the model's own path, 100 ms of trailing silence),
 then, for 1 and 2 onnxruntime intra-op threads: the load (``SmartTurn()``), the first call,
 and CALLS timed calls cycling over the clips, in wall time and in process CPU time (the
-number that counts on a shared machine). It also prints OPENBLAS_NUM_THREADS and the load
+number that counts on a shared machine). It also writes OPENBLAS_NUM_THREADS and the load
 average: with OpenBLAS threads free, the mel matmul wakes them and they spin, doubling
 the CPU per call (README.md, "End-of-turn model"). Last, how the model's answer depends on
 the silence after the words: on the labeled turn set's clean clips (bench/turns/), each cut
 at the end of its words (complete), of its first half (mid-sentence pause) or before a
 pause inside its words (a comma's), plus 100-400 ms of silence, how many score above 0.5
-(why transceiver/turns.py asks at 100 and 200 ms, and why a list is cut at its first comma).
+(why transceiver/turns.py asks at 100 and 200 ms, and why a list is cut at its first comma);
+and the words' model's scores on the set's text (models/turn_text.py).
 """
 
 from __future__ import annotations
@@ -126,6 +127,31 @@ def by_trailing_silence() -> list[str]:
     ]
 
 
+def words_scores() -> list[str]:
+    """The words' model (models/turn_text.py) on the turn set's text: the complete
+    utterances and the words before each mid-sentence pause (as written, not transcribed)."""
+    from bench.turns.labeled import load
+    from models.turn_text import TextTurn
+    from transceiver.turns import TEXT_THRESHOLD
+
+    turns, words = load(), TextTurn()
+    kinds = {
+        "complete utterances": [c.text for c in turns.complete],
+        "before a mid-sentence pause": [p.cut_after for p in turns.paused],
+    }
+    rows = [
+        f"| words | ln p, lowest | highest | at or below {TEXT_THRESHOLD:g} (the default "
+        "threshold) |",
+        "|---|---:|---:|---:|",
+    ]
+    for kind, texts in kinds.items():
+        scores = [words.log_probability(text) for text in texts]
+        below = sum(score <= TEXT_THRESHOLD for score in scores)
+        rows.append(f"| {kind} | {min(scores):.1f} | {max(scores):.1f} | {below}/{len(scores)} |")
+    words.close()
+    return rows
+
+
 def report(calls: int = CALLS) -> str:
     started = time.perf_counter()
     import faster_whisper.feature_extractor  # noqa: F401
@@ -153,7 +179,10 @@ def report(calls: int = CALLS) -> str:
         + "\n".join(scores(audio, rate))
         + "\n\nBy the silence after the words, on the turn set's clean clips (bench/turns/): "
         "how many the model calls finished (transceiver/turns.py asks at 100 and 200 ms)."
-        "\n\n" + "\n".join(by_trailing_silence())
+        "\n\n"
+        + "\n".join(by_trailing_silence())
+        + "\n\nThe words' model (models/turn_text.py, the bundled SmolLM2) on the set's text: "
+        "ln P(the message ends after the words).\n\n" + "\n".join(words_scores())
     )
 
 
