@@ -22,8 +22,8 @@ the wheel's license (README.md, "End-of-turn model").
 
 Thread-safety: onnxruntime's ``InferenceSession.run`` and the feature extractor (numpy,
 no state written per call) may be called from several threads at once, so one
-:class:`SmartTurn` is shared by all sessions without a lock. Cost: about 75 ms of CPU a
-call with one intra-op thread (``python -m bench turn-model``); set
+:class:`SmartTurn` is shared by all sessions without a lock. Cost: 28-75 ms of CPU a
+call with one intra-op thread, by the machine's phase (``python -m bench turn-model``); set
 ``OPENBLAS_NUM_THREADS=1``, or OpenBLAS threads spin through the mel matmul and double it.
 """
 

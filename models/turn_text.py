@@ -11,7 +11,7 @@ blocks a turn decision.
 The score is the natural log of P(``<|im_end|>`` | ``<|im_start|>user\\n`` + words), words
 lower-cased and stripped of punctuation (the speech recogniser's final full stop would
 otherwise decide for the model). On this project's labeled turn set (bench/turns/) the
-complete sentences score -15.6 to -3.9 and the mid-sentence cuts -27.4 to -6.8, most
+complete sentences score -15.6 to -3.5 and the mid-sentence cuts -27.5 to -6.8, most
 below -14 (README.md, "End-of-turn model"). About 45 ms of CPU per call on one thread.
 """
 

@@ -12,7 +12,8 @@ end (below), the model takes a second look at the same pause once it has lasted 
 the eagerness's max timeout of silence (transceiver/protocol/config.py
 ``SEMANTIC_VAD_MAX_WAIT_MS``). Speech that resumes voids a pending answer.
 
-Why two looks (`python -m bench turn-model`, last table, and `python -m bench turns`):
+Why two looks (`python -m bench turn-model`, its table by the silence after the words,
+and `python -m bench turns`):
 with 100 ms of silence after the words the model calls a quarter of this project's
 complete spoken questions unfinished, and their turns would wait for the max timeout (4 s
 at ``auto``); with 200 ms it calls them finished, while calling one or two more of the 32
@@ -68,9 +69,10 @@ LOOKS_MS = (100, 200)
 EAGERNESS_SHIFT = {"low": 0.2, "medium": 0.0, "auto": 0.0, "high": -0.2}
 # The shortest pause a "finished" ends the turn at (``--turn-min-silence-ms``), at medium
 # and auto; low waits twice as long, high not at all. A speaker's comma is a pause too
-# (210-320 ms in piper's speech: ``python -m bench turn-model``, last table) that both
-# models may call an end ("I need apples,"): 270 ms lets most of them pass and leaves a
-# complete turn's end within 300 ms of its last word (README.md, "End-of-turn model").
+# (210-320 ms in piper's speech: ``python -m bench turn-model``, its table by the silence
+# after the words) that both models may call an end ("I need apples,"): 270 ms lets most
+# of them pass and leaves a complete turn's end within 300 ms of its last word
+# (README.md, "End-of-turn model").
 MIN_SILENCE_MS = 270
 EAGERNESS_SILENCE = {"low": 2.0, "medium": 1.0, "auto": 1.0, "high": 0.0}
 # Model calls run on this many threads per transceiver; more pauses at once wait their turn.
@@ -109,7 +111,7 @@ def _probability(model: EndOfTurn, audio: bytes, audio_format: str) -> float:
 @dataclass
 class TurnModel:
     """The end-of-turn model one transceiver shares between all its sessions, with the
-    threads its (blocking, ~75 ms of CPU) calls run on."""
+    threads its (blocking, 28-75 ms of CPU) calls run on."""
 
     model: EndOfTurn
     threshold: float = 0.5
