@@ -45,14 +45,7 @@ from transceiver.protocol.effects import (
 from transceiver.protocol.session import RealtimeSession
 from transceiver.protocol.wire import encode_server_event
 from transceiver.speculation import Speculator
-from transceiver.turns import (
-    LEAD_MS,
-    TURN_WINDOW_MS,
-    TurnJudge,
-    TurnModel,
-    decision_threshold,
-    min_silence,
-)
+from transceiver.turns import LEAD_MS, TURN_WINDOW_MS, TurnJudge, TurnModel
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +142,6 @@ class SessionRunner:
         self._vad_config: tuple[float, int, int] | None = None
         self._speech_end_ms: float | None = None
         self._unsure_wait_ms = 0  # semantic_vad: the wait when the two models disagree
-        self._min_silence_ms = 0  # semantic_vad: the shortest pause a "finished" ends
         self._fed_end_ms = 0.0  # session audio time: the end of the audio the VAD got
         self._noise = InputNoise(session)  # audio.input.noise_reduction (transceiver/noise.py)
         self._speculator = Speculator(
@@ -327,26 +319,24 @@ class SessionRunner:
         """semantic_vad: has the user finished? Asked at each pause (transceiver/turns.py)."""
         if self._judge is None or self.session.speech_item_id is None:
             return
-        threshold = decision_threshold(self._judge.threshold, td.eagerness)
         self._unsure_wait_ms = td.silence_duration_ms // 2
-        self._min_silence_ms = min_silence(self._judge.min_silence_ms, td.eagerness)
         transcript = self._speculator.pause_transcript()
         audio = None
         if transcript is None and self._judge.transcribes:  # --turn-transcribe
             audio = self._speculator.turn_audio(audio_format, LEAD_MS, TURN_WINDOW_MS)
-        self._judge.pause(audio_format, pause_ms, threshold, transcript, audio)
+        self._judge.pause(audio_format, pause_ms, td.eagerness, transcript, audio)
 
     def _turn_unsure(self) -> None:
         """The audio and the words disagree: half the max wait, this pause."""
         if self._vad is not None:
             self._vad.end_pause_after(self._unsure_wait_ms)
 
-    def _turn_finished(self, pause_ms: float) -> None:
+    def _turn_finished(self, pause_ms: float, min_silence_ms: int) -> None:
         """The end-of-turn model says the user finished: end the turn where speech paused,
         once the pause has lasted the eagerness's shortest (transceiver/turns.py)."""
         if self._vad is None or not self._vad.speaking or self.session.speech_item_id is None:
             return
-        if not self._vad.end_pause(self._min_silence_ms):
+        if not self._vad.end_pause(min_silence_ms):
             return  # the speech detector ends it then, unless speech resumes
         self._vad.reset()
         self._end_turn(pause_ms)

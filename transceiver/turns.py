@@ -269,6 +269,7 @@ class _Question:
     audio_format: str
     pause_ms: float
     threshold: float
+    min_silence_ms: int  # the shortest pause its "finished" ends the turn at
     words: asyncio.Task[bool] | None = None  # do the words so far allow an end?
     look: int = 0  # the index in LOOKS_MS
 
@@ -280,11 +281,12 @@ class TurnJudge:
     def __init__(
         self,
         model: TurnModel,
-        finished: Callable[[float], None],
+        finished: Callable[[float, int], None],
         session_id: str,
         unsure: Callable[[], None] | None = None,
     ) -> None:
-        """``finished(pause_ms)`` ends the turn, whose speech paused at ``pause_ms``;
+        """``finished(pause_ms, min_silence_ms)`` ends the turn, whose speech paused at
+        ``pause_ms``, once the pause has lasted ``min_silence_ms`` (the eagerness's);
         ``unsure()``: the audio and the words disagree about the current pause."""
         self._model = model
         self._finished = finished
@@ -296,14 +298,6 @@ class TurnJudge:
         self._due: _Question | None = None  # to ask at its pause_ms + LOOKS_MS[look]
         self._words: asyncio.Task[bool] | None = None  # the latest pause's words, scoring
         self._transcript: asyncio.Task[Speculated] | None = None  # ours, the latest pause's
-
-    @property
-    def threshold(self) -> float:
-        return self._model.threshold
-
-    @property
-    def min_silence_ms(self) -> int:
-        return self._model.min_silence_ms
 
     @property
     def asking(self) -> bool:
@@ -319,12 +313,13 @@ class TurnJudge:
         self,
         audio_format: str,
         pause_ms: float,
-        threshold: float,
+        eagerness: str,
         transcript: asyncio.Task[Speculated] | None = None,
         audio: bytes | None = None,
     ) -> None:
         """Speech paused at ``pause_ms``: the model is to look at it as the pause lasts
-        (``LOOKS_MS``: :meth:`look_due`, :meth:`look`); ``transcript``: the speech so far
+        (``LOOKS_MS``: :meth:`look_due`, :meth:`look`), with the session's ``eagerness``'s
+        threshold and shortest pause; ``transcript``: the speech so far
         being transcribed, to check the words too; without one, ``audio`` (the turn so
         far) is transcribed here where :attr:`transcribes`. One transcription per session
         at a time: a new pause cancels the last one's if it has not run yet."""
@@ -340,7 +335,16 @@ class TurnJudge:
         if transcript is not None:  # scored as soon as it is ready, not when the model is asked
             words = asyncio.create_task(self._words_allow_end(transcript, self._generation))
             self._words = words
-        self._due = _Question(self._generation, b"", audio_format, pause_ms, threshold, words)
+        model = self._model
+        self._due = _Question(
+            self._generation,
+            b"",
+            audio_format,
+            pause_ms,
+            decision_threshold(model.threshold, eagerness),
+            min_silence(model.min_silence_ms, eagerness),
+            words,
+        )
 
     def look_due(self, audio_ms: float) -> bool:
         """Is the model to be asked now, the session's audio having reached ``audio_ms``?
@@ -402,7 +406,7 @@ class TurnJudge:
         )
         if finished:
             self._generation += 1
-            self._finished(question.pause_ms)
+            self._finished(question.pause_ms, question.min_silence_ms)
             return
         if unsure and self._unsure is not None:
             self._unsure()
@@ -429,7 +433,7 @@ class TurnJudge:
         return lp > self._model.text_threshold
 
 
-def _ignore(pause_ms: float) -> None:
+def _ignore(pause_ms: float, min_silence_ms: int) -> None:
     return None
 
 

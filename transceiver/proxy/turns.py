@@ -55,14 +55,7 @@ from transceiver.proxy.local_view import (
     with_turn_detection,
     without_turn_detection,
 )
-from transceiver.turns import (
-    LEAD_MS,
-    TURN_WINDOW_MS,
-    TurnJudge,
-    TurnModel,
-    decision_threshold,
-    min_silence,
-)
+from transceiver.turns import LEAD_MS, TURN_WINDOW_MS, TurnJudge, TurnModel
 
 # Audio after the last speech that goes upstream with a turn.
 TAIL_MS = 200
@@ -111,7 +104,6 @@ class LocalTurns:
         self._turn = bytearray()  # this turn's audio sent upstream, for the end-of-turn model
         self._speech_item: str | None = None
         self._paused = False
-        self._min_silence_ms = 0  # semantic_vad: the shortest pause a "finished" ends
         self._response: str | None = None  # the upstream's default-conversation response
         self._interrupted: str | None = None  # the response barge-in cancelled
         self._upstream: list[str] = []
@@ -297,19 +289,17 @@ class LocalTurns:
         """semantic_vad: has the user finished? (transceiver/turns.py)"""
         if self._judge is None:
             return  # the eagerness's max timeout ends the turn
-        threshold = decision_threshold(self._judge.threshold, td.eagerness)
-        self._min_silence_ms = min_silence(self._judge.min_silence_ms, td.eagerness)
         # --turn-transcribe: the words of the turn so far (sent upstream: at most its last
         # 8 s) are judged too; what is held back is the pause, or speech after it
         audio = bytes(self._turn) if self._judge.transcribes else None
-        self._judge.pause(self.fmt, pause_ms, threshold, audio=audio)
+        self._judge.pause(self.fmt, pause_ms, td.eagerness, audio=audio)
 
-    def _finished(self, pause_ms: float) -> None:
+    def _finished(self, pause_ms: float, min_silence_ms: int) -> None:
         """The end-of-turn model says the user finished at ``pause_ms``: the turn ends
         once the pause has lasted the eagerness's shortest (transceiver/turns.py)."""
         if self._vad is None or not self._vad.speaking or self._speech_item is None:
             return
-        if not self._vad.end_pause(self._min_silence_ms):
+        if not self._vad.end_pause(min_silence_ms):
             return  # the speech detector ends it then, unless speech resumes
         self._vad.reset()
         self._end_turn(pause_ms)
