@@ -20,7 +20,7 @@ from relay.server import raise_fd_limit, server_config
 from relay.settings import RelaySettings
 from relay.supervisor import Supervisor, TransceiverProcess, free_port
 from transceiver.observability import configure_logging
-from transceiver.settings import TransceiverSettings, option_flag, settings_error
+from transceiver.settings import TransceiverSettings, is_switch, option_flag, settings_error
 
 log = logging.getLogger("relay")
 
@@ -64,7 +64,7 @@ def _add_transceiver_options(parser: argparse.ArgumentParser) -> None:
             continue
         flag = option_flag(name)
         help_text = f"{field.description} [env RELAY_{name.upper()}; default {field.default!r}]"
-        action = argparse.BooleanOptionalAction if field.annotation is bool else "store"
+        action = argparse.BooleanOptionalAction if is_switch(field.annotation) else "store"
         group.add_argument(flag, dest=_PASSED + name, action=action, default=None, help=help_text)
 
 

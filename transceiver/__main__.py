@@ -23,6 +23,7 @@ from transceiver.observability import configure_logging  # noqa: E402
 from transceiver.server import run_transceiver  # noqa: E402
 from transceiver.settings import (  # noqa: E402
     TransceiverSettings,
+    is_switch,
     option_flag,
     settings_error,
     unused_options,
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         flag = option_flag(name)
         env = "RELAY_" + name.upper()
         help_text = f"{field.description} [env {env}; default {field.default!r}]"
-        if field.annotation is bool:
+        if is_switch(field.annotation):
             parser.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )

@@ -536,19 +536,20 @@ async def run_transceiver(settings: TransceiverSettings, stop: asyncio.Event) ->
                 min_silence_ms=settings.turn_min_silence_ms,
                 stt_loader=(
                     partial(WhisperStt, settings.stt_model, **settings.stt_options())
-                    if settings.turn_transcribe
+                    if settings.pause_stt is not None
                     else None
                 ),
+                build_on_first_use=settings.pause_stt == "first use",
             )
         except TurnError as exc:  # --turn-model given, and unusable
             log.error("transceiver not started: %s", exc)
             raise SystemExit(2) from None
     # Built now, not at the first user's first pause, where pauses will ask for the words:
-    # the local pipeline's speculative transcripts, or --turn-transcribe (whose STT the
-    # local backend needs only without its speculative STT).
+    # the local pipeline's speculative transcripts, or --turn-transcribe (by default the
+    # mock's and the proxy's are built at their first semantic_vad pause).
     speculates = settings.local_pipeline and settings.speculative_stt
-    if turn_model is not None and (speculates or settings.turn_transcribe):
-        own_stt = settings.turn_transcribe and not (speculates and settings.backend == "local")
+    own_stt = settings.pause_stt == "start"
+    if turn_model is not None and (speculates or own_stt):
         await asyncio.to_thread(turn_model.prepare, own_stt)
     server = TransceiverServer(settings, backend, turn_model, prompts)
     try:

@@ -264,12 +264,15 @@ class TransceiverSettings(BaseSettings):
         description="Natural log of the end-of-message probability above which the words "
         "let a turn end.",
     )
-    turn_transcribe: bool = Field(
-        False,
-        description="semantic_vad on the mock and the proxy (--local-turn-detection): "
-        "transcribe the speech so far at each pause (--stt-model, default the bundled "
-        "tiny.en) so that the words are judged too, as the local backend does with its own "
-        "transcript; about 60 ms more CPU a pause.",
+    turn_transcribe: bool | None = Field(
+        None,
+        description="semantic_vad where the backend has no transcript of its own (the mock, "
+        "the proxy's --local-turn-detection): transcribe the speech so far at each pause "
+        "(--stt-model, default the bundled tiny.en) so that the words are judged too, as "
+        "the local backend does with its own transcript; about 60 ms more CPU a pause. "
+        "Default: on, its models built at the first semantic_vad pause (the audio decides "
+        "until they are); --turn-transcribe builds them at start, --no-turn-transcribe: "
+        "the audio model alone.",
     )
     workers: int = Field(4, description="Worker threads for model calls.")
 
@@ -287,6 +290,22 @@ class TransceiverSettings(BaseSettings):
     mock_fault_stall_after: int | None = Field(
         None, description="Mock fault: stop sending (stall) after N events."
     )
+
+    @property
+    def pause_stt(self) -> Literal["start", "first use"] | None:
+        """When this transceiver's own STT for semantic_vad's words at pauses is built:
+        where turns are judged here and the backend has no transcript at a pause (the
+        mock, the proxy's local turns, the local backend without speculative STT), at
+        start with --turn-transcribe, at the first pause by default; never with
+        --no-turn-transcribe or --turn-text-model none."""
+        if self.turn_transcribe is False or (self.turn_text_model or "").lower() == "none":
+            return None
+        if self.backend == "local" and self.speculative_stt:
+            return None  # its own transcripts
+        proxy_alone = self.fallback == "none" and not self.local_turn_detection
+        if self.backend == "openai" and proxy_alone:
+            return None  # OpenAI judges its turns
+        return "start" if self.turn_transcribe else "first use"
 
     @property
     def local_pipeline(self) -> bool:
@@ -438,7 +457,7 @@ def unused_options(settings: TransceiverSettings) -> list[str]:
     local = settings.local_pipeline
     mock = settings.backend == "mock" or (proxy and settings.fallback == "mock")
     own = settings.backend in ("mock", "local")  # sessions run by this transceiver's core
-    words = local or settings.turn_transcribe  # pauses transcribed and their words judged
+    words = local or settings.pause_stt is not None  # pauses transcribed and their words judged
     groups = (
         (_STT_OPTIONS, words),
         (_LOCAL_OPTIONS, local),
@@ -454,6 +473,12 @@ def unused_options(settings: TransceiverSettings) -> list[str]:
     return [
         option_flag(name) for names, used in groups if not used for name in names if name in given
     ]
+
+
+def is_switch(annotation: Any) -> bool:
+    """Whether a setting of this type is a ``--name`` / ``--no-name`` switch on the command
+    line (``bool``, or ``bool | None`` where not giving it has a meaning of its own)."""
+    return annotation is bool or annotation == bool | None
 
 
 def option_flag(name: str) -> str:

@@ -78,6 +78,10 @@ EAGERNESS_SILENCE = {"low": 2.0, "medium": 1.0, "auto": 1.0, "high": 0.0}
 # Model calls run on this many threads per transceiver; more pauses at once wait their turn.
 TURN_WORKERS = 2
 TRANSCRIPT_WAIT_S = 2.0
+# Transcriptions waiting for the transceiver's one pause-STT thread (about 60 ms each) past
+# which a pause is judged by the audio alone: many sessions pausing at once (a load test of
+# semantic_vad against the mock) get the audio model's latency, not a growing queue's.
+STT_QUEUE_MAX = 8
 # ln P(end of message | words) above which the words allow the turn to end (models/turn_text.py)
 TEXT_THRESHOLD = -14.0
 
@@ -127,6 +131,12 @@ class TurnModel:
     # the speech so far is transcribed here for the words (built by ``prepare``).
     stt: PauseTranscriber | None = None
     stt_loader: Callable[[], PauseTranscriber] | None = None
+    # The default where the backend has no transcript (``--turn-transcribe`` not given): the
+    # words' models are built in the background at the first pause that would use them, and
+    # until they are, the audio decides.
+    build_on_first_use: bool = False
+    _building: bool = field(default=False, init=False, repr=False)
+    _transcribing: int = field(default=0, init=False, repr=False)  # queued or running
     _executor: ThreadPoolExecutor = field(init=False, repr=False)
     _stt_executor: ThreadPoolExecutor = field(init=False, repr=False)
     _text_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -175,14 +185,43 @@ class TurnModel:
 
     @property
     def transcribes(self) -> bool:
-        """Whether a pause's speech can be transcribed here, for the words."""
-        words = self.text is not None or self.text_loader is not None
-        return words and (self.stt is not None or self.stt_loader is not None)
+        """Whether a pause's speech can be transcribed here, for the words. Built on
+        first use: not until both models are, and asking starts building them."""
+        if self.text is not None and self.stt is not None:
+            return True
+        if self.text_loader is None and self.text is None:
+            return False
+        if self.stt_loader is None and self.stt is None:
+            return False
+        if not self.build_on_first_use:
+            return True  # built when first called, on the threads that call them
+        if not self._building:
+            self._building = True
+            log.info("semantic_vad: building the words' models (the audio decides meanwhile)")
+            self._stt_executor.submit(self._build_words)
+        return False
+
+    def _build_words(self) -> None:
+        try:
+            self.prepare()
+        except Exception:  # a model that raises what _built does not expect: said, not lost
+            log.exception("semantic_vad: the words' models could not be built")
+
+    @property
+    def transcriptions_full(self) -> bool:
+        """Whether ``STT_QUEUE_MAX`` transcriptions already wait: a pause then goes without."""
+        return self._transcribing >= STT_QUEUE_MAX
 
     async def transcribe(self, audio: bytes, audio_format: str) -> Speculated:
         """The words of ``audio`` (wire format), off the loop; ``SttError`` without an STT."""
         loop = asyncio.get_running_loop()
-        text = await loop.run_in_executor(self._stt_executor, self._transcribe, audio, audio_format)
+        self._transcribing += 1
+        try:
+            text = await loop.run_in_executor(
+                self._stt_executor, self._transcribe, audio, audio_format
+            )
+        finally:
+            self._transcribing -= 1
         return text, {}, []
 
     def _transcribe(self, audio: bytes, audio_format: str) -> str:
@@ -228,6 +267,7 @@ def load_turn_model(
     text_model: str | None = None,
     text_threshold: float = TEXT_THRESHOLD,
     stt_loader: Callable[[], PauseTranscriber] | None = None,
+    build_on_first_use: bool = False,
     min_silence_ms: int = MIN_SILENCE_MS,
 ) -> TurnModel | None:
     """The transceiver's one end-of-turn model (``--turn-model``, default: the file
@@ -235,7 +275,8 @@ def load_turn_model(
     the default file or the `local` extra is missing. A ``path`` given that cannot be
     loaded is an error (``TurnError``): the option would otherwise have no effect.
     ``text_model``: the words' GGUF (None: bundled SmolLM2, "none": no text check);
-    ``stt_loader``: an STT for the words at pauses where the backend has no transcript."""
+    ``stt_loader``: an STT for the words at pauses where the backend has no transcript;
+    ``build_on_first_use``: the words' models are built at the first pause that asks."""
     try:
         model = SmartTurn(path)
     except TurnError as exc:
@@ -259,6 +300,7 @@ def load_turn_model(
         text_loader=partial(TextTurn, text_model) if text_enabled else None,
         text_threshold=text_threshold,
         stt_loader=stt_loader if text_enabled else None,
+        build_on_first_use=build_on_first_use,
     )
 
 
@@ -327,15 +369,18 @@ class TurnJudge:
         if self._transcript is not None:
             self._transcript.cancel()
             self._transcript = None
-        if transcript is None and audio is not None and self._model.transcribes:
-            transcript = asyncio.create_task(self._model.transcribe(audio, audio_format))
-            transcript.add_done_callback(_retrieve)
-            self._transcript = transcript
+        model = self._model
+        if transcript is None and audio is not None and model.transcribes:
+            if model.transcriptions_full:  # the audio decides this pause
+                log.debug("session %s: no transcript (STT queue full)", self._session_id)
+            else:
+                transcript = asyncio.create_task(model.transcribe(audio, audio_format))
+                transcript.add_done_callback(_retrieve)
+                self._transcript = transcript
         words = None
         if transcript is not None:  # scored as soon as it is ready, not when the model is asked
             words = asyncio.create_task(self._words_allow_end(transcript, self._generation))
             self._words = words
-        model = self._model
         self._due = _Question(
             self._generation,
             b"",

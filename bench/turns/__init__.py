@@ -15,12 +15,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-from bench.harness import relay_server
+from bench.harness import RunningServer, relay_server
 from bench.stats import load_average, machine, write_section
 from bench.turns.audio import Clip, Speech
 from bench.turns.labeled import load
 from bench.turns.noise import build
-from bench.turns.report import TRANSCRIBE, TRANSCRIBE_FEWER, Figures, inference_ms, render
+from bench.turns.report import FEWER, NO_WORDS, Figures, inference_ms, render
 from bench.turns.stream import Detector, Outcome, run_all
 
 CONCURRENCY = 8
@@ -31,30 +31,33 @@ DETECTORS = [
     *(Detector("semantic_vad", e) for e in ("low", "medium", "high", "auto")),
 ]
 SILERO = ("--vad", "silero")
+WORDS_BUILT = "pauses are transcribed for the words"  # transceiver/turns.py's log
 LOCAL_DETECTORS = [Detector("semantic_vad", "auto"), Detector("server_vad")]
 COMMAND = "python -m bench turns"
 
 
 def mock_runs(clips: list[Clip]) -> dict[str, list[Outcome]]:
-    """Each detector on the mock (the audio model alone), then semantic_vad auto with
-    ``--turn-transcribe`` (the words of each pause judged too: about 160 ms of model CPU a
-    pause), 8 sessions at once as the other rows and 4 as the local backend's row, and
-    with ``--vad silero`` (Silero gating the speech detector: the clips with noise), without
-    and with the words."""
+    """Each detector on the mock as it comes (semantic_vad judges the audio and the words of
+    each pause: about 160 ms of model CPU a pause), semantic_vad auto again with 4 sessions
+    at once as the local backend's row, and with ``--no-turn-transcribe`` (the audio model
+    alone); then with ``--vad silero`` (Silero gating the speech detector: the clips with
+    noise), with the words and without."""
     runs: dict[str, list[Outcome]] = {}
     auto = Detector("semantic_vad", "auto")
     servers = [
-        ((), [(d, CONCURRENCY) for d in DETECTORS]),
-        ((TRANSCRIBE,), [(auto, CONCURRENCY), (auto, LOCAL_CONCURRENCY)]),
+        ((), [(d, CONCURRENCY) for d in DETECTORS] + [(auto, LOCAL_CONCURRENCY)]),
+        ((NO_WORDS,), [(auto, CONCURRENCY)]),
         (SILERO, [(auto, CONCURRENCY)]),  # the noisy clips: webrtcvad hears noise as speech
-        ((*SILERO, TRANSCRIBE), [(auto, CONCURRENCY)]),  # and with the words
+        ((*SILERO, NO_WORDS), [(auto, CONCURRENCY)]),
     ]
     for args, detectors in servers:
         with relay_server("--backend", "mock", *args) as server:
+            if NO_WORDS not in args:
+                asyncio.run(words_built(server, clips))
             for detector, concurrency in detectors:
                 label = " ".join([detector.label, *args])
                 if concurrency != CONCURRENCY:
-                    label += TRANSCRIBE_FEWER
+                    label += FEWER
                 started = time.monotonic()
                 runs[label] = asyncio.run(run_all(server.base_url, clips, detector, concurrency))
                 print(
@@ -63,6 +66,18 @@ def mock_runs(clips: list[Clip]) -> dict[str, list[Outcome]]:
                     flush=True,
                 )
     return runs
+
+
+async def words_built(server: RunningServer, clips: list[Clip]) -> None:
+    """The mock builds the words' models at its first semantic_vad pause (the audio
+    decides until then): one clip to start that, then wait until it says they are built."""
+    warm_up = next(c for c in clips if c.kind == "complete" and not c.noisy)
+    await run_all(server.base_url, [warm_up], Detector("semantic_vad", "auto"), 1)
+    for _ in range(600):
+        if any(WORDS_BUILT in line for line in server.lines):
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError("the mock did not build the words' models in 60 s")
 
 
 def local_runs(questions: list[Clip], clean: list[Clip], figures: Figures) -> None:

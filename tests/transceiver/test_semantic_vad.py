@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,7 +22,13 @@ from transceiver.protocol.contract import SessionKind, SessionSpec
 from transceiver.protocol.effects import ResponseRequest
 from transceiver.protocol.session import RealtimeSession
 from transceiver.runner import SessionRunner
-from transceiver.turns import LOOKS_MS, MODEL_RATE_HZ, TurnModel, decision_threshold
+from transceiver.turns import (
+    LOOKS_MS,
+    MODEL_RATE_HZ,
+    STT_QUEUE_MAX,
+    TurnModel,
+    decision_threshold,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -609,10 +616,10 @@ async def test_a_words_model_that_cannot_load_is_tried_once() -> None:
         model.close()
 
 
-async def test_prepare_builds_the_words_models_before_the_first_pause() -> None:
-    # A transceiver whose pauses will ask for the words (the local backend, --turn-transcribe)
-    # builds them at start; the pauses then find them built.
-    built: list[str] = []
+def recording_loaders(
+    built: list[str],
+) -> tuple[Callable[[], ScriptedWords], Callable[[], ScriptedStt]]:
+    """Loaders of the words' model and the pause STT that note in ``built`` when they run."""
 
     def words() -> ScriptedWords:
         built.append("words")
@@ -622,6 +629,14 @@ async def test_prepare_builds_the_words_models_before_the_first_pause() -> None:
         built.append("stt")
         return ScriptedStt("why is the sky blue")
 
+    return words, stt
+
+
+async def test_prepare_builds_the_words_models_before_the_first_pause() -> None:
+    # A transceiver whose pauses will ask for the words (the local backend, --turn-transcribe)
+    # builds them at start; the pauses then find them built.
+    built: list[str] = []
+    words, stt = recording_loaders(built)
     model = TurnModel(ScriptedTurns(0.9), text_loader=words, stt_loader=stt)
     try:
         await asyncio.to_thread(model.prepare)
@@ -649,3 +664,73 @@ async def test_prepare_skips_the_stt_when_the_words_model_cannot_load() -> None:
         assert built == [] and not model.transcribes
     finally:
         model.close()
+
+
+async def test_by_default_the_words_models_are_built_at_the_first_pause_that_asks() -> None:
+    # The mock's default (no --turn-transcribe given): nothing is built until a pause would
+    # use the words; that pause and those until the models are ready go by the audio.
+    built: list[str] = []
+    words, stt = recording_loaders(built)
+    model = TurnModel(
+        ScriptedTurns(0.9), text_loader=words, stt_loader=stt, build_on_first_use=True
+    )
+    try:
+        assert built == []
+        assert not model.transcribes  # starts the build
+        assert await eventually(lambda: model.transcribes, 5, 0.005, "the words' models built")
+        assert built == ["words", "stt"]  # once, however often it was asked
+    finally:
+        model.close()
+
+
+async def test_a_session_is_judged_by_the_words_once_they_are_built() -> None:
+    words, stt = ScriptedWords(-20.0), ScriptedStt("i want to go to the")
+    shell = Shell(semantic("auto"), ScriptedTurns(0.9), backend=without_transcripts())
+    assert shell.runner._judge is not None
+    model = shell.runner._judge._model
+    model.text_loader, model.stt_loader = (lambda: words), (lambda: stt)
+    model.build_on_first_use = True
+    await shell.feed(QUESTION + silence(LOOK))
+    await shell.stopped()  # the first pause: the audio alone, while the words are built
+    assert words.scored == [] and stt.heard == []
+    await eventually(lambda: model.transcribes, 5, 0.005, "the words' models built")
+    shell.client.events.clear()
+    await shell.feed(QUESTION + silence(600))
+    await eventually(lambda: words.scored, 5, 0.005, "the words scored")
+    await settle()
+    assert shell.of_type("input_audio_buffer.speech_stopped") == []  # the words keep it open
+    await shell.close()
+
+
+class GatedStt(ScriptedStt):
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.gate = threading.Event()
+
+    def transcribe(self, pcm16: bytes, *, sample_rate_hz: int) -> Transcript:
+        assert self.gate.wait(10)
+        return super().transcribe(pcm16, sample_rate_hz=sample_rate_hz)
+
+
+async def test_a_pause_goes_without_its_words_when_the_stt_queue_is_full() -> None:
+    # Many sessions pausing at once (a load test of semantic_vad): past STT_QUEUE_MAX
+    # transcriptions waiting, a pause is judged at once by the audio, not after the queue.
+    words, stt = ScriptedWords(-20.0), GatedStt("i want to go to the")
+    shell = Shell(semantic("auto"), ScriptedTurns(0.9), backend=without_transcripts(), words=words)
+    assert shell.runner._judge is not None
+    model = shell.runner._judge._model
+    model.stt = stt
+    queued = [
+        asyncio.create_task(model.transcribe(b"\0\0" * 480, "pcm16")) for _ in range(STT_QUEUE_MAX)
+    ]
+    try:
+        await eventually(lambda: model.transcriptions_full, 5, 0.005, "the queue full")
+        await shell.feed(QUESTION + silence(LOOK))
+        await shell.stopped()
+        assert shell.runner._judge._transcript is None  # none asked for this pause
+        assert words.scored == []
+    finally:
+        stt.gate.set()
+        await asyncio.gather(*queued)
+    assert not model.transcriptions_full
+    await shell.close()

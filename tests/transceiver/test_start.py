@@ -1,7 +1,8 @@
 """What a transceiver does at start: options the chosen backend does not use are named
 (transceiver/settings.py ``unused_options``), flag or environment alike, instead of being
 ignored quietly; the models that judge the words at a pause are built before it says it
-is ready, where its pauses will ask for them (``--turn-transcribe``)."""
+is ready where its pauses will ask for them (``--turn-transcribe``), and by default at
+the first pause that asks."""
 
 from __future__ import annotations
 
@@ -24,12 +25,17 @@ def _no_relay_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     ("given", "unused"),
     [
         ({"backend": "mock"}, []),
+        # The mock transcribes semantic_vad's pauses for the words unless told not to.
+        ({"backend": "mock", "stt_model": "x", "llm_url": "http://x/v1"}, ["--llm-url"]),
+        ({"backend": "mock", "stt_model": "x", "turn_transcribe": True}, []),
+        ({"backend": "mock", "stt_model": "x", "turn_transcribe": False}, ["--stt-model"]),
+        ({"backend": "mock", "turn_text_threshold": -10}, []),
         (
-            {"backend": "mock", "stt_model": "x", "llm_url": "http://x/v1"},
-            ["--stt-model", "--llm-url"],
+            {"backend": "mock", "turn_text_threshold": -10, "turn_transcribe": False},
+            ["--turn-text-threshold"],
         ),
-        ({"backend": "mock", "stt_model": "x", "turn_transcribe": True}, []),  # its words
-        ({"backend": "mock", "turn_text_threshold": -10}, ["--turn-text-threshold"]),
+        ({"backend": "openai", "local_turn_detection": True, "stt_model": "x"}, []),
+        ({"backend": "local", "stt_model": "x", "turn_transcribe": False}, []),  # its own STT
         (
             {"backend": "mock", "upstream_url": "wss://x", "voices": ["a=b.onnx"]},
             ["--voices", "--upstream-url"],
@@ -71,7 +77,7 @@ def test_the_environment_counts_too(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_the_transceiver_says_so_at_start() -> None:
     args = ("--backend", "mock", "--llm-url", "http://127.0.0.1:9/v1", "--insecure-no-link-secret")
-    env = {"RELAY_STT_MODEL": "base.en"}
+    env = {"RELAY_STT_MODEL": "base.en", "RELAY_TURN_TRANSCRIBE": "false"}
     with relay_server(*args, command="transceiver", timeout_s=120, env=env) as transceiver:
         said = [line for line in transceiver.lines if "not used by the mock backend" in line]
     assert len(said) == 1 and "--stt-model, --llm-url: not used" in said[0], said
@@ -84,3 +90,13 @@ def test_turn_transcribe_builds_its_models_before_the_transceiver_is_ready() -> 
     ready = next(i for i, line in enumerate(lines) if "transceiver ready" in line)
     for built in ("the words are checked too", "pauses are transcribed for the words"):
         assert any(built in line for line in lines[:ready]), (built, lines)
+
+
+def test_by_default_the_mock_builds_them_at_its_first_pause_not_at_start() -> None:
+    # Load tests of server_vad against the mock never pay for the words' models.
+    args = ("--backend", "mock", "--insecure-no-link-secret")
+    with relay_server(*args, command="transceiver", timeout_s=120) as transceiver:
+        lines = list(transceiver.lines)
+    ready = next(i for i, line in enumerate(lines) if "transceiver ready" in line)
+    for built in ("the words are checked too", "pauses are transcribed for the words"):
+        assert not any(built in line for line in lines[:ready]), (built, lines)
