@@ -322,7 +322,7 @@ class SessionRunner:
         self._unsure_wait_ms = td.silence_duration_ms // 2
         transcript = self._speculator.pause_transcript()
         audio = None
-        if transcript is None and self._judge.transcribes:  # --turn-transcribe
+        if transcript is None and self._judge.transcribes:  # no speculative STT here
             audio = self._speculator.turn_audio(audio_format, LEAD_MS, TURN_WINDOW_MS)
         self._judge.pause(audio_format, pause_ms, td.eagerness, transcript, audio)
 

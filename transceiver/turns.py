@@ -26,13 +26,15 @@ default 0.5): ``high`` ends a turn more readily (threshold - 0.2), ``low`` only 
 model is surer (+ 0.2); ``medium`` and ``auto`` use it as it is.
 
 Where the backend transcribes at the pause (the local backend's speculative STT), or where
-the transceiver does it here for a backend that does not (``--turn-transcribe``: the mock,
-the proxy), the words are judged too (models/turn_text.py): does the transcript so far end a message
-(log-probability above ``--turn-text-threshold``)? The turn ends at the pause only if
-both say so ("I want to go to" keeps listening however final it sounded); when they
-disagree, the pause ends the turn after half the eagerness's max timeout; when both say
-"not finished", after all of it. The transcript is awaited for at most
-``TRANSCRIPT_WAIT_S``; without one, the audio decides alone.
+the transceiver does it here for a backend that does not (the mock, the proxy; not with
+``--no-turn-transcribe``), the words are judged too (models/turn_text.py): does the
+transcript so far end a message (log-probability above ``--turn-text-threshold``)? The
+turn ends at the pause only if both say so ("I want to go to" keeps listening however
+final it sounded); when they disagree, the pause ends the turn after half the eagerness's
+max timeout; when both say "not finished", after all of it. The transcript is awaited for at most
+``TRANSCRIPT_WAIT_S``; without one, the audio decides alone: also while the words' models
+are being built (the mock's and the proxy's at their first semantic_vad pause), and where
+``STT_QUEUE_MAX`` transcriptions already wait.
 """
 
 from __future__ import annotations
@@ -123,15 +125,15 @@ class TurnModel:
     workers: int = TURN_WORKERS
     # The words' model (models/turn_text.py), or how to build it (by ``prepare`` at the
     # start of a transceiver whose pauses will ask, else on first use): a mock
-    # transceiver without --turn-transcribe never loads it.
+    # transceiver that never sees a semantic_vad pause never loads it.
     text: TextScorer | None = None
     text_loader: Callable[[], TextScorer] | None = None
     text_threshold: float = TEXT_THRESHOLD
-    # Where the backend has no transcript at a pause (mock, proxy): with --turn-transcribe,
-    # the speech so far is transcribed here for the words (built by ``prepare``).
+    # Where the backend has no transcript at a pause (mock, proxy): the speech so far is
+    # transcribed here for the words (built by ``prepare``).
     stt: PauseTranscriber | None = None
     stt_loader: Callable[[], PauseTranscriber] | None = None
-    # The default where the backend has no transcript (``--turn-transcribe`` not given): the
+    # The default where the backend has no transcript (no --turn-transcribe given): the
     # words' models are built in the background at the first pause that would use them, and
     # until they are, the audio decides.
     build_on_first_use: bool = False
@@ -348,7 +350,7 @@ class TurnJudge:
 
     @property
     def transcribes(self) -> bool:
-        """Whether :meth:`pause` transcribes the ``audio`` it is given (--turn-transcribe)."""
+        """Whether :meth:`pause` transcribes the ``audio`` it is given (the mock, the proxy)."""
         return self._model.transcribes
 
     def pause(

@@ -5,9 +5,11 @@ questions and statements, sentences with a mid-sentence pause of 400-1500 ms, a 
 of each (speech-shaped noise at 10 dB SNR) and noise-only clips. Each clip is streamed in
 real time (20 ms chunks) in its own session through the official SDK against
 ``serve --backend mock`` (8 sessions at once), for server_vad (500 ms) and semantic_vad at
-each eagerness. Then the end-of-turn model's cost per call, measured on the same clips
-in this process, and end of speech -> first audio delta on the local backend for 10
-complete questions, semantic_vad auto against server_vad.
+each eagerness (the audio model and the words), and semantic_vad auto with the audio model
+alone (``--no-turn-transcribe``) and with Silero gating the speech detector. Then the
+end-of-turn model's cost per call, measured on the same clips in this process, and end
+of speech -> first audio delta on the local backend for 10 complete questions,
+semantic_vad auto against server_vad.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ timeouts count audio time, so "how much silence was sent" is exact whatever the 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import numpy as np
@@ -18,6 +19,7 @@ from models.tts import PiperTts
 from models.turn import bundled_turn_model_path
 from tests.e2e.client import Recorder, append_audio, silence
 from tests.servers import RunningServer
+from tests.waiting import eventually
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="session"),
@@ -105,6 +107,46 @@ async def test_a_mid_sentence_pause_does_not_end_the_turn(
         stopped = rec.of_type("input_audio_buffer.speech_stopped")[0]
         # The item holds both halves: it ends after the second one.
         assert stopped["audio_end_ms"] > (len(first) + len(second)) / 48
+        rec.check()
+
+
+async def test_the_words_keep_a_pause_the_audio_calls_final_open(
+    mock_server: RunningServer, voice: PiperTts
+) -> None:
+    # "Can you remind me to" sounds final to the audio model (0.97 in piper's voice), and
+    # does not read as a finished message (ln p about -21 against the threshold -14): the
+    # mock's own transcript of the pause keeps the turn open, where the audio alone cut it.
+    # The words' models are built at the mock's first semantic_vad pause: this test's first
+    # session starts that.
+    client, update = await semantic_session(mock_server, "auto")
+    async with client.realtime.connect(model="gpt-realtime") as conn:
+        rec = Recorder(conn)
+        await rec.send(update)
+        await rec.until("session.updated")
+        await append_audio(rec, silence(300) + spoken(voice, "What time is it?") + silence(4200))
+        await rec.until("input_audio_buffer.speech_stopped", timeout_s=15)
+    built = "pauses are transcribed for the words"  # transceiver/turns.py's log
+    await eventually(
+        lambda: any(built in line for line in mock_server.lines), 60, 0.05, "the words' models"
+    )
+    full = spoken(voice, "Can you remind me to call my mother?")
+    first = cut_before(full, spoken(voice, "Can you remind me to"))
+    second = full[len(first) :]
+    async with client.realtime.connect(model="gpt-realtime") as conn:
+        rec = Recorder(conn)
+        await rec.send(update)
+        await rec.until("session.updated")
+        await append_audio(rec, silence(300) + first)
+        # The pause in real time, as a caller's: the models answer while it lasts.
+        for _ in range(45):
+            await append_audio(rec, silence(20))
+            await asyncio.sleep(0.02)
+        await append_audio(rec, second + silence(4200))
+        await rec.until("input_audio_buffer.committed", timeout_s=15)
+        await rec.until("response.done")
+        assert len(rec.of_type("input_audio_buffer.committed")) == 1
+        stopped = rec.of_type("input_audio_buffer.speech_stopped")[0]
+        assert stopped["audio_end_ms"] > 300 + len(first) / 48 + 900  # both halves
         rec.check()
 
 

@@ -289,7 +289,7 @@ class LocalTurns:
         """semantic_vad: has the user finished? (transceiver/turns.py)"""
         if self._judge is None:
             return  # the eagerness's max timeout ends the turn
-        # --turn-transcribe: the words of the turn so far (sent upstream: at most its last
+        # The words of the turn so far (sent upstream: at most its last
         # 8 s) are judged too; what is held back is the pause, or speech after it
         audio = bytes(self._turn) if self._judge.transcribes else None
         self._judge.pause(self.fmt, pause_ms, td.eagerness, audio=audio)
