@@ -11,7 +11,8 @@ the silence after the words: on the labeled turn set's clean clips (bench/turns/
 at the end of its words (complete), of its first half (mid-sentence pause) or before a
 pause inside its words (a comma's), plus 100-400 ms of silence, how many score above 0.5
 (why transceiver/turns.py asks at 100 and 200 ms, and why a list is cut at its first comma);
-and the words' model's scores on the set's text (models/turn_text.py).
+the words' model's scores on the set's text (models/turn_text.py); and how sure the pause
+STT is of its transcripts of speech, noise and synthetic speech (``GUESS_LOGPROB``).
 """
 
 from __future__ import annotations
@@ -152,6 +153,62 @@ def words_scores() -> list[str]:
     return rows
 
 
+def pause_transcripts() -> list[str]:
+    """How sure the pause STT (the bundled Whisper tiny.en, as transceiver/turns.py runs it)
+    is of what it transcribes: the mean token log-probability on the turn set's speech
+    (the words of each complete utterance and those before each mid-sentence pause), clean
+    and with noise, on its noise-only clips, and on synthetic speech (models/synth.py: the load
+    generator's voice and the proxy-turns bench's). Below GUESS_LOGPROB the words are not
+    judged."""
+    from bench.proxy_turns import UTTERANCES
+    from bench.turns.audio import RATE, Speech
+    from bench.turns.labeled import load
+    from bench.turns.noise import build
+    from loadgen.client import SPOKEN_TEXT
+    from models.audio import resample
+    from models.stt import WhisperStt
+    from models.synth import speech
+    from transceiver.turns import GUESS_LOGPROB, MODEL_RATE_HZ, confidence
+
+    stt = WhisperStt(None, language="en", short_window=True)
+    kinds: dict[str, list[bytes]] = {
+        "speech (piper)": [],
+        "speech, noise at 10 dB SNR": [],
+        "noise only": [],
+        "synthetic speech": [],
+    }
+    for clip in build(load(), Speech()):
+        if clip.kind == "noise":
+            kinds["noise only"].append(clip.pcm)
+        elif clip.words_end_ms is not None:
+            kind = "speech, noise at 10 dB SNR" if clip.noisy else "speech (piper)"
+            kinds[kind].append(clip.pcm[: 2 * int(clip.words_end_ms * RATE / 1000)])
+    texts = [SPOKEN_TEXT, *(words for _, words in UTTERANCES)]
+    kinds["synthetic speech"] = [speech(text) for text in texts]
+    rows = [
+        f"| audio | clips | mean token ln p, lowest | highest | below {GUESS_LOGPROB:g} "
+        "(taken for a guess) | what Whisper said, the least sure |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for kind, clips in kinds.items():
+        scored = []
+        for pcm in clips:
+            pcm16k = resample(pcm, RATE, MODEL_RATE_HZ)
+            transcript = stt.transcribe(pcm16k, sample_rate_hz=MODEL_RATE_HZ, logprobs=True)
+            mean = confidence(transcript)
+            if mean is not None:  # None: nothing said
+                scored.append((mean, transcript.text))
+        means = [mean for mean, _ in scored]
+        below = sum(mean < GUESS_LOGPROB for mean in means)
+        least = min(scored)[1] if scored else "-"
+        low, high = (f"{min(means):.2f}", f"{max(means):.2f}") if means else ("-", "-")
+        rows.append(
+            f"| {kind} | {len(clips)} ({len(scored)} with words) | {low} | {high} "
+            f"| {below}/{len(scored)} | {least[:40]!r} |"
+        )
+    return rows
+
+
 def report(calls: int = CALLS) -> str:
     started = time.perf_counter()
     import faster_whisper.feature_extractor  # noqa: F401
@@ -182,7 +239,11 @@ def report(calls: int = CALLS) -> str:
         "\n\n"
         + "\n".join(by_trailing_silence())
         + "\n\nThe words' model (models/turn_text.py, the bundled SmolLM2) on the set's text: "
-        "ln P(the message ends after the words).\n\n" + "\n".join(words_scores())
+        "ln P(the message ends after the words).\n\n"
+        + "\n".join(words_scores())
+        + "\n\nThe pause STT (Whisper tiny.en, transceiver/turns.py): how sure it is of what "
+        "it transcribes, on the set's clean speech, its noise-only clips and synthetic "
+        "speech.\n\n" + "\n".join(pause_transcripts())
     )
 
 

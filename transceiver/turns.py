@@ -86,6 +86,13 @@ TRANSCRIPT_WAIT_S = 2.0
 STT_QUEUE_MAX = 8
 # ln P(end of message | words) above which the words allow the turn to end (models/turn_text.py)
 TEXT_THRESHOLD = -14.0
+# Whisper's mean token log-probability below which a pause's own transcript is a guess, not
+# words heard: on sounds that are not speech (noise, a load test's synthetic voice) it says
+# "You" and the like, which would read as an unfinished message and hold every such turn
+# open. Such a transcript counts as unknown: the audio decides. ``python -m bench
+# turn-model``, its table of the pause STT's confidence: piper's speech scores above,
+# the noise-only clips and synthetic speech below.
+GUESS_LOGPROB = -1.5
 
 
 class TextScorer(Protocol):
@@ -97,7 +104,14 @@ class TextScorer(Protocol):
 class PauseTranscriber(Protocol):
     """Transcribes the speech so far at a pause (models/stt.py ``WhisperStt``)."""
 
-    def transcribe(self, pcm16: bytes, *, sample_rate_hz: int) -> Transcript: ...
+    def transcribe(self, pcm16: bytes, *, sample_rate_hz: int, logprobs: bool) -> Transcript: ...
+
+
+def confidence(transcript: Transcript) -> float | None:
+    """The mean log-probability of a transcript's tokens; None without them."""
+    if not transcript.logprobs:
+        return None
+    return sum(t.logprob for t in transcript.logprobs) / len(transcript.logprobs)
 
 
 def decision_threshold(base: float, eagerness: str) -> float:
@@ -215,7 +229,8 @@ class TurnModel:
         return self._transcribing >= STT_QUEUE_MAX
 
     async def transcribe(self, audio: bytes, audio_format: str) -> Speculated:
-        """The words of ``audio`` (wire format), off the loop; ``SttError`` without an STT."""
+        """The words of ``audio`` (wire format), off the loop ("" where Whisper only guessed:
+        ``GUESS_LOGPROB``); ``SttError`` without an STT."""
         loop = asyncio.get_running_loop()
         self._transcribing += 1
         try:
@@ -231,7 +246,12 @@ class TurnModel:
         if stt is None:
             raise SttError("no STT for the words at pauses")
         pcm = to_pcm16(audio, audio_format, MODEL_RATE_HZ)
-        return stt.transcribe(pcm, sample_rate_hz=MODEL_RATE_HZ).text
+        transcript = stt.transcribe(pcm, sample_rate_hz=MODEL_RATE_HZ, logprobs=True)
+        mean = confidence(transcript)
+        if mean is not None and mean < GUESS_LOGPROB:
+            log.debug("pause transcript %r taken for a guess (%.2f)", transcript.text, mean)
+            return ""  # unknown: the audio decides
+        return transcript.text
 
     def _pause_stt(self) -> PauseTranscriber | None:
         with self._stt_lock:

@@ -15,6 +15,7 @@ semantic_vad auto against server_vad.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 from bench.harness import RunningServer, relay_server
@@ -117,7 +118,9 @@ def main() -> str:
     local_runs(questions, clean, figures)
     minutes = (time.monotonic() - started) / 60
     header = (
-        f"{machine()}\n\nCommand: `{COMMAND}` ({minutes:.1f} min). Load average (1, 5, 15 min) "
+        f"{machine()}\n\nCommand: `{COMMAND}` ({minutes:.1f} min), OPENBLAS_NUM_THREADS="
+        f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')} (the transceivers set 1 themselves; "
+        "this process's own model timing below depends on it). Load average (1, 5, 15 min) "
         f"{load_before} before, {load_average()} after: the machine is shared, and every figure "
         "below is wall time on it."
     )

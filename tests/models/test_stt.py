@@ -10,6 +10,7 @@ import pytest
 from models.audio import resample
 from models.errors import SttError
 from models.stt import WhisperStt, bundled_whisper_path, pcm16_to_float32
+from models.synth import speech
 from models.tts import PiperTts
 from transceiver.turns import TurnModel
 
@@ -177,3 +178,19 @@ def test_turn_transcribe_hears_a_pause_in_the_wire_format(
         turns.close()
     assert heard(text), text
     assert not TurnModel(_Unused(), stt=whisper_stt).transcribes  # no words' model: no STT
+
+
+def test_a_pause_transcript_whisper_only_guesses_counts_as_unknown(
+    whisper_stt: WhisperStt,
+) -> None:
+    # Sounds that are not speech (the load generator's synthetic voice) make Whisper say
+    # "You" or the like, a guess (transceiver/turns.py GUESS_LOGPROB) that would read as an
+    # unfinished message: it comes back empty, and the audio decides.
+    buzz = speech("hello there I would like to book a table for two")
+    assert whisper_stt.transcribe(resample(buzz, 24_000, 16_000)).text  # Whisper says something
+    turns = TurnModel(_Unused(), text=_Unused(), stt=whisper_stt)
+    try:
+        text, _, _ = asyncio.run(turns.transcribe(buzz, "audio/pcm"))
+    finally:
+        turns.close()
+    assert text == ""

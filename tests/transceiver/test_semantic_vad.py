@@ -550,7 +550,9 @@ class ScriptedStt:
         self.text = text
         self.heard: list[float] = []  # seconds of audio per call
 
-    def transcribe(self, pcm16: bytes, *, sample_rate_hz: int) -> Transcript:
+    def transcribe(
+        self, pcm16: bytes, *, sample_rate_hz: int, logprobs: bool = False
+    ) -> Transcript:
         assert sample_rate_hz == MODEL_RATE_HZ
         self.heard.append(len(pcm16) / 2 / sample_rate_hz)
         return Transcript(text=self.text, language="en", duration_s=self.heard[-1])
@@ -707,9 +709,11 @@ class GatedStt(ScriptedStt):
         super().__init__(text)
         self.gate = threading.Event()
 
-    def transcribe(self, pcm16: bytes, *, sample_rate_hz: int) -> Transcript:
+    def transcribe(
+        self, pcm16: bytes, *, sample_rate_hz: int, logprobs: bool = False
+    ) -> Transcript:
         assert self.gate.wait(10)
-        return super().transcribe(pcm16, sample_rate_hz=sample_rate_hz)
+        return super().transcribe(pcm16, sample_rate_hz=sample_rate_hz, logprobs=logprobs)
 
 
 async def test_a_pause_goes_without_its_words_when_the_stt_queue_is_full() -> None:
