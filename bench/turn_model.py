@@ -242,8 +242,8 @@ def report(calls: int = CALLS) -> str:
         "ln P(the message ends after the words).\n\n"
         + "\n".join(words_scores())
         + "\n\nThe pause STT (Whisper tiny.en, transceiver/turns.py): how sure it is of what "
-        "it transcribes, on the set's clean speech, its noise-only clips and synthetic "
-        "speech.\n\n" + "\n".join(pause_transcripts())
+        "it transcribes, on the set's speech (clean and with noise), its noise-only clips and "
+        "synthetic speech.\n\n" + "\n".join(pause_transcripts())
     )
 
 
