@@ -40,6 +40,7 @@ are being built (the mock's and the proxy's at their first semantic_vad pause), 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -214,7 +215,8 @@ class TurnModel:
         if not self._building:
             self._building = True
             log.info("semantic_vad: building the words' models (the audio decides meanwhile)")
-            self._stt_executor.submit(self._build_words)
+            with contextlib.suppress(RuntimeError):  # closed: the transceiver is stopping
+                self._stt_executor.submit(self._build_words)
         return False
 
     def _build_words(self) -> None:

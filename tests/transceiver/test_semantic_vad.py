@@ -738,3 +738,13 @@ async def test_a_pause_goes_without_its_words_when_the_stt_queue_is_full() -> No
         await asyncio.gather(*queued)
     assert not model.transcriptions_full
     await shell.close()
+
+
+async def test_a_pause_after_the_model_is_closed_does_not_raise() -> None:
+    # A session pausing while the transceiver stops: no build is started, the audio decides.
+    words, stt = recording_loaders([])
+    model = TurnModel(
+        ScriptedTurns(0.9), text_loader=words, stt_loader=stt, build_on_first_use=True
+    )
+    model.close()
+    assert not model.transcribes
