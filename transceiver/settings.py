@@ -300,8 +300,9 @@ class TransceiverSettings(BaseSettings):
         --no-turn-transcribe or --turn-text-model none."""
         if self.turn_transcribe is False or (self.turn_text_model or "").lower() == "none":
             return None
-        if self.backend == "local" and self.speculative_stt:
-            return None  # its own transcripts
+        proxied_turns = self.backend == "openai" and self.local_turn_detection
+        if self.local_pipeline and self.speculative_stt and not proxied_turns:
+            return None  # the local pipeline's own transcripts (the backend's or the fallback's)
         proxy_alone = self.fallback == "none" and not self.local_turn_detection
         if self.backend == "openai" and proxy_alone:
             return None  # OpenAI judges its turns
@@ -458,6 +459,11 @@ def unused_options(settings: TransceiverSettings) -> list[str]:
     mock = settings.backend == "mock" or (proxy and settings.fallback == "mock")
     own = settings.backend in ("mock", "local")  # sessions run by this transceiver's core
     words = local or settings.pause_stt is not None  # pauses transcribed and their words judged
+    turns_here = own or (proxy and (settings.local_turn_detection or settings.fallback != "none"))
+    words_off = (settings.turn_text_model or "").lower() == "none" and turns_here
+    # --(no-)turn-transcribe decides whether pauses are transcribed here: not where the
+    # local pipeline has its own transcripts, nor where turns are not judged here.
+    transcribes = settings.model_copy(update={"turn_transcribe": None}).pause_stt is not None
     groups = (
         (_STT_OPTIONS, words),
         (_LOCAL_OPTIONS, local),
@@ -466,7 +472,9 @@ def unused_options(settings: TransceiverSettings) -> list[str]:
         (_OPENAI_OPTIONS, proxy),
         (("max_input_audio_s",), local or mock),
         (_CORE_OPTIONS, own),
-        (_WORDS_OPTIONS, words),
+        (("turn_text_model",), words or words_off),  # "none" turns the words off here
+        (("turn_text_threshold",), words),
+        (("turn_transcribe",), transcribes),
         (("vad_model",), settings.vad == "silero"),
     )
     given = settings.model_fields_set

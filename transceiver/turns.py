@@ -195,9 +195,7 @@ class TurnModel:
         """Build the words' models now (blocking), and with ``stt`` the pauses' STT: for a
         transceiver whose pauses will ask for them (the local backend's, or with
         --turn-transcribe), so that its first pause does not wait for them to load."""
-        if self.text_loader is not None:
-            self._text_scorer()
-        if stt and self.text is not None and self.stt_loader is not None:
+        if self._text_scorer() is not None and stt:  # each under its lock
             self._pause_stt()
 
     @property
@@ -230,17 +228,27 @@ class TurnModel:
         """Whether ``STT_QUEUE_MAX`` transcriptions already wait: a pause then goes without."""
         return self._transcribing >= STT_QUEUE_MAX
 
+    def start_transcription(
+        self, audio: bytes, audio_format: str
+    ) -> asyncio.Task[Speculated] | None:
+        """:meth:`transcribe` as a task, counted from now (pauses handled in one loop
+        iteration see each other's), or None where ``STT_QUEUE_MAX`` already wait."""
+        if self.transcriptions_full:
+            return None
+        self._transcribing += 1
+        task = asyncio.create_task(self.transcribe(audio, audio_format))
+        task.add_done_callback(self._transcribed)
+        return task
+
+    def _transcribed(self, task: asyncio.Task[Speculated]) -> None:
+        self._transcribing -= 1
+
     async def transcribe(self, audio: bytes, audio_format: str) -> Speculated:
         """The words of ``audio`` (wire format), off the loop ("" where Whisper only guessed:
-        ``GUESS_LOGPROB``); ``SttError`` without an STT."""
+        ``GUESS_LOGPROB``); ``SttError`` without an STT. Uncounted: pauses call
+        :meth:`start_transcription`."""
         loop = asyncio.get_running_loop()
-        self._transcribing += 1
-        try:
-            text = await loop.run_in_executor(
-                self._stt_executor, self._transcribe, audio, audio_format
-            )
-        finally:
-            self._transcribing -= 1
+        text = await loop.run_in_executor(self._stt_executor, self._transcribe, audio, audio_format)
         return text, {}, []
 
     def _transcribe(self, audio: bytes, audio_format: str) -> str:
@@ -395,10 +403,10 @@ class TurnJudge:
             self._transcript = None
         model = self._model
         if transcript is None and audio is not None and model.transcribes:
-            if model.transcriptions_full:  # the audio decides this pause
+            transcript = model.start_transcription(audio, audio_format)
+            if transcript is None:  # the queue is full: the audio decides this pause
                 log.debug("session %s: no transcript (STT queue full)", self._session_id)
             else:
-                transcript = asyncio.create_task(model.transcribe(audio, audio_format))
                 transcript.add_done_callback(_retrieve)
                 self._transcript = transcript
         words = None

@@ -26,6 +26,7 @@ from transceiver.turns import (
     LOOKS_MS,
     MODEL_RATE_HZ,
     STT_QUEUE_MAX,
+    TurnJudge,
     TurnModel,
     decision_threshold,
 )
@@ -724,9 +725,7 @@ async def test_a_pause_goes_without_its_words_when_the_stt_queue_is_full() -> No
     assert shell.runner._judge is not None
     model = shell.runner._judge._model
     model.stt = stt
-    queued = [
-        asyncio.create_task(model.transcribe(b"\0\0" * 480, "pcm16")) for _ in range(STT_QUEUE_MAX)
-    ]
+    queued = [model.start_transcription(b"\0\0" * 480, "pcm16") for _ in range(STT_QUEUE_MAX)]
     try:
         await eventually(lambda: model.transcriptions_full, 5, 0.005, "the queue full")
         await shell.feed(QUESTION + silence(LOOK))
@@ -735,9 +734,31 @@ async def test_a_pause_goes_without_its_words_when_the_stt_queue_is_full() -> No
         assert words.scored == []
     finally:
         stt.gate.set()
-        await asyncio.gather(*queued)
+        await asyncio.gather(*(task for task in queued if task is not None))
     assert not model.transcriptions_full
     await shell.close()
+
+
+async def test_pauses_in_one_loop_iteration_queue_at_most_the_bound() -> None:
+    # Many sessions whose pauses are handled in one loop iteration (frames read together)
+    # count each other's transcriptions: no more than STT_QUEUE_MAX are queued.
+    stt = GatedStt("i want to go to the")
+    model = TurnModel(ScriptedTurns(0.9), text=ScriptedWords(-5.0), stt=stt)
+    judges = [TurnJudge(model, lambda pause, shortest: None, f"sess_{n}") for n in range(20)]
+    try:
+        for judge in judges:
+            judge.pause("pcm16", 300.0, "auto", audio=b"\0\0" * 480)
+        started = [judge._transcript for judge in judges if judge._transcript is not None]
+        assert len(started) == STT_QUEUE_MAX and model.transcriptions_full
+        stt.gate.set()
+        await asyncio.gather(*started)
+        assert await eventually(
+            lambda: not model.transcriptions_full, 5, 0.005, "the queue drained"
+        )
+    finally:
+        for judge in judges:
+            judge.close()
+        model.close()
 
 
 async def test_a_pause_after_the_model_is_closed_does_not_raise() -> None:

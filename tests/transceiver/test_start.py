@@ -34,8 +34,23 @@ def _no_relay_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             {"backend": "mock", "turn_text_threshold": -10, "turn_transcribe": False},
             ["--turn-text-threshold"],
         ),
+        # "none" is how the words are turned off: used wherever turns are judged here.
+        ({"backend": "mock", "turn_text_model": "none"}, []),
+        ({"backend": "openai", "local_turn_detection": True, "turn_text_model": "none"}, []),
+        (
+            {"backend": "mock", "turn_text_model": "none", "turn_text_threshold": -10},
+            ["--turn-text-threshold"],
+        ),
         ({"backend": "openai", "local_turn_detection": True, "stt_model": "x"}, []),
-        ({"backend": "local", "stt_model": "x", "turn_transcribe": False}, []),  # its own STT
+        # The local backend judges its own speculative transcripts: nothing to switch.
+        ({"backend": "local", "stt_model": "x", "turn_transcribe": False}, ["--turn-transcribe"]),
+        ({"backend": "local", "turn_transcribe": True}, ["--turn-transcribe"]),
+        ({"backend": "local", "speculative_stt": False, "turn_transcribe": True}, []),
+        (
+            {"backend": "openai", "fallback": "local", "turn_transcribe": True},
+            ["--turn-transcribe"],
+        ),
+        ({"backend": "openai", "fallback": "mock", "turn_transcribe": True}, []),
         (
             {"backend": "mock", "upstream_url": "wss://x", "voices": ["a=b.onnx"]},
             ["--voices", "--upstream-url"],
