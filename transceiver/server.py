@@ -525,8 +525,7 @@ async def run_transceiver(settings: TransceiverSettings, stop: asyncio.Event) ->
     # The proxy passes semantic_vad upstream (OpenAI judges those turns), unless it detects
     # turns itself (--local-turn-detection) or may fall back to a backend of its own.
     turn_model = None
-    proxy_alone = settings.fallback == "none" and not settings.local_turn_detection
-    if not isinstance(backend, ProxyBackend) or not proxy_alone:
+    if settings.judges_turns:
         try:
             turn_model = load_turn_model(
                 settings.turn_model,

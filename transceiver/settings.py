@@ -298,15 +298,23 @@ class TransceiverSettings(BaseSettings):
         mock, the proxy's local turns, the local backend without speculative STT), at
         start with --turn-transcribe, at the first pause by default; never with
         --no-turn-transcribe or --turn-text-model none."""
-        if self.turn_transcribe is False or (self.turn_text_model or "").lower() == "none":
-            return None
+        if self.turn_transcribe is False or self.words_turned_off or not self.judges_turns:
+            return None  # not wanted, or OpenAI judges the turns
         proxied_turns = self.backend == "openai" and self.local_turn_detection
         if self.local_pipeline and self.speculative_stt and not proxied_turns:
             return None  # the local pipeline's own transcripts (the backend's or the fallback's)
-        proxy_alone = self.fallback == "none" and not self.local_turn_detection
-        if self.backend == "openai" and proxy_alone:
-            return None  # OpenAI judges its turns
         return "start" if self.turn_transcribe else "first use"
+
+    @property
+    def judges_turns(self) -> bool:
+        """Whether this transceiver detects turns itself: the mock and the local backend,
+        and a proxy with --local-turn-detection or a --fallback (else OpenAI does)."""
+        return self.backend != "openai" or self.local_turn_detection or self.fallback != "none"
+
+    @property
+    def words_turned_off(self) -> bool:
+        """--turn-text-model none: semantic_vad judges the audio alone."""
+        return (self.turn_text_model or "").lower() == "none"
 
     @property
     def local_pipeline(self) -> bool:
@@ -342,7 +350,7 @@ class TransceiverSettings(BaseSettings):
     def _turn_transcribe_has_words_to_judge(self) -> Self:
         if not self.turn_transcribe:
             return self
-        if (self.turn_text_model or "").lower() == "none":
+        if self.words_turned_off:
             raise ValueError(
                 "--turn-transcribe transcribes pauses for the words' model, and "
                 "--turn-text-model none turns that off"
@@ -352,7 +360,7 @@ class TransceiverSettings(BaseSettings):
     @model_validator(mode="after")
     def _turn_options_where_turns_are_detected(self) -> Self:
         """The end-of-turn options on a proxy that detects no turns itself would do nothing."""
-        if self.backend != "openai" or self.local_turn_detection or self.fallback != "none":
+        if self.judges_turns:
             return self
         given = [option_flag(name) for name in _TURN_OPTIONS if name in self.model_fields_set]
         given += ["--turn-transcribe"] if self.turn_transcribe else []
@@ -459,8 +467,7 @@ def unused_options(settings: TransceiverSettings) -> list[str]:
     mock = settings.backend == "mock" or (proxy and settings.fallback == "mock")
     own = settings.backend in ("mock", "local")  # sessions run by this transceiver's core
     words = local or settings.pause_stt is not None  # pauses transcribed and their words judged
-    turns_here = own or (proxy and (settings.local_turn_detection or settings.fallback != "none"))
-    words_off = (settings.turn_text_model or "").lower() == "none" and turns_here
+    words_off = settings.words_turned_off and settings.judges_turns
     # --(no-)turn-transcribe decides whether pauses are transcribed here: not where the
     # local pipeline has its own transcripts, nor where turns are not judged here.
     transcribes = settings.model_copy(update={"turn_transcribe": None}).pause_stt is not None
