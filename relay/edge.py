@@ -117,6 +117,7 @@ class Edge:
             link_secret=settings.link_secret,
             link=settings.transceiver_link,
             use_sockets=settings.transceiver_socket,
+            coalesce_s=settings.link_coalesce_ms / 1000,
         )
         edge = cls(
             settings,

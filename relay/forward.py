@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import WebSocket
-from prometheus_client import Counter
 from starlette.websockets import WebSocketDisconnect
 from uvicorn.protocols.utils import ClientDisconnected
 from websockets.exceptions import ConnectionClosed
@@ -28,6 +27,8 @@ from relay.edge import Edge
 from relay.link import Upstream
 from relay.ratelimit import PASS, SessionRates
 from transceiver.link import LinkSession
+from transceiver.observability import Tally
+from transceiver.protocol.wire import starts_as_append
 from transceiver.protocol.wsframe import frame_header
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,8 @@ class DirectSession:
         attach: Callable[[Callable[[bytes, bool], None]], DirectWebSocketProtocol],
         upstream: LinkSession,
         rates: SessionRates | None,
-        events_in: Counter,
-        events_out: Counter,
+        events_in: Tally,
+        events_out: Tally,
     ) -> None:
         self.upstream = upstream
         self.rates = rates
@@ -200,7 +201,7 @@ class DirectSession:
                 if not self.frames.writable_now:  # a client that does not read its
                     self.answered_full = True  # answers is not read either until it does
                     self._hold()
-            elif self.held or not self.upstream.offer(payload, text):
+            elif self.held or not self.upstream.offer(payload, text, starts_as_append(payload)):
                 self.held.append((payload, text))
                 self._hold()
         except ClientDisconnected:

@@ -47,8 +47,11 @@ class LinkRefused(Exception):
 class Links:
     """The relay's open links, by member URL."""
 
-    def __init__(self, headers: dict[str, str], max_frame_bytes: int, ping_s: float) -> None:
+    def __init__(
+        self, headers: dict[str, str], max_frame_bytes: int, ping_s: float, coalesce_s: float = 0.0
+    ) -> None:
         self._headers = headers
+        self._coalesce_s = coalesce_s
         self._max_frame_bytes = max_frame_bytes
         self._ping_s = ping_s
         self._links: dict[str, Link] = {}
@@ -126,7 +129,7 @@ class Links:
             if tls_name is not None:
                 options["server_hostname"] = tls_name
             carrier = await connect(f"{url}{LINK_PATH}", **options)
-        link = Link(carrier, self._max_frame_bytes)
+        link = Link(carrier, self._max_frame_bytes, coalesce_s=self._coalesce_s)
         self._links[url] = link
         task = asyncio.create_task(self._run(url, link))
         self._tasks.add(task)

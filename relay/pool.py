@@ -142,6 +142,7 @@ class TransceiverPool:
         link_secret: str | None = None,
         link: str = "mux",
         use_sockets: bool = True,
+        coalesce_s: float = 0.0,
     ) -> None:
         """``resolver`` and ``transport`` (the HTTP transport of the load polls) are
         injected by tests, which must not send to the addresses a fake resolver names.
@@ -149,7 +150,8 @@ class TransceiverPool:
         ``--insecure-no-link-secret``). ``link``: ``"mux"`` puts sessions on one link per
         transceiver that offers it, ``"websocket"`` opens one WebSocket per session;
         ``use_sockets``: a link to a transceiver on this machine goes over the Unix socket
-        it offers (``--link-socket``), if it does."""
+        it offers (``--link-socket``), if it does. ``coalesce_s``: how long a link's audio
+        appends may wait for others (``--link-coalesce-ms``, transceiver/link.py)."""
         self._targets = [url.rstrip("/") for url in urls]
         self._headers = {"Authorization": f"Bearer {link_secret}"} if link_secret else {}
         self._max_frame_bytes = max_frame_bytes
@@ -162,7 +164,7 @@ class TransceiverPool:
         self.on_refusal: Callable[[Member], None] = lambda member: None
         self._use_links = link == "mux"
         self._use_sockets = use_sockets
-        self._links = Links(self._headers, max_frame_bytes, PING_S)
+        self._links = Links(self._headers, max_frame_bytes, PING_S, coalesce_s)
         for target in self._targets:  # literal addresses need no lookup
             host = urlsplit(target).hostname or ""
             if _is_address(host) or host == "localhost":

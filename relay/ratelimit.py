@@ -179,7 +179,7 @@ class SessionRates:
     def refuse(self, frame: str | bytes) -> str | None:
         """The ``error`` for a client ``response.create`` past the key's limits (the frame
         is then not passed on); ``None``: pass the frame on."""
-        if not _contains(frame, '"response.create"'):
+        if not _contains(frame, _CREATE):
             return None
         event = _event(frame)
         if event is None or event.get("type") != "response.create":
@@ -209,7 +209,7 @@ class SessionRates:
         self, frame: str | bytes
     ) -> Callable[[SessionRates, dict[str, Any]], ServerAction] | None:
         handle = self._HANDLERS.get(_peek_type(frame) or "")
-        if handle is _ERROR and not _contains(frame, CANCEL_PREFIX):
+        if handle is _ERROR and not _contains(frame, _CANCEL):
             return None
         return handle
 
@@ -298,10 +298,21 @@ def _peek_type(frame: str | bytes) -> str | None:
     return match.group(1) if match else None
 
 
-def _contains(frame: str | bytes, needle: str) -> bool:
+class _Needle:
+    """A string to look for in a frame, either kind, encoded once."""
+
+    def __init__(self, text: str) -> None:
+        self.text, self.data = text, text.encode()
+
+
+_CREATE = _Needle('"response.create"')
+_CANCEL = _Needle(CANCEL_PREFIX)
+
+
+def _contains(frame: str | bytes, needle: _Needle) -> bool:
     if isinstance(frame, bytes):
-        return needle.encode() in frame
-    return needle in frame
+        return needle.data in frame
+    return needle.text in frame
 
 
 def _event(frame: str | bytes) -> dict[str, Any] | None:

@@ -42,6 +42,15 @@ class RelaySettings(BaseSettings):
         description="Link to a transceiver on this machine (a loopback ws:// URL) over the "
         "Unix socket it offers (its --link-socket; serve gives each one) instead of TCP.",
     )
+    link_coalesce_ms: float = Field(
+        1.0,
+        ge=0,
+        le=20,
+        description="On a busy link, audio appends wait up to this long (twice it at most) "
+        "to leave in one write with the others: one write and one wake-up of the "
+        "transceiver a period instead of one per frame read. Other events, and appends on "
+        "a quiet link, leave at once. 0: every frame at once.",
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Accepted API keys (comma-separated). Empty: no auth required.",

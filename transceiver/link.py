@@ -4,9 +4,10 @@ The frames are transceiver/protocol/link.py's. The carrier is a WebSocket (``/v1
 the transceiver's port), so the link secret is checked once, at its handshake (401 as for
 every request), ``wss://`` members get TLS as before, and its pings notice a peer that
 vanished without a FIN within ``2 * PING_S``. Frames written in one event-loop iteration go
-out as one message: one write, one syscall for all of them. That message is written on the
-carrier's transport as it stands (:func:`frame_header`, then the frames' own pieces: no
-copy on the transceiver's side, one masked copy on the relay's), not through
+out as one message: one write, one syscall for all of them; on a busy link the relay's
+audio appends wait up to a ``coalesce_s`` for the next (:meth:`Link.write`). That message
+is written on the carrier's transport as it stands (:func:`frame_header`, then the frames'
+own pieces: no copy on the transceiver's side, one masked copy on the relay's), not through
 ``websockets``' ``send``, which joins a batch and then copies it again into the serialized
 frame; the carrier's state and its flow control are honoured as ``send`` would. What comes
 in is dispatched as ``websockets`` parses it (:class:`DirectCarrier`), not queued for a
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -202,15 +204,18 @@ class LinkSession:
         while not self.offer(data, text):
             await self.wait_credit()
 
-    def offer(self, data: bytes, text: bool) -> bool:
+    def offer(self, data: bytes, text: bool, later: bool = False) -> bool:
         """Send a text (UTF-8) or binary frame now if the window has room; ``False``: it
-        was not sent (wait for :meth:`wait_credit`). ``ConnectionClosed`` once ended."""
+        was not sent (wait for :meth:`wait_credit`). ``ConnectionClosed`` once ended.
+        ``later``: it may wait a little for others (:meth:`Link.write`)."""
         if self.state is not State.OPEN:
             raise self._exception()
         if self._send_credit <= 0:
             return False
         self._send_credit -= len(data)
-        self.link.write(frames.header(Kind.TEXT if text else Kind.BINARY, self.id, len(data)), data)
+        self.link.write(
+            frames.header(Kind.TEXT if text else Kind.BINARY, self.id, len(data)), data, later=later
+        )
         return True
 
     async def wait_credit(self) -> None:
@@ -312,9 +317,14 @@ class Link:
     ``on_open`` (the transceiver's) answers each ``OPEN``."""
 
     def __init__(
-        self, carrier: Connection, max_frame_bytes: int, on_open: OnOpen | None = None
+        self,
+        carrier: Connection,
+        max_frame_bytes: int,
+        on_open: OnOpen | None = None,
+        coalesce_s: float = 0.0,
     ) -> None:
         self.carrier = carrier
+        self.coalesce_s = coalesce_s
         self.max_frame_bytes = max_frame_bytes
         self.sessions: dict[int, LinkSession] = {}
         self.opening: dict[int, asyncio.Future[frames.Frame]] = {}
@@ -323,20 +333,36 @@ class Link:
         self._out: deque[tuple[int, tuple[bytes, ...]]] = deque()  # (size, pieces) a frame
         self._loop = asyncio.get_running_loop()
         self._flush_scheduled = False
+        self._flushed_at = -math.inf  # the loop's time at the last flush
+        self._backstop: asyncio.TimerHandle | None = None  # flushes frames written later
         self._draining: asyncio.Task[None] | None = None  # waits for a full transport
         self._failed = False  # a malformed message came: what follows is dropped
         self._tasks: set[asyncio.Task[None]] = set()
         self._next_id = 0
 
-    def write(self, *pieces: bytes) -> None:
+    def write(self, *pieces: bytes, later: bool = False) -> None:
         """Queue one frame (its pieces); the frames queued in this loop iteration leave
-        together in the next (:meth:`_flush`, a callback: no task wakes for it)."""
+        together in the next (:meth:`_flush`, a callback: no task wakes for it).
+
+        A frame written ``later`` (an audio append) may wait for others: while less than
+        ``coalesce_s`` has passed since the last flush it stays queued, and leaves with the
+        first frame written after that time, or with any frame not written ``later``, or
+        at the latest ``2 * coalesce_s`` after the last flush (a timer). On a busy link
+        that is one write, and one wake-up of the peer, a ``coalesce_s`` instead of one a
+        loop iteration; a frame on a quiet link leaves at once."""
         if self.closed:
             return
         self._out.append((sum(map(len, pieces)), pieces))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        if self._flush_scheduled:
+            return
+        if later and self.coalesce_s:
+            due = self._flushed_at + self.coalesce_s
+            if self._loop.time() < due:
+                if self._backstop is None:
+                    self._backstop = self._loop.call_at(due + self.coalesce_s, self._flush)
+                return
+        self._flush_scheduled = True
+        self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         """Write what is queued, in batches of at most ``BATCH_BYTES``; once the carrier's
@@ -344,6 +370,10 @@ class Link:
         as ``send`` would. A carrier that is no longer open takes nothing: its reader ends
         the link."""
         self._flush_scheduled = False
+        self._flushed_at = self._loop.time()
+        if self._backstop is not None:
+            self._backstop.cancel()
+            self._backstop = None
         carrier = self.carrier
         while self._out and self._draining is None and not self.closed:
             if carrier.protocol.state is not State.OPEN:
@@ -437,6 +467,8 @@ class Link:
 
     def _lost(self) -> None:
         self.closed = True
+        if self._backstop is not None:
+            self._backstop.cancel()
         if self._draining is not None:
             self._draining.cancel()
         for session in list(self.sessions.values()):

@@ -13,9 +13,12 @@ import json
 import logging
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _RESERVED = set(vars(logging.makeLogRecord({})))
@@ -131,6 +134,38 @@ TURN_STAGES = ("stt", "llm_first_token", "tts_first_audio", "first_delta")
 _LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
+class Tally:
+    """A counter on the frame path: a plain int, where a Prometheus ``Counter`` takes a lock
+    for each increment. Incremented on the event loop's thread only; read at each scrape
+    (:class:`TallyFamily`)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+
+class TallyFamily(Collector):
+    """A labelled counter family of :class:`Tally` s: ``NAME_total{LABEL="..."}``."""
+
+    def __init__(self, name: str, documentation: str, label: str, registry: CollectorRegistry):
+        self.name, self.documentation, self.label = name, documentation, label
+        self.tallies: dict[str, Tally] = {}
+        registry.register(self)
+
+    def labels(self, value: str) -> Tally:
+        return self.tallies.setdefault(value, Tally())
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, tally in self.tallies.items():
+            family.add_metric([value], tally.value)
+        yield family
+
+
 class Metrics:
     """One process's Prometheus metrics; ``prefix``: realtime_relay or realtime_transceiver."""
 
@@ -143,10 +178,10 @@ class Metrics:
         self.sessions_total = Counter(
             f"{prefix}_sessions", "Sessions started.", ["transport"], registry=r
         )
-        self.events = Counter(
+        self.events = TallyFamily(
             f"{prefix}_events",
             "Realtime events passed (in: from clients, out: to clients).",
-            ["direction"],
+            "direction",
             registry=r,
         )
         self.errors = Counter(
@@ -187,6 +222,7 @@ class Metrics:
             ["direction"],
             registry=r,
         )
+        # Both exist from the start, as a labelled Counter's children would once used.
         self.events_in = self.events.labels("in")
         self.events_out = self.events.labels("out")
 

@@ -70,9 +70,11 @@ class Link:
     def __init__(self) -> None:
         self.take = None
         self.sent: list[bytes] = []
+        self.later: list[bool] = []
 
-    def offer(self, data: bytes, text: bool) -> bool:
+    def offer(self, data: bytes, text: bool, later: bool = False) -> bool:
         self.sent.append(data)
+        self.later.append(later)
         return True
 
     async def wait_credit(self) -> None:
@@ -129,3 +131,15 @@ async def test_frames_read_before_the_session_attached_are_answered_too() -> Non
     session(frames, link)
     assert link.sent == [APPEND]
     assert [json.loads(w)["type"] for w in frames.writes] == ["error"]
+
+
+async def test_appends_may_wait_for_others_on_the_link_and_other_frames_may_not() -> None:
+    frames, link = Frames(), Link()
+    direct = session(frames, link)
+    spaced = json.dumps({"type": "input_audio_buffer.append", "audio": "AAAA"}).encode()
+    compact = b'{"type":"input_audio_buffer.append","audio":"AAAA"}'
+    audio_first = b'{"audio":"AAAA","type":"input_audio_buffer.append"}'
+    commit = b'{"type":"input_audio_buffer.commit"}'
+    for frame in (spaced, compact, audio_first, commit):
+        direct.on_message(frame, True)
+    assert link.later == [True, True, False, False]

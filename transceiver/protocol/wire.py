@@ -70,6 +70,17 @@ _BARE_APPEND_HEADS = (
 )
 
 
+# What an append starts with, as the same clients write it (the audio may come first in
+# others': they are simply not recognised as appends from their start).
+_APPEND_STARTS = (b'{"type":"input_audio_buffer.append"', b'{"type": "input_audio_buffer.append"')
+
+
+def starts_as_append(raw: bytes) -> bool:
+    """Whether a client frame's first bytes name it an ``input_audio_buffer.append``: a
+    look at its start, not a parse (the frame may still be invalid)."""
+    return raw.startswith(_APPEND_STARTS)
+
+
 def bare_append_audio(raw: str | bytes) -> str | None:
     """The ``audio`` of a bare ``input_audio_buffer.append`` text frame, read without a
     general parse; None for any other frame (:func:`parse_client_frame`).
