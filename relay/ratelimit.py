@@ -310,8 +310,8 @@ _CANCEL = _Needle(CANCEL_PREFIX)
 
 
 def _contains(frame: str | bytes, needle: _Needle) -> bool:
-    if isinstance(frame, bytes):
-        return needle.data in frame
+    if isinstance(frame, bytes):  # not ``in``: for bytes, that first fails as an int lookup
+        return frame.find(needle.data) != -1
     return needle.text in frame
 
 
