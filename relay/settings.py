@@ -43,7 +43,7 @@ class RelaySettings(BaseSettings):
         "Unix socket it offers (its --link-socket; serve gives each one) instead of TCP.",
     )
     link_coalesce_ms: float = Field(
-        1.0,
+        2.0,
         ge=0,
         le=20,
         description="On a busy link, audio appends wait up to this long (twice it at most) "
