@@ -154,6 +154,7 @@ class TallyFamily(Collector):
     def __init__(self, name: str, documentation: str, label: str, registry: CollectorRegistry):
         self.name, self.documentation, self.label = name, documentation, label
         self.tallies: dict[str, Tally] = {}
+        self.created = time.time()  # as a Counter's ``_created`` series
         registry.register(self)
 
     def labels(self, value: str) -> Tally:
@@ -162,7 +163,7 @@ class TallyFamily(Collector):
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(self.name, self.documentation, labels=[self.label])
         for value, tally in self.tallies.items():
-            family.add_metric([value], tally.value)
+            family.add_metric([value], tally.value, created=self.created)
         yield family
 
 
