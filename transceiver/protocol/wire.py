@@ -62,17 +62,15 @@ def parse_client_frame(raw: str | bytes) -> dict[str, Any]:
     return event
 
 
-# A bare append (no field but ``type`` and ``audio``) as clients write it: compact (JSON.stringify,
-# pydantic) or with json.dumps's default spacing. Most client frames of a session are one.
-_BARE_APPEND_HEADS = (
-    '{"type":"input_audio_buffer.append","audio":"',
-    '{"type": "input_audio_buffer.append", "audio": "',
-)
+# What an append starts with, as clients write it: compact (JSON.stringify, pydantic) or with
+# json.dumps's default spacing (the audio may come first in others': they are simply not
+# recognised as appends from their start). Most client frames of a session are one.
+APPEND_HEADS = ('{"type":"input_audio_buffer.append"', '{"type": "input_audio_buffer.append"')
 
+# A bare append (no field but ``type`` and ``audio``), in the same two spellings.
+_BARE_APPEND_HEADS = (APPEND_HEADS[0] + ',"audio":"', APPEND_HEADS[1] + ', "audio": "')
 
-# What an append starts with, as the same clients write it (the audio may come first in
-# others': they are simply not recognised as appends from their start).
-_APPEND_STARTS = (b'{"type":"input_audio_buffer.append"', b'{"type": "input_audio_buffer.append"')
+_APPEND_STARTS = tuple(head.encode() for head in APPEND_HEADS)
 
 
 def starts_as_append(raw: bytes) -> bool:

@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transceiver.protocol.errors import ClientError
+from transceiver.protocol.wire import APPEND_HEADS
 from transceiver.settings import TransceiverSettings
 
-APPEND_PREFIX = '{"type":"input_audio_buffer.append"'
+# The compact spelling only: what the proxy's clients send (wire.py owns both).
+APPEND_PREFIX = APPEND_HEADS[0]
 
 
 def client_event(text: str) -> dict[str, Any] | None:
