@@ -30,7 +30,9 @@ only ``response.created``, ``response.done``, ``rate_limits.updated`` and an ``e
 answering the relay's own cancel are parsed; a client frame is parsed only when it holds
 ``"response.create"`` (base64 audio has no ``"``, so an append never does). A client that
 spells the name with JSON escapes passes that check, and its response is cancelled when it
-starts, as a VAD-made one is.
+starts, as a VAD-made one is. With no limit set at all, nothing can be refused or
+cancelled: client frames are not looked at, ``response.created`` passes as any frame, and a
+``response.done`` is parsed only where there is a token limit to charge.
 """
 
 from __future__ import annotations
@@ -105,6 +107,8 @@ class RateLimits:
             "requests": requests_per_min,
             "tokens": tokens_per_min,
         }
+        # Without limits nothing is refused or cancelled: client frames are not looked at.
+        self.limited = requests_per_min is not None or tokens_per_min is not None
         self.clock = clock
         self._buckets: dict[tuple[str, str], Bucket] = {}
         self._prune_at = MAX_IDLE_HOLDERS  # the size at which full buckets are next forgotten
@@ -172,6 +176,8 @@ class SessionRates:
         self.books = books
         self.holder = holder
         self.ids = ids
+        self._limited = books.limited
+        self._counts_tokens = books.limits["tokens"] is not None
         self._upstream: dict[str, dict[str, Any]] = {}  # the upstream's latest, by name
 
     # -- client frames ---------------------------------------------------------------
@@ -179,7 +185,7 @@ class SessionRates:
     def refuse(self, frame: str | bytes) -> str | None:
         """The ``error`` for a client ``response.create`` past the key's limits (the frame
         is then not passed on); ``None``: pass the frame on."""
-        if not _contains(frame, _CREATE):
+        if not self._limited or not _contains(frame, _CREATE):
             return None
         event = _event(frame)
         if event is None or event.get("type") != "response.create":
@@ -197,6 +203,8 @@ class SessionRates:
         handle = self._handler(frame)
         if handle is None:
             return PASS
+        if handle is _DONE and not self._counts_tokens:
+            return ServerAction(to_client=[self.updated()])  # no usage to count: not parsed
         event = _event(frame)
         return PASS if event is None else handle(self, event)
 
@@ -211,6 +219,8 @@ class SessionRates:
         handle = self._HANDLERS.get(_peek_type(frame) or "")
         if handle is _ERROR and not _contains(frame, _CANCEL):
             return None
+        if handle is _CREATED and not self._limited:
+            return None  # nothing to charge, nothing to cancel
         return handle
 
     def _created(self, event: dict[str, Any]) -> ServerAction:
@@ -281,7 +291,7 @@ class SessionRates:
         return json.dumps(event, separators=(",", ":"))
 
 
-_ERROR = SessionRates._answer_to_cancel
+_ERROR, _CREATED, _DONE = SessionRates._answer_to_cancel, SessionRates._created, SessionRates._done
 # A server event's type from its first bytes: the transceiver writes ``type`` first
 # (transceiver/protocol/wire.py), and so does OpenAI, whose frames the proxy passes on as
 # they come (transceiver/proxy/session.py peeks them the same way).

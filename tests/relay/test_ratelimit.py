@@ -13,7 +13,7 @@ from openai.types.realtime import RateLimitsUpdatedEvent, RealtimeErrorEvent
 from pydantic import ValidationError
 
 from relay.edge import Edge
-from relay.ratelimit import CANCEL_PREFIX, MAX_IDLE_HOLDERS, UNLIMITED, RateLimits
+from relay.ratelimit import CANCEL_PREFIX, MAX_IDLE_HOLDERS, PASS, UNLIMITED, RateLimits
 from relay.settings import RelaySettings
 
 
@@ -166,3 +166,23 @@ def test_settings_reach_the_edge_and_refuse_nonsense() -> None:
     assert edge.rates.limits == {"requests": 7, "tokens": 9000}
     with pytest.raises(ValidationError):
         RelaySettings(rate_limit_requests_per_min=0)
+
+
+def test_without_limits_the_relay_looks_at_no_client_frame_and_parses_no_response(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing can be refused or cancelled: the audio path does no work for the limits."""
+
+    def looked(*args: object) -> None:
+        raise AssertionError("looked at")
+
+    unlimited = RateLimits(None, None, Clock()).session("key")
+    requests_only = RateLimits(3, None, Clock()).session("key")
+    assert unlimited.passes(created()) and not requests_only.passes(created())
+    monkeypatch.setattr("relay.ratelimit._contains", looked)
+    monkeypatch.setattr("relay.ratelimit._event", looked)
+    assert unlimited.refuse(CREATE) is None and unlimited.refuse(APPEND) is None
+    assert unlimited.on_server(created()) is PASS
+    for session in (unlimited, requests_only):  # no token limit: no usage to read
+        [updated] = session.on_server(done(5)).to_client
+        assert figures(updated)["tokens"]["limit"] == UNLIMITED
