@@ -42,14 +42,16 @@ def relay_server(
     env: dict[str, str] | None = None,
     command: str = "serve",
     port: int | None = None,
+    module: str = "relay.cli",
 ) -> Iterator[RunningServer]:
     """Start ``realtime-relay COMMAND ARGS`` on a free port; stop it with SIGTERM.
+    (``module``: run as ``python -m MODULE COMMAND ARGS`` instead, for bench/floor.py.)
 
     ``serve`` and ``relay`` are ready at their banner; ``transceiver`` at its ready line
     (its ``base_url`` is then ``http://127.0.0.1:PORT``).
     """
     port = port or free_port()
-    cmd = [sys.executable, "-m", "relay.cli", command, "--port", str(port), *args]
+    cmd = [sys.executable, "-m", module, command, "--port", str(port), *args]
     marker = TRANSCEIVER_READY if command == "transceiver" else READY
     process = subprocess.Popen(
         cmd,
