@@ -1,6 +1,8 @@
 """``python -m bench.floor [SESSIONS] [ROUNDS]``: the relay's CPU a frame when it does less,
 to tell what reading client frames costs from what forwarding them and waking for them
-cost. Prints; writes nothing; not part of ``make bench``.
+cost. Prints; writes nothing; not part of ``make bench``. ``python -m bench.floor overhead
+[ROUNDS]``: what pacing costs in latency instead (bench/overhead.py's relay overhead at 100
+sessions, as is and paced 2 ms, alternated).
 
 Alternated runs (ROUNDS, default 2) of bench/frames.py's measurement at SESSIONS real-time
 audio sessions (default 50, 15 s each), every run a fresh ``serve --backend mock
@@ -27,7 +29,9 @@ import time
 from typing import Any
 
 from bench.frames import measure
-from bench.harness import relay_server
+from bench.harness import free_port, relay_server
+from bench.overhead import measure_load, processes, run_async, wait_http
+from bench.stats import percentile
 
 MODE = "BENCH_FLOOR_MODE"
 MODES = ("as is", "read only", "paced 2 ms", "paced 8 ms")
@@ -93,11 +97,43 @@ def main(sessions: int = 50, rounds: int = 2) -> None:
             print(f"round {round_ + 1}, {mode}: {run(mode, sessions)}", flush=True)
 
 
+def overhead(rounds: int = 2, sessions: int = 100) -> None:
+    """Relay minus direct round trips (p50, p99) at ``sessions``, each mode in fresh
+    processes (a transceiver, and a relay in front of it as ``bench relay`` runs them)."""
+    python, quiet = sys.executable, ["--log-level", "warning"]
+    for round_ in range(rounds):
+        for mode in ("as is", "paced 2 ms"):
+            t_port, r_port = free_port(), free_port()
+            transceiver = [python, "-m", "transceiver", "--port", str(t_port), "--backend", "mock"]
+            relay = [python, "-m", "bench.floor", "relay", "--port", str(r_port)]
+            relay += ["--transceiver", f"ws://127.0.0.1:{t_port}"]
+            os.environ[MODE] = mode  # the relay's process reads it; the transceiver's does not
+            with processes([*transceiver, *quiet], [*relay, *quiet]):
+                wait_http(f"http://127.0.0.1:{t_port}/healthz")
+                wait_http(f"http://127.0.0.1:{r_port}/healthz")
+                figures = []
+                for url in (
+                    f"ws://127.0.0.1:{t_port}/v1/sessions",
+                    f"ws://127.0.0.1:{r_port}/v1/realtime?model=gpt-realtime",
+                ):
+                    rtts, _ = run_async(measure_load(url, sessions))  # type: ignore[misc]
+                    figures.append((percentile(rtts, 50), percentile(rtts, 99)))
+            (d50, d99), (r50, r99) = figures
+            print(
+                f"round {round_ + 1}, {mode}: relay overhead at {sessions} sessions "
+                f"{r50 - d50:+.2f} ms p50, {r99 - d99:+.2f} ms p99",
+                flush=True,
+            )
+    os.environ.pop(MODE, None)
+
+
 if __name__ == "__main__":
-    if os.environ.get(MODE) and sys.argv[1:2] == ["serve"]:  # the relay of one run
+    if os.environ.get(MODE) and sys.argv[1:2] in (["serve"], ["relay"]):  # a run's relay
         from relay.cli import main as relay_main
 
         _patch(os.environ[MODE])
         relay_main(sys.argv[1:])
+    elif sys.argv[1:2] == ["overhead"]:
+        overhead(*map(int, sys.argv[2:]))
     else:
         main(*map(int, sys.argv[1:]))
