@@ -2,8 +2,8 @@
 code of git revision ``REV`` against the working tree, runs alternated. Prints; writes
 nothing.
 
-On a shared machine two runs minutes apart can differ by more than a change does (README,
-"Benchmarks", ``frames``), so a change to the frame path is judged by alternated runs:
+On a shared machine two runs minutes apart can differ by more than a change does
+(docs/benchmarks.md), so a change to the frame path is judged by alternated runs:
 ``ROUNDS`` (default 3) pairs of 15 s runs at ``SESSIONS`` (default 50) real-time audio
 sessions, each in a fresh ``serve --backend mock --no-mock-realtime --transceivers 1``
 started from that tree (a git worktree of ``REV`` in a temporary directory, with this

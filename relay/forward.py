@@ -130,7 +130,8 @@ class DirectSession:
     The transceiver's frames are taken as the link reads them (``LinkSession.take``) and
     leave in one write a session per loop iteration (a reply's events, read in one link
     message, are one write to the client, not one each), except those the rate limits
-    act on (``response.created``, ``response.done``: relay/ratelimit.py), and any while
+    act on (``response.done``, and ``response.created`` where a limit is set:
+    relay/ratelimit.py), and any while
     the client's transport is full or ``TAKE_BYTES`` wait already: those wait in the
     session's inbox for ``forward``'s task, which writes them after what was taken
     before, and nothing is taken while it holds one (:attr:`sending`), so the order stays.

@@ -14,7 +14,8 @@ from transceiver.protocol.errors import ClientError
 from transceiver.protocol.wire import APPEND_HEADS
 from transceiver.settings import TransceiverSettings
 
-# The compact spelling only: what the proxy's clients send (wire.py owns both).
+# The compact spelling only (wire.py owns both): an append spaced as json.dumps writes it is
+# parsed, which costs more and passes all the same.
 APPEND_PREFIX = APPEND_HEADS[0]
 
 
