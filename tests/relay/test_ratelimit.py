@@ -116,6 +116,19 @@ def test_a_response_the_session_starts_past_the_limit_is_cancelled_uncharged() -
     assert not session.on_server(frame(other)).drop
 
 
+def test_a_token_limit_alone_still_looks_at_responses_and_client_frames() -> None:
+    """A requests limit is not the only one that refuses and cancels: past a token limit a
+    response.create is refused and a response the session starts is cancelled."""
+    session = RateLimits(None, 100, Clock()).session("key")
+    assert not session.passes(created())
+    session.on_server(done(150))  # past the limit: the bucket owes 50
+    refusal = session.refuse(CREATE)
+    assert refusal is not None and json.loads(refusal)["error"]["type"] == "tokens"
+    action = session.on_server(created("resp_vad"))
+    [cancel] = action.to_upstream
+    assert json.loads(cancel)["response_id"] == "resp_vad"
+
+
 def test_an_escaped_event_name_is_still_caught_when_the_response_starts() -> None:
     books = RateLimits(1, None, Clock())
     session = books.session("key")
