@@ -98,36 +98,19 @@ def main(sessions: int = 50, rounds: int = 2) -> None:
 
 
 def overhead(rounds: int = 2, sessions: int = 100) -> None:
-    """Relay minus direct round trips (p50, p99) at ``sessions``, each mode in fresh
-    processes (a transceiver, and a relay in front of it as ``bench relay`` runs them);
-    sessions that failed are counted."""
-    from bench.harness import free_port
-    from bench.overhead import measure_load, processes, run_async, wait_http
-    from bench.stats import percentile
+    """bench/overhead.py's relay overhead at ``sessions``, as is and paced 2 ms, each in
+    fresh processes (a transceiver, and a relay in front of it as ``bench relay`` runs
+    them); every run's round trips are printed as ``bench relay`` gives them."""
+    from bench.overhead import overhead_at, servers
 
-    python, quiet = sys.executable, ["--log-level", "warning"]
     for round_ in range(rounds):
         for mode in ("as is", "paced 2 ms"):
-            t_port, r_port = free_port(), free_port()
-            transceiver = [python, "-m", "transceiver", "--port", str(t_port), "--backend", "mock"]
-            relay = [python, "-m", "bench.floor", "relay", "--port", str(r_port)]
-            relay += ["--transceiver", f"ws://127.0.0.1:{t_port}"]
             os.environ[MODE] = mode  # the relay's process reads it; the transceiver's does not
-            with processes([*transceiver, *quiet], [*relay, *quiet]):
-                wait_http(f"http://127.0.0.1:{t_port}/healthz")
-                wait_http(f"http://127.0.0.1:{r_port}/healthz")
-                figures, failed = [], 0
-                for url in (
-                    f"ws://127.0.0.1:{t_port}/v1/sessions",
-                    f"ws://127.0.0.1:{r_port}/v1/realtime?model=gpt-realtime",
-                ):
-                    rtts, lost = run_async(measure_load(url, sessions))  # type: ignore[misc]
-                    figures.append((percentile(rtts, 50), percentile(rtts, 99)))
-                    failed += lost
-            (d50, d99), (r50, r99) = figures
+            with servers(relay_module="bench.floor") as (direct, relayed):
+                [(p50, p99)] = overhead_at(direct, relayed, [], (sessions,)).values()
             print(
                 f"round {round_ + 1}, {mode}: relay overhead at {sessions} sessions "
-                f"{r50 - d50:+.2f} ms p50, {r99 - d99:+.2f} ms p99; {failed} sessions failed",
+                f"{p50:+.2f} ms p50, {p99:+.2f} ms p99",
                 flush=True,
             )
     os.environ.pop(MODE, None)

@@ -125,10 +125,34 @@ def run_async(coro: object) -> object:
         return asyncio.run(coro)  # type: ignore[arg-type]
 
 
-def _overhead(direct: str, relayed: str, rows: list[str]) -> dict[int, tuple[float, float]]:
-    """Relay minus direct round trips (p50, p99) at 1 and 100 sessions; a row each run."""
+@contextlib.contextmanager
+def servers(relay_module: str = "relay.cli") -> Iterator[tuple[str, str]]:
+    """A mock transceiver and a relay in front of it, ready: the URLs for sessions straight
+    to the transceiver and through the relay. ``relay_module``: the relay runs as
+    ``python -m MODULE relay ...`` (bench/floor.py runs it changed)."""
+    t_port, r_port = free_port(), free_port()
+    python = sys.executable
+    quiet = ["--log-level", "warning"]
+    transceiver = [python, "-m", "transceiver", "--port", str(t_port), "--backend", "mock"]
+    relay = [python, "-m", relay_module, "relay", "--port", str(r_port)]
+    with processes(
+        [*transceiver, *quiet], [*relay, "--transceiver", f"ws://127.0.0.1:{t_port}", *quiet]
+    ):
+        wait_http(f"http://127.0.0.1:{t_port}/healthz")
+        wait_http(f"http://127.0.0.1:{r_port}/healthz")
+        yield (
+            f"ws://127.0.0.1:{t_port}/v1/sessions",
+            f"ws://127.0.0.1:{r_port}/v1/realtime?model=gpt-realtime",
+        )
+
+
+def overhead_at(
+    direct: str, relayed: str, rows: list[str], steps: tuple[int, ...] = (1, 100)
+) -> dict[int, tuple[float, float]]:
+    """Relay minus direct round trips (p50, p99) at each of ``steps`` sessions; a row
+    each run."""
     overhead: dict[int, tuple[float, float]] = {}
-    for sessions in (1, 100):
+    for sessions in steps:
         figures = {}
         for name, url in (("direct", direct), ("relay", relayed)):
             rtts, failed = run_async(measure_load(url, sessions))  # type: ignore[misc]
@@ -158,10 +182,6 @@ def _capacity(relayed: str, steps: tuple[int, ...], rows: list[str]) -> int:
 
 
 def main(steps: tuple[int, ...] = (50, 100, 150, 200, 250, 300, 400)) -> str:
-    t_port, r_port = free_port(), free_port()
-    python = sys.executable
-    direct = f"ws://127.0.0.1:{t_port}/v1/sessions"
-    relayed = f"ws://127.0.0.1:{r_port}/v1/realtime?model=gpt-realtime"
     rows = [
         "| path | sessions | p50 ms | p99 ms | pings | failed sessions |",
         "|---|---:|---:|---:|---:|---:|",
@@ -170,15 +190,8 @@ def main(steps: tuple[int, ...] = (50, 100, 150, 200, 250, 300, 400)) -> str:
         "| sessions (through the relay) | p50 ms | p99 ms | failed sessions |",
         "|---:|---:|---:|---:|",
     ]
-    quiet = ["--log-level", "warning"]
-    transceiver = [python, "-m", "transceiver", "--port", str(t_port), "--backend", "mock"]
-    relay = [python, "-m", "relay.cli", "relay", "--port", str(r_port)]
-    with processes(
-        [*transceiver, *quiet], [*relay, "--transceiver", f"ws://127.0.0.1:{t_port}", *quiet]
-    ):
-        wait_http(f"http://127.0.0.1:{t_port}/healthz")
-        wait_http(f"http://127.0.0.1:{r_port}/healthz")
-        overhead = _overhead(direct, relayed, rows)
+    with servers() as (direct, relayed):
+        overhead = overhead_at(direct, relayed, rows)
         capacity = _capacity(relayed, steps, cap_rows)
     lines = [
         f"| {n} sessions | {d50:+.2f} ms | {d99:+.2f} ms |" for n, (d50, d99) in overhead.items()
