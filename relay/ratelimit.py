@@ -108,7 +108,7 @@ class RateLimits:
             "tokens": tokens_per_min,
         }
         # Without limits nothing is refused or cancelled: client frames are not looked at.
-        self.limited = requests_per_min is not None or tokens_per_min is not None
+        self.limited = any(limit is not None for limit in self.limits.values())
         self.clock = clock
         self._buckets: dict[tuple[str, str], Bucket] = {}
         self._prune_at = MAX_IDLE_HOLDERS  # the size at which full buckets are next forgotten
