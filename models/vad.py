@@ -93,6 +93,7 @@ class ServerVad:
         self._carry = b""
         self._clock_ms = 0.0  # session time of the start of ``_carry``
         self._recent: deque[tuple[float, bool]] = deque(maxlen=START_WINDOW)
+        self._recent_voiced = 0  # of the frames in ``_recent``
         self._speaking = False
         self._unvoiced_run = 0
         self._last_voiced_end_ms = 0.0
@@ -120,6 +121,7 @@ class ServerVad:
     def reset(self) -> None:
         """Forget the current turn (buffer cleared or committed); time goes on."""
         self._recent.clear()
+        self._recent_voiced = 0
         self._speaking = False
         self._unvoiced_run = 0
         self._pause_frames = None
@@ -144,8 +146,12 @@ class ServerVad:
     def _frame(self, frame: bytes, frame_start_ms: float) -> VadEvent | None:
         voiced = self._classifier.voiced(frame)
         if not self._speaking:
-            self._recent.append((frame_start_ms, voiced))
-            if sum(v for _, v in self._recent) >= START_VOICED:
+            recent = self._recent
+            if len(recent) == START_WINDOW and recent[0][1]:
+                self._recent_voiced -= 1  # about to leave the window
+            recent.append((frame_start_ms, voiced))
+            self._recent_voiced += voiced
+            if self._recent_voiced >= START_VOICED:
                 first = next(t for t, v in self._recent if v)
                 self._speaking = True
                 self._unvoiced_run = 0
@@ -165,6 +171,7 @@ class ServerVad:
         if self._unvoiced_run >= window:
             self._speaking = False
             self._recent.clear()
+            self._recent_voiced = 0
             self._pause_frames = None
             return SpeechStopped(self._last_voiced_end_ms)
         return None

@@ -49,6 +49,9 @@ class RecentAudio:
             self._chunks.clear()
             self._size = self._dropped = 0
             self._start_ms = start_ms
+        if keep_ms <= 0 and not self._chunks:  # keeping nothing (a mock session): counted
+            self._dropped += len(audio)
+            return
         self._chunks.append(audio)
         self._size += len(audio)
         keep = fmt.byte_count(keep_ms)

@@ -76,6 +76,18 @@ def test_odd_block_means_are_the_float_paths_samples(
     assert resample(pcm, src, dst) == np.rint(floats).astype("<i2").tobytes()
 
 
+@pytest.mark.parametrize("step", [3, 5, 1021, 1023])
+def test_odd_block_means_round_exactly_at_the_extremes(step: int) -> None:
+    """Blocks of full-scale samples, where a float sum drifts most: each mean is rounded to
+    the nearest integer, exactly as integer arithmetic has it."""
+    rng = np.random.default_rng(step)
+    for choices in ([-32768, 32767], [-32768, -32767, 32766, 32767], [-1, 0, 1, 32767]):
+        samples = rng.choice(choices, size=step * 64)
+        exact = (samples.reshape(-1, step).sum(axis=1) + step // 2) // step
+        got = resample(samples.astype("<i2").tobytes(), step * 100, 100)
+        assert np.array_equal(np.frombuffer(got, dtype="<i2"), exact)
+
+
 def test_resample_array_float_in_float_out() -> None:
     audio = np.sin(2 * np.pi * 440 * np.arange(24000) / 24000).astype(np.float32)
     out = resample_array(audio, 24000, 16000)

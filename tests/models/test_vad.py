@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from models.synth import speech
-from models.vad import ServerVad, SilenceStarted, SpeechStarted, SpeechStopped, VadEvent
+from models.vad import (
+    _FRAME_BYTES,
+    FRAME_MS,
+    START_VOICED,
+    START_WINDOW,
+    ServerVad,
+    SilenceStarted,
+    SpeechStarted,
+    SpeechStopped,
+    VadEvent,
+)
 
 SPEECH = speech("hello there how are you", rate_hz=8_000)
 
@@ -75,3 +88,38 @@ def test_end_pause_ends_now_a_pause_long_enough_else_when_it_is() -> None:
     assert 0 < to_go_ms < 140
     assert kinds(feeder.feed(silence(int(to_go_ms)))) == []
     assert kinds(feeder.feed(silence(20))) == [SpeechStopped]
+
+
+class Scripted:
+    """A frame classifier that answers from a list."""
+
+    def __init__(self, answers: list[bool]) -> None:
+        self.answers = iter(answers)
+
+    def voiced(self, frame: bytes) -> bool:
+        return next(self.answers)
+
+
+@given(answers=st.lists(st.booleans(), max_size=60), reset_at=st.integers(0, 60))
+def test_speech_starts_where_the_last_frames_window_first_holds_enough_voiced(
+    answers: list[bool], reset_at: int
+) -> None:
+    """Speech starts at the first frame where START_VOICED of the last START_WINDOW frames
+    (since the start or a reset) were voiced, and no sooner (a running count of the window,
+    kept as frames enter and leave it, and cleared with it)."""
+    vad = ServerVad(prefix_padding_ms=0, classifier=Scripted(answers))
+    window: list[bool] = []
+    expected = None
+    for index, voiced in enumerate(answers):
+        if index == reset_at:
+            vad.reset()
+            window.clear()
+        window = [*window, voiced][-START_WINDOW:]
+        events = vad.feed(bytes(_FRAME_BYTES), index * FRAME_MS)
+        if sum(window) >= START_VOICED:
+            first = index - len(window) + 1 + window.index(True)
+            expected = [SpeechStarted(first * FRAME_MS)]
+            assert events == expected
+            return
+        assert events == []
+    assert expected is None

@@ -222,6 +222,11 @@ async def test_recent_audio_keeps_the_last_window_and_slices_by_audio_time() -> 
     recent.add(b"\x03\x04" * 480, end_ms, fmt, 0.0)
     assert recent.duration_ms(fmt) == 0 and recent.between(fmt, 0.0) == b""
     assert recent.start_ms(fmt) == pytest.approx(end_ms + 20)
+    recent.add(b"\x05\x06" * 480, end_ms + 20, fmt, 0.0)
+    assert recent.duration_ms(fmt) == 0 and recent.start_ms(fmt) == pytest.approx(end_ms + 40)
+    # Keeping again, from where the audio has got to.
+    recent.add(b"\x07\x08" * 480, end_ms + 40, fmt, RECENT_AUDIO_MS)
+    assert recent.between(fmt, end_ms + 40) == b"\x07\x08" * 480
 
 
 @pytest.mark.parametrize(
