@@ -39,7 +39,8 @@ class Kind(enum.IntEnum):
     CREDIT = 7
 
 
-_KINDS = frozenset(int(k) for k in Kind)
+# A header's kind byte to its member: a dict lookup where ``Kind(kind)`` is an enum call.
+_KINDS = {int(k): k for k in Kind}
 _CONTROL = frozenset((Kind.ACCEPTED, Kind.REFUSED, Kind.CLOSE, Kind.CREDIT))
 
 
@@ -47,7 +48,7 @@ class LinkError(ValueError):
     """A batch that is not valid link frames: the link is closed."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs twice as much
 class Frame:
     kind: Kind
     session: int
@@ -116,15 +117,16 @@ def parse(batch: bytes, max_payload_bytes: int) -> list[Frame]:
     while offset < end:
         if end - offset < HEADER.size:
             raise LinkError(f"a frame header cut short ({end - offset} bytes)")
-        size, kind, session = HEADER.unpack_from(view, offset)
-        if kind not in _KINDS:
-            raise LinkError(f"unknown frame kind {kind}")
+        size, number, session = HEADER.unpack_from(view, offset)
+        kind = _KINDS.get(number)
+        if kind is None:
+            raise LinkError(f"unknown frame kind {number}")
         limit = CONTROL_BYTES if kind in _CONTROL else max_payload_bytes
         if size > limit:
-            raise LinkError(f"a {Kind(kind).name} frame of {size} bytes (at most {limit})")
+            raise LinkError(f"a {kind.name} frame of {size} bytes (at most {limit})")
         offset += HEADER.size
         if offset + size > end:
-            raise LinkError(f"a {Kind(kind).name} frame runs past its batch")
-        frames.append(Frame(Kind(kind), session, bytes(view[offset : offset + size])))
+            raise LinkError(f"a {kind.name} frame runs past its batch")
+        frames.append(Frame(kind, session, bytes(view[offset : offset + size])))
         offset += size
     return frames
