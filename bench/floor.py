@@ -13,6 +13,11 @@ audio sessions (default 50, 15 s each), every run a fresh ``serve --backend mock
   path (relay/direct.py), then dropped: nothing reaches the transceiver, so no session gets
   answers (its frames are the client's alone, and the run lasts until the load
   generator's sessions give up waiting for a response, about a minute);
+- ``bytes only``: less still: once a session is attached to the direct path, each read's
+  bytes are counted as frames by their length (every frame of this load, an append of
+  20 ms, is the same size on the wire: :func:`frame_wire_bytes`) and dropped, nothing
+  parsed or unmasked: what is left is the event loop's wake-up, the read and one Python
+  call a read, the floor of any relay written on a Python event loop;
 - ``paced N ms``: unchanged, except that after a loop iteration that read client data the
   loop sleeps N ms, so that its next wait finds the frames of that time together: fewer
   wake-ups, each frame up to N ms later. (Not in the relay: at 2 ms it added 1.3-2.2 ms to
@@ -31,7 +36,8 @@ import time
 from typing import Any
 
 MODE = "BENCH_FLOOR_MODE"
-MODES = ("as is", "read only", "paced 2 ms", "paced 8 ms")
+FRAME_BYTES = "BENCH_FLOOR_FRAME_BYTES"  # bytes only: the size of each client frame
+MODES = ("as is", "read only", "bytes only", "paced 2 ms", "paced 8 ms")
 RUN_S = 15.0
 
 
@@ -42,6 +48,35 @@ def _read_only() -> None:
         self.events_in.inc()
 
     DirectSession.on_message = on_message  # type: ignore[method-assign]
+
+
+def frame_wire_bytes() -> int:
+    """The size on the wire of each of the load generator's client frames: a masked text
+    frame (2 + 2 bytes of header for 126 to 65535 bytes of payload, 4 of mask) of a 20 ms
+    append, speech and silence alike (the same number of samples)."""
+    from loadgen.client import CHUNK_MS, SimulatedClient
+
+    size = len(SimulatedClient._append(b"\0" * 48 * CHUNK_MS))
+    assert 126 <= size < 1 << 16
+    return size + 8
+
+
+def _bytes_only(frame_bytes: int) -> None:
+    from relay.direct import DirectWebSocketProtocol
+
+    _read_only()  # frames read before the session attached: counted and dropped
+    data_received = DirectWebSocketProtocol.data_received
+    left: dict[int, int] = {}  # bytes of a frame cut by a read, by connection
+
+    def counted(self: Any, data: bytes) -> None:
+        on_message = self._on_message
+        if on_message is None or self.close_sent:
+            data_received(self, data)
+            return
+        frames, left[id(self)] = divmod(left.get(id(self), 0) + len(data), frame_bytes)
+        on_message.__self__.events_in.inc(frames)
+
+    DirectWebSocketProtocol.data_received = counted  # type: ignore[method-assign]
 
 
 def _paced(sleep_s: float) -> None:
@@ -70,6 +105,8 @@ def _paced(sleep_s: float) -> None:
 def _patch(mode: str) -> None:
     if mode == "read only":
         _read_only()
+    elif mode == "bytes only":
+        _bytes_only(int(os.environ[FRAME_BYTES]))
     elif mode.startswith("paced "):
         _paced(float(mode.split()[1]) / 1000)
     elif mode != "as is":
@@ -80,7 +117,7 @@ def run(mode: str, sessions: int) -> str:
     from bench.frames import measure
     from bench.harness import relay_server
 
-    env = {MODE: mode}
+    env = {MODE: mode, FRAME_BYTES: str(frame_wire_bytes())}
     args = ("--backend", "mock", "--no-mock-realtime", "--transceivers", "1")
     with relay_server(*args, env=env, module="bench.floor") as server:
         measure(server, 5, 3.0)  # warm-up, not counted
