@@ -150,7 +150,8 @@ class ServerVad:
             if len(recent) == START_WINDOW and recent[0][1]:
                 self._recent_voiced -= 1  # about to leave the window
             recent.append((frame_start_ms, voiced))
-            self._recent_voiced += voiced
+            if voiced:  # an int whatever the classifier's bool (Silero's may be numpy's)
+                self._recent_voiced += 1
             if self._recent_voiced >= START_VOICED:
                 first = next(t for t, v in self._recent if v)
                 self._speaking = True
