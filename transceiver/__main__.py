@@ -20,7 +20,6 @@ from typing import Any  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from transceiver.observability import configure_logging  # noqa: E402
-from transceiver.server import run_transceiver  # noqa: E402
 from transceiver.settings import (  # noqa: E402
     TransceiverSettings,
     is_switch,
@@ -28,6 +27,7 @@ from transceiver.settings import (  # noqa: E402
     settings_error,
     unused_options,
 )
+from transceiver.startup import run_transceiver  # noqa: E402
 
 log = logging.getLogger("transceiver")
 

@@ -26,7 +26,6 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,10 +35,6 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from models.errors import ModelError
-from models.silero import SileroModel
-from models.stt import WhisperStt
-from models.turn import TurnError
 from transceiver import unix
 from transceiver.backends.base import Backend
 from transceiver.faults import Faults
@@ -53,7 +48,7 @@ from transceiver.link import (
     is_link_path,
 )
 from transceiver.observability import CONTENT_TYPE, Metrics, log_event
-from transceiver.prompts import PromptLibrary, PromptLibraryError
+from transceiver.prompts import PromptLibrary
 from transceiver.protocol.contract import SessionSpec, SpecError
 from transceiver.protocol.errors import ClientError, server_error_event
 from transceiver.protocol.ids import IdFactory
@@ -62,7 +57,7 @@ from transceiver.protocol.wire import encode_server_event
 from transceiver.proxy import ProxyBackend, ProxySession
 from transceiver.runner import SessionRunner
 from transceiver.settings import TransceiverSettings
-from transceiver.turns import TurnModel, load_turn_model
+from transceiver.turns import TurnModel
 
 log = logging.getLogger(__name__)
 
@@ -75,62 +70,8 @@ OPEN_TIMEOUT_S = 10.0
 DRAIN_CLOSE_TIMEOUT_S = 5.0
 
 
-class LinkSecretMissing(Exception):
-    """No ``--link-secret`` and no ``--insecure-no-link-secret``: the transceiver does not
-    start."""
-
-
-def check_link_secret(settings: TransceiverSettings) -> None:
-    if settings.link_secret:
-        return
-    if not settings.insecure_no_link_secret:
-        raise LinkSecretMissing(
-            "no link secret: set RELAY_LINK_SECRET (the same for the relay and its "
-            "transceivers, e.g. `openssl rand -hex 32`), or run with "
-            "--insecure-no-link-secret to let anyone who reaches this port start sessions"
-        )
-    log.warning(
-        "running WITHOUT a link secret (--insecure-no-link-secret): anyone who reaches "
-        "ws://%s:%d gets sessions, bypassing the relay's API keys",
-        settings.host,
-        settings.port,
-    )
-
-
 def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode()).digest()
-
-
-def build_backend(settings: TransceiverSettings) -> Backend | ProxyBackend:
-    if settings.backend == "openai":
-        # The fallback is built once, at start: the local pipeline's models take seconds to
-        # load, which a session that lost its upstream cannot wait for.
-        fallback = None if settings.fallback == "none" else _engine(settings, settings.fallback)
-        vad_model = None
-        if settings.vad == "silero" and settings.local_turn_detection:  # the fallback's, if any
-            vad_model = getattr(fallback, "vad_model", None) or SileroModel(settings.vad_model)
-        return ProxyBackend(settings, fallback, vad_model)
-    return _engine(settings, settings.backend)
-
-
-def _engine(settings: TransceiverSettings, name: str) -> Backend:
-    """The mock or the local backend."""
-    if name == "mock":
-        from transceiver.backends.mock import MockBackend, MockOptions, MockScript
-
-        script = MockScript.load(settings.mock_script) if settings.mock_script else None
-        return MockBackend(
-            MockOptions(
-                script=script,
-                first_delta_ms=settings.mock_first_delta_ms,
-                words_per_minute=settings.mock_words_per_minute,
-                realtime=settings.mock_realtime,
-            ),
-            vad_model=SileroModel(settings.vad_model) if settings.vad == "silero" else None,
-        )
-    from transceiver.backends.local import LocalBackend
-
-    return LocalBackend.from_settings(settings)
 
 
 def _http_response(status: http.HTTPStatus, content_type: str, data: bytes) -> Response:
@@ -500,84 +441,3 @@ class TransceiverServer:
 
 
 SHUTDOWN_MESSAGE = "The server is restarting; reconnect to continue."
-
-
-async def run_transceiver(settings: TransceiverSettings, stop: asyncio.Event) -> None:
-    """Serve until ``stop`` is set, then drain (``--drain-timeout-s``) and exit.
-
-    Without a link secret (and without ``--insecure-no-link-secret``) it logs why and
-    exits with status 2 before loading anything."""
-    try:
-        check_link_secret(settings)
-    except LinkSecretMissing as exc:
-        log.error("transceiver not started: %s", exc)
-        raise SystemExit(2) from None
-    try:
-        prompts = PromptLibrary.load(settings.prompts) if settings.prompts else None
-    except PromptLibraryError as exc:
-        log.error("transceiver not started: %s", exc)
-        raise SystemExit(2) from None
-    try:
-        backend = build_backend(settings)
-    except ModelError as exc:  # a model file missing or unreadable: one line, not a traceback
-        log.error("transceiver not started: %s", exc)
-        raise SystemExit(2) from None
-    # The proxy passes semantic_vad upstream (OpenAI judges those turns), unless it detects
-    # turns itself (--local-turn-detection) or may fall back to a backend of its own.
-    turn_model = None
-    if settings.judges_turns:
-        try:
-            turn_model = load_turn_model(
-                settings.turn_model,
-                settings.turn_threshold,
-                text_model=settings.turn_text_model,
-                text_threshold=settings.turn_text_threshold,
-                min_silence_ms=settings.turn_min_silence_ms,
-                stt_loader=(
-                    partial(WhisperStt, settings.stt_model, **settings.stt_options())
-                    if settings.pause_stt is not None
-                    else None
-                ),
-                build_on_first_use=settings.pause_stt == "first use",
-            )
-        except TurnError as exc:  # --turn-model given, and unusable
-            log.error("transceiver not started: %s", exc)
-            raise SystemExit(2) from None
-    # Built now, not at the first user's first pause, where pauses will ask for the words:
-    # the local pipeline's speculative transcripts, or --turn-transcribe (by default the
-    # mock's and the proxy's are built at their first semantic_vad pause).
-    speculates = settings.local_pipeline and settings.speculative_stt
-    own_stt = settings.pause_stt == "start"
-    if turn_model is not None and (speculates or own_stt):
-        await asyncio.to_thread(turn_model.prepare, own_stt)
-    server = TransceiverServer(settings, backend, turn_model, prompts)
-    try:
-        listeners = await server.start()
-    except (unix.SocketPathError, OSError) as exc:
-        log.error("transceiver not started: %s", exc)
-        await backend.aclose()
-        raise SystemExit(2) from None
-    on_socket = f" and unix:{settings.link_socket}" if settings.link_socket else ""
-    log.info(
-        "transceiver ready on ws://%s:%d%s backend=%s",
-        settings.host,
-        settings.port,
-        on_socket,
-        settings.backend,
-    )
-    try:
-        await stop.wait()
-        await server.drain(settings.drain_timeout_s)
-        for listener in listeners:
-            listener.close()
-        if settings.link_socket:  # at once: a successor may bind the path meanwhile
-            unix.release(settings.link_socket, server.socket_file)
-        for listener in listeners:
-            await listener.wait_closed()
-    finally:
-        if settings.link_socket:
-            unix.release(settings.link_socket, server.socket_file)
-        server.lag.stop()
-        if turn_model is not None:
-            turn_model.close()
-        await backend.aclose()

@@ -2,7 +2,7 @@
 backend of this server (transceiver/proxy/fallback.py).
 
 The fallback here is the mock, which needs no models; ``--fallback local`` takes the same
-code path with the local pipeline as its backend (transceiver/server.py build_backend)."""
+code path with the local pipeline as its backend (transceiver/startup.py build_backend)."""
 
 from __future__ import annotations
 

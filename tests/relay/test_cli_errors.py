@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+NO_SECRET = ["--insecure-no-link-secret"]
+
 
 @pytest.mark.parametrize(
     ("argv", "line"),
@@ -27,6 +29,21 @@ import pytest
                 "--insecure-no-link-secret",
             ],
             "transceiver not started: Silero VAD model not found",
+        ),
+        (  # each thing the transceiver builds before it serves (transceiver/startup.py)
+            ["transceiver", "--backend", "mock", "--prompts", "/nonexistent/prompts", *NO_SECRET],
+            "transceiver not started: --prompts /nonexistent/prompts: not a directory",
+        ),
+        (
+            [
+                "transceiver",
+                "--backend",
+                "mock",
+                "--turn-model",
+                "/nonexistent/turn.onnx",
+                *NO_SECRET,
+            ],
+            "transceiver not started: end-of-turn model not found: /nonexistent/turn.onnx",
         ),
         (
             ["transceiver", "--backend", "mock", "--turn-transcribe", "--turn-text-model", "none"],

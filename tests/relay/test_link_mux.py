@@ -32,8 +32,9 @@ from transceiver.link import WINDOW_BYTES
 from transceiver.protocol import link as frames
 from transceiver.protocol.contract import SessionSpec
 from transceiver.runner import SessionRunner
-from transceiver.server import TransceiverServer, build_backend
+from transceiver.server import TransceiverServer
 from transceiver.settings import TransceiverSettings
+from transceiver.startup import build_backend
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

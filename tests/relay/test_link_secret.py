@@ -22,9 +22,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from tests.relay.inprocess import HOST, running_relay
 from tests.servers import free_port
 from transceiver.protocol.contract import SessionSpec
-from transceiver.server import LinkSecretMissing, TransceiverServer, build_backend
-from transceiver.server import check_link_secret as check_secret
+from transceiver.server import TransceiverServer
 from transceiver.settings import TransceiverSettings
+from transceiver.startup import LinkSecretMissing, build_backend
+from transceiver.startup import check_link_secret as check_secret
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
