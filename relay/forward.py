@@ -60,51 +60,13 @@ async def forward(
     if extension is not None and isinstance(upstream, LinkSession):
         direct = DirectSession(extension["attach"], upstream, rates, events_in, events_out)
     send = direct.send if direct is not None else _asgi_sender(websocket)
-    client_left = False
-
-    async def client_to_upstream() -> None:
-        nonlocal client_left
-        if direct is not None:
-            client_left = await direct.read(websocket)
-            return
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                client_left = True
-                return
-            events_in.inc()
-            data = message.get("text")
-            payload = data if data is not None else message.get("bytes") or b""
-            refusal = rates.refuse(payload) if rates is not None else None
-            if refusal is not None:  # past the key's rate limits: answered here
-                try:
-                    await websocket.send_text(refusal)
-                except (WebSocketDisconnect, RuntimeError, OSError):
-                    client_left = True
-                    return
-                continue
-            try:
-                await upstream.send(payload)
-            except ConnectionClosed:
-                return  # upstream ended: answered below
-
-    async def upstream_to_client() -> None:
-        nonlocal client_left
-        async for frame in upstream:
-            events_out.inc()
-            if direct is not None:
-                direct.sending = True  # frames that come meanwhile wait in the inbox
-            try:
-                await _to_client(send, upstream, frame, rates)
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                client_left = True
-                return
-            finally:
-                if direct is not None:
-                    direct.sending = False
-
-    to_up = asyncio.create_task(client_to_upstream())
-    to_client = asyncio.create_task(upstream_to_client())
+    reading = (
+        direct.read(websocket)
+        if direct is not None
+        else _asgi_client_to_upstream(websocket, upstream, rates, events_in)
+    )
+    to_up = asyncio.create_task(reading)
+    to_client = asyncio.create_task(_upstream_to_client(upstream, send, rates, direct, events_out))
     try:
         done, _ = await asyncio.wait({to_up, to_client}, return_when=asyncio.FIRST_COMPLETED)
         for task in (to_up, to_client):
@@ -114,10 +76,60 @@ async def forward(
     finally:  # also where forward itself is cancelled: nothing more is taken for the client
         if direct is not None:
             direct.end_taking()
+    client_left = any(result is True for result in results)
     if client_left or any(isinstance(r, WebSocketDisconnect) for r in results):
         await close_discarding(upstream)
         return
     await _answer_upstream_end(websocket, upstream, edge)
+
+
+async def _asgi_client_to_upstream(
+    websocket: WebSocket, upstream: Upstream, rates: SessionRates | None, events_in: Tally
+) -> bool:
+    """The client's frames through ASGI, until the client leaves (``True``) or upstream
+    ends (``False``)."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return True
+        events_in.inc()
+        data = message.get("text")
+        payload = data if data is not None else message.get("bytes") or b""
+        refusal = rates.refuse(payload) if rates is not None else None
+        if refusal is not None:  # past the key's rate limits: answered here
+            try:
+                await websocket.send_text(refusal)
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                return True
+            continue
+        try:
+            await upstream.send(payload)
+        except ConnectionClosed:
+            return False  # upstream ended: answered by forward
+
+
+async def _upstream_to_client(
+    upstream: Upstream,
+    send: SendToClient,
+    rates: SessionRates | None,
+    direct: DirectSession | None,
+    events_out: Tally,
+) -> bool:
+    """Upstream's frames that reach ``forward``'s task (through ASGI, or on the direct path
+    those not taken as read), until upstream ends (``False``) or the client is gone
+    (``True``)."""
+    async for frame in upstream:
+        events_out.inc()
+        if direct is not None:
+            direct.sending = True  # frames that come meanwhile wait in the inbox
+        try:
+            await _to_client(send, upstream, frame, rates)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            return True
+        finally:
+            if direct is not None:
+                direct.sending = False
+    return False
 
 
 class DirectSession:
