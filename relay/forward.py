@@ -73,7 +73,9 @@ async def forward(
             if task not in done:
                 task.cancel()
         results = await asyncio.gather(to_up, to_client, return_exceptions=True)
-    finally:  # also where forward itself is cancelled: nothing more is taken for the client
+    finally:  # also where forward itself is cancelled: neither direction goes on without
+        for task in (to_up, to_client):  # it, and nothing more is taken for the client
+            task.cancel()
         if direct is not None:
             direct.end_taking()
     client_left = any(result is True for result in results)
