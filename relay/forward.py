@@ -68,14 +68,13 @@ async def forward(
     to_up = asyncio.create_task(reading)
     to_client = asyncio.create_task(_upstream_to_client(upstream, send, rates, direct, events_out))
     try:
-        done, _ = await asyncio.wait({to_up, to_client}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (to_up, to_client):
-            if task not in done:
+        try:
+            await asyncio.wait({to_up, to_client}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # the other direction ends too, also where forward itself is cancelled
+            for task in (to_up, to_client):
                 task.cancel()
         results = await asyncio.gather(to_up, to_client, return_exceptions=True)
-    finally:  # also where forward itself is cancelled: neither direction goes on without
-        for task in (to_up, to_client):  # it, and nothing more is taken for the client
-            task.cancel()
+    finally:  # nothing more is taken for the client
         if direct is not None:
             direct.end_taking()
     client_left = any(result is True for result in results)
