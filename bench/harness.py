@@ -18,9 +18,18 @@ TRANSCEIVER_READY = "transceiver ready on ws://"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port that no TCP or UDP socket holds now: SIP listens on both, and a
+    port free for TCP may still be some UDP socket's (then a SIP phone on it cannot
+    start)."""
+    while True:
+        with socket.socket() as tcp, socket.socket(type=socket.SOCK_DGRAM) as udp:
+            tcp.bind(("127.0.0.1", 0))
+            port = int(tcp.getsockname()[1])
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 @dataclass

@@ -57,7 +57,7 @@ def _phone_config(directory: Path, microphone: Path) -> Path:
         "\n".join(
             [
                 "poll_method poll",
-                f"sip_listen 127.0.0.1:{free_port()}",
+                "sip_listen 127.0.0.1:0",  # a port the kernel picks: no other socket's
                 "net_interface 127.0.0.1",
                 f"audio_source aufile,{microphone}",
                 "audio_player aubridge,speaker",
@@ -104,8 +104,8 @@ def _loudest_rms(path: Path) -> float:
     return max((float(np.sqrt(np.mean(w**2))) for w in windows if len(w)), default=0.0)
 
 
-async def _call(config: Path, uri: str, timeout_s: float) -> list[str]:
-    """Run baresip until its call ends (then stop it); its output lines."""
+async def _call(config: Path, uri: str, timeout_s: float, lines: list[str]) -> None:
+    """Run baresip until its call ends (then stop it); its output goes to ``lines``."""
     phone = await asyncio.create_subprocess_exec(
         "baresip",
         "-f",
@@ -118,13 +118,12 @@ async def _call(config: Path, uri: str, timeout_s: float) -> list[str]:
         stderr=asyncio.subprocess.STDOUT,
     )
     assert phone.stdout is not None
-    lines: list[str] = []
     try:
         async with asyncio.timeout(timeout_s):
             async for raw in phone.stdout:
                 lines.append(raw.decode(errors="replace").strip())
                 if "Call with" in lines[-1] and "terminated" in lines[-1]:
-                    return lines
+                    return
         raise AssertionError("baresip ended without a call:\n" + "\n".join(lines[-30:]))
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -141,13 +140,26 @@ async def _phone_call(
     wav = directory / "microphone.wav"
     _write_wav(wav, microphone)
     before = len(server.lines)
-    phone = asyncio.create_task(_call(_phone_config(directory, wav), uri, timeout_s))
+    said: list[str] = []
+    phone = asyncio.create_task(_call(_phone_config(directory, wav), uri, timeout_s, said))
 
     def accepted() -> str | None:
         found = [m.group(1) for line in server.lines[before:] if (m := _CONN.search(line))]
         return found[-1] if found else None
 
-    call_id = await eventually(accepted, timeout_s=15, what="the call is accepted")
+    # Accepted, or baresip gone without a call (it could not start, say): no waiting on
+    # after that, and both sides' output in the error.
+    with contextlib.suppress(TimeoutError):
+        await eventually(lambda: accepted() or phone.done(), timeout_s=15, what="a call")
+    call_id = accepted()
+    if call_id is None:
+        phone.cancel()
+        with contextlib.suppress(asyncio.CancelledError, AssertionError):
+            await phone
+        relay, phone_said = server.lines[before:][-30:], said[-30:]
+        raise AssertionError(
+            "\n".join(["no call accepted; baresip:", *phone_said, "relay:", *relay])
+        )
     events: list[dict[str, Any]] = []
     async with connect(f"{server.ws_base_url}/realtime?call_id={call_id}") as side:
         with contextlib.suppress(TimeoutError):
