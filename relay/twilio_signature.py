@@ -37,15 +37,19 @@ def twilio_signature(token: str, url: str, params: Iterable[tuple[str, str]] = (
 def _url_forms(url: str) -> list[str]:
     """``url`` as given, without its scheme's default port, and with it: Twilio signs the
     URL as it requested it, and a proxy in between may add or drop the port."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a Host header that is no HOST[:PORT]: the URL as it is
+        return [url]
     default = _DEFAULT_PORTS.get(parts.scheme)
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
     forms = [url]
-    if parts.port is None and default is not None:
+    if port is None and default is not None:
         forms.append(urlunsplit(parts._replace(netloc=f"{host}:{default}")))
-    elif parts.port == default:
+    elif port == default:
         forms.append(urlunsplit(parts._replace(netloc=host)))
     return forms
 

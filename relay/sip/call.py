@@ -40,6 +40,7 @@ from relay.webrtc import Call
 log = logging.getLogger(__name__)
 
 MAX_INBOUND_PACKETS = 50  # 1 s of caller audio waiting for the session; more is dropped
+MAX_PAYLOAD_BYTES = 1600  # 200 ms of G.711; an empty or longer payload is dropped
 _RATE_HZ = 8000
 
 
@@ -68,7 +69,9 @@ class SipCall(Call):
         self.dialog_id = dialog_id  # the SIP Call-ID
         self.offer = offer
         self.codec = G711(offer.codec)
-        self.rtp = RtpStream((offer.address, offer.port), offer.payload_type, self.on_packet)
+        self.rtp = RtpStream(
+            (offer.address, offer.port), offer.payload_type, self.on_packet, offer.dtmf_payload_type
+        )
         self.dtmf = DtmfReceiver()
         self.dtmf_count = 0
         self.dropped_packets = 0
@@ -103,6 +106,9 @@ class SipCall(Call):
                 self._spawn(self.broadcast(json.dumps(event)))
             return
         if packet.payload_type != self.offer.payload_type:
+            return
+        if not 0 < len(packet.payload) <= MAX_PAYLOAD_BYTES:
+            self.dropped_packets += 1
             return
         self._heard = time.monotonic()
         try:
@@ -174,8 +180,9 @@ class SipCall(Call):
             if task is not current:
                 task.cancel()
         log.info(
-            "sip call %s ended (dtmf %d, dropped packets %d)",
+            "sip call %s ended (dtmf %d, dropped packets %d, from elsewhere %d)",
             self.id,
             self.dtmf_count,
             self.dropped_packets,
+            self.rtp.strangers,
         )

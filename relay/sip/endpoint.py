@@ -44,6 +44,9 @@ from transceiver.protocol.errors import ClientError
 log = logging.getLogger(__name__)
 
 MAX_PENDING_CALLS = 256  # INVITEs waiting for accept or reject; more get 503
+# Dialogs that are not a call: pending, or refused (or cancelled, or hung up) and waiting
+# for their ACK or the end of their retransmissions (up to 32 s each); more INVITEs get 503.
+MAX_IDLE_DIALOGS = 4 * MAX_PENDING_CALLS
 _CODECS = {"PCMU": AudioFormatType.PCMU, "PCMA": AudioFormatType.PCMA}
 
 
@@ -74,6 +77,17 @@ class Pending:
     decided: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+def _ip_version(host: str) -> int | None:
+    try:
+        return ip_address(host).version
+    except ValueError:
+        return None
+
+
+def _hung_up(call_id: str) -> ApiError:
+    return ApiError(404, f"The caller of '{call_id}' hung up.", "call_not_found")
+
+
 class SipEndpoint:
     def __init__(self, edge: Edge) -> None:
         settings = edge.settings
@@ -83,6 +97,7 @@ class SipEndpoint:
         self.host, self.port = parse_listen(settings.sip_listen)
         self.rtp_ports = parse_ports(settings.sip_rtp_ports) if settings.sip_rtp_ports else None
         self.allowed = parse_allow(settings.sip_allow)
+        self.ip_version = _ip_version(self.host)  # the RTP sockets' (None: a host name)
         try:
             phone_session(settings.sip_session)
         except ClientError as exc:
@@ -148,13 +163,17 @@ class SipEndpoint:
             log.warning("sip: INVITE from %s refused (--sip-allow)", peer.address[0])
             peer.send(response_to(invite, 403, "Forbidden", "refused"))
             return
-        if self.edge.live.draining or len(self.pending) >= MAX_PENDING_CALLS:
+        if self.edge.live.draining or self._full():
             busy = response_to(invite, 503, "Service Unavailable", "refused")
             busy.headers.append(("Retry-After", "30"))
             peer.send(busy)
             return
         try:
             offer = sdp.parse_offer(invite.body.decode("utf-8"))
+            if self.ip_version not in (None, offer.ip_version):
+                raise sdp.SdpError(
+                    f"the offer is IPv{offer.ip_version}, RTP here IPv{self.ip_version}"
+                )
         except (sdp.SdpError, UnicodeDecodeError) as exc:
             log.info("sip: INVITE %s refused: %s", invite.call_id, exc)
             peer.send(response_to(invite, 488, "Not Acceptable Here", "refused"))
@@ -181,6 +200,10 @@ class SipEndpoint:
             self._spawn(self._announce(pending, self.settings.sip_webhook_url))
         else:
             self._spawn(self._accept_default(pending))
+
+    def _full(self) -> bool:
+        idle = len(self.dialogs) - len(self.calls)
+        return len(self.pending) >= MAX_PENDING_CALLS or idle >= MAX_IDLE_DIALOGS
 
     def _allowed(self, host: str) -> bool:
         if self.allowed is None:
@@ -341,7 +364,7 @@ class SipEndpoint:
             raise
         if pending.dialog.state is not DialogState.PENDING:  # the caller gave up meanwhile
             await admission.close()
-            raise ApiError(404, f"The caller of '{call_id}' hung up.", "call_not_found")
+            raise _hung_up(call_id)
         call = self._new_call(pending, admission)
         try:
             await open_rtp(self.host, self.rtp_ports, call.rtp)
@@ -350,6 +373,9 @@ class SipEndpoint:
             self._refuse(pending, 503, "Service Unavailable")
             await call.close()
             raise ApiError(503, "No RTP port is free for this call.", "no_rtp_port") from None
+        if pending.dialog.state is not DialogState.PENDING:  # a CANCEL or BYE meanwhile
+            await call.close()
+            raise _hung_up(call_id)
         self.pending.pop(call_id, None)
         pending.decided.set()
         dialog = pending.dialog

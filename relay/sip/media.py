@@ -2,7 +2,10 @@
 
 Packets go to the address the caller's SDP names until the caller's own packets arrive;
 then to the address they come from (symmetric RTP, RFC 4961), which is what reaches a
-caller behind a NAT. Each packet received goes to ``on_packet``.
+caller behind a NAT. That address is learnt once, from the first packet of a negotiated
+payload type: from then on packets from anywhere else are dropped (counted in
+``strangers``), except from the address the SDP names, so that one packet from whoever
+finds the port cannot take the call's audio. Each packet taken goes to ``on_packet``.
 """
 
 from __future__ import annotations
@@ -26,11 +29,18 @@ class NoRtpPort(Exception):
 
 class RtpStream(asyncio.DatagramProtocol):
     def __init__(
-        self, remote: tuple[str, int], payload_type: int, on_packet: Callable[[RtpPacket], None]
+        self,
+        remote: tuple[str, int],
+        payload_type: int,
+        on_packet: Callable[[RtpPacket], None],
+        dtmf_payload_type: int | None = None,
     ) -> None:
-        self.remote = remote
+        self.remote = self.offered = remote
         self.payload_type = payload_type
         self.on_packet = on_packet
+        self._types = {payload_type, dtmf_payload_type} - {None}
+        self._learnt = False
+        self.strangers = 0  # packets dropped for coming from elsewhere
         self.ssrc = secrets.randbits(32)
         self._sequence = secrets.randbits(16)
         self._timestamp = secrets.randbits(32)
@@ -44,9 +54,15 @@ class RtpStream(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         packet = parse_rtp(data)
-        if packet is None:
+        if packet is None or packet.payload_type not in self._types:
             return
-        self.remote = (addr[0], addr[1])
+        source = (addr[0], addr[1])
+        if source != self.remote:
+            if self._learnt and source != self.offered:
+                self.strangers += 1
+                return
+            self.remote = source
+        self._learnt = True
         self.on_packet(packet)
 
     def send(self, payload: bytes) -> None:
@@ -61,7 +77,7 @@ class RtpStream(asyncio.DatagramProtocol):
         self._timestamp = (self._timestamp + FRAME_SAMPLES) & 0xFFFFFFFF
         try:
             self._transport.sendto(packet.to_bytes(), self.remote)
-        except OSError as exc:  # an unreachable caller: the RTP timeout ends the call
+        except (OSError, ValueError) as exc:  # unreachable: the RTP timeout ends the call
             log.debug("rtp: send to %s failed: %r", self.remote, exc)
 
     def close(self) -> None:

@@ -102,10 +102,7 @@ class SipMessage:
     @property
     def cseq(self) -> tuple[int, str]:
         number, _, method = self.get("CSeq").strip().partition(" ")
-        try:
-            return int(number), method.strip().upper()
-        except ValueError:
-            return 0, method.strip().upper()
+        return int(number) if is_number(number) else 0, method.strip().upper()
 
     @property
     def call_id(self) -> str:
@@ -119,6 +116,13 @@ class SipMessage:
         lines += [f"{k}: {v}" for k, v in self.headers if k.lower() != "content-length"]
         lines.append(f"Content-Length: {len(self.body)}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode() + self.body
+
+
+def is_number(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes digits such as "²" or "٤", which
+    ``int`` refuses or reads as numbers, and SIP and SDP numbers are ASCII (RFC 3261
+    section 25.1, RFC 4566 section 9)."""
+    return text.isascii() and text.isdigit()
 
 
 def tag_of(value: str) -> str:
@@ -172,22 +176,18 @@ def parse(data: bytes) -> SipMessage:
 
 
 def content_length(message: SipMessage) -> int | None:
-    value = message.get("Content-Length")
+    value = message.get("Content-Length").strip()
     if not value:
         return None
-    try:
-        length = int(value)
-    except ValueError:
-        raise SipParseError("bad Content-Length") from None
-    if length < 0 or length > MAX_MESSAGE_BYTES:
+    if not is_number(value) or int(value) > MAX_MESSAGE_BYTES:
         raise SipParseError("bad Content-Length")
-    return length
+    return int(value)
 
 
 def _start_line(line: str) -> SipMessage:
     if line.startswith("SIP/2.0 "):
         _, status, reason = (line.split(" ", 2) + [""])[:3]
-        if not status.isdigit() or len(status) != 3:
+        if not is_number(status) or len(status) != 3:
             raise SipParseError("bad status line")
         return SipMessage(status=int(status), reason=reason)
     parts = line.split(" ")

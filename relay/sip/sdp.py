@@ -8,6 +8,9 @@ codec cannot be answered (488 Not Acceptable Here).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from ipaddress import ip_address
+
+from relay.sip.message import is_number
 
 PCMU, PCMA = 0, 8
 _STATIC = {PCMU: "PCMU", PCMA: "PCMA"}
@@ -30,6 +33,10 @@ class Offer:
     def codec(self) -> str:
         return _STATIC[self.payload_type]
 
+    @property
+    def ip_version(self) -> int:
+        return ip_address(self.address).version
+
 
 def parse_offer(text: str) -> Offer:
     """The caller's audio stream from an SDP offer; :class:`SdpError` if unusable."""
@@ -48,12 +55,12 @@ def parse_offer(text: str) -> Offer:
             if in_audio:
                 seen_audio = True
                 fields = line[2:].split()
-                if len(fields) < 4 or not fields[1].split("/")[0].isdigit():
+                if len(fields) < 4 or not is_number(fields[1].split("/")[0]):
                     raise SdpError("bad m=audio line")
                 port = int(fields[1].split("/")[0])
                 if fields[2] != "RTP/AVP":
                     raise SdpError(f"the audio stream's profile is {fields[2]}, not RTP/AVP")
-                formats = [int(f) for f in fields[3:] if f.isdigit()]
+                formats = [int(f) for f in fields[3:] if is_number(f)]
         elif line.startswith("c=IN IP4 ") or line.startswith("c=IN IP6 "):
             address = line.split()[2].split("/")[0]
             if in_audio:
@@ -62,7 +69,7 @@ def parse_offer(text: str) -> Offer:
                 session_addr = address
         elif in_audio and line.startswith("a=rtpmap:"):
             number, _, name = line[len("a=rtpmap:") :].partition(" ")
-            if number.isdigit():
+            if is_number(number):
                 rtpmap[int(number)] = name.strip().lower()
         elif in_audio and line[2:] in ("sendrecv", "sendonly", "recvonly", "inactive"):
             direction = line[2:]
@@ -75,6 +82,10 @@ def parse_offer(text: str) -> Offer:
     address = media_addr or session_addr
     if not address:
         raise SdpError("the offer has no connection address")
+    try:
+        ip_address(address)
+    except ValueError:  # a name would need a lookup: RTP goes to an address
+        raise SdpError(f"the offer's address {address!r} is not an IP address") from None
     return Offer(address, port, chosen, dtmf, direction)
 
 

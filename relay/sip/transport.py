@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 MAX_TCP_CONNECTIONS = 256
 TCP_IDLE_TIMEOUT_S = 600.0  # a connection with no message for this long is closed
+# Responses a TCP peer has not read; past this the peer is not reading and is cut off.
+MAX_TCP_UNSENT_BYTES = 256 * 1024
 
 
 class Peer(Protocol):
@@ -57,8 +59,16 @@ class TcpPeer:
         self.address = address
 
     def send(self, message: SipMessage) -> None:
-        if not self._writer.is_closing():
-            self._writer.write(message.to_bytes())
+        writer = self._writer
+        if writer.is_closing():
+            return
+        if writer.transport.get_write_buffer_size() > MAX_TCP_UNSENT_BYTES:
+            log.warning(
+                "sip: %s reads none of its responses; its connection is closed", self.address[0]
+            )
+            writer.transport.abort()  # close() would wait for the unread responses
+            return
+        writer.write(message.to_bytes())
 
 
 class _Udp(asyncio.DatagramProtocol):

@@ -229,6 +229,35 @@ async def test_a_caller_without_rtp_is_hung_up(
         await eventually(lambda: _closed(server, call_id), what="the session closed")
 
 
+async def test_rtp_from_elsewhere_and_empty_packets_change_nothing(
+    sip: tuple[RunningServer, int], hooks: tuple[int, queue.Queue[Hook]]
+) -> None:
+    """Once the caller's RTP has come, another source's packets are dropped (they would
+    take the call's audio both ways), and an empty packet is dropped without stopping the
+    caller's audio."""
+    async with _ringing(sip, hooks) as (server, phone, client, invite, event):
+        call_id = event.data.call_id
+        await client.realtime.calls.accept(call_id, type="realtime")
+        assert (await invite)[1].status == 200
+        stranger = await SipPhone(phone.server[1]).open()
+        try:
+            async with connect(f"{server.ws_base_url}/realtime?call_id={call_id}") as side:
+                await phone.speak(silence(300))
+                stranger.rtp_remote = phone.rtp_remote
+                await stranger.speak(silence(300))  # the relay's idle RTP goes on to phone
+                phone._packet(0, b"")  # the negotiated type, no payload
+                await phone.speak(speech("hello there how are you today") + silence(1500))
+                assert "response.done" in await _until(side, "response.done")
+                await eventually(lambda: len(phone.heard()) > 16_000, what="the reply's RTP")
+            assert stranger.heard() == b""
+            await client.realtime.calls.hangup(call_id)
+            await phone.request_from_server("BYE")
+        finally:
+            stranger.close()
+        ended = f"sip call {call_id} ended (dtmf 0, dropped packets 1, from elsewhere 15)"
+        await eventually(lambda: any(ended in line for line in server.lines), what=ended)
+
+
 async def test_cancel_while_ringing(
     sip: tuple[RunningServer, int], hooks: tuple[int, queue.Queue[Hook]]
 ) -> None:
@@ -260,6 +289,11 @@ async def test_what_the_endpoint_refuses(
         g722_only = phone.offer().replace("RTP/AVP 0 101", "RTP/AVP 9")
         _, final = await phone.invite(offer=g722_only)
         assert final.status == 488  # no G.711: nothing to answer with
+        # RTP goes to an address: not a name to look up, nor IPv6 from an IPv4 socket.
+        for address in ("IP4 phone.example", "IP6 ::1"):
+            offer = phone.offer().replace("c=IN IP4 127.0.0.1", f"c=IN {address}")
+            phone.call_id += "+"
+            assert (await phone.invite(offer=offer))[1].status == 488
         assert hooks[1].empty()  # and the app was not asked
     finally:
         phone.close()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +21,10 @@ INVITE = (
     b"CSeq: 7 INVITE\r\n"
     b"X-Folded: one\r\n two\r\n"
     b"l: 4\r\n\r\nbodyEXTRA"
+)
+OFFER = (
+    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    "m=audio 4000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
 )
 
 
@@ -83,3 +88,23 @@ def test_a_key_press_is_one_event_however_many_packets() -> None:
     assert [dtmf.receive(p) for p in packets] == ["#", None, None, None, None]
     assert dtmf.receive(RtpPacket(101, 6, 2000, 1, bytes([1, 0, 0, 160]))) == "1"
     assert parse_rtp(packets[0].to_bytes()) == packets[0]
+
+
+def test_numbers_are_ascii_digits() -> None:
+    """``str.isdigit`` takes "²" and "٤": refused here with the parsers' own errors."""
+    for status in ("²²²", "٤٠٤"):
+        with pytest.raises(SipParseError):
+            parse(f"SIP/2.0 {status} OK\r\n\r\n".encode())
+    with pytest.raises(SipParseError):
+        parse(INVITE.replace(b"l: 4", "l: ٤".encode()))
+    offer = OFFER.replace("m=audio 4000 ", "m=audio ² ")
+    with pytest.raises(sdp.SdpError):
+        sdp.parse_offer(offer)
+    assert sdp.parse_offer(OFFER.replace(" 0\r\n", " ٠ 0\r\n")).payload_type == 0
+
+
+def test_an_offer_names_an_ip_address() -> None:
+    with pytest.raises(sdp.SdpError, match="not an IP address"):
+        sdp.parse_offer(OFFER.replace("IN IP4 127.0.0.1", "IN IP4 phone.example"))
+    assert sdp.parse_offer(OFFER.replace("IN IP4 127.0.0.1", "IN IP6 ::1")).ip_version == 6
+    assert sdp.parse_offer(OFFER).ip_version == 4

@@ -35,6 +35,9 @@ def test_a_signed_url_may_carry_or_drop_its_default_port() -> None:
         "https://a.example/x?q=1",
     ]
     assert _url_forms("http://127.0.0.1:8000/x") == ["http://127.0.0.1:8000/x"]
+    # A Host header that is no HOST[:PORT] (the URL is built from it): only as it is.
+    for bad in ("http://a.example:abc/x", "http://a.example:99999/x", "http://[::1/x"):
+        assert _url_forms(bad) == [bad]
 
 
 def test_twiml_escapes_what_it_carries() -> None:

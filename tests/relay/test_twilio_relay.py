@@ -84,6 +84,15 @@ async def test_allow_unsigned_serves_twiml_with_the_public_url() -> None:
             assert ported.status_code == 200
 
 
+async def test_a_host_header_that_is_no_host_is_a_bad_signature_not_a_500() -> None:
+    """Without --twilio-public-url the signed URL is built from the Host header."""
+    async with fake_transceiver() as fake, running_relay([fake], twilio_auth_token=TOKEN) as relay:
+        for host in ("relay.example:abc", "relay.example:99999", "[::1"):
+            reply = await voice(relay, **{"Host": host, "X-Twilio-Signature": "c2lnbmVk"})
+            assert reply.status_code == 403, (host, reply.text)
+            assert reply.json()["error"]["code"] == "invalid_twilio_signature"
+
+
 async def test_a_stream_opens_a_pcmu_session_counted_as_twilio() -> None:
     default = {"instructions": "Default.", "audio": {"output": {"voice": "cedar"}}}
     settings: dict[str, Any] = {"twilio_auth_token": TOKEN, "twilio_session": json.dumps(default)}

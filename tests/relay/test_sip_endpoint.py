@@ -1,0 +1,137 @@
+"""The SIP endpoint (relay/sip/endpoint.py) under a caller that does not play along: a
+CANCEL while the call's RTP port opens, dialogs never ACKed, a TCP peer that never reads.
+An in-process relay and fake transceiver; the endpoint listens on a port of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+
+import relay.sip.endpoint as endpoint_module
+from relay.sip.endpoint import SipEndpoint
+from relay.sip.media import RtpStream, open_rtp
+from relay.sip.message import parse
+from relay.sip.transport import MAX_TCP_UNSENT_BYTES
+from tests.e2e.sip_client import SipPhone
+from tests.relay.inprocess import RunningRelay, fake_transceiver, running_relay
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+# More than the kernel's buffers on both ends of a loopback connection (a send buffer
+# grows to 4 MiB by default, net.ipv4.tcp_wmem) and the endpoint's own limit.
+ENOUGH = 16 * 1024 * 1024 + MAX_TCP_UNSENT_BYTES
+
+
+@contextlib.asynccontextmanager
+async def sip_endpoint(**settings: str) -> AsyncIterator[tuple[RunningRelay, SipEndpoint]]:
+    async with fake_transceiver() as fake:
+        async with running_relay([fake], sip_listen="127.0.0.1:0", **settings) as relay:
+            sip = SipEndpoint(relay.edge)
+            await sip.start()
+            try:
+                yield relay, sip
+            finally:
+                await sip.stop()
+
+
+def _invite(call_id: str, rtp_port: int) -> bytes:
+    body = (
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        f"m=audio {rtp_port} RTP/AVP 0\r\n"
+    )
+    head = (
+        "INVITE sip:agent@127.0.0.1 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK{call_id}\r\n"
+        "From: <sip:caller@127.0.0.1>;tag=c1\r\nTo: <sip:agent@127.0.0.1>\r\n"
+        f"Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContent-Type: application/sdp\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return (head + body).encode()
+
+
+async def test_a_cancel_while_the_rtp_port_opens_ends_the_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The caller gives up between the session's admission and the RTP port: 487, never
+    a 200 after it, and the admitted session is closed."""
+    opening, go_on = asyncio.Event(), asyncio.Event()
+
+    async def slow_open_rtp(host: str, ports: tuple[int, int] | None, stream: RtpStream) -> None:
+        opening.set()
+        await go_on.wait()
+        await open_rtp(host, ports, stream)
+
+    monkeypatch.setattr(endpoint_module, "open_rtp", slow_open_rtp)
+    async with sip_endpoint() as (relay, sip):
+        phone = await SipPhone(sip.port).open()
+        try:
+            invite = asyncio.create_task(phone.invite())
+            await eventually(opening.is_set, what="the RTP port opening")
+            (dialog,) = sip.dialogs.values()
+            phone.cancel()
+            _, final = await invite
+            assert final.status == 487
+            go_on.set()
+            await eventually(lambda: not sip._tasks, what="the accept's end")
+            assert dialog.final is not None and dialog.final.status == 487
+            assert not sip.calls and not sip.pending
+            await relay.idle()
+        finally:
+            phone.close()
+
+
+async def test_dialogs_never_acked_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused INVITE's dialog waits for its ACK; a caller that never sends one fills
+    no more than MAX_IDLE_DIALOGS, then gets 503."""
+    monkeypatch.setattr(endpoint_module, "MAX_IDLE_DIALOGS", 3)
+    with socket.socket() as closed:  # the webhook's port: bound, not listening (refused)
+        closed.bind(("127.0.0.1", 0))
+        hook = f"http://127.0.0.1:{closed.getsockname()[1]}/hook"
+        async with sip_endpoint(sip_webhook_url=hook) as (_, sip):
+            loop = asyncio.get_running_loop()
+            with socket.socket(type=socket.SOCK_DGRAM) as caller:
+                caller.bind(("127.0.0.1", 0))
+                caller.setblocking(False)
+                finals = []
+                for index in range(5):
+                    await loop.sock_sendto(
+                        caller, _invite(f"c{index}", 4000), ("127.0.0.1", sip.port)
+                    )
+                    while (status := parse(await loop.sock_recv(caller, 65536)).status) < 200:
+                        pass
+                    finals.append(status)
+            assert finals == [480, 480, 480, 503, 503]
+            assert len(sip.dialogs) == 3
+
+
+async def test_a_tcp_peer_that_reads_nothing_is_cut_off(caplog: pytest.LogCaptureFixture) -> None:
+    """Responses a TCP peer leaves unread are bounded: past MAX_TCP_UNSENT_BYTES its
+    connection is dropped (with what it holds)."""
+    caplog.set_level(logging.WARNING, "relay.sip.transport")
+    async with sip_endpoint() as (_, sip):
+        loop = asyncio.get_running_loop()
+        with socket.socket() as peer:
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            peer.setblocking(False)
+            await loop.sock_connect(peer, ("127.0.0.1", sip.port))
+            # Each OPTIONS is answered with its long Via copied back.
+            via = "Via: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bK" + "a" * 30_000 + "\r\n"
+            options = (
+                f"OPTIONS sip:agent@127.0.0.1 SIP/2.0\r\n{via}From: <sip:a@127.0.0.1>;tag=1\r\n"
+                "To: <sip:agent@127.0.0.1>\r\nCall-ID: o1\r\nCSeq: 1 OPTIONS\r\n"
+                "Content-Length: 0\r\n\r\n"
+            ).encode()
+            sent = 0
+            with contextlib.suppress(ConnectionError):
+                while sent < ENOUGH:
+                    async with asyncio.timeout(10):
+                        await loop.sock_sendall(peer, options)
+                    sent += len(options)
+        assert sent < ENOUGH  # cut off on the way
+        assert any("reads none of its responses" in r.getMessage() for r in caplog.records)
