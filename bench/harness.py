@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 READY = "realtime-relay ready: base_url="
+# Tests and benchmarks send traffic to loopback only: WebRTC calls too (relay/ice.py).
+LOOPBACK_ONLY = {"RELAY_WEBRTC_HOST_ADDRESSES": "127.0.0.1"}
 TRANSCEIVER_READY = "transceiver ready on ws://"
 
 
@@ -67,7 +69,7 @@ def relay_server(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **LOOPBACK_ONLY, **(env or {})},
     )
     assert process.stdout is not None
     lines: list[str] = []

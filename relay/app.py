@@ -20,6 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from relay import calls, realtime_ws, rest, twilio
 from relay.edge import Edge
 from relay.errors import install_error_handlers
+from relay.ice import use_host_addresses
 from relay.settings import RelaySettings
 from relay.sip import routes as sip_routes
 from relay.sip.endpoint import SipEndpoint
@@ -38,6 +39,8 @@ def create_app(settings: RelaySettings) -> FastAPI:
     )
     install_error_handlers(app)
     app.state.edge = Edge.create(settings)
+    if settings.webrtc_host_addresses:
+        use_host_addresses(settings.webrtc_host_addresses)
     app.state.sip = SipEndpoint(app.state.edge) if settings.sip_listen else None
     app.include_router(rest.router)
     app.include_router(realtime_ws.router)

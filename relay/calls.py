@@ -35,6 +35,7 @@ from relay.drain import SHUTDOWN_MESSAGE
 from relay.edge import Edge, EdgeDep
 from relay.ephemeral import call_id_for, call_owner, validate_session
 from relay.errors import ApiError, draining
+from relay.ice import reachable_candidates
 from relay.webrtc import Call
 from transceiver.protocol.contract import SessionKind, SessionSpec, Transport
 from transceiver.protocol.errors import ClientError
@@ -221,6 +222,7 @@ async def _peer(edge: Edge, sdp: str, offer: SessionDescription) -> RTCPeerConne
     is refused like one it cannot parse."""
     ice = [RTCIceServer(urls=url) for url in edge.settings.ice_servers]
     pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
+    sdp = reachable_candidates(sdp, edge.settings.webrtc_host_addresses)
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         draft = await pc.createAnswer()  # no side effects: ICE starts with setLocalDescription

@@ -17,7 +17,7 @@ from relay import loop
 from relay.app import create_app
 from relay.drain import DrainingServer
 from relay.server import raise_fd_limit, server_config
-from relay.settings import RelaySettings
+from relay.settings import LIST_FIELDS, RelaySettings
 from relay.supervisor import Supervisor, TransceiverProcess, free_port
 from transceiver.observability import configure_logging
 from transceiver.settings import TransceiverSettings, is_switch, option_flag, settings_error
@@ -32,7 +32,7 @@ def _add_relay_options(parser: argparse.ArgumentParser, with_transceiver: bool) 
         env = "RELAY_" + name.upper()
         help_text = f"{field.description} [env {env}]"
         flag = option_flag(name)
-        if name in ("transceiver", "api_keys", "cors_origins", "ice_servers"):
+        if name in LIST_FIELDS:
             parser.add_argument(flag, dest=name, action="append", default=None, help=help_text)
         else:
             parser.add_argument(
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _relay_settings(args: argparse.Namespace, **extra: Any) -> RelaySettings:
     given = {k: getattr(args, k) for k in RelaySettings.model_fields if getattr(args, k, None)}
-    for name in ("transceiver", "api_keys", "cors_origins", "ice_servers"):
+    for name in LIST_FIELDS:
         if name in given:  # repeated flags and comma lists both work
             given[name] = [p for v in given[name] for p in v.split(",") if p]
     given.update(extra)

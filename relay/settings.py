@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from ipaddress import ip_address
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
@@ -13,6 +14,10 @@ def _split(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+# The settings that are lists: comma-separated, or a flag given again.
+LIST_FIELDS = ("transceiver", "api_keys", "cors_origins", "ice_servers", "webrtc_host_addresses")
 
 
 class RelaySettings(BaseSettings):
@@ -73,6 +78,12 @@ class RelaySettings(BaseSettings):
         None,
         description="Address to advertise in WebRTC answers when the relay is behind a "
         "1:1 NAT (its host candidates carry this IP instead of the local one).",
+    )
+    webrtc_host_addresses: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Local IP addresses WebRTC calls gather host candidates on "
+        "(comma-separated), e.g. one network of several. Empty: every interface's but "
+        "loopback. Only loopback addresses (127.0.0.1): calls from this machine only.",
     )
     webrtc_idle_timeout_s: float = Field(
         20.0,
@@ -280,7 +291,17 @@ class RelaySettings(BaseSettings):
                 raise ValueError(f"{value!r} is not a port range LOW-HIGH: {exc}") from None
         return value
 
-    @field_validator("transceiver", "api_keys", "cors_origins", "ice_servers", mode="before")
+    @field_validator(*LIST_FIELDS, mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         return _split(value)
+
+    @field_validator("webrtc_host_addresses")
+    @classmethod
+    def _ip_addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            try:
+                ip_address(address)
+            except ValueError:
+                raise ValueError(f"{address!r} is not an IP address") from None
+        return value

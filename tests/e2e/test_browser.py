@@ -48,6 +48,7 @@ def browser(url: str, wav: Path, profile: Path) -> Iterator[int]:
             "--no-sandbox",
             "--disable-gpu",
             "--disable-quic",
+            "--allow-loopback-in-peer-connection",
             "--no-first-run",
             "--disable-background-networking",
             "--disable-component-update",
@@ -71,6 +72,15 @@ def browser(url: str, wav: Path, profile: Path) -> Iterator[int]:
         process.wait(10)
 
 
+# The local and remote addresses of the call's selected ICE candidate pair.
+SELECTED_PAIR = """call.pc.getStats().then((stats) => {
+  const all = [...stats.values()];
+  const transport = all.find((s) => s.type === "transport");
+  const pair = stats.get(transport.selectedCandidatePairId);
+  return [stats.get(pair.localCandidateId).address, stats.get(pair.remoteCandidateId).address];
+})"""
+
+
 class Page:
     """One DevTools connection to the page: evaluate JavaScript, take a screenshot."""
 
@@ -88,8 +98,13 @@ class Page:
                     raise AssertionError(f"{method}: {reply['error']}")
                 return reply["result"]  # type: ignore[no-any-return]
 
-    async def js(self, expression: str) -> Any:
-        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+    async def js(self, expression: str, await_promise: bool = False) -> Any:
+        result = await self.call(
+            "Runtime.evaluate",
+            expression=expression,
+            returnByValue=True,
+            awaitPromise=await_promise,
+        )
         if "exceptionDetails" in result:
             raise AssertionError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")
@@ -177,6 +192,9 @@ async def settings_before_the_call(page: Page) -> None:
     assert detection["type"] == "server_vad" and detection["silence_duration_ms"] == 300
     assert session["audio"]["input"]["noise_reduction"]["type"] == "near_field"
     assert [tool["name"] for tool in session["tools"]] == ["get_weather"]
+    # The media's pair of addresses: loopback both ends (the relay gathers on 127.0.0.1
+    # only, bench/harness.py, and drops the browser's candidates elsewhere).
+    assert await page.js(SELECTED_PAIR, await_promise=True) == ["127.0.0.1", "127.0.0.1"]
 
 
 async def a_spoken_turn(page: Page) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import json
+import re
 import time
 from typing import Any
 
@@ -95,6 +96,10 @@ async def test_webrtc_call(mock_server: RunningServer) -> None:
         assert reply.headers["content-type"].startswith("application/sdp")
         call_id = reply.headers["location"].rsplit("/", 1)[1]
         assert call_id.startswith("rtc_")
+        # Both ends gather on loopback only (tests/conftest.py, bench/harness.py).
+        for sdp in (pc.localDescription.sdp, reply.text):
+            found = re.findall(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) ", sdp, re.M)
+            assert found and set(found) == {"127.0.0.1"}, found
         await pc.setRemoteDescription(RTCSessionDescription(sdp=reply.text, type="answer"))
         seen: list[str] = []
         await until(events, "session.created", seen)

@@ -1,0 +1,67 @@
+"""Which local addresses WebRTC calls use (``--webrtc-host-addresses``).
+
+aiortc gathers its host candidates through aioice, on every address of every interface
+but loopback, and offers no setting for it. A relay on a machine with several networks
+(a public and a private one, a VPN, Docker's bridges) may want calls on one of them only,
+and one serving only this machine (``127.0.0.1``) must be reachable where aioice would
+never look. :func:`use_host_addresses` replaces aioice's choice for the process (the
+setting is the process's); with loopback addresses only, :func:`reachable_candidates`
+drops the caller's candidates elsewhere and datagrams from elsewhere are dropped, so
+that no connectivity check or media goes anywhere but loopback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from ipaddress import ip_address
+
+import aioice.ice
+
+_RECEIVE = aioice.ice.StunProtocol.datagram_received
+
+
+def use_host_addresses(addresses: Sequence[str]) -> None:
+    """Gather host candidates on ``addresses`` only (IPv4 and IPv6 as aioice asks). When
+    they are all loopback addresses, datagrams from any other source are dropped too: a
+    peer on this machine may send from its own network address to 127.0.0.1, and an
+    answer to that address would leave loopback."""
+    pinned = [str(ip_address(address)) for address in addresses]
+
+    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        wanted = {4: use_ipv4, 6: use_ipv6}
+        return [address for address in pinned if wanted[ip_address(address).version]]
+
+    aioice.ice.get_host_addresses = host_addresses
+    loopback = bool(pinned) and all(ip_address(address).is_loopback for address in pinned)
+    aioice.ice.StunProtocol.datagram_received = _from_loopback if loopback else _RECEIVE
+
+
+def _from_loopback(protocol: aioice.ice.StunProtocol, data: bytes, addr: tuple[str, int]) -> None:
+    try:
+        if not ip_address(addr[0]).is_loopback:
+            return
+    except ValueError:
+        return
+    _RECEIVE(protocol, data, addr)
+
+
+def reachable_candidates(sdp: str, addresses: Sequence[str]) -> str:
+    """``sdp`` without the ``a=candidate`` lines that ``addresses`` cannot reach: when
+    every one of them is a loopback address, the candidates that are not (an mDNS name
+    included). Anything else is left as it is."""
+    if not addresses or not all(ip_address(a).is_loopback for a in addresses):
+        return sdp
+    kept = [line for line in sdp.split("\n") if not _elsewhere(line.rstrip("\r"))]
+    return "\n".join(kept)
+
+
+def _elsewhere(line: str) -> bool:
+    if not line.startswith("a=candidate:"):
+        return False
+    fields = line.split(" ")
+    if len(fields) < 5:
+        return False  # not a candidate aiortc can use either: its parser decides
+    try:
+        return not ip_address(fields[4]).is_loopback
+    except ValueError:
+        return True  # a name (mDNS): not a loopback address
