@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from ipaddress import ip_address
+from typing import Any
 
 import aioice.ice
 
@@ -33,10 +34,13 @@ def use_host_addresses(addresses: Sequence[str]) -> None:
 
     aioice.ice.get_host_addresses = host_addresses
     loopback = bool(pinned) and all(ip_address(address).is_loopback for address in pinned)
-    aioice.ice.StunProtocol.datagram_received = _from_loopback if loopback else _RECEIVE
+    receive = _from_loopback if loopback else _RECEIVE
+    aioice.ice.StunProtocol.datagram_received = receive  # type: ignore[method-assign,assignment]
 
 
-def _from_loopback(protocol: aioice.ice.StunProtocol, data: bytes, addr: tuple[str, int]) -> None:
+def _from_loopback(
+    protocol: aioice.ice.StunProtocol, data: bytes | str, addr: tuple[Any, ...]
+) -> None:
     try:
         if not ip_address(addr[0]).is_loopback:
             return

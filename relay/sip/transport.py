@@ -9,7 +9,6 @@ same connection on TCP. A datagram or stream frame that is not a SIP message is 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Protocol, cast
 
@@ -26,6 +25,7 @@ MAX_TCP_CONNECTIONS = 256
 TCP_IDLE_TIMEOUT_S = 600.0  # a connection with no message for this long is closed
 # Responses a TCP peer has not read; past this the peer is not reading and is cut off.
 MAX_TCP_UNSENT_BYTES = 256 * 1024
+CLOSE_TIMEOUT_S = 5.0  # for the responses still unsent when a connection is closed
 
 
 class Peer(Protocol):
@@ -100,7 +100,7 @@ class SipTransports:
         self.receiver = receiver
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self.port = 0
 
     async def start(self, host: str, port: int) -> None:
@@ -117,9 +117,14 @@ class SipTransports:
             self._udp.close()
         if self._tcp is not None:
             self._tcp.close()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
+        # Dropped, not cancelled: each handler's read ends and it returns (a handler task
+        # cancelled has asyncio's start_server log an error).
+        for writer in list(self._connections.values()):
+            writer.transport.abort()
+        if self._connections:
+            _, stuck = await asyncio.wait(list(self._connections), timeout=CLOSE_TIMEOUT_S)
+            for task in stuck:
+                task.cancel()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -128,7 +133,7 @@ class SipTransports:
             log.warning("sip: too many TCP connections; one is refused")
             writer.close()
             return
-        self._connections.add(task)
+        self._connections[task] = writer
         name = writer.get_extra_info("peername")
         peer = TcpPeer(writer, (str(name[0]), int(name[1])))
         try:
@@ -143,10 +148,13 @@ class SipTransports:
         except Exception:  # a bug: logged, and the connection is closed
             log.exception("sip: a TCP connection from %s failed", peer.address[0])
         finally:
-            self._connections.discard(task)
+            self._connections.pop(task, None)
             writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            try:  # a peer that reads nothing would hold its responses, and this task, forever
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await writer.wait_closed()
+            except Exception:
+                writer.transport.abort()
 
 
 async def _read_message(reader: asyncio.StreamReader) -> SipMessage | None:

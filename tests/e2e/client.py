@@ -30,10 +30,16 @@ class Recorder:
         return event
 
     async def until(self, event_type: str, timeout_s: float = 15.0) -> dict[str, Any]:
+        """The next ``event_type``; ``TimeoutError`` naming it and the last events seen."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
-            event = await self.next(max(0.01, deadline - loop.time()))
+            try:
+                event = await self.next(max(0.01, deadline - loop.time()))
+            except TimeoutError:
+                seen = [e["type"] for e in self.events[-15:]]
+                message = f"no {event_type} within {timeout_s} s; last seen {seen}"
+                raise TimeoutError(message) from None
             if event["type"] == event_type:
                 return event
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from websockets.asyncio.client import connect
@@ -133,10 +134,16 @@ async def _call(config: Path, uri: str, timeout_s: float, lines: list[str]) -> N
 
 
 async def _phone_call(
-    server: RunningServer, uri: str, directory: Path, microphone: bytes, timeout_s: float
+    server: RunningServer,
+    uri: str,
+    directory: Path,
+    microphone: bytes,
+    timeout_s: float,
+    hang_up_at: str | None = None,
 ) -> tuple[str, list[dict[str, Any]]]:
     """baresip calls ``uri`` speaking ``microphone`` (PCM16 24 kHz), and hangs up at its
-    end; the call id, and the events a sideband saw. Returns once the session closed."""
+    end, unless the app hangs up first, at the sideband's first ``hang_up_at`` event; the
+    call id, and the events a sideband saw. Returns once the session closed."""
     wav = directory / "microphone.wav"
     _write_wav(wav, microphone)
     before = len(server.lines)
@@ -166,6 +173,13 @@ async def _phone_call(
             async with asyncio.timeout(timeout_s):
                 async for frame in side:  # until the call ends
                     events.append(json.loads(frame))
+                    if events[-1]["type"] == hang_up_at:
+                        async with httpx.AsyncClient(base_url=server.base_url) as http:
+                            reply = await http.post(
+                                f"/realtime/calls/{call_id}/hangup",
+                                headers={"Authorization": "Bearer sk-test"},
+                            )
+                            assert reply.status_code == 200, reply.text
     await phone
     await eventually(
         lambda: any(f"session.closed conn={call_id}" in line for line in server.lines),
@@ -211,12 +225,16 @@ async def test_baresip_asks_the_local_pipeline(tmp_path: Path) -> None:
     args = ("--backend", "local", "--llm-max-tokens", "40", "--sip-listen", f"127.0.0.1:{port}")
     with relay_server(*args, "--sip-session", json.dumps(TRANSCRIBED)) as server:
         question = spoken(PiperTts(varied=False), "What is the capital of France?")
-        microphone = silence(2500) + question + silence(20_000)
+        # The phone keeps listening (a long silence) until the reply has played, then the
+        # app hangs up: a slow machine gets the time it needs, a fast one ends early.
+        microphone = silence(2500) + question + silence(120_000)
         uri = f"sip:agent@127.0.0.1:{port}"
-        _, events = await _phone_call(server, uri, tmp_path, microphone, 60)
+        stopped = "output_audio_buffer.stopped"
+        _, events = await _phone_call(server, uri, tmp_path, microphone, 120, stopped)
     transcripts = _transcripts(events)
     assert transcripts and {"capital", "france"} <= set(
         re.findall(r"[a-z']+", transcripts[0].lower())
     ), transcripts
-    assert any(e["type"] == "response.done" for e in events)
+    kinds = [e["type"] for e in events]
+    assert "response.done" in kinds and stopped in kinds, kinds
     assert _loudest_rms(_played(tmp_path)) > 500

@@ -135,3 +135,16 @@ async def test_a_tcp_peer_that_reads_nothing_is_cut_off(caplog: pytest.LogCaptur
                     sent += len(options)
         assert sent < ENOUGH  # cut off on the way
         assert any("reads none of its responses" in r.getMessage() for r in caplog.records)
+
+
+async def test_stopping_with_a_tcp_connection_open_ends_it_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its handler's read ends (not a cancelled task, which asyncio logs as an error)."""
+    async with sip_endpoint() as (_, sip):
+        reader, writer = await asyncio.open_connection("127.0.0.1", sip.port)
+        await eventually(lambda: sip.transports._connections, what="the connection taken")
+    async with asyncio.timeout(5):
+        assert await reader.read() == b""
+    writer.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
