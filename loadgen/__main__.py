@@ -10,6 +10,7 @@ import sys
 import loadgen
 from loadgen.report import Timeline, write_report
 from relay import loop
+from relay.ice import use_host_addresses
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="A mono 16-bit WAV to speak each turn (default: a synthetic speech-like clip).",
     )
     source.add_argument("--text", action="store_true", help="Send text turns instead of audio.")
+    load.add_argument(
+        "--webrtc-host-addresses",
+        default=None,
+        help="Local IP addresses the WebRTC clients gather host candidates on "
+        "(comma-separated; default every interface's but loopback): 127.0.0.1 to call a "
+        "relay on this machine that runs with --webrtc-host-addresses 127.0.0.1.",
+    )
     load.add_argument("--json", dest="json_out", help="Write every figure to this file.")
     load.add_argument(
         "--report",
@@ -63,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.webrtc_host_addresses:
+        try:
+            use_host_addresses([a for a in args.webrtc_host_addresses.split(",") if a])
+        except ValueError as exc:
+            sys.stderr.write(f"realtime-relay load: --webrtc-host-addresses: {exc}\n")
+            return 2
 
     audio = (
         b""

@@ -5,7 +5,8 @@ but loopback, and offers no setting for it. A relay on a machine with several ne
 (a public and a private one, a VPN, Docker's bridges) may want calls on one of them only,
 and one serving only this machine (``127.0.0.1``) must be reachable where aioice would
 never look. :func:`use_host_addresses` replaces aioice's choice for the process (the
-setting is the process's); with loopback addresses only, :func:`reachable_candidates`
+setting is the process's: an app created later with addresses replaces them, one
+created without leaves them); with loopback addresses only, :func:`reachable_candidates`
 drops the caller's candidates elsewhere and datagrams from elsewhere are dropped, so
 that no connectivity check or media goes anywhere but loopback.
 """

@@ -301,7 +301,9 @@ class RelaySettings(BaseSettings):
     def _ip_addresses(cls, value: list[str]) -> list[str]:
         for address in value:
             try:
-                ip_address(address)
+                parsed = ip_address(address)
             except ValueError:
                 raise ValueError(f"{address!r} is not an IP address") from None
+            if parsed.is_unspecified or parsed.is_multicast:
+                raise ValueError(f"{address!r} is not an address of this machine's")
         return value

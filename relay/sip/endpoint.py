@@ -16,9 +16,10 @@ or no RTP for ``--sip-rtp-timeout-s`` ends the call (the server sends BYE when i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import Any
 
@@ -169,11 +170,7 @@ class SipEndpoint:
             peer.send(busy)
             return
         try:
-            offer = sdp.parse_offer(invite.body.decode("utf-8"))
-            if self.ip_version not in (None, offer.ip_version):
-                raise sdp.SdpError(
-                    f"the offer is IPv{offer.ip_version}, RTP here IPv{self.ip_version}"
-                )
+            offer = self._offer_of(invite)
         except (sdp.SdpError, UnicodeDecodeError) as exc:
             log.info("sip: INVITE %s refused: %s", invite.call_id, exc)
             peer.send(response_to(invite, 488, "Not Acceptable Here", "refused"))
@@ -202,8 +199,26 @@ class SipEndpoint:
             self._spawn(self._accept_default(pending))
 
     def _full(self) -> bool:
-        idle = len(self.dialogs) - len(self.calls)
-        return len(self.pending) >= MAX_PENDING_CALLS or idle >= MAX_IDLE_DIALOGS
+        """Whether a new INVITE must wait: too many pending, or too many dialogs that are
+        not calls once the oldest refused ones (waiting for their ACK) are forgotten."""
+        if len(self.pending) >= MAX_PENDING_CALLS:
+            return True
+        refused = iter([d for d in self.dialogs.values() if d.state is DialogState.REJECTED])
+        while len(self.dialogs) - len(self.calls) >= MAX_IDLE_DIALOGS:
+            oldest = next(refused, None)
+            if oldest is None:
+                return True
+            self._forget(oldest)  # its final response is no longer retransmitted
+        return False
+
+    def _offer_of(self, invite: SipMessage) -> sdp.Offer:
+        """The caller's audio offer, for an RTP socket of this host; ``SdpError`` (488)."""
+        offer = sdp.parse_offer(invite.body.decode("utf-8"))
+        if self.host == "::" and offer.ip_version == 4:  # a dual-stack socket
+            offer = replace(offer, address=f"::ffff:{offer.address}")
+        if self.ip_version not in (None, offer.ip_version):
+            raise sdp.SdpError(f"the offer is IPv{offer.ip_version}, RTP here IPv{self.ip_version}")
+        return offer
 
     def _allowed(self, host: str) -> bool:
         if self.allowed is None:
@@ -215,10 +230,17 @@ class SipEndpoint:
         return any(address in network for network in self.allowed)
 
     def _reinvite(self, dialog: Dialog, invite: SipMessage, peer: Peer) -> None:
-        """A re-INVITE (a session refresh, a hold): the media stays as it is."""
+        """A re-INVITE (a session refresh, a hold, a transfer moving the caller's media):
+        the same answer; RTP goes to the offer's address, whose source is learnt again,
+        when it moved."""
         if dialog.final is None or dialog.final.status >= 300:
             peer.send(response_to(invite, 491, "Request Pending", dialog.local_tag))
             return
+        call = self.calls.get(dialog.call_id)
+        with contextlib.suppress(sdp.SdpError, UnicodeDecodeError):  # no usable offer: as is
+            offer = self._offer_of(invite)
+            if call is not None and (offer.address, offer.port) != call.rtp.offered:
+                call.rtp.move((offer.address, offer.port))
         again = response_to(invite, 200, "OK", dialog.local_tag)
         again.headers += [("Contact", dialog.contact), ("Content-Type", "application/sdp")]
         again.body = dialog.final.body

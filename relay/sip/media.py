@@ -2,10 +2,11 @@
 
 Packets go to the address the caller's SDP names until the caller's own packets arrive;
 then to the address they come from (symmetric RTP, RFC 4961), which is what reaches a
-caller behind a NAT. That address is learnt once, from the first packet of a negotiated
-payload type: from then on packets from anywhere else are dropped (counted in
-``strangers``), except from the address the SDP names, so that one packet from whoever
-finds the port cannot take the call's audio. Each packet taken goes to ``on_packet``.
+caller behind a NAT. That source is learnt once, from the first packet of a negotiated
+payload type: from then on packets from anywhere but it and the SDP's address are dropped
+(counted in ``strangers``), so that one packet from whoever finds the port cannot take
+the call's audio; packets go to whichever of the two spoke last. A re-INVITE that moves
+the media (:meth:`RtpStream.move`) learns again. Each packet taken goes to ``on_packet``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import random
 import secrets
 import socket
 from collections.abc import Callable
+from ipaddress import ip_address
 from typing import cast
 
 from relay.sip.rtp import FRAME_SAMPLES, RtpPacket, parse_rtp
@@ -35,12 +37,12 @@ class RtpStream(asyncio.DatagramProtocol):
         on_packet: Callable[[RtpPacket], None],
         dtmf_payload_type: int | None = None,
     ) -> None:
-        self.remote = self.offered = remote
         self.payload_type = payload_type
         self.on_packet = on_packet
         self._types = {payload_type, dtmf_payload_type} - {None}
-        self._learnt = False
         self.strangers = 0  # packets dropped for coming from elsewhere
+        self._learnt: tuple[str, int] | None = None
+        self.move(remote)
         self.ssrc = secrets.randbits(32)
         self._sequence = secrets.randbits(16)
         self._timestamp = secrets.randbits(32)
@@ -57,13 +59,20 @@ class RtpStream(asyncio.DatagramProtocol):
         if packet is None or packet.payload_type not in self._types:
             return
         source = (addr[0], addr[1])
-        if source != self.remote:
-            if self._learnt and source != self.offered:
-                self.strangers += 1
-                return
-            self.remote = source
-        self._learnt = True
+        if self._learnt is None:
+            self._learnt = source
+        elif source != self._learnt and source != self.offered:
+            self.strangers += 1
+            return
+        self.remote = source
         self.on_packet(packet)
+
+    def move(self, remote: tuple[str, int]) -> None:
+        """The caller's media is at ``remote`` now (its SDP's): its source is learnt again."""
+        family = socket.AF_INET6 if ip_address(remote[0]).version == 6 else socket.AF_INET
+        host = socket.inet_ntop(family, socket.inet_pton(family, remote[0]))  # as a source is
+        self.remote = self.offered = (host, remote[1])
+        self._learnt = None
 
     def send(self, payload: bytes) -> None:
         """One 20 ms frame of G.711."""

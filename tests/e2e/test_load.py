@@ -121,6 +121,8 @@ def test_webrtc_load(mock_server: RunningServer, tmp_path: Path) -> None:
         f"{mock_server.ws_base_url}/realtime",
         "--transport",
         "webrtc",
+        "--webrtc-host-addresses",  # as the relay's (bench/harness.py): loopback only
+        "127.0.0.1",
         "--sessions",
         "2",
         "--turns",

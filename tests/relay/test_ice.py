@@ -72,3 +72,6 @@ def test_the_setting_takes_ip_addresses_only() -> None:
     assert settings.webrtc_host_addresses == ["127.0.0.1", "::1"]
     with pytest.raises(ValidationError, match="not an IP address"):
         RelaySettings(webrtc_host_addresses=["eth0"])
+    for address in ("0.0.0.0", "::", "224.0.0.251"):
+        with pytest.raises(ValidationError, match="not an address of this machine"):
+            RelaySettings(webrtc_host_addresses=[address])

@@ -13,9 +13,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 import relay.sip.endpoint as endpoint_module
+from relay.sip import sdp
 from relay.sip.endpoint import SipEndpoint
 from relay.sip.media import RtpStream, open_rtp
 from relay.sip.message import parse
+from relay.sip.rtp import RtpPacket
 from relay.sip.transport import MAX_TCP_UNSENT_BYTES
 from tests.e2e.sip_client import SipPhone
 from tests.relay.inprocess import RunningRelay, fake_transceiver, running_relay
@@ -87,8 +89,9 @@ async def test_a_cancel_while_the_rtp_port_opens_ends_the_call(
 
 
 async def test_dialogs_never_acked_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A refused INVITE's dialog waits for its ACK; a caller that never sends one fills
-    no more than MAX_IDLE_DIALOGS, then gets 503."""
+    """A refused INVITE's dialog waits for its ACK; a caller that never sends one holds
+    no more than MAX_IDLE_DIALOGS: the oldest are forgotten, and new callers still get
+    their answer."""
     monkeypatch.setattr(endpoint_module, "MAX_IDLE_DIALOGS", 3)
     with socket.socket() as closed:  # the webhook's port: bound, not listening (refused)
         closed.bind(("127.0.0.1", 0))
@@ -99,15 +102,17 @@ async def test_dialogs_never_acked_are_bounded(monkeypatch: pytest.MonkeyPatch) 
                 caller.bind(("127.0.0.1", 0))
                 caller.setblocking(False)
                 finals = []
-                for index in range(5):
-                    await loop.sock_sendto(
-                        caller, _invite(f"c{index}", 4000), ("127.0.0.1", sip.port)
-                    )
-                    while (status := parse(await loop.sock_recv(caller, 65536)).status) < 200:
-                        pass
-                    finals.append(status)
-            assert finals == [480, 480, 480, 503, 503]
-            assert len(sip.dialogs) == 3
+                for index in range(6):
+                    call_id = f"c{index}"
+                    await loop.sock_sendto(caller, _invite(call_id, 4000), ("127.0.0.1", sip.port))
+                    while True:  # this INVITE's final response (others' are resent meanwhile)
+                        reply = parse(await loop.sock_recv(caller, 65536))
+                        if reply.call_id == call_id and reply.status >= 200:
+                            break
+                    finals.append(reply.status)
+                    assert len(sip.dialogs) <= 3
+            assert finals == [480] * 6
+            assert sorted(sip.dialogs) == ["c3", "c4", "c5"]
 
 
 async def test_a_tcp_peer_that_reads_nothing_is_cut_off(caplog: pytest.LogCaptureFixture) -> None:
@@ -148,3 +153,65 @@ async def test_stopping_with_a_tcp_connection_open_ends_it_quietly(
         assert await reader.read() == b""
     writer.close()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_rtp_takes_the_learnt_source_and_the_sdps_address_only() -> None:
+    """No socket: datagrams handed to the stream as the loop would (addresses as data)."""
+    taken: list[int] = []
+    stream = RtpStream(("192.0.2.10", 4000), 0, lambda p: taken.append(p.sequence), 101)
+    nat, sdp_address, stranger = ("198.51.100.7", 30000), ("192.0.2.10", 4000), ("203.0.113.9", 1)
+
+    def packet(sequence: int, payload_type: int = 0) -> bytes:
+        return RtpPacket(payload_type, sequence, 0, 1, b"\xff" * 160).to_bytes()
+
+    stream.datagram_received(packet(1, payload_type=13), stranger)  # not negotiated: ignored
+    stream.datagram_received(packet(2), nat)  # the first: learnt
+    stream.datagram_received(packet(3), stranger)
+    stream.datagram_received(packet(4, payload_type=101), stranger)
+    assert (taken, stream.remote, stream.strangers) == ([2], nat, 2)
+    stream.datagram_received(packet(5), sdp_address)  # the SDP's address is the caller's too
+    assert stream.remote == sdp_address
+    stream.datagram_received(packet(6), nat)  # and does not shut the learnt source out
+    assert (taken, stream.remote) == ([2, 5, 6], nat)
+    # A re-INVITE moving the media: learnt again (an IPv4 caller on a dual-stack socket).
+    stream.move(("::ffff:192.0.2.20", 5000))
+    assert stream.offered == stream.remote == ("::ffff:192.0.2.20", 5000)
+    stream.datagram_received(packet(7), ("::ffff:198.51.100.8", 31000))
+    stream.datagram_received(packet(8), nat)
+    assert (taken[-1], stream.remote, stream.strangers) == (7, ("::ffff:198.51.100.8", 31000), 3)
+
+
+async def test_a_reinvite_that_moves_the_media_moves_the_rtp() -> None:
+    async with sip_endpoint() as (relay, sip):
+        phone = await SipPhone(sip.port).open()
+        try:
+            _, answer = await phone.invite()
+            assert answer.status == 200
+            (call,) = sip.calls.values()
+            assert call.rtp.offered == ("127.0.0.1", phone.rtp_port)
+            phone.cseq += 1
+            moved = phone.offer().replace(f"m=audio {phone.rtp_port} ", "m=audio 4002 ")
+            head = phone._head("INVITE", phone.cseq, phone.remote_to, "z9hG4bKmoved")
+            phone._send(head + "Content-Type: application/sdp\n", moved)
+            again = await phone.next_message()
+            assert (again.status, again.body) == (200, answer.body)  # the same answer
+            assert call.rtp.offered == call.rtp.remote == ("127.0.0.1", 4002)
+            assert (await phone.bye()).status == 200
+            await relay.idle()
+        finally:
+            phone.close()
+
+
+async def test_listening_on_every_ipv6_address_takes_ipv4_callers_too() -> None:
+    """``::`` is a dual-stack socket: an IPv4 offer is reached at its mapped address (the
+    endpoint is not started: nothing listens beyond loopback)."""
+    async with fake_transceiver() as fake, running_relay([fake], sip_listen="[::]:0") as relay:
+        sip = SipEndpoint(relay.edge)
+        offer = sip._offer_of(parse(_invite("v4", 4000)))
+        assert (offer.address, offer.ip_version) == ("::ffff:127.0.0.1", 6)
+    async with fake_transceiver() as fake:
+        async with running_relay([fake], sip_listen="127.0.0.1:0") as relay:
+            sip = SipEndpoint(relay.edge)
+            v6 = _invite("v6", 4000).replace(b"IN IP4 127.0.0.1", b"IN IP6 ::1")
+            with pytest.raises(sdp.SdpError, match="IPv6, RTP here IPv4"):
+                sip._offer_of(parse(v6))
