@@ -39,7 +39,9 @@ def test_host_candidates_are_gathered_on_the_addresses_given(
     assert aioice.ice.get_host_addresses(False, True) == ["::1"]
 
 
-def test_loopback_only_takes_datagrams_from_loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_loopback_only_takes_datagrams_from_loopback_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A peer on this machine may send from its network address to 127.0.0.1: not
     answered (the answer would leave loopback)."""
     monkeypatch.setattr(aioice.ice, "get_host_addresses", aioice.ice.get_host_addresses)
