@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 MAX_INBOUND_PACKETS = 50  # 1 s of caller audio waiting for the session; more is dropped
 MAX_PAYLOAD_BYTES = 1600  # 200 ms of G.711; an empty or longer payload is dropped
+MAX_PENDING_KEYS = 64  # key presses waiting for the sidebands; more are dropped
 _RATE_HZ = 8000
 
 
@@ -76,6 +77,7 @@ class SipCall(Call):
         self.dtmf_count = 0
         self.dropped_packets = 0
         self._inbound: asyncio.Queue[bytes] = asyncio.Queue(MAX_INBOUND_PACKETS)
+        self._keys: asyncio.Queue[str] = asyncio.Queue(MAX_PENDING_KEYS)
 
     def start(self) -> None:
         self._heard = time.monotonic()
@@ -83,6 +85,7 @@ class SipCall(Call):
         self._spawn(self._end_when_idle())
         self._spawn(self._send_audio())
         self._spawn(self._receive_audio())
+        self._spawn(self._send_keys())
 
     def _sends_audio(self) -> bool:
         return self.offer.direction in ("sendrecv", "recvonly")
@@ -103,7 +106,10 @@ class SipCall(Call):
                     "event": key,
                     "received_at": int(time.time()),
                 }
-                self._spawn(self.broadcast(json.dumps(event)))
+                try:
+                    self._keys.put_nowait(json.dumps(event))
+                except asyncio.QueueFull:  # the sidebands are that far behind
+                    self.dropped_packets += 1
             return
         if packet.payload_type != self.offer.payload_type:
             return
@@ -135,6 +141,11 @@ class SipCall(Call):
                 await self._to_session(
                     json.dumps({"type": "input_audio_buffer.append", "audio": audio})
                 )
+
+    async def _send_keys(self) -> None:
+        """Key presses to the sidebands, one at a time and in order."""
+        while True:
+            await self.broadcast(await self._keys.get())
 
     # -- RTP out -----------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ import pytest
 
 import relay.sip.endpoint as endpoint_module
 from relay.sip import sdp
+from relay.sip.call import MAX_PENDING_KEYS, SipCall
 from relay.sip.endpoint import SipEndpoint
 from relay.sip.media import RtpStream, open_rtp
 from relay.sip.message import parse
@@ -215,3 +217,37 @@ async def test_listening_on_every_ipv6_address_takes_ipv4_callers_too() -> None:
             v6 = _invite("v6", 4000).replace(b"IN IP4 127.0.0.1", b"IN IP6 ::1")
             with pytest.raises(sdp.SdpError, match="IPv6, RTP here IPv4"):
                 sip._offer_of(parse(v6))
+
+
+class _Upstream:
+    """The session side of a call that is never started: nothing comes, sends are kept."""
+
+    async def send(self, message: str | bytes) -> None:
+        return None
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        return None
+
+
+async def test_key_presses_wait_in_order_and_a_flood_is_bounded() -> None:
+    """Sidebands slower than the caller's key presses: at most MAX_PENDING_KEYS wait (the
+    rest are dropped and counted), and they reach the sideband one at a time, in order."""
+    offer = sdp.Offer("127.0.0.1", 4000, 0, 101, "sendrecv")
+    call = SipCall("rtc_keys", "keys@test", _Upstream(), lambda c: None, offer, 20.0, 60.0)  # type: ignore[arg-type]
+    gate, heard = asyncio.Event(), []
+
+    async def slow_sideband(text: str) -> None:
+        await gate.wait()
+        heard.append(json.loads(text)["event"])
+
+    call.sidebands.add(slow_sideband)
+    call._spawn(call._send_keys())
+    presses = MAX_PENDING_KEYS + 36
+    for index in range(presses):  # one packet each, a new event (timestamp) each
+        payload = bytes([index % 10, 0x8A, 0, 160])
+        call.on_packet(RtpPacket(101, index, 160 * index, 1, payload))
+    assert (call.dtmf_count, call.dropped_packets) == (presses, 36)
+    gate.set()
+    await eventually(lambda: len(heard) == MAX_PENDING_KEYS, what="the keys sent")
+    assert heard == [str(index % 10) for index in range(MAX_PENDING_KEYS)]
+    await call.close()
