@@ -85,6 +85,16 @@ def _ip_version(host: str) -> int | None:
         return None
 
 
+def _unmapped(host: str) -> str:
+    """``::ffff:a.b.c.d`` (how a dual-stack socket writes an IPv4 peer) as ``a.b.c.d``."""
+    if host.startswith("::ffff:"):
+        with contextlib.suppress(ValueError):
+            mapped = ip_address(host).ipv4_mapped  # type: ignore[union-attr]
+            if mapped is not None:
+                return str(mapped)
+    return host
+
+
 def _hung_up(call_id: str) -> ApiError:
     return ApiError(404, f"The caller of '{call_id}' hung up.", "call_not_found")
 
@@ -160,8 +170,9 @@ class SipEndpoint:
         if not (invite.get("Via") and invite.call_id and invite.get("From") and invite.get("To")):
             peer.send(response_to(invite, 400, "Bad Request"))
             return
-        if not self._allowed(peer.address[0]):
-            log.warning("sip: INVITE from %s refused (--sip-allow)", peer.address[0])
+        caller = _unmapped(peer.address[0])  # an IPv4 caller on a dual-stack socket too
+        if not self._allowed(caller):
+            log.warning("sip: INVITE from %s refused (--sip-allow)", caller)
             peer.send(response_to(invite, 403, "Forbidden", "refused"))
             return
         if self.edge.live.draining or self._full():
@@ -175,14 +186,12 @@ class SipEndpoint:
             log.info("sip: INVITE %s refused: %s", invite.call_id, exc)
             peer.send(response_to(invite, 488, "Not Acceptable Here", "refused"))
             return
-        address = self.settings.sip_public_address or local_address_towards(
-            peer.address[0], self.host
-        )
+        address = self.settings.sip_public_address or local_address_towards(caller, self.host)
         dialog = Dialog(invite, peer, address, self.port)
         self.dialogs[invite.call_id] = dialog
         peer.send(response_to(invite, 100, "Trying"))
         call_id = call_id_for(self.edge.signer, self.edge.peer_url)
-        pending = Pending(call_id, dialog, offer, f"sip:{peer.address[0]}")
+        pending = Pending(call_id, dialog, offer, f"sip:{caller}")
         self.pending[call_id] = pending
         log_event(
             log,
@@ -208,7 +217,8 @@ class SipEndpoint:
             oldest = next(refused, None)
             if oldest is None:
                 return True
-            self._forget(oldest)  # its final response is no longer retransmitted
+            oldest.acked.set()  # its final response is no longer resent, nor waited on
+            self._forget(oldest)
         return False
 
     def _offer_of(self, invite: SipMessage) -> sdp.Offer:
@@ -239,7 +249,7 @@ class SipEndpoint:
         call = self.calls.get(dialog.call_id)
         with contextlib.suppress(sdp.SdpError, UnicodeDecodeError):  # no usable offer: as is
             offer = self._offer_of(invite)
-            if call is not None and (offer.address, offer.port) != call.rtp.offered:
+            if call is not None:
                 call.rtp.move((offer.address, offer.port))
         again = response_to(invite, 200, "OK", dialog.local_tag)
         again.headers += [("Contact", dialog.contact), ("Content-Type", "application/sdp")]

@@ -42,7 +42,7 @@ class RtpStream(asyncio.DatagramProtocol):
         self._types = {payload_type, dtmf_payload_type} - {None}
         self.strangers = 0  # packets dropped for coming from elsewhere
         self._learnt: tuple[str, int] | None = None
-        self.move(remote)
+        self.remote = self.offered = _as_source(remote)
         self.ssrc = secrets.randbits(32)
         self._sequence = secrets.randbits(16)
         self._timestamp = secrets.randbits(32)
@@ -68,16 +68,19 @@ class RtpStream(asyncio.DatagramProtocol):
         self.on_packet(packet)
 
     def move(self, remote: tuple[str, int]) -> None:
-        """The caller's media is at ``remote`` now (its SDP's): its source is learnt again."""
-        family = socket.AF_INET6 if ip_address(remote[0]).version == 6 else socket.AF_INET
-        host = socket.inet_ntop(family, socket.inet_pton(family, remote[0]))  # as a source is
-        self.remote = self.offered = (host, remote[1])
-        self._learnt = None
+        """The caller's media is at ``remote`` now (its SDP's): its source is learnt again.
+        The same address again (a session refresh) changes nothing, nor does an
+        unspecified one (``0.0.0.0``: a hold, RFC 3264 section 8.4)."""
+        moved = _as_source(remote)
+        if moved != self.offered and moved[0] not in _NOWHERE:
+            self.remote = self.offered = moved
+            self._learnt = None
 
     def send(self, payload: bytes) -> None:
         """One 20 ms frame of G.711."""
-        if self._transport is None or self._transport.is_closing():
-            return
+        transport = self._transport
+        if transport is None or transport.is_closing() or self.remote[0] in _NOWHERE:
+            return  # (an offer of 0.0.0.0: until the caller's own packets come)
         packet = RtpPacket(
             self.payload_type, self._sequence, self._timestamp, self.ssrc, payload, self._first
         )
@@ -85,13 +88,22 @@ class RtpStream(asyncio.DatagramProtocol):
         self._sequence = (self._sequence + 1) & 0xFFFF
         self._timestamp = (self._timestamp + FRAME_SAMPLES) & 0xFFFFFFFF
         try:
-            self._transport.sendto(packet.to_bytes(), self.remote)
+            transport.sendto(packet.to_bytes(), self.remote)
         except (OSError, ValueError) as exc:  # unreachable: the RTP timeout ends the call
             log.debug("rtp: send to %s failed: %r", self.remote, exc)
 
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+
+_NOWHERE = ("0.0.0.0", "::", "::ffff:0.0.0.0")  # unspecified, as inet_ntop writes them
+
+
+def _as_source(remote: tuple[str, int]) -> tuple[str, int]:
+    """``remote`` as the kernel writes a packet's source (IPv6 forms vary)."""
+    family = socket.AF_INET6 if ip_address(remote[0]).version == 6 else socket.AF_INET
+    return socket.inet_ntop(family, socket.inet_pton(family, remote[0])), remote[1]
 
 
 def parse_ports(text: str) -> tuple[int, int]:

@@ -83,6 +83,8 @@ def parse_offer(text: str) -> Offer:
     if not address:
         raise SdpError("the offer has no connection address")
     try:
+        if "%" in address:  # a scope (fe80::1%eth0) names an interface of the caller's
+            raise ValueError(address)
         ip_address(address)
     except ValueError:  # a name would need a lookup: RTP goes to an address
         raise SdpError(f"the offer's address {address!r} is not an IP address") from None

@@ -106,5 +106,7 @@ def test_numbers_are_ascii_digits() -> None:
 def test_an_offer_names_an_ip_address() -> None:
     with pytest.raises(sdp.SdpError, match="not an IP address"):
         sdp.parse_offer(OFFER.replace("IN IP4 127.0.0.1", "IN IP4 phone.example"))
+    with pytest.raises(sdp.SdpError, match="not an IP address"):  # a scope: the caller's
+        sdp.parse_offer(OFFER.replace("IN IP4 127.0.0.1", "IN IP6 fe80::1%eth0"))
     assert sdp.parse_offer(OFFER.replace("IN IP4 127.0.0.1", "IN IP6 ::1")).ip_version == 6
     assert sdp.parse_offer(OFFER).ip_version == 4

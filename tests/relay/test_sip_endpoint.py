@@ -16,7 +16,7 @@ import pytest
 import relay.sip.endpoint as endpoint_module
 from relay.sip import sdp
 from relay.sip.call import MAX_PENDING_KEYS, SipCall
-from relay.sip.endpoint import SipEndpoint
+from relay.sip.endpoint import SipEndpoint, _unmapped
 from relay.sip.media import RtpStream, open_rtp
 from relay.sip.message import parse
 from relay.sip.rtp import RtpPacket
@@ -103,7 +103,7 @@ async def test_dialogs_never_acked_are_bounded(monkeypatch: pytest.MonkeyPatch) 
             with socket.socket(type=socket.SOCK_DGRAM) as caller:
                 caller.bind(("127.0.0.1", 0))
                 caller.setblocking(False)
-                finals = []
+                finals, first = [], None
                 for index in range(6):
                     call_id = f"c{index}"
                     await loop.sock_sendto(caller, _invite(call_id, 4000), ("127.0.0.1", sip.port))
@@ -112,9 +112,11 @@ async def test_dialogs_never_acked_are_bounded(monkeypatch: pytest.MonkeyPatch) 
                         if reply.call_id == call_id and reply.status >= 200:
                             break
                     finals.append(reply.status)
+                    first = first or sip.dialogs["c0"]
                     assert len(sip.dialogs) <= 3
             assert finals == [480] * 6
             assert sorted(sip.dialogs) == ["c3", "c4", "c5"]
+            assert first is not None and first.acked.is_set()  # nothing waits on it now
 
 
 async def test_a_tcp_peer_that_reads_nothing_is_cut_off(caplog: pytest.LogCaptureFixture) -> None:
@@ -175,12 +177,17 @@ async def test_rtp_takes_the_learnt_source_and_the_sdps_address_only() -> None:
     assert stream.remote == sdp_address
     stream.datagram_received(packet(6), nat)  # and does not shut the learnt source out
     assert (taken, stream.remote) == ([2, 5, 6], nat)
+    # A refresh (the same address) and a hold (no address) change nothing.
+    stream.move(("192.0.2.10", 4000))
+    stream.move(("0.0.0.0", 4000))
+    stream.datagram_received(packet(9), stranger)
+    assert (stream.remote, stream.offered, stream.strangers) == (nat, sdp_address, 3)
     # A re-INVITE moving the media: learnt again (an IPv4 caller on a dual-stack socket).
     stream.move(("::ffff:192.0.2.20", 5000))
     assert stream.offered == stream.remote == ("::ffff:192.0.2.20", 5000)
     stream.datagram_received(packet(7), ("::ffff:198.51.100.8", 31000))
     stream.datagram_received(packet(8), nat)
-    assert (taken[-1], stream.remote, stream.strangers) == (7, ("::ffff:198.51.100.8", 31000), 3)
+    assert (taken[-1], stream.remote, stream.strangers) == (7, ("::ffff:198.51.100.8", 31000), 4)
 
 
 async def test_a_reinvite_that_moves_the_media_moves_the_rtp() -> None:
@@ -196,6 +203,8 @@ async def test_a_reinvite_that_moves_the_media_moves_the_rtp() -> None:
             head = phone._head("INVITE", phone.cseq, phone.remote_to, "z9hG4bKmoved")
             phone._send(head + "Content-Type: application/sdp\n", moved)
             again = await phone.next_message()
+            while again.headers["cseq"] != f"{phone.cseq} INVITE":  # a late resent 200
+                again = await phone.next_message()
             assert (again.status, again.body) == (200, answer.body)  # the same answer
             assert call.rtp.offered == call.rtp.remote == ("127.0.0.1", 4002)
             assert (await phone.bye()).status == 200
@@ -211,6 +220,8 @@ async def test_listening_on_every_ipv6_address_takes_ipv4_callers_too() -> None:
         sip = SipEndpoint(relay.edge)
         offer = sip._offer_of(parse(_invite("v4", 4000)))
         assert (offer.address, offer.ip_version) == ("::ffff:127.0.0.1", 6)
+        # The caller's address as --sip-allow and the answer see it: IPv4.
+        assert _unmapped("::ffff:192.0.2.1") == "192.0.2.1" and _unmapped("::1") == "::1"
     async with fake_transceiver() as fake:
         async with running_relay([fake], sip_listen="127.0.0.1:0") as relay:
             sip = SipEndpoint(relay.edge)
