@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.servers import relay_server
+from tests.waiting import run_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,12 +66,9 @@ def test_readme_snippet_runs_against_a_server() -> None:
     code = snippet.group(1)
     assert "http://127.0.0.1:8000/v1" in code
     with relay_server("--backend", "mock", "--mock-first-delta-ms", "0") as server:
-        run = subprocess.run(
+        run = run_process(
             [sys.executable, "-c", code.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+            60,
         )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "Say hello!"  # the mock echoes

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from tests.clients.tls import Tls
 from tests.e2e.client import silence, speech
 from tests.invariants import check_stream
 from tests.servers import RunningServer
+from tests.waiting import run_process
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,14 +47,7 @@ def speech_pcm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_node(
     node_dir: Path, script: str, scenario: str, env: dict[str, str]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    proc = subprocess.run(
-        ["node", script, scenario],
-        cwd=node_dir,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=45,
-    )
+    proc = run_process(["node", script, scenario], 45, cwd=node_dir, env={**os.environ, **env})
     output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(results) == 1, output

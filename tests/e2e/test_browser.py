@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import wave
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.e2e.client import silence, speech
-from tests.servers import RunningServer, free_port
+from tests.servers import RunningServer
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -38,38 +39,60 @@ def chromium() -> str:
     return path
 
 
+@dataclass
+class Chromium:
+    process: subprocess.Popen[bytes]
+    profile: Path
+    log: Path
+
+    def debugging_port(self) -> int | None:
+        """The DevTools port Chromium chose (``--remote-debugging-port=0``), once it has
+        written it; fails with Chromium's own output if Chromium has exited."""
+        if self.process.poll() is not None:
+            said = self.log.read_text(errors="replace").splitlines()[-30:]
+            raise AssertionError("chromium exited:\n" + "\n".join(said))
+        with contextlib.suppress(FileNotFoundError, ValueError, IndexError):
+            return int((self.profile / "DevToolsActivePort").read_text().splitlines()[0])
+        return None
+
+
 @contextlib.contextmanager
-def browser(url: str, wav: Path, profile: Path) -> Iterator[int]:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            chromium(),
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--allow-loopback-in-peer-connection",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
-            "--use-fake-ui-for-media-stream",
-            "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={wav}",
-            "--autoplay-policy=no-user-gesture-required",
-            "--window-size=1500,1000",
-            f"--remote-debugging-port={port}",
-            url,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def browser(url: str, wav: Path, profile: Path) -> Iterator[Chromium]:
+    log = profile.parent / "chromium.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [
+                chromium(),
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--allow-loopback-in-peer-connection",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={wav}",
+                "--autoplay-policy=no-user-gesture-required",
+                "--window-size=1500,1000",
+                "--remote-debugging-port=0",  # Chromium picks one: DevToolsActivePort
+                url,
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        yield port
+        yield Chromium(process, profile, log)
     finally:
         process.terminate()
-        process.wait(10)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 # The local and remote addresses of the call's selected ICE candidate pair.
@@ -116,11 +139,14 @@ class Page:
 
 
 @contextlib.asynccontextmanager
-async def open_page(port: int, url: str) -> AsyncIterator[Page]:
+async def open_page(chromium: Chromium, url: str) -> AsyncIterator[Page]:
     """The DevTools connection to the tab showing ``url`` (not a blank tab Chromium may
     open first), once the playground's scripts have run."""
 
     async def page_target() -> str | None:
+        port = chromium.debugging_port()
+        if port is None:
+            return None
         with contextlib.suppress(httpx.HTTPError, OSError):
             async with httpx.AsyncClient() as http:
                 targets = (await http.get(f"http://127.0.0.1:{port}/json/list")).json()
@@ -164,8 +190,8 @@ def set_field(element_id: str, value: str) -> str:
 async def test_playground_runs_a_whole_call(mock_server: RunningServer, tmp_path: Path) -> None:
     wav = question_wav(tmp_path / "question.wav")
     url = f"http://127.0.0.1:{mock_server.port}/"
-    with browser(url, wav, tmp_path / "profile") as port:
-        async with open_page(port, url) as page:
+    with browser(url, wav, tmp_path / "profile") as chromium:
+        async with open_page(chromium, url) as page:
             await settings_before_the_call(page)
             await a_spoken_turn(page)
             await a_typed_turn_with_a_tool_call(page)

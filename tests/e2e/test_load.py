@@ -10,16 +10,11 @@ from pathlib import Path
 
 from tests.e2e.conftest import MOCK_ARGS
 from tests.servers import RunningServer, relay_server
+from tests.waiting import run_process
 
 
 def load(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "relay.cli", "load", "--url", url, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_process([sys.executable, "-m", "relay.cli", "load", "--url", url, *args], 120)
 
 
 def test_audio_load_figures(mock_server: RunningServer, tmp_path: Path) -> None:

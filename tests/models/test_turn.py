@@ -28,6 +28,7 @@ from models.turn import (
     TurnError,
     bundled_turn_model_path,
 )
+from tests.waiting import run_process
 from transceiver.settings import TransceiverSettings
 
 pytestmark = pytest.mark.models
@@ -198,7 +199,7 @@ def test_the_bundled_model_and_its_license_are_installed() -> None:
 
 def fetch(*args: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, str(FETCH), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    return run_process(command, 60)
 
 
 def test_fetch_is_idempotent_without_the_network() -> None:
