@@ -281,13 +281,18 @@ class SipEndpoint:
             peer.send(response_to(bye, 481, "Call/Transaction Does Not Exist"))
             return
         peer.send(response_to(bye, 200, "OK", dialog.local_tag))
-        dialog.remote_ended = True
-        dialog.state = DialogState.ENDED
         call = self.calls.get(bye.call_id)
         if call is not None:
             log_event(log, "sip.bye", conn=call.id, by="caller")
             self._spawn(call.close())
         pending = self._pending_of(dialog)
+        if pending is not None and dialog.state is DialogState.PENDING:
+            # An early dialog's BYE: its INVITE still gets its final answer (RFC 3261
+            # section 15.1.2), and the dialog goes once that is ACKed.
+            self._refuse(pending, 487, "Request Terminated")
+            return
+        dialog.remote_ended = True
+        dialog.state = DialogState.ENDED
         if pending is not None:
             self.pending.pop(pending.call_id, None)
             pending.decided.set()

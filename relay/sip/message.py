@@ -60,6 +60,15 @@ class SipParseError(ValueError):
     """Bytes that are not one well-formed SIP message."""
 
 
+class SipTruncated(SipParseError):
+    """A datagram that ends before the body its Content-Length announces (RFC 3261 section
+    18.3: a request is answered 400, a response dropped); ``message`` as far as it came."""
+
+    def __init__(self, message: SipMessage) -> None:
+        super().__init__("the body is shorter than its Content-Length")
+        self.message = message
+
+
 def header_name(name: str) -> str:
     name = name.strip()
     lower = name.lower()
@@ -172,6 +181,8 @@ def parse(data: bytes) -> SipMessage:
         message.headers.append((header_name(name), value.strip()))
     length = content_length(message)
     message.body = body[:length] if length is not None else body
+    if length is not None and len(body) < length:
+        raise SipTruncated(message)
     return message
 
 

@@ -15,8 +15,10 @@ from typing import Protocol, cast
 from relay.sip.message import (
     SipMessage,
     SipParseError,
+    SipTruncated,
     content_length,
     parse,
+    response_to,
 )
 
 log = logging.getLogger(__name__)
@@ -82,13 +84,18 @@ class _Udp(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if not data.strip() or self.transport is None:
             return  # RFC 5626 keep-alive (CRLF)
+        peer = UdpPeer(self.transport, (addr[0], addr[1]))
         try:
             message = parse(data)
+        except SipTruncated as exc:
+            if exc.message.is_request and exc.message.call_id:
+                peer.send(response_to(exc.message, 400, "Bad Request"))
+            return
         except SipParseError as exc:
             log.debug("sip: dropped a datagram from %s: %s", addr[0], exc)
             return
         try:
-            self.receiver.receive(message, UdpPeer(self.transport, (addr[0], addr[1])))
+            self.receiver.receive(message, peer)
         except Exception:  # a bug: logged, and the socket goes on
             log.exception("sip: a message from %s failed", addr[0])
 

@@ -44,9 +44,9 @@ async def sip_endpoint(**settings: str) -> AsyncIterator[tuple[RunningRelay, Sip
                 await sip.stop()
 
 
-def _invite(call_id: str, rtp_port: int) -> bytes:
+def _invite(call_id: str, rtp_port: int, address: str = "IP4 127.0.0.1") -> bytes:
     body = (
-        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        f"v=0\r\no=- 1 1 IN {address}\r\ns=-\r\nc=IN {address}\r\nt=0 0\r\n"
         f"m=audio {rtp_port} RTP/AVP 0\r\n"
     )
     head = (
@@ -225,7 +225,7 @@ async def test_listening_on_every_ipv6_address_takes_ipv4_callers_too() -> None:
     async with fake_transceiver() as fake:
         async with running_relay([fake], sip_listen="127.0.0.1:0") as relay:
             sip = SipEndpoint(relay.edge)
-            v6 = _invite("v6", 4000).replace(b"IN IP4 127.0.0.1", b"IN IP6 ::1")
+            v6 = _invite("v6", 4000, "IP6 ::1")
             with pytest.raises(sdp.SdpError, match="IPv6, RTP here IPv4"):
                 sip._offer_of(parse(v6))
 
@@ -262,3 +262,48 @@ async def test_key_presses_wait_in_order_and_a_flood_is_bounded() -> None:
     await eventually(lambda: len(heard) == MAX_PENDING_KEYS, what="the keys sent")
     assert heard == [str(index % 10) for index in range(MAX_PENDING_KEYS)]
     await call.close()
+
+
+async def test_a_short_datagram_and_a_bye_while_ringing_are_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request whose body is shorter than its Content-Length gets 400 (RFC 3261 section
+    18.3); a BYE while the INVITE waits for the app's decision gets 200, and the INVITE
+    its 487 (section 15.1.2)."""
+
+    async def delivered(*args: object) -> None:  # the webhook: the app will decide later
+        return None
+
+    monkeypatch.setattr(endpoint_module, "post_event", delivered)
+    async with sip_endpoint(sip_webhook_url="http://127.0.0.1:9/unused") as (_, sip):
+        loop = asyncio.get_running_loop()
+        with socket.socket(type=socket.SOCK_DGRAM) as caller:
+            caller.bind(("127.0.0.1", 0))
+            caller.setblocking(False)
+            to_sip = ("127.0.0.1", sip.port)
+
+            async def final(call_id: str, method: str) -> int:
+                async with asyncio.timeout(10):
+                    while True:
+                        reply = parse(await loop.sock_recv(caller, 65536))
+                        if (reply.call_id, reply.cseq[1]) == (call_id, method):
+                            if reply.status >= 200:
+                                return reply.status
+
+            short = _invite("short", 4000).replace(b"Content-Length: ", b"Content-Length: 9")
+            await loop.sock_sendto(caller, short, to_sip)
+            assert await final("short", "INVITE") == 400
+            await loop.sock_sendto(caller, _invite("ringing", 4000), to_sip)
+            await eventually(lambda: sip.pending, what="the call waiting for the app")
+            bye = (
+                _invite("ringing", 4000)
+                .split(b"\r\n\r\n")[0]
+                .replace(b"INVITE sip:", b"BYE sip:")
+                .replace(b"CSeq: 1 INVITE", b"CSeq: 2 BYE")
+                .replace(b"Content-Type: application/sdp\r\n", b"")
+            )
+            bye = bye.split(b"Content-Length:")[0] + b"Content-Length: 0\r\n\r\n"
+            await loop.sock_sendto(caller, bye, to_sip)
+            assert await final("ringing", "BYE") == 200
+            assert await final("ringing", "INVITE") == 487
+            assert not sip.pending
