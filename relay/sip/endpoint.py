@@ -281,6 +281,8 @@ class SipEndpoint:
             peer.send(response_to(bye, 481, "Call/Transaction Does Not Exist"))
             return
         peer.send(response_to(bye, 200, "OK", dialog.local_tag))
+        if dialog.state is DialogState.REJECTED:  # this BYE again: its INVITE has its 487
+            return
         call = self.calls.get(bye.call_id)
         if call is not None:
             log_event(log, "sip.bye", conn=call.id, by="caller")
@@ -411,6 +413,7 @@ class SipEndpoint:
             await call.close()
             raise ApiError(503, "No RTP port is free for this call.", "no_rtp_port") from None
         if pending.dialog.state is not DialogState.PENDING:  # a CANCEL or BYE meanwhile
+            call.rtp.close()  # (a BYE's close may have run before the socket was there)
             await call.close()
             raise _hung_up(call_id)
         self.pending.pop(call_id, None)

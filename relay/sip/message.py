@@ -156,8 +156,10 @@ def split_head(data: bytes) -> tuple[bytes, bytes] | None:
     return data[:end], data[end + 4 :]
 
 
-def parse(data: bytes) -> SipMessage:
-    """One whole message (a datagram, or a stream frame cut by :func:`content_length`)."""
+def parse(data: bytes, datagram: bool = False) -> SipMessage:
+    """One message: a ``datagram`` (:class:`SipTruncated` when it ends before its body
+    does), or a stream's head, whose body the stream reader then takes by
+    :func:`content_length`."""
     if len(data) > MAX_MESSAGE_BYTES:
         raise SipParseError("message too large")
     parts = split_head(data)
@@ -181,7 +183,7 @@ def parse(data: bytes) -> SipMessage:
         message.headers.append((header_name(name), value.strip()))
     length = content_length(message)
     message.body = body[:length] if length is not None else body
-    if length is not None and len(body) < length:
+    if datagram and length is not None and len(body) < length:
         raise SipTruncated(message)
     return message
 

@@ -86,10 +86,12 @@ class _Udp(asyncio.DatagramProtocol):
             return  # RFC 5626 keep-alive (CRLF)
         peer = UdpPeer(self.transport, (addr[0], addr[1]))
         try:
-            message = parse(data)
+            message = parse(data, datagram=True)
         except SipTruncated as exc:
-            if exc.message.is_request and exc.message.call_id:
-                peer.send(response_to(exc.message, 400, "Bad Request"))
+            request = exc.message  # answerable: a request (no ACK) with what a reply copies
+            headers = ("Via", "From", "To", "CSeq", "Call-ID")
+            if request.method not in ("", "ACK") and all(request.get(h) for h in headers):
+                peer.send(response_to(request, 400, "Bad Request", "refused"))
             return
         except SipParseError as exc:
             log.debug("sip: dropped a datagram from %s: %s", addr[0], exc)

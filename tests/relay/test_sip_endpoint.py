@@ -307,3 +307,11 @@ async def test_a_short_datagram_and_a_bye_while_ringing_are_answered(
             assert await final("ringing", "BYE") == 200
             assert await final("ringing", "INVITE") == 487
             assert not sip.pending
+        # Over TCP the head is parsed before the body is read: a body is no truncation.
+        reader, writer = await asyncio.open_connection(*to_sip)
+        writer.write(_invite("over-tcp", 4000).replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP"))
+        async with asyncio.timeout(10):
+            head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"SIP/2.0 100 Trying") and b"Call-ID: over-tcp" in head
+        writer.close()
+        await writer.wait_closed()
