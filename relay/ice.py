@@ -22,21 +22,37 @@ import aioice.ice
 _RECEIVE = aioice.ice.StunProtocol.datagram_received
 
 
+def host_address(text: str) -> str:
+    """``text`` as an address host candidates can be gathered on; ``ValueError`` if it is
+    no IP address, or one no interface has (unspecified, multicast)."""
+    try:
+        address = ip_address(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address") from None
+    if address.is_unspecified or address.is_multicast:
+        raise ValueError(f"{text!r} is not an address of this machine's")
+    return str(address)
+
+
 def use_host_addresses(addresses: Sequence[str]) -> None:
-    """Gather host candidates on ``addresses`` only (IPv4 and IPv6 as aioice asks). When
-    they are all loopback addresses, datagrams from any other source are dropped too: a
-    peer on this machine may send from its own network address to 127.0.0.1, and an
-    answer to that address would leave loopback."""
-    pinned = [str(ip_address(address)) for address in addresses]
+    """Gather host candidates on ``addresses`` only (IPv4 and IPv6 as aioice asks);
+    ``ValueError`` (:func:`host_address`) for one that cannot be. When they are all
+    loopback addresses, datagrams from any other source are dropped too: a peer on this
+    machine may send from its own network address to 127.0.0.1, and an answer to that
+    address would leave loopback."""
+    pinned = [(address, ip_address(address).version) for address in map(host_address, addresses)]
 
     def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
         wanted = {4: use_ipv4, 6: use_ipv6}
-        return [address for address in pinned if wanted[ip_address(address).version]]
+        return [address for address, version in pinned if wanted[version]]
 
     aioice.ice.get_host_addresses = host_addresses
-    loopback = bool(pinned) and all(ip_address(address).is_loopback for address in pinned)
-    receive = _from_loopback if loopback else _RECEIVE
+    receive = _from_loopback if _loopback_only(addresses) else _RECEIVE
     aioice.ice.StunProtocol.datagram_received = receive  # type: ignore[method-assign,assignment]
+
+
+def _loopback_only(addresses: Sequence[str]) -> bool:
+    return bool(addresses) and all(ip_address(address).is_loopback for address in addresses)
 
 
 def _from_loopback(
@@ -54,7 +70,7 @@ def reachable_candidates(sdp: str, addresses: Sequence[str]) -> str:
     """``sdp`` without the ``a=candidate`` lines that ``addresses`` cannot reach: when
     every one of them is a loopback address, the candidates that are not (an mDNS name
     included). Anything else is left as it is."""
-    if not addresses or not all(ip_address(a).is_loopback for a in addresses):
+    if not _loopback_only(addresses):
         return sdp
     kept = [line for line in sdp.split("\n") if not _elsewhere(line.rstrip("\r"))]
     return "\n".join(kept)

@@ -33,7 +33,7 @@ from relay.sip import sdp
 from relay.sip.call import SipCall
 from relay.sip.dialog import ALLOW, Dialog, DialogState
 from relay.sip.media import NoRtpPort, local_address_towards, open_rtp, parse_ports
-from relay.sip.message import SipMessage, response_to
+from relay.sip.message import SipMessage, is_number, response_to
 from relay.sip.transport import Peer, SipTransports
 from relay.sip.webhook import WebhookError, incoming_event, post_event
 from relay.webrtc import Call
@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 
 MAX_PENDING_CALLS = 256  # INVITEs waiting for accept or reject; more get 503
 # Dialogs that are not a call: pending, or refused (or cancelled, or hung up) and waiting
-# for their ACK or the end of their retransmissions (up to 32 s each); more INVITEs get 503.
+# for their ACK or the end of their retransmissions (up to 32 s each). Past this the
+# oldest refused ones are forgotten; only when all are pending do INVITEs get 503.
 MAX_IDLE_DIALOGS = 4 * MAX_PENDING_CALLS
 _CODECS = {"PCMU": AudioFormatType.PCMU, "PCMA": AudioFormatType.PCMA}
 
@@ -61,7 +62,7 @@ def parse_allow(text: str | None) -> list[IPv4Network | IPv6Network] | None:
 def parse_listen(text: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` too); ``ValueError`` if not."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+    if not sep or not is_number(port) or not 0 <= int(port) < 65536:
         raise ValueError(f"{text!r} is not HOST:PORT")
     return host.strip("[]") or "0.0.0.0", int(port)
 
@@ -212,14 +213,14 @@ class SipEndpoint:
         not calls once the oldest refused ones (waiting for their ACK) are forgotten."""
         if len(self.pending) >= MAX_PENDING_CALLS:
             return True
-        refused = iter([d for d in self.dialogs.values() if d.state is DialogState.REJECTED])
-        while len(self.dialogs) - len(self.calls) >= MAX_IDLE_DIALOGS:
-            oldest = next(refused, None)
-            if oldest is None:
-                return True
+        excess = len(self.dialogs) - len(self.calls) - MAX_IDLE_DIALOGS + 1
+        if excess <= 0:
+            return False
+        refused = [d for d in self.dialogs.values() if d.state is DialogState.REJECTED]
+        for oldest in refused[:excess]:
             oldest.acked.set()  # its final response is no longer resent, nor waited on
             self._forget(oldest)
-        return False
+        return len(refused) < excess
 
     def _offer_of(self, invite: SipMessage) -> sdp.Offer:
         """The caller's audio offer, for an RTP socket of this host; ``SdpError`` (488)."""
