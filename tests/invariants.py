@@ -110,63 +110,85 @@ def check_stream(
     """
     assert events, "no events"
     assert ga_type(events[0], beta) == "session.created", events[0]
+    checker = _StreamChecker(beta)
     seen_ids: set[str] = set()
-    responses: dict[str, dict[str, Any]] = {}
-    finished: set[str] = set()
-    default_active: str | None = None
-    out_of_band_items: set[str] = set()
-    speech: dict[str, str] = {}
     for event in events:
-        etype = ga_type(event, beta)
         event_id = event.get("event_id")
         assert isinstance(event_id, str) and event_id.startswith("event_"), event
         assert event_id not in seen_ids, f"duplicate event_id {event_id}"
         seen_ids.add(event_id)
         if sdk:
             validate_with_sdk(event, beta)
+        checker.event(ga_type(event, beta), event)
+    if not allow_open:
+        assert not checker.responses, f"responses without response.done: {list(checker.responses)}"
+
+
+class _StreamChecker:
+    """The state of :func:`check_stream` across one stream: the open responses, their
+    items and parts, and the VAD events' item."""
+
+    def __init__(self, beta: bool) -> None:
+        self.beta = beta
+        self.responses: dict[str, dict[str, Any]] = {}
+        self.finished: set[str] = set()
+        self.default_active: str | None = None  # the default conversation's response
+        self.out_of_band_items: set[str] = set()
+        self.speech: dict[str, str] = {}
+
+    def event(self, etype: str, event: dict[str, Any]) -> None:
         if etype.startswith("conversation.item.") and isinstance(event.get("item"), dict):
-            assert event["item"]["id"] not in out_of_band_items, "out-of-band item in conversation"
+            item_id = event["item"]["id"]
+            assert item_id not in self.out_of_band_items, "out-of-band item in conversation"
         if etype.startswith("output_audio_buffer."):
-            continue  # playback: may outlast response.done
+            return  # playback: may outlast response.done
         if etype == "response.created":
-            response = event["response"]
-            rid = response["id"]
-            assert rid not in responses and rid not in finished, f"response {rid} created twice"
-            assert response["status"] == "in_progress" and response["output"] == []
-            assert response["usage"] is None
-            fmt = (
-                response.get("output_audio_format")
-                if beta
-                else response["audio"]["output"]["format"]["type"]
-            )
-            responses[rid] = {
-                "items": {},
-                "parts": set(),
-                "text": {},
-                "done_items": [],
-                "next": 0,
-                "oob": response["conversation_id"] is None,
-                "pcm": fmt in ("audio/pcm", "pcm16"),
-            }
-            if response["conversation_id"] is not None:
-                assert default_active is None, f"{rid} while {default_active} is active"
-                default_active = rid
-            continue
-        rid = event.get("response_id")
-        if etype == "response.done":
-            rid = event["response"]["id"]
+            self.created(event["response"])
+            return
+        rid = event["response"]["id"] if etype == "response.done" else event.get("response_id")
         if rid is None:
-            _check_vad_event(etype, event, speech)
-            continue
-        assert rid not in finished, f"{etype} after response.done of {rid}"
-        assert rid in responses, f"{etype} before response.created of {rid}"
-        state = responses[rid]
+            _check_vad_event(etype, event, self.speech)
+            return
+        assert rid not in self.finished, f"{etype} after response.done of {rid}"
+        assert rid in self.responses, f"{etype} before response.created of {rid}"
+        if etype == "response.done":
+            self.done(rid, event["response"])
+        else:
+            self.within(self.responses[rid], etype, event)
+
+    def created(self, response: dict[str, Any]) -> None:
+        rid = response["id"]
+        assert rid not in self.responses and rid not in self.finished, (
+            f"response {rid} created twice"
+        )
+        assert response["status"] == "in_progress" and response["output"] == []
+        assert response["usage"] is None
+        fmt = (
+            response.get("output_audio_format")
+            if self.beta
+            else response["audio"]["output"]["format"]["type"]
+        )
+        self.responses[rid] = {
+            "items": {},
+            "parts": set(),
+            "text": {},
+            "done_items": [],
+            "next": 0,
+            "oob": response["conversation_id"] is None,
+            "pcm": fmt in ("audio/pcm", "pcm16"),
+        }
+        if response["conversation_id"] is not None:
+            assert self.default_active is None, f"{rid} while {self.default_active} is active"
+            self.default_active = rid
+
+    def within(self, state: dict[str, Any], etype: str, event: dict[str, Any]) -> None:
+        """An event of an open response, before its ``response.done``."""
         if etype == "response.output_item.added":
             assert event["output_index"] == state["next"], "output_index must count up from 0"
             state["next"] += 1
             state["items"][event["output_index"]] = event["item"]["id"]
             if state["oob"]:
-                out_of_band_items.add(event["item"]["id"])
+                self.out_of_band_items.add(event["item"]["id"])
         elif etype == "response.output_item.done":
             assert state["items"].pop(event["output_index"]) == event["item"]["id"]
             state["done_items"].append(event["item"])
@@ -189,22 +211,20 @@ def check_stream(
             assert state["text"].pop((delta_type, event["item_id"]), "") == event[name], (
                 f"{etype}: deltas do not add up to the done value"
             )
-        elif etype == "response.done":
-            response = event["response"]
-            assert not state["items"], f"output items without .done in {rid}: {state['items']}"
-            assert not state["parts"], f"content parts without .done in {rid}: {state['parts']}"
-            assert response["status"] in _TERMINAL, response["status"]
-            assert response["output"] == state["done_items"], "done output != output_item.done"
-            assert response["usage"] is not None
-            for item in response["output"]:
-                for part in item.get("content", []):
-                    assert "audio" not in part, "response.done carries audio bytes"
-            del responses[rid]
-            finished.add(rid)
-            if default_active == rid:
-                default_active = None
-    if not allow_open:
-        assert not responses, f"responses without response.done: {list(responses)}"
+
+    def done(self, rid: str, response: dict[str, Any]) -> None:
+        state = self.responses.pop(rid)
+        assert not state["items"], f"output items without .done in {rid}: {state['items']}"
+        assert not state["parts"], f"content parts without .done in {rid}: {state['parts']}"
+        assert response["status"] in _TERMINAL, response["status"]
+        assert response["output"] == state["done_items"], "done output != output_item.done"
+        assert response["usage"] is not None
+        for item in response["output"]:
+            for part in item.get("content", []):
+                assert "audio" not in part, "response.done carries audio bytes"
+        self.finished.add(rid)
+        if self.default_active == rid:
+            self.default_active = None
 
 
 def _check_vad_event(etype: str, event: dict[str, Any], speech: dict[str, str]) -> None:
