@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from typing import Protocol, cast
 
 from relay.sip.message import (
@@ -24,6 +25,8 @@ from relay.sip.message import (
 log = logging.getLogger(__name__)
 
 MAX_TCP_CONNECTIONS = 256
+# From one IP address, so that one host cannot take every connection from the others.
+MAX_TCP_CONNECTIONS_PER_ADDRESS = 32
 TCP_IDLE_TIMEOUT_S = 600.0  # a connection with no message for this long is closed
 # Responses a TCP peer has not read; past this the peer is not reading and is cut off.
 MAX_TCP_UNSENT_BYTES = 256 * 1024
@@ -110,6 +113,7 @@ class SipTransports:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._per_address: Counter[str] = Counter()  # open connections by the peer's IP
         self.port = 0
 
     async def start(self, host: str, port: int) -> None:
@@ -138,13 +142,19 @@ class SipTransports:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        name = writer.get_extra_info("peername")
+        peer = TcpPeer(writer, (str(name[0]), int(name[1])))
+        host = peer.address[0]
         if len(self._connections) >= MAX_TCP_CONNECTIONS:
-            log.warning("sip: too many TCP connections; one is refused")
+            log.warning("sip: too many TCP connections; one from %s is refused", host)
+            writer.close()
+            return
+        if self._per_address[host] >= MAX_TCP_CONNECTIONS_PER_ADDRESS:
+            log.warning("sip: too many TCP connections from %s; one is refused", host)
             writer.close()
             return
         self._connections[task] = writer
-        name = writer.get_extra_info("peername")
-        peer = TcpPeer(writer, (str(name[0]), int(name[1])))
+        self._per_address[host] += 1
         try:
             while True:
                 async with asyncio.timeout(TCP_IDLE_TIMEOUT_S):
@@ -158,6 +168,9 @@ class SipTransports:
             log.exception("sip: a TCP connection from %s failed", peer.address[0])
         finally:
             self._connections.pop(task, None)
+            self._per_address[host] -= 1
+            if not self._per_address[host]:
+                del self._per_address[host]
             writer.close()
             try:  # a peer that reads nothing would hold its responses, and this task, forever
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 import relay.sip.endpoint as endpoint_module
+import relay.sip.transport as transport_module
 from relay.sip import sdp
 from relay.sip.call import MAX_PENDING_KEYS, SipCall
 from relay.sip.endpoint import SipEndpoint, _unmapped
@@ -144,6 +145,37 @@ async def test_a_tcp_peer_that_reads_nothing_is_cut_off(caplog: pytest.LogCaptur
                     sent += len(options)
         assert sent < ENOUGH  # cut off on the way
         assert any("reads none of its responses" in r.getMessage() for r in caplog.records)
+
+
+async def test_one_address_holds_its_share_of_tcp_connections_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past MAX_TCP_CONNECTIONS_PER_ADDRESS from one IP address a new connection is closed
+    at once; another address (127.0.0.2: loopback too) still gets in, and a connection that
+    ends makes room again."""
+    monkeypatch.setattr(transport_module, "MAX_TCP_CONNECTIONS_PER_ADDRESS", 3)
+    async with sip_endpoint() as (_, sip):
+        held = sip.transports._connections
+
+        async def connect(source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            return await asyncio.open_connection("127.0.0.1", sip.port, local_addr=(source, 0))
+
+        first = [await connect("127.0.0.1") for _ in range(3)]
+        await eventually(lambda: len(held) == 3, what="three connections taken")
+        refused, refused_writer = await connect("127.0.0.1")
+        async with asyncio.timeout(5):
+            assert await refused.read() == b""  # closed by the endpoint
+        refused_writer.close()
+        other = await connect("127.0.0.2")
+        await eventually(lambda: len(held) == 4, what="another address's connection taken")
+        first[0][1].close()
+        await eventually(lambda: len(held) == 3, what="a closed connection gone")
+        again = await connect("127.0.0.1")
+        await eventually(lambda: len(held) == 4, what="room again for 127.0.0.1")
+        assert sip.transports._per_address == {"127.0.0.1": 3, "127.0.0.2": 1}
+        for _, writer in [*first[1:], other, again]:
+            writer.close()
+        await eventually(lambda: not sip.transports._per_address, what="all counted out")
 
 
 async def test_stopping_with_a_tcp_connection_open_ends_it_quietly(
