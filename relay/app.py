@@ -15,11 +15,10 @@ through :mod:`relay.auth`, and start sessions through :func:`relay.admission.adm
 from __future__ import annotations
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from relay import calls, realtime_ws, rest, twilio
 from relay.edge import Edge
-from relay.errors import install_error_handlers
+from relay.errors import JsonCorsMiddleware, install_error_handlers
 from relay.ice import use_host_addresses
 from relay.settings import RelaySettings
 from relay.sip import routes as sip_routes
@@ -31,7 +30,7 @@ def create_app(settings: RelaySettings) -> FastAPI:
     serves the app starts and stops ``edge.pool`` (see :mod:`relay.cli`)."""
     app = FastAPI(title="realtime-relay", docs_url=None, redoc_url=None)
     app.add_middleware(
-        CORSMiddleware,
+        JsonCorsMiddleware,
         allow_origins=settings.cors_origins,
         allow_methods=["GET", "POST", "OPTIONS"],
         allow_headers=["*"],

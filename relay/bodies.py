@@ -9,6 +9,7 @@ Errors are OpenAI's JSON envelope (:mod:`relay.errors`): 413 for a body over the
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -85,7 +86,23 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         check_depth(body, "The body", code="invalid_request")
     except ClientError as exc:
         raise ApiError(400, exc.message, exc.code) from None
+    check_text(body, "The body")
     return body
+
+
+def check_text(value: Any, what: str) -> None:
+    """A 400 if a JSON escape left half a surrogate pair in a string (or a key) of
+    ``value``: valid JSON syntax, but no Unicode text, so nothing could encode it back (a
+    reply quoting it, a key carrying it)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(
+            400,
+            f"{what} is not valid: a string holds a lone UTF-16 surrogate (an escape from "
+            "\\ud800 to \\udfff without its pair), which is not text.",
+            "invalid_json",
+        ) from None
 
 
 async def json_object_body(request: Request, edge: EdgeDep) -> dict[str, Any]:

@@ -13,6 +13,7 @@ placed for it, so a refused one holds nothing; a call needs an audio section
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -25,20 +26,22 @@ from aiortc.sdp import SessionDescription
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from websockets.exceptions import ConnectionClosed
 
 from relay.admission import Admission, admit
 from relay.auth import ApiKeyAuth, ClientAuth, Credentials
-from relay.bodies import read_body
+from relay.bodies import check_text, read_body
 from relay.drain import SHUTDOWN_MESSAGE
 from relay.edge import Edge, EdgeDep
-from relay.ephemeral import call_id_for, call_owner, validate_session
+from relay.ephemeral import FORWARDED_HEADER, call_id_for, forward_to, validate_session
 from relay.errors import ApiError, draining
 from relay.ice import reachable_candidates
-from relay.webrtc import Call
+from relay.link import Upstream
+from relay.webrtc import Call, json_object
 from transceiver.protocol.contract import SessionKind, SessionSpec, Transport
-from transceiver.protocol.errors import ClientError
+from transceiver.protocol.errors import ClientError, shown_value
 from transceiver.protocol.wire import check_depth, loads_strict
 
 log = logging.getLogger(__name__)
@@ -46,7 +49,9 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 _FORM = "invalid_multipart"
+FIRST_EVENT_TIMEOUT_S = 10.0  # for the session's first event, before a call is answered
 _MAX_FORM_PARTS = 8  # a call's form has two: sdp and session
+_FORM_FIELDS = frozenset({"sdp", "session"})
 
 
 def advertise(sdp: str, public_ip: str | None) -> str:
@@ -97,6 +102,7 @@ async def _form_parts(request: Request, body: bytes) -> tuple[str, str]:
         log.debug("multipart form refused: %r", exc)
         raise ApiError(400, "The multipart form is not valid.", _FORM) from None
     try:
+        _check_form_fields(form)
         return await _part_text(form.get("sdp")), await _part_text(form.get("session"))
     finally:
         await form.close()
@@ -104,6 +110,22 @@ async def _form_parts(request: Request, body: bytes) -> tuple[str, str]:
         # ends), but its spooled file was opened: close those too.
         for file in getattr(parser, "_files_to_close_on_error", ()):
             file.close()
+
+
+def _check_form_fields(form: FormData) -> None:
+    """One ``sdp`` part and at most one ``session`` part: another part, or either twice,
+    is a 400 (one of them would have been dropped)."""
+    for name in form.keys():
+        if name not in _FORM_FIELDS:
+            raise ApiError(
+                400,
+                f"Unknown parameter: '{shown_value(name)}'. A call's form has the parts "
+                "'sdp' and 'session'.",
+                "unknown_parameter",
+                param=shown_value(name),
+            )
+        if len(form.getlist(name)) > 1:
+            raise ApiError(400, f"The form has more than one '{name}' part.", _FORM, param=name)
 
 
 def _session_part(text: str) -> Any:
@@ -117,6 +139,7 @@ def _session_part(text: str) -> Any:
         raise ApiError(400, exc.message, exc.code, param=exc.param) from None
     except ValueError:  # RecursionError too (loads_strict)
         raise ApiError(400, "The 'session' part is not valid JSON.", "invalid_json") from None
+    check_text(session, "The 'session' part")
     return session
 
 
@@ -135,10 +158,11 @@ async def _offer_and_session(request: Request, edge: Edge) -> tuple[str, Any]:
     return body.decode("utf-8", "replace"), None
 
 
-def _validated(session: Any) -> dict[str, Any]:
-    """A full session configuration from a call's ``session``, or a 400."""
+def _validated(session: Any, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A full session configuration from a call's ``session`` (an update of ``base``, an
+    ephemeral key's session, if given), or a 400."""
     try:
-        return validate_session(session)
+        return validate_session(session, base)
     except ClientError as exc:
         raise ApiError(400, exc.message, exc.code or "invalid_value", param=exc.param) from None
     except ValidationError as exc:  # a field the core's model refuses, if not a ClientError
@@ -152,6 +176,31 @@ def _validated(session: Any) -> dict[str, Any]:
         raise ApiError(
             400, "The 'session' is not valid.", "invalid_value", param="session"
         ) from None
+
+
+def _call_session(part: Any, credentials: Credentials, model: str | None) -> dict[str, Any]:
+    """The session a call asks for: its ``session`` part, as an update of the ephemeral
+    key's session if there is one (the key's type and fields stay, as a ``session.update``
+    would leave them); the model ``?model=`` names where the session names none, a 400 where
+    it names another."""
+    key_session = credentials.ephemeral.session if credentials.ephemeral else None
+    if part is None and key_session is None:
+        part = {}
+    if isinstance(part, dict) and model is not None and part.get("model") is None:
+        kind = part.get("type") or (key_session or {}).get("type") or "realtime"
+        if kind == "realtime" and key_session is None:
+            part = {**part, "model": model}
+    session = _validated(part, key_session) if part is not None else key_session
+    assert session is not None
+    if model is not None and session.get("type") != "transcription" and session["model"] != model:
+        raise ApiError(
+            400,
+            f"The session is for model '{shown_value(session['model'])}', and ?model= asks "
+            f"for '{shown_value(model)}'.",
+            "invalid_value",
+            param="model",
+        )
+    return session
 
 
 def check_offer(sdp: str, max_media: int) -> SessionDescription:
@@ -186,11 +235,7 @@ async def read_offer(
     """The offer and the session it asks for: the ``session`` part, else the ephemeral
     key's session, else a realtime session with ``model``. Every failure is a 4xx."""
     sdp, part = await _offer_and_session(request, edge)
-    session: Any = credentials.ephemeral.session if credentials.ephemeral else None
-    if part is not None:
-        session = _validated(part)
-    elif session is None:
-        session = _validated({"type": "realtime", "model": model or "gpt-realtime"})
+    session = _call_session(part, credentials, model)
     offer = check_offer(sdp, edge.settings.webrtc_max_media_sections)
     transcription = session.get("type") == "transcription"
     chosen = session.get("model") or "gpt-realtime"
@@ -247,8 +292,39 @@ def _sections(description: SessionDescription) -> list[tuple[str, str | None]]:
     return [(media.kind, media.rtp.muxId) for media in description.media]
 
 
-def _start_call(edge: Edge, pc: RTCPeerConnection, admission: Admission) -> Call:
-    """The call over ``pc`` for an admitted session, registered and running."""
+async def _first_event(upstream: Upstream) -> str | bytes | None:
+    """The session's first event, before the call is answered: ``session.created``, which
+    goes to the call first; or an ``error`` (the transceiver refused the session's
+    configuration, say a prompt it does not have), answered as a 400 here: once answered,
+    the caller's data channel is not open yet, and the error would be lost with the call.
+    ``None`` if nothing came within ``FIRST_EVENT_TIMEOUT_S`` (the call goes on)."""
+    try:
+        async with asyncio.timeout(FIRST_EVENT_TIMEOUT_S):
+            frame = await upstream.recv()
+    except TimeoutError:
+        return None
+    except ConnectionClosed:
+        raise ApiError(
+            502, "The session ended before the call could start.", "session_failed"
+        ) from None
+    event = json_object(frame if isinstance(frame, str) else frame.decode("utf-8", "replace"))
+    if event is not None and event.get("type") == "error":
+        given = event.get("error")
+        error: dict[str, Any] = given if isinstance(given, dict) else {}
+        raise ApiError(
+            400,
+            str(error.get("message") or "The session was refused."),
+            str(error.get("code") or "invalid_value"),
+            param=error.get("param") if isinstance(error.get("param"), str) else None,
+        )
+    return frame
+
+
+def _start_call(
+    edge: Edge, pc: RTCPeerConnection, admission: Admission, first: str | bytes | None
+) -> Call:
+    """The call over ``pc`` for an admitted session, registered and running; ``first``:
+    the session's event read before (:func:`_first_event`)."""
 
     def closed(call: Call) -> None:
         edge.calls.drop(call)
@@ -263,6 +339,7 @@ def _start_call(edge: Edge, pc: RTCPeerConnection, admission: Admission) -> Call
         settings.webrtc_idle_timeout_s,
         settings.webrtc_max_pending_audio_s,
         rates=admission.rates,
+        first=first,
     )
 
     async def close_for_drain() -> None:
@@ -293,7 +370,8 @@ async def create_call(
         raise
     call: Call | None = None
     try:
-        call = _start_call(edge, pc, admission)
+        first = await _first_event(admission.upstream)
+        call = _start_call(edge, pc, admission, first)
         await pc.setLocalDescription(await pc.createAnswer())
     except BaseException as exc:
         if call is not None:
@@ -301,6 +379,8 @@ async def create_call(
         with contextlib.suppress(Exception):
             await admission.close()
         await _close_quietly(pc)
+        if isinstance(exc, ApiError):
+            raise
         if isinstance(exc, Exception):  # aiortc could not answer the offer it accepted
             log.info("call %s: no answer to the offer: %r", call_id, exc)
             raise ApiError(400, "The SDP offer could not be answered.", "invalid_sdp") from None
@@ -344,14 +424,17 @@ async def hangup(
     if call is not None:
         await call.close()
         return Response(status_code=200)
-    owner = call_owner(edge.signer, call_id)
-    if owner is None or owner.rstrip("/") == edge.peer_url:
+    owner = forward_to(edge.signer, call_id, edge.peer_url, request.headers)
+    if owner is None:
         raise ApiError(404, f"Call '{call_id}' not found.", "call_not_found")
     try:
         async with httpx.AsyncClient(timeout=10) as client:
             reply = await client.post(
                 f"{owner}/v1/realtime/calls/{call_id}/hangup",
-                headers={"Authorization": request.headers.get("authorization", "")},
+                headers={
+                    "Authorization": request.headers.get("authorization", ""),
+                    FORWARDED_HEADER: "1",
+                },
             )
     except httpx.HTTPError:
         raise ApiError(

@@ -14,19 +14,25 @@ import hmac
 import json
 import secrets
 import time
+import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from transceiver.protocol.config import (
+    SessionConfig,
     apply_session_update,
     default_config,
     session_wire,
-    shown_value,
 )
 from transceiver.protocol.contract import SessionKind
-from transceiver.protocol.errors import ClientError
+from transceiver.protocol.errors import ClientError, check_known_fields, shown_value
 
 MIN_SECONDS, MAX_SECONDS, DEFAULT_SECONDS = 10, 7200, 600
+# A key's characters, at most: it goes in one header (``Authorization: Bearer`` or the
+# browser's subprotocol), and the WebSocket handshake takes lines of at most 8,192 bytes.
+MAX_KEY_CHARS = 8000
+_EXPIRES_AFTER = frozenset({"anchor", "seconds"})
 
 
 class InvalidKey(Exception):
@@ -66,9 +72,22 @@ class KeySigner:
         claims: dict[str, Any] = {"exp": expires_at, "session": session}
         if owner is not None:
             claims["own"] = owner
-        payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
+        # Compressed: a key carries its whole session, and travels in one header.
+        packed = zlib.compress(json.dumps(claims, separators=(",", ":")).encode(), 9)
+        payload = _b64(packed)
         signature = _b64(hmac.new(self._secret, payload.encode(), hashlib.sha256).digest())
-        return f"ek_{payload}.{signature}"
+        key = f"ek_{payload}.{signature}"
+        if len(key) > MAX_KEY_CHARS:
+            raise ClientError(
+                f"This session makes a client secret of {len(key)} characters, and one may "
+                f"have at most {MAX_KEY_CHARS}: it travels in one header of the connection "
+                "(a WebSocket handshake's line is at most 8 KiB). Mint the key with less "
+                "(long instructions or many tools) and send the rest in a session.update "
+                "once connected.",
+                code="session_too_large",
+                param="session",
+            )
+        return key
 
     def verify(self, key: str, now: float | None = None) -> EphemeralKey:
         if not key.startswith("ek_") or "." not in key:
@@ -79,8 +98,10 @@ class KeySigner:
         if not hmac.compare_digest(signature.encode(), expected.encode()):
             raise InvalidKey("unknown ephemeral key")
         try:
-            data = json.loads(_unb64(payload))
-        except ValueError:
+            packed = _unb64(payload)
+            # Keys minted before they were compressed are JSON (``{``): still taken.
+            data = json.loads(packed if packed.startswith(b"{") else zlib.decompress(packed))
+        except (ValueError, zlib.error):
             raise InvalidKey("malformed ephemeral key") from None
         if int(data["exp"]) <= (now if now is not None else time.time()):
             raise InvalidKey("expired ephemeral key")
@@ -102,6 +123,22 @@ def call_id_for(signer: KeySigner, owner_url: str) -> str:
     return f"rtc_{stem}.{owner}.{_sign(signer.secret, stem + owner)}"
 
 
+# Set on a request one relay forwards to the relay a call id names: that one forwards it no
+# further (a stale id naming an alias of a relay would otherwise go round).
+FORWARDED_HEADER = "x-realtime-relay-forwarded"
+
+
+def forward_to(
+    signer: KeySigner, call_id: str, own_url: str, headers: Mapping[str, str]
+) -> str | None:
+    """The relay to forward a request about ``call_id`` to: the one it names, if that is
+    another and the request was not forwarded already (one hop at most); else ``None``."""
+    owner = call_owner(signer, call_id)
+    if owner is None or owner.rstrip("/") == own_url or FORWARDED_HEADER in headers:
+        return None
+    return owner
+
+
 def call_owner(signer: KeySigner, call_id: str) -> str | None:
     """The URL of the relay holding ``call_id``, or ``None`` if it is not one of ours."""
     parts = call_id.removeprefix("rtc_").split(".")
@@ -116,8 +153,16 @@ def call_owner(signer: KeySigner, call_id: str) -> str | None:
         return None
 
 
-def validate_session(session: Any) -> dict[str, Any]:
-    """A full session configuration from a client_secrets request (``ClientError`` if bad)."""
+def validate_session(session: Any, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A full session configuration from a client_secrets request (``ClientError`` if bad);
+    with ``base`` (a full session: an ephemeral key's), ``session`` updates it as a
+    ``session.update`` would: its type stays, its fields stay unless given."""
+    if base is not None:
+        return session_wire(apply_session_update(_config(base), session))
+    return session_wire(_config(session))
+
+
+def _config(session: Any) -> SessionConfig:
     if session is None:
         session = {"type": "realtime"}
     if not isinstance(session, dict):
@@ -130,7 +175,7 @@ def validate_session(session: Any) -> dict[str, Any]:
             param="session.type",
         )
     default = default_config(SessionKind(kind), session.get("model"))
-    return session_wire(apply_session_update(default, session))
+    return apply_session_update(default, session)
 
 
 def expiry_seconds(
@@ -143,6 +188,7 @@ def expiry_seconds(
         after = {}
     if not isinstance(after, dict):
         raise ClientError(f"'{param}' must be an object.", param=param)
+    check_known_fields(after, _EXPIRES_AFTER, f"{param}.")
     if after.get("anchor", "created_at") != "created_at":
         raise ClientError("Invalid value: only 'created_at' is supported.", param=f"{param}.anchor")
     seconds = after.get("seconds", default)

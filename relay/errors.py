@@ -16,7 +16,10 @@ from http import HTTPStatus
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.websockets import WebSocketState
 
 
@@ -130,3 +133,21 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+
+
+class JsonCorsMiddleware(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight (an origin, method or header not allowed)
+    answered in OpenAI's JSON envelope instead of plain text."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        reason = bytes(response.body).decode(errors="replace")  # "Disallowed CORS origin"
+        headers = {
+            name: value
+            for name, value in response.headers.items()
+            if name.lower() not in ("content-type", "content-length")
+        }
+        body = error_body(f"The CORS preflight was refused: {reason}.", "cors_preflight_refused")
+        return JSONResponse(body, status_code=response.status_code, headers=headers)

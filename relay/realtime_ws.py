@@ -24,7 +24,7 @@ from relay.admission import Refused, admit
 from relay.auth import Credentials, authenticate, lower_headers, wants_beta
 from relay.drain import SHUTDOWN_MESSAGE
 from relay.edge import Edge, EdgeDep
-from relay.ephemeral import EphemeralKey, call_owner
+from relay.ephemeral import FORWARDED_HEADER, EphemeralKey, forward_to
 from relay.errors import ApiError, answer_websocket_failure
 from relay.forward import forward
 from relay.webrtc import Call
@@ -114,8 +114,8 @@ async def sideband_or_forward(
         await websocket.accept(subprotocol=subprotocol)
         await sideband(websocket, call)
         return
-    owner = call_owner(edge.signer, call_id)
-    if owner is None or owner.rstrip("/") == edge.peer_url:
+    owner = forward_to(edge.signer, call_id, edge.peer_url, websocket.headers)
+    if owner is None:
         error = ApiError(404, f"Call '{call_id}' not found.", "call_not_found")
         await websocket.send_denial_response(error.response())
         return
@@ -137,6 +137,7 @@ async def _connect_owner(
     target = owner.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
     key = credentials.key
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers[FORWARDED_HEADER] = "1"
     # Pinged like a client (relay/server.py): a relay that vanishes ends the sideband.
     ping_s = edge.settings.client_ping_interval_s or None
     try:

@@ -23,7 +23,7 @@ from relay.ephemeral import expiry_seconds, validate_session
 from relay.errors import ApiError
 from transceiver.observability import CONTENT_TYPE
 from transceiver.protocol.beta import BetaDialect
-from transceiver.protocol.errors import ClientError
+from transceiver.protocol.errors import ClientError, check_known_fields
 
 STATIC = Path(__file__).with_name("static")
 INDEX_HTML = STATIC / "index.html"
@@ -115,16 +115,22 @@ def _shown(edge: Edge, kind: str, session: dict[str, Any], expires_at: int) -> d
     }
 
 
+# The fields of a GA minting body, and of a beta one's ``client_secret``.
+_MINT_FIELDS = frozenset({"session", "expires_after"})
+_SECRET_FIELDS = frozenset({"expires_after"})
+
+
 # The credentials come first: a caller without them gets 401 whatever its body.
 @router.post("/v1/realtime/client_secrets")
 async def client_secrets(edge: EdgeDep, credentials: MintingAuth, body: JsonObject) -> JSONResponse:
     """Mint an ephemeral key (GA): ``{value: "ek_...", expires_at, session}``."""
     try:
+        check_known_fields(body, _MINT_FIELDS)
         seconds = expiry_seconds(body)
         session = validate_session(body.get("session"))
+        value, expires_at = _mint(edge, credentials, session, seconds)
     except ClientError as exc:
         raise bad_request(exc) from None
-    value, expires_at = _mint(edge, credentials, session, seconds)
     shown = _shown(edge, session["type"], session, 0)
     return JSONResponse({"value": value, "expires_at": expires_at, "session": shown})
 
@@ -140,11 +146,12 @@ async def _beta_session(
             secret = {}
         if not isinstance(secret, dict):
             raise ClientError("'client_secret' must be an object.", param="client_secret")
+        check_known_fields(secret, _SECRET_FIELDS, "client_secret.")
         seconds = expiry_seconds(secret, default=60, param="client_secret.expires_after")
         session = validate_session(dialect.session_to_ga(body, kind))
+        value, expires_at = _mint(edge, credentials, session, seconds)
     except ClientError as exc:
         raise bad_request(exc) from None
-    value, expires_at = _mint(edge, credentials, session, seconds)
     shown = dialect.session_to_beta(_shown(edge, kind, session, expires_at), kind)
     shown["client_secret"] = {"value": value, "expires_at": expires_at}
     return JSONResponse(shown)

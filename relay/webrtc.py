@@ -76,8 +76,10 @@ class Call:
         idle_timeout_s: float = 20.0,
         max_pending_audio_s: float = 60.0,
         rates: SessionRates | None = None,
+        first: str | bytes | None = None,
     ) -> None:
         self.id = call_id
+        self._first = first  # the session's first event, read before the call was answered
         self.rates = rates  # the key's rate limits (relay/ratelimit.py)
         self.idle_timeout_s = idle_timeout_s
         self.max_pending_audio_s = max_pending_audio_s
@@ -168,7 +170,7 @@ class Call:
         else:
             text = message
         if _CLEAR in text:
-            event = _json_object(text)
+            event = json_object(text)
             if event is not None and event.get("type") == _CLEAR:
                 await self._clear(event)
                 return
@@ -293,19 +295,25 @@ class Call:
 
     async def _pump_upstream(self) -> None:
         try:
+            if self._first is not None:
+                first, self._first = self._first, None
+                await self._upstream_frame(first)
             async for frame in self.upstream:
-                text = frame if isinstance(frame, str) else frame.decode()
-                action = self.rates.on_server(text) if self.rates is not None else PASS
-                if not action.drop:
-                    await self._server_event(text)
-                for event in action.to_client:
-                    await self.broadcast(event)
-                for event in action.to_upstream:
-                    await self._to_session(event)
+                await self._upstream_frame(frame)
         except ConnectionClosed:
             pass
         finally:
             await self.close()
+
+    async def _upstream_frame(self, frame: str | bytes) -> None:
+        text = frame if isinstance(frame, str) else frame.decode()
+        action = self.rates.on_server(text) if self.rates is not None else PASS
+        if not action.drop:
+            await self._server_event(text)
+        for event in action.to_client:
+            await self.broadcast(event)
+        for event in action.to_upstream:
+            await self._to_session(event)
 
     async def _server_event(self, text: str) -> None:
         event = json.loads(text)
@@ -487,7 +495,7 @@ class Call:
         log.info("call %s ended", self.id)
 
 
-def _json_object(text: str) -> dict[str, Any] | None:
+def json_object(text: str) -> dict[str, Any] | None:
     try:
         event = json.loads(text)
     except ValueError:

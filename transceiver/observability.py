@@ -90,6 +90,20 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
 
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        """The line itself (a traceback follows it), one line whatever a client's value in
+        it holds: a newline in a model name must not forge a log line."""
+        return one_line(super().formatMessage(record))
+
+
+_CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F) if code != 0x09}
+_CONTROL.update({0x0A: "\\n", 0x0D: "\\r"})
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters (newlines included; not tabs) escaped."""
+    return text.translate(_CONTROL) if not text.isprintable() else text
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and any structured fields."""

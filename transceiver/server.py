@@ -200,21 +200,28 @@ class TransceiverServer:
                 "invalid_link_secret",
                 extra=[("WWW-Authenticate", "Bearer")],
             )
-        return self._route(connection, path)
+        return self._route(connection, request, path)
 
-    def _route(self, connection: ServerConnection, path: str) -> Response | None:
+    def _route(self, connection: ServerConnection, request: Request, path: str) -> Response | None:
         if path == "/load":
             return _json_response(http.HTTPStatus.OK, self.load())
         if path == "/metrics":
             return _http_response(http.HTTPStatus.OK, CONTENT_TYPE, self.metrics.render())
         if path == "/v1/models":
             return _json_response(http.HTTPStatus.OK, {"models": self.backend.model_ids()})
-        if path == LINK_PATH:  # admission is per session, at each OPEN
-            return None
-        if path != "/v1/sessions":
+        if path not in (LINK_PATH, "/v1/sessions"):
             return _error_response(
                 http.HTTPStatus.NOT_FOUND, f"No route {path}.", "not_found", "invalid_request_error"
             )
+        if "websocket" not in request.headers.get("Upgrade", "").lower():
+            return _error_response(
+                http.HTTPStatus.UPGRADE_REQUIRED,
+                f"{path} takes a WebSocket connection (the relay's).",
+                "upgrade_required",
+                extra=[("Upgrade", "websocket"), ("Connection", "Upgrade")],
+            )
+        if path == LINK_PATH:  # admission is per session, at each OPEN
+            return None
         reason = self._refusal()
         if reason is not None:
             return _error_response(
@@ -428,6 +435,7 @@ class TransceiverServer:
         """The WebSocket server's options, the same on the port and the socket."""
         return dict(
             process_request=self._process_request,
+            logger=_HANDSHAKE_LOG,
             create_connection=LinkServerConnection,
             max_size=carrier_max_size(self.settings.max_frame_bytes),
             # Frames read ahead of a session that stopped reading (its outbox is full):
@@ -439,5 +447,27 @@ class TransceiverServer:
             ping_timeout=20,
         )
 
+
+class _RefusedRequests(logging.Filter):
+    """websockets logs a request it cannot take as a handshake (a POST, HTTP/1.0, a header
+    past its bounds: it closes the connection without an answer) as an ERROR with its
+    traceback; here one INFO line instead, and none at a higher level: anyone who reaches
+    the port could fill the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != "opening handshake failed" or not record.exc_info:
+            return True
+        exc = record.exc_info[1]
+        record.msg, record.args = (
+            "refused a request that is no WebSocket handshake: %s",
+            (exc.__cause__ or exc if exc is not None else None,),
+        )
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return log.isEnabledFor(logging.INFO)
+
+
+_HANDSHAKE_LOG = logging.getLogger("transceiver.handshakes")
+_HANDSHAKE_LOG.addFilter(_RefusedRequests())
 
 SHUTDOWN_MESSAGE = "The server is restarting; reconnect to continue."

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from relay.auth import ApiKeyAuth
 from relay.bodies import json_object_body, read_body
 from relay.edge import Edge, EdgeDep
-from relay.ephemeral import call_owner
+from relay.ephemeral import FORWARDED_HEADER, forward_to
 from relay.errors import ApiError
 from relay.sip.endpoint import SipEndpoint
 
@@ -32,13 +32,14 @@ async def _forwarded(request: Request, edge: Edge, call_id: str, action: str) ->
     endpoint = getattr(request.app.state, "sip", None)
     if isinstance(endpoint, SipEndpoint) and endpoint.holds(call_id):
         return None
-    owner = call_owner(edge.signer, call_id)
-    if owner is None or owner.rstrip("/") == edge.peer_url:
+    owner = forward_to(edge.signer, call_id, edge.peer_url, request.headers)
+    if owner is None:
         return None
     body = await read_body(request, edge.settings.max_body_bytes)
     headers = {
         "Authorization": request.headers.get("authorization", ""),
         "Content-Type": "application/json",
+        FORWARDED_HEADER: "1",
     }
     try:
         async with httpx.AsyncClient(timeout=_FORWARD_TIMEOUT_S) as client:

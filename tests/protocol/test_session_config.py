@@ -367,7 +367,7 @@ def test_beta_flat_update_maps_to_ga(make_session, kit) -> None:
         ({"temperature": 2.0}, "session.temperature"),
         ({"input_audio_format": "mp3"}, "session.input_audio_format"),
         ({"input_audio_format": ["pcm16"]}, "session.input_audio_format"),
-        ({"output_audio_format": None}, "session.output_audio_format"),
+        ({"output_audio_format": 5}, "session.output_audio_format"),
     ],
 )
 def test_beta_invalid_update(make_session, kit, session, param) -> None:

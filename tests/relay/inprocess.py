@@ -127,6 +127,22 @@ class FakeTransceiver:
     async def _echo_frames(self, connection: ServerConnection | LinkSession) -> None:
         spec = SessionSpec.decode(await connection.recv())
         self.specs.append(spec)
+        if (spec.overrides or {}).get("instructions") == REFUSED_INSTRUCTIONS:
+            # As a transceiver refuses a session's configuration (transceiver/server.py).
+            error = {
+                "type": "error",
+                "event_id": "event_0",
+                "error": {
+                    "type": "invalid_request_error",
+                    "code": "invalid_value",
+                    "message": "These instructions are refused.",
+                    "param": "session.instructions",
+                    "event_id": None,
+                },
+            }
+            await connection.send(json.dumps(error))
+            await connection.close(1008, "invalid session configuration")
+            return
         created = {"type": "session.created", "conn": spec.conn, "model": spec.model}
         await connection.send(json.dumps(created))
         async for frame in connection:
@@ -144,6 +160,11 @@ class FakeTransceiver:
                     await connection.send(frame)
                 continue
             await connection.send(frame)
+
+
+# A session whose ``instructions`` are these is refused by the fake, as a transceiver
+# refuses a configuration it cannot run (an error event, then 1008).
+REFUSED_INSTRUCTIONS = "refuse this session"
 
 
 def burst(event: dict[str, Any]) -> list[str]:

@@ -42,3 +42,21 @@ def test_advertised_address_replaces_host_candidates() -> None:
     assert "a=candidate:1 1 UDP 2130706431 203.0.113.7 40000 typ host" in out
     assert "198.51.100.9 40000 typ srflx" in out and "c=IN IP4 203.0.113.7" in out
     assert advertise(sdp, None) == sdp
+
+
+def test_keys_minted_before_compression_still_verify() -> None:
+    """Keys of relays not yet upgraded (JSON, uncompressed) verify on upgraded ones."""
+    import base64
+    import hashlib
+    import hmac
+    import json
+    import time
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    claims = {"exp": int(time.time()) + 60, "session": {"type": "realtime"}}
+    payload = b64(json.dumps(claims).encode())
+    signature = b64(hmac.new(b"shared", payload.encode(), hashlib.sha256).digest())
+    key = f"ek_{payload}.{signature}"
+    assert KeySigner("shared").verify(key).session == {"type": "realtime"}

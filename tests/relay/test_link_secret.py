@@ -114,6 +114,25 @@ async def test_the_transceiver_answers_only_requests_with_the_secret() -> None:
             assert json.loads(await ws.recv())["type"] == "session.created"
 
 
+async def test_requests_that_are_no_handshake_get_json_or_one_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A plain GET of a WebSocket path is a JSON 426 (it was websockets' plain text); a
+    request websockets cannot take (a POST) is closed unanswered as before, logged on one
+    INFO line where each was an ERROR with its traceback."""
+    caplog.set_level(logging.INFO)
+    async with transceiver() as t, httpx.AsyncClient(base_url=t.http_url, timeout=5) as http:
+        for path in ("/v1/sessions", "/v1/link"):
+            reply = await http.get(path, headers=bearer(SECRET))
+            assert reply.status_code == 426 and reply.headers["upgrade"] == "websocket"
+            assert reply.json()["error"]["code"] == "upgrade_required"
+        with pytest.raises(httpx.HTTPError):
+            await http.post("/v1/sessions", headers=bearer(SECRET), content=b"{}")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    refused = [r for r in caplog.records if "no WebSocket handshake" in r.getMessage()]
+    assert refused and refused[0].levelno == logging.INFO and refused[0].exc_info is None
+
+
 async def test_every_plain_http_answer_says_the_connection_closes() -> None:
     """websockets closes the connection after any answer but an upgrade: the answer says so,
     so a client keeping connections alive opens a new one for its next request."""

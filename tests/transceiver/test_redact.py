@@ -3,9 +3,12 @@ ones in tests/e2e/test_connection_bounds.py)."""
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import pytest
 
-from transceiver.observability import redact
+from transceiver.observability import TextFormatter, redact
 
 SECRET = "abc123secret0123"
 
@@ -41,3 +44,18 @@ def test_credentials_are_redacted(line: str) -> None:
 )
 def test_ordinary_lines_stay(line: str) -> None:
     assert redact(line) == line
+
+
+def test_a_logged_value_cannot_forge_a_line() -> None:
+    """A client's model name with a newline (``?model=`` on a call) stays on its line."""
+    forged = "gpt-realtime\n2026-01-01 00:00:00,000 INFO relay: session.closed conn=FORGED"
+    record = logging.LogRecord(
+        "t", logging.INFO, __file__, 1, "session.start model=%s", (forged,), None
+    )
+    line = TextFormatter().format(record)
+    assert "\n" not in line and "\\n2026-01-01" in line
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    assert "Traceback" in TextFormatter().format(record).splitlines()[1]  # still below it

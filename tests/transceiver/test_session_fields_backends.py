@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from models.llm import (
 from models.tool_grammar import call_schema, parse_call
 from tests.transceiver.requests import request as base_request
 from transceiver.backends.conversation import ResponseRefused, fit_context, offered_tools
-from transceiver.backends.mock import MockBackend, MockOptions
+from transceiver.backends.mock import MockBackend, MockOptions, MockScript, ScriptTurn
 
 WEATHER = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
 TIME = {"type": "function", "name": "get_time"}
@@ -135,6 +136,31 @@ async def test_the_mock_follows_the_tool_choice(choice: Any, calls: Any, spoken:
     sink = Sink()
     assert await mock.respond(request, sink, {}) is None
     assert sink.calls == calls and "".join(sink.texts) == spoken
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("tools", "calls"),
+    [
+        ((WEATHER, TIME), [("get_weather", '{"city": "Paris"}')]),
+        ((TIME,), []),  # not offered: a model could not call it
+        ((), []),
+    ],
+)
+async def test_the_mocks_scripted_call_needs_its_function_offered(tools: Any, calls: Any) -> None:
+    call = {"name": "get_weather", "arguments": {"city": "Paris"}}
+    script = MockScript(turns=[ScriptTurn(re.compile("weather", re.I), "Let me check.", call)])
+    mock = MockBackend(MockOptions(script=script, first_delta_ms=0, realtime=False))
+    user = {
+        "id": "item_1",
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_text", "text": "the weather?"}],
+    }
+    request = make_request(tools=tools, tool_choice="auto", output_modalities=("text",), user=user)
+    sink = Sink()
+    await mock.respond(request, sink, {})
+    assert sink.calls == calls and "".join(sink.texts) == "Let me check."
 
 
 def test_tool_choice_for_chat_completions() -> None:

@@ -202,9 +202,11 @@ class MockBackend:
 def _with_tool_choice(
     request: ResponseRequest, reply: str, call: dict[str, Any] | None
 ) -> tuple[str, dict[str, Any] | None]:
-    """The scripted reply under the response's ``tool_choice``: ``none`` makes no call; a
-    forced call the script does not make is made instead of the reply, with the script's
-    arguments if it calls that function, else ``{}`` (the mock has no model to fill them)."""
+    """The scripted reply under the response's ``tool_choice``: ``none`` makes no call;
+    ``auto`` makes the scripted call only if the response offers that function (as a model
+    would: else the reply alone); a forced call the script does not make is made instead of
+    the reply, with the script's arguments if it calls that function, else ``{}`` (the mock
+    has no model to fill them)."""
     tools = offered_tools(request)  # refuses what no backend here can honour (mcp)
     choice = request.tool_choice
     if choice == "none":
@@ -214,7 +216,8 @@ def _with_tool_choice(
     elif choice == "required":
         names = [str(t.get("name")) for t in tools]
     else:
-        return reply, call
+        offered = call is not None and any(t.get("name") == call.get("name") for t in tools)
+        return reply, call if offered else None
     if call is not None and call.get("name") in names:
         return reply, call
     return "", {"name": names[0], "arguments": {}}

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from transceiver.protocol.config import shown_value, voice_name
-from transceiver.protocol.errors import ClientError
+from transceiver.protocol.config import voice_name
+from transceiver.protocol.errors import ClientError, shown_value
 
 _FORMAT_TO_GA: dict[str, dict[str, Any]] = {
     "pcm16": {"type": "audio/pcm", "rate": 24000},
@@ -57,9 +57,10 @@ def _format_to_ga(value: Any, param: str) -> dict[str, Any]:
     return dict(_FORMAT_TO_GA[value])
 
 
-def _session_modalities(value: Any) -> bool:
-    """Whether a beta session's ``modalities`` (``["text"]`` or ``["audio", "text"]`` in the
-    beta reference) asks for audio replies; ``ClientError`` if it is not such a list."""
+def _asks_for_audio(value: Any, param: str) -> bool:
+    """Whether a beta ``modalities`` (``["text"]`` or ``["audio", "text"]`` in the beta
+    reference: a session's or a response's) asks for audio replies; ``ClientError`` if it
+    is not such a list."""
     if (
         not isinstance(value, list)
         or not value
@@ -68,7 +69,7 @@ def _session_modalities(value: Any) -> bool:
         raise ClientError(
             f"Invalid value: '{shown_value(value)}'. 'modalities' must be a non-empty array "
             "of 'text' and 'audio'.",
-            param="session.modalities",
+            param=param,
         )
     return "audio" in value
 
@@ -104,7 +105,7 @@ class BetaDialect:
         if flat.get("modalities", None) is None:  # left out or null: unchanged
             flat.pop("modalities", None)
         else:
-            audio = _session_modalities(flat.pop("modalities"))
+            audio = _asks_for_audio(flat.pop("modalities"), "session.modalities")
             if kind == "realtime":
                 out["output_modalities"] = ["audio"] if audio else ["text"]
         temperature = _temperature(flat.pop("temperature", None), "session.temperature")
@@ -113,14 +114,11 @@ class BetaDialect:
             self._temperature_set = True
         if "max_response_output_tokens" in flat:
             out["max_output_tokens"] = flat.pop("max_response_output_tokens")
-        if "input_audio_format" in flat:
-            audio_in["format"] = _format_to_ga(
-                flat.pop("input_audio_format"), "session.input_audio_format"
-            )
-        if "output_audio_format" in flat:
-            audio_out["format"] = _format_to_ga(
-                flat.pop("output_audio_format"), "session.output_audio_format"
-            )
+        # A format left out or null: unchanged (as GA's null).
+        if (input_format := flat.pop("input_audio_format", None)) is not None:
+            audio_in["format"] = _format_to_ga(input_format, "session.input_audio_format")
+        if (output_format := flat.pop("output_audio_format", None)) is not None:
+            audio_out["format"] = _format_to_ga(output_format, "session.output_audio_format")
         for beta_key, ga_key in (
             ("input_audio_transcription", "transcription"),
             ("input_audio_noise_reduction", "noise_reduction"),
@@ -147,11 +145,10 @@ class BetaDialect:
         if not isinstance(params, dict):
             return params
         params = dict(params)
-        if "modalities" in params:
-            modalities = params.pop("modalities")
-            params["output_modalities"] = (
-                ["audio"] if isinstance(modalities, list) and "audio" in modalities else ["text"]
-            )
+        modalities = params.pop("modalities", None)
+        if modalities is not None:  # left out or null: the session's
+            audio = _asks_for_audio(modalities, "response.modalities")
+            params["output_modalities"] = ["audio"] if audio else ["text"]
         self._response_temperature = _temperature(
             params.pop("temperature", None), "response.temperature"
         )
@@ -162,10 +159,8 @@ class BetaDialect:
         output: dict[str, Any] = {}
         if "voice" in params:
             output["voice"] = params.pop("voice")
-        if "output_audio_format" in params:
-            output["format"] = _format_to_ga(
-                params.pop("output_audio_format"), "response.output_audio_format"
-            )
+        if (output_format := params.pop("output_audio_format", None)) is not None:
+            output["format"] = _format_to_ga(output_format, "response.output_audio_format")
         if output:
             params["audio"] = {"output": output}
         if isinstance(params.get("input"), list):

@@ -26,7 +26,7 @@ from pydantic_core import ErrorDetails
 
 from transceiver.protocol.audio import AudioFormatType
 from transceiver.protocol.contract import SessionKind
-from transceiver.protocol.errors import ClientError
+from transceiver.protocol.errors import ClientError, shown_value
 from transceiver.protocol.nulls import drop_nulls
 from transceiver.protocol.wire import check_depth
 
@@ -408,17 +408,6 @@ def _param(loc: tuple[int | str, ...], prefix: str, data: Any, error_type: str) 
             continue
         parts.append(f"[{part}]" if isinstance(part, int) else f".{part}")
     return "".join(parts).replace(".[", "[")
-
-
-def shown_value(value: Any, limit: int = 64) -> str:
-    """A client's value as an error message echoes it: a scalar, cut short past ``limit``
-    characters; "…" for an object or an array (the message stays small)."""
-    if isinstance(value, int) and value.bit_length() > 4 * limit:
-        return "…"  # a huge integer (its digits alone would pass the limit)
-    if isinstance(value, str | int | float | bool) or value is None:
-        text = str(value)
-        return text if len(text) <= limit else text[:limit] + "…"
-    return "…"
 
 
 def error_to_client_error(error: ErrorDetails, prefix: str, data: Any) -> ClientError:

@@ -8,6 +8,7 @@ from typing import Any
 
 from transceiver.protocol.audio import AudioFormatType
 from transceiver.protocol.errors import ClientError
+from transceiver.protocol.items import text_size
 
 
 @dataclass
@@ -20,6 +21,7 @@ class StoredItem:
     marks: list[tuple[int, int]] = field(default_factory=list)
     live: bool = False  # a response is still generating its audio: never let go of it
     audio_let_go: bool = False  # its audio went to keep the conversation within its budget
+    text_chars: int = 0  # its strings when it was added (text_size)
 
     def audio_ms(self) -> float:
         if self.audio_format is None:
@@ -38,11 +40,15 @@ class StoredItem:
 # What one conversation holds: a session's clients cannot grow it past these.
 MAX_ITEMS = 4096
 CONVERSATION_AUDIO_MAX_MS = 20 * 60 * 1000
+# The strings of the items clients add (text, transcripts, image URLs, arguments, outputs):
+# far past any model's context, and what would otherwise be 4,096 frames of 32 MiB.
+CONVERSATION_TEXT_MAX_CHARS = 32 * 1024 * 1024
 
 
 class Conversation:
-    """Items in order, with their audio. At most ``max_items`` items (another is refused)
-    and ``max_audio_ms`` of audio in all: past it, the audio of the oldest items is let go
+    """Items in order, with their audio. At most ``max_items`` items (another is refused),
+    ``max_text_chars`` of strings in the items clients add (one past it is refused), and
+    ``max_audio_ms`` of audio in all: past it, the audio of the oldest items is let go
     (their transcripts and text stay), as a model's context drops its oldest turns."""
 
     def __init__(
@@ -50,10 +56,13 @@ class Conversation:
         conversation_id: str,
         max_items: int = MAX_ITEMS,
         max_audio_ms: float = CONVERSATION_AUDIO_MAX_MS,
+        max_text_chars: int = CONVERSATION_TEXT_MAX_CHARS,
     ) -> None:
         self.id = conversation_id
         self.max_items = max_items
         self.max_audio_ms = max_audio_ms
+        self.max_text_chars = max_text_chars
+        self._text_chars = 0  # held in all (text_size of each item as added)
         self._order: list[str] = []
         self._items: dict[str, StoredItem] = {}
         self._audio_ms = 0.0  # held in all
@@ -99,8 +108,10 @@ class Conversation:
         A response's output passes ``check_room=False``: its ``response.create`` checked.
         """
         item_id = item["id"]
+        text_chars = text_size(item)
         if check_room:
             self.check_room()
+            self._check_text_room(text_chars)
         if item_id in self._items:
             raise ClientError(
                 f"Item with id '{item_id}' already exists.",
@@ -109,7 +120,9 @@ class Conversation:
             )
         if after_given and previous_item_id not in (None, "root"):
             self.get(previous_item_id, "previous_item_id")
-        stored = StoredItem(item=item, audio=bytes(audio or b""), audio_format=audio_format)
+        stored = StoredItem(
+            item=item, audio=bytes(audio or b""), audio_format=audio_format, text_chars=text_chars
+        )
         if not after_given:
             previous = self.last_id()
             self._order.append(item_id)
@@ -121,6 +134,7 @@ class Conversation:
             self._order.insert(self._order.index(previous_item_id) + 1, item_id)
         self._items[item_id] = stored
         self._audio_ms += stored.audio_ms()
+        self._text_chars += text_chars
         self._fit_audio(keep=stored)
         return previous
 
@@ -132,6 +146,16 @@ class Conversation:
                 "delete some (conversation.item.delete) first.",
                 code="conversation_full",
                 param=param,
+            )
+
+    def _check_text_room(self, text_chars: int) -> None:
+        if self._text_chars + text_chars > self.max_text_chars:
+            raise ClientError(
+                f"The conversation's items would hold more than {self.max_text_chars} "
+                "characters of text, the most they may; delete some "
+                "(conversation.item.delete) first.",
+                code="conversation_full",
+                param="item",
             )
 
     def append_audio(self, stored: StoredItem, audio: bytes) -> None:
@@ -173,6 +197,7 @@ class Conversation:
     def delete(self, item_id: Any) -> None:
         stored = self.get(item_id)
         self._audio_ms -= stored.audio_ms()
+        self._text_chars -= stored.text_chars
         del self._items[item_id]
         self._order.remove(item_id)
 

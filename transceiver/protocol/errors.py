@@ -44,6 +44,28 @@ class ClientError(ProtocolError):
         }
 
 
+def shown_value(value: Any, limit: int = 64) -> str:
+    """A client's value as an error message echoes it: a scalar, cut short past ``limit``
+    characters; "…" for an object or an array (the message stays small)."""
+    if isinstance(value, int) and value.bit_length() > 4 * limit:
+        return "…"  # a huge integer (its digits alone would pass the limit)
+    if isinstance(value, str | int | float | bool) or value is None:
+        text = str(value)
+        return text if len(text) <= limit else text[:limit] + "…"
+    return "…"
+
+
+def check_known_fields(obj: dict[str, Any], known: frozenset[str], prefix: str = "") -> None:
+    """``unknown_parameter`` for the first key of ``obj`` not in ``known``, as OpenAI answers
+    a field it does not take (``prefix``: where ``obj`` is, e.g. ``item.``)."""
+    for key in obj:
+        if key not in known:
+            param = f"{prefix}{shown_value(key)}"
+            raise ClientError(
+                f"Unknown parameter: '{param}'.", code="unknown_parameter", param=param
+            )
+
+
 def server_error_event(
     event_id: str, message: str, code: str, type: str = "server_error"
 ) -> dict[str, Any]:

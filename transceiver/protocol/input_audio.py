@@ -180,16 +180,25 @@ class SessionInput:
         event_id = event.get("event_id")
         self._emit("error", error=error.to_error(event_id if isinstance(event_id, str) else None))
 
-    def _check_item_audio(self, item: Any) -> None:
+    def _check_item_audio(self, item: Any, param: str = "item", chars: int = 0) -> int:
         """The base64 audio of a ``conversation.item.create``, before it is decoded: its
-        content parts together carry at most what one append may."""
+        content parts together (with ``chars`` before them) carry at most what one append
+        may. The characters counted so far."""
         content = item.get("content") if isinstance(item, dict) else None
-        chars = 0
         for index, part in enumerate(content if isinstance(content, list) else []):
             audio = part.get("audio") if isinstance(part, dict) else None
             if isinstance(audio, str):
                 chars += len(audio)
-                check_audio_chars(chars, f"item.content[{index}].audio")
+                check_audio_chars(chars, f"{param}.content[{index}].audio")
+        return chars
+
+    def _check_response_audio(self, params: Any) -> None:
+        """The base64 audio of a ``response.create``'s ``input`` items, before it is
+        decoded: together at most what one append may (as one created item's)."""
+        items = params.get("input") if isinstance(params, dict) else None
+        chars = 0
+        for index, item in enumerate(items if isinstance(items, list) else []):
+            chars = self._check_item_audio(item, f"response.input[{index}]", chars)
 
     def _check_item_duration(self, audio: bytes, fmt: AudioFormatType) -> None:
         """The decoded audio of one created item: at most what the input buffer holds."""

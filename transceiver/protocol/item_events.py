@@ -31,7 +31,7 @@ class SessionItems:
     def _cancel(self, resp: Response, reason: str, now_ms: float) -> None:
         raise NotImplementedError
 
-    def _check_item_audio(self, item: Any) -> None:
+    def _check_item_audio(self, item: Any, param: str = "item", chars: int = 0) -> int:
         raise NotImplementedError
 
     def _check_item_duration(self, audio: bytes, fmt: AudioFormatType) -> None:
@@ -83,7 +83,13 @@ class SessionItems:
         item_id = event.get("item_id")
         stored = self.conversation.get(item_id)
         self.conversation.check_audio_held(stored)
-        content_index = event.get("content_index", 0)
+        content_index = event.get("content_index")
+        if content_index is None:  # required, as the API reference has it
+            raise ClientError(
+                "Missing required parameter: 'content_index'.",
+                code="missing_required_parameter",
+                param="content_index",
+            )
         audio_end_ms = event.get("audio_end_ms")
         # The response still speaking this item, if any (its content part is still open).
         speaking = next(

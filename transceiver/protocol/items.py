@@ -8,7 +8,7 @@ import binascii
 import copy
 from typing import Any
 
-from transceiver.protocol.errors import ClientError
+from transceiver.protocol.errors import ClientError, check_known_fields, shown_value
 from transceiver.protocol.wire import check_depth
 
 _CONTENT_BY_ROLE = {
@@ -16,6 +16,26 @@ _CONTENT_BY_ROLE = {
     "user": {"input_text", "input_audio", "input_image"},
     "assistant": {"output_text", "output_audio"},
 }
+
+# The fields of each item type and content part type (the API reference's
+# RealtimeConversationItem* and their content); any other is ``unknown_parameter``, as at
+# OpenAI, rather than kept in the conversation (where a stray ``text`` on an audio part
+# would have become the user's words).
+_ITEM = frozenset({"id", "type", "status", "object"})
+_ITEM_FIELDS = {
+    "message": _ITEM | {"role", "content"},
+    "function_call": _ITEM | {"name", "call_id", "arguments"},
+    "function_call_output": _ITEM | {"call_id", "output"},
+}
+_PART_FIELDS = {
+    "input_text": frozenset({"type", "text"}),
+    "output_text": frozenset({"type", "text"}),
+    "input_audio": frozenset({"type", "audio", "transcript"}),
+    "output_audio": frozenset({"type", "audio", "transcript"}),
+    "input_image": frozenset({"type", "image_url", "detail"}),
+}
+_STATUSES = ("completed", "incomplete", "in_progress")
+MAX_ITEM_ID_CHARS = 64  # a client's own item id
 
 
 def decode_base64(value: Any, param: str, what: str = "audio") -> bytes:
@@ -49,6 +69,9 @@ def normalize_item(raw: Any, param: str = "item") -> tuple[dict[str, Any], bytes
     check_depth(raw, f"'{param}'", code="invalid_value", param=param)  # before the deepcopy
     item = copy.deepcopy(raw)
     item_type = item.get("type")
+    if item_type in _ITEM_FIELDS:
+        check_known_fields(item, _ITEM_FIELDS[item_type], f"{param}.")
+        _check_id_and_status(item, param)
     item.pop("object", None)
     if item_type == "function_call":
         _str_field(item, "name", param)
@@ -97,6 +120,7 @@ def _normalize_message(item: dict[str, Any], param: str) -> bytes | None:
                 param=f"{part_param}.type",
             )
         assert isinstance(part, dict)
+        check_known_fields(part, _PART_FIELDS[ptype], f"{part_param}.")
         if ptype in ("input_text", "output_text"):
             _str_field(part, "text", part_param)
         elif ptype == "input_audio":
@@ -112,6 +136,27 @@ def _normalize_message(item: dict[str, Any], param: str) -> bytes | None:
             )
     item.setdefault("status", "completed")
     return audio
+
+
+def _check_id_and_status(item: dict[str, Any], param: str) -> None:
+    """A client's ``id`` is a string of at most ``MAX_ITEM_ID_CHARS`` (null or empty: the
+    server names the item); ``status`` one of the item statuses (null: not given)."""
+    item_id = item.get("id")
+    if item_id is not None and (not isinstance(item_id, str) or len(item_id) > MAX_ITEM_ID_CHARS):
+        raise ClientError(
+            f"Invalid value for '{param}.id': expected a string of at most "
+            f"{MAX_ITEM_ID_CHARS} characters.",
+            param=f"{param}.id",
+        )
+    status = item.get("status")
+    if status is None:
+        item.pop("status", None)
+    elif status not in _STATUSES:
+        raise ClientError(
+            f"Invalid value: '{shown_value(status)}'. Supported values are: 'completed', "
+            "'incomplete', and 'in_progress'.",
+            param=f"{param}.status",
+        )
 
 
 _IMAGE_DATA = ("data:image/png;base64,", "data:image/jpeg;base64,")
@@ -148,6 +193,18 @@ def item_text(item: dict[str, Any]) -> str:
         if text:
             pieces.append(str(text))
     return " ".join(pieces)
+
+
+def text_size(value: Any) -> int:
+    """The characters of every string in an item (keys too), however nested: what holding
+    it costs, text, image URLs and arguments alike."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(len(key) + text_size(inner) for key, inner in value.items())
+    if isinstance(value, list):
+        return sum(text_size(inner) for inner in value)
+    return 0
 
 
 def copy_item(item: dict[str, Any]) -> dict[str, Any]:

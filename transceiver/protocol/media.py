@@ -18,12 +18,14 @@ _DIRECTIONS = ("input", "output")
 _BETA_FIELDS = ("input_audio_format", "output_audio_format")  # the beta flat shape
 
 
-def check_media_formats(session: Any) -> None:
+def check_media_formats(session: Any, where: str = "session") -> None:
     """Raise ``ClientError`` if ``session`` asks for an audio format other than PCM.
 
     ``session`` is a session configuration or a ``session.update`` body, whole or partial,
-    in the GA shape (``audio.input.format``) or the beta flat one (``input_audio_format``).
-    Anything that is not such an object names no format, and passes.
+    in the GA shape (``audio.input.format``) or the beta flat one (``input_audio_format``),
+    or (``where`` "response") a ``response.create``'s ``response``, whose output format
+    would otherwise go to the track as PCM. Anything that is not such an object names no
+    format, and passes.
     """
     if not isinstance(session, dict):
         return
@@ -31,10 +33,10 @@ def check_media_formats(session: Any) -> None:
     for direction in _DIRECTIONS:
         fmt = _mapping(_mapping(audio.get(direction)).get("format"))
         if fmt.get("type") not in (None, "audio/pcm"):  # no type: PCM, the default
-            raise _error(f"session.audio.{direction}.format")
+            raise _error(f"{where}.audio.{direction}.format")
     for name in _BETA_FIELDS:
         if session.get(name) not in (None, "pcm16"):
-            raise _error(f"session.{name}")
+            raise _error(f"{where}.{name}")
 
 
 def with_pcm_audio(session: dict[str, Any]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from transceiver.protocol.conversation import Conversation, StoredItem
 from transceiver.protocol.effects import ContextItem, ResponseRequest
 from transceiver.protocol.errors import ClientError
 from transceiver.protocol.ids import IdFactory
+from transceiver.protocol.input_audio import INPUT_AUDIO_MAX_MS, check_audio_duration
 from transceiver.protocol.items import item_text, normalize_item
 from transceiver.protocol.nulls import drop_nulls
 from transceiver.protocol.responses import Response
@@ -148,10 +149,17 @@ def _stored_context(stored: StoredItem) -> ContextItem:
 
 
 def _context(
-    raw_input: list[Any] | None, conversation: Conversation, ids: IdFactory
+    raw_input: list[Any] | None,
+    conversation: Conversation,
+    ids: IdFactory,
+    input_audio: tuple[AudioFormatType, int],
 ) -> list[ContextItem]:
+    """The items a response reads: the conversation's, or ``response.input``'s, whose
+    audio is in the session's input format (as a created item's) and, an item, at most
+    the given milliseconds."""
     if raw_input is None:
         return [_stored_context(stored) for stored in conversation.items()]
+    input_format, max_item_ms = input_audio
     context = []
     for index, raw in enumerate(raw_input):
         param = f"response.input[{index}]"
@@ -160,8 +168,11 @@ def _context(
             continue
         item, audio = normalize_item(raw, param)
         item.setdefault("id", ids.new("item"))
-        fmt = AudioFormatType.PCM if audio is not None else None
-        context.append(ContextItem(item, audio, fmt))
+        if audio is not None:
+            audio_ms = input_format.duration_ms(len(audio))
+            what = "One conversation item"
+            check_audio_duration(audio_ms, max_item_ms, param=f"{param}.content", what=what)
+        context.append(ContextItem(item, audio, input_format if audio is not None else None))
     return context
 
 
@@ -219,11 +230,13 @@ def build_response(
     *,
     prompts: PromptResolver | None = None,
     temperature: float | None = None,
+    input_audio: tuple[AudioFormatType, int] = (AudioFormatType.PCM, INPUT_AUDIO_MAX_MS),
 ) -> tuple[Response, ResponseRequest]:
     """Validate ``response.create``'s ``response`` against the session; raise ``ClientError``.
 
     ``prompts`` resolves a ``prompt`` into the instructions; ``temperature`` is the beta
-    dialect's (``None``: the backend's own)."""
+    dialect's (``None``: the backend's own); ``input_audio``: the session's input format
+    and the most audio one item may hold, for ``response.input``'s items."""
     parsed = parse_response_params(params, conversation.id)
     in_conversation = parsed.conversation != "none"
     output = parsed.audio.output
@@ -239,7 +252,7 @@ def build_response(
     )
     metadata = dict(parsed.metadata) if parsed.metadata is not None else None
     tool_choice = _tool_choice(parsed, config)
-    context = _context(parsed.input, conversation, ids)
+    context = _context(parsed.input, conversation, ids, input_audio)
     input_tokens = (len(instructions) + sum(len(item_text(c.item)) for c in context) + 3) // 4
     resp = Response(
         id=ids.new("resp"),

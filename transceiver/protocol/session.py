@@ -31,7 +31,7 @@ from transceiver.protocol.effects import (
     ResponseRequest,
     StartResponse,
 )
-from transceiver.protocol.errors import ClientError
+from transceiver.protocol.errors import ClientError, check_known_fields
 from transceiver.protocol.ids import IdFactory
 from transceiver.protocol.input_audio import INPUT_AUDIO_MAX_MS, InputBuffer, SessionInput
 from transceiver.protocol.item_events import SessionItems
@@ -253,6 +253,7 @@ class RealtimeSession(SessionInput, SessionResults, SessionItems):
                     + ".",
                     param="type",
                 )
+            check_known_fields(event, _EVENT_FIELDS[event["type"]])
             handler(self, event, now_ms)
         except ClientError as exc:
             self._error(exc, client_event_id)
@@ -311,8 +312,21 @@ class RealtimeSession(SessionInput, SessionResults, SessionItems):
                 "creating a new one.",
                 code="conversation_already_has_active_response",
             )
+        self._check_response_audio(params)
+        if self.media:
+            check_media_formats(params, "response")
         if in_conversation:  # a turn's own reply (VAD) goes in even when it fills it
             self.conversation.check_room("response")
+        elif (
+            sum(not resp.in_conversation for resp in self._responses.values())
+            >= MAX_OUT_OF_BAND_RESPONSES
+        ):
+            raise ClientError(
+                f"{MAX_OUT_OF_BAND_RESPONSES} out-of-band responses are in progress, the most "
+                "a session may have at once; wait for a response.done or cancel one first.",
+                code="too_many_responses",
+                param="response.conversation",
+            )
         self._start_response(params)
 
     def _start_response(self, params: Any) -> None:
@@ -327,6 +341,7 @@ class RealtimeSession(SessionInput, SessionResults, SessionItems):
             self.ids,
             prompts=self.prompts,
             temperature=temperature,
+            input_audio=(self.input_format, self.max_input_audio_ms),
         )
         self._responses[resp.id] = resp
         if resp.in_conversation:
@@ -452,6 +467,29 @@ _HANDLERS: dict[str, _Handler] = {
     "response.create": RealtimeSession._on_response_create,
     "response.cancel": RealtimeSession._on_response_cancel,
 }
+
+# Responses with ``conversation: "none"`` in progress at once, at most (each holds its
+# input and a backend task until its response.done).
+MAX_OUT_OF_BAND_RESPONSES = 16
+
+# The fields of each client event (the API reference's client events; the beta dialect's
+# are translated to these first). Another is an error, as at OpenAI: a misplaced field
+# (response.create's ``instructions`` outside ``response``) would otherwise be ignored.
+_COMMON = frozenset({"type", "event_id"})
+_EVENT_FIELDS: dict[str, frozenset[str]] = {
+    "session.update": _COMMON | {"session"},
+    "input_audio_buffer.append": _COMMON | {"audio"},
+    "input_audio_buffer.commit": _COMMON,
+    "input_audio_buffer.clear": _COMMON,
+    "output_audio_buffer.clear": _COMMON,
+    "conversation.item.create": _COMMON | {"previous_item_id", "item"},
+    "conversation.item.retrieve": _COMMON | {"item_id"},
+    "conversation.item.delete": _COMMON | {"item_id"},
+    "conversation.item.truncate": _COMMON | {"item_id", "content_index", "audio_end_ms"},
+    "response.create": _COMMON | {"response"},
+    "response.cancel": _COMMON | {"response_id"},
+}
+assert _EVENT_FIELDS.keys() == _HANDLERS.keys()
 
 
 def _check_transcription_delay(config: SessionConfig) -> None:

@@ -446,6 +446,8 @@ class ProxySession(LocalTurnsBridge):
         try:
             if self.media and event.get("type") == "session.update":
                 check_media_formats(event.get("session"))
+            elif self.media and event.get("type") == "response.create":
+                check_media_formats(event.get("response"), "response")
             if str(event.get("type")).endswith("session.update"):
                 self._meter_format(event.get("session"))
             rewritten = self.backend.policy.rewrite_client_event(event)
