@@ -10,6 +10,8 @@ it with the caller's credentials, as a hangup or a sideband is.
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -20,6 +22,7 @@ from relay.edge import Edge, EdgeDep
 from relay.ephemeral import FORWARDED_HEADER, forward_to
 from relay.errors import ApiError
 from relay.sip.endpoint import SipEndpoint
+from transceiver.protocol.errors import ClientError, check_known_fields
 
 router = APIRouter()
 
@@ -60,6 +63,15 @@ def _endpoint(request: Request) -> SipEndpoint:
     return endpoint
 
 
+def _known(body: dict[str, Any], *fields: str) -> None:
+    """A 400 ``unknown_parameter`` for a field the route does not take (a misspelt one
+    would otherwise be ignored, and its default taken)."""
+    try:
+        check_known_fields(body, frozenset(fields))
+    except ClientError as exc:
+        raise ApiError(400, exc.message, exc.code, param=exc.param) from None
+
+
 @router.post("/v1/realtime/calls/{call_id}/accept")
 async def accept(
     call_id: str, request: Request, edge: EdgeDep, credentials: ApiKeyAuth
@@ -82,6 +94,7 @@ async def reject(
         return forwarded
     endpoint = _endpoint(request)
     body = await json_object_body(request, edge)
+    _known(body, "status_code")
     status = body.get("status_code", 603)
     if isinstance(status, bool) or not isinstance(status, int) or not 300 <= status <= 699:
         raise ApiError(
@@ -101,6 +114,7 @@ async def refer(call_id: str, request: Request, edge: EdgeDep, credentials: ApiK
         return forwarded
     endpoint = _endpoint(request)
     body = await json_object_body(request, edge)
+    _known(body, "target_uri")
     target = body.get("target_uri")
     if (
         not isinstance(target, str)

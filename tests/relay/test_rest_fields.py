@@ -229,3 +229,17 @@ async def test_a_key_with_long_instructions_works_and_one_too_large_is_refused(
         )
     error = assert_envelope(reply, 400, "session_too_large")
     assert error["param"] == "session"
+
+
+@pytest.mark.parametrize(
+    ("action", "body", "param"),
+    [("reject", {"status": 486}, "status"), ("refer", {"target": "tel:+1"}, "target")],
+)
+async def test_sip_call_control_takes_its_own_fields_only(
+    action: str, body: dict[str, Any], param: str
+) -> None:
+    """A misspelt ``status_code`` rejected with the default 603 before."""
+    async with running_relay(api_keys=[KEY], sip_listen="127.0.0.1:0") as running:
+        async with running.http() as http:
+            reply = await http.post(f"{CALLS}/sip_x/{action}", json=body, headers=AUTH)
+    assert assert_envelope(reply, 400, "unknown_parameter")["param"] == param
