@@ -13,7 +13,6 @@ placed for it, so a refused one holds nothing; a call needs an audio section
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -28,7 +27,6 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from websockets.exceptions import ConnectionClosed
 
 from relay.admission import Admission, admit
 from relay.auth import ApiKeyAuth, ClientAuth, Credentials
@@ -38,8 +36,7 @@ from relay.edge import Edge, EdgeDep
 from relay.ephemeral import FORWARDED_HEADER, call_id_for, forward_to, validate_session
 from relay.errors import ApiError, draining
 from relay.ice import reachable_candidates
-from relay.link import Upstream
-from relay.webrtc import Call, json_object
+from relay.webrtc import Call, first_event
 from transceiver.protocol.contract import SessionKind, SessionSpec, Transport
 from transceiver.protocol.errors import ClientError, shown_value
 from transceiver.protocol.wire import check_depth, loads_strict
@@ -49,7 +46,6 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 _FORM = "invalid_multipart"
-FIRST_EVENT_TIMEOUT_S = 10.0  # for the session's first event, before a call is answered
 _MAX_FORM_PARTS = 8  # a call's form has two: sdp and session
 _FORM_FIELDS = frozenset({"sdp", "session"})
 
@@ -292,39 +288,11 @@ def _sections(description: SessionDescription) -> list[tuple[str, str | None]]:
     return [(media.kind, media.rtp.muxId) for media in description.media]
 
 
-async def _first_event(upstream: Upstream) -> str | bytes | None:
-    """The session's first event, before the call is answered: ``session.created``, which
-    goes to the call first; or an ``error`` (the transceiver refused the session's
-    configuration, say a prompt it does not have), answered as a 400 here: once answered,
-    the caller's data channel is not open yet, and the error would be lost with the call.
-    ``None`` if nothing came within ``FIRST_EVENT_TIMEOUT_S`` (the call goes on)."""
-    try:
-        async with asyncio.timeout(FIRST_EVENT_TIMEOUT_S):
-            frame = await upstream.recv()
-    except TimeoutError:
-        return None
-    except ConnectionClosed:
-        raise ApiError(
-            502, "The session ended before the call could start.", "session_failed"
-        ) from None
-    event = json_object(frame if isinstance(frame, str) else frame.decode("utf-8", "replace"))
-    if event is not None and event.get("type") == "error":
-        given = event.get("error")
-        error: dict[str, Any] = given if isinstance(given, dict) else {}
-        raise ApiError(
-            400,
-            str(error.get("message") or "The session was refused."),
-            str(error.get("code") or "invalid_value"),
-            param=error.get("param") if isinstance(error.get("param"), str) else None,
-        )
-    return frame
-
-
 def _start_call(
     edge: Edge, pc: RTCPeerConnection, admission: Admission, first: str | bytes | None
 ) -> Call:
     """The call over ``pc`` for an admitted session, registered and running; ``first``:
-    the session's event read before (:func:`_first_event`)."""
+    the session's event read before (:func:`relay.webrtc.first_event`)."""
 
     def closed(call: Call) -> None:
         edge.calls.drop(call)
@@ -370,7 +338,7 @@ async def create_call(
         raise
     call: Call | None = None
     try:
-        first = await _first_event(admission.upstream)
+        first = await first_event(admission.upstream)
         call = _start_call(edge, pc, admission, first)
         await pc.setLocalDescription(await pc.createAnswer())
     except BaseException as exc:

@@ -35,6 +35,7 @@ from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 from websockets.exceptions import ConnectionClosed
 
+from relay.errors import ApiError
 from relay.link import Upstream
 from relay.playback import BYTES_PER_MS, OutboundAudio
 from relay.ratelimit import PASS, SessionRates
@@ -62,6 +63,10 @@ class _Truncation:
 
     event_id: str
     cleared: str | None  # the response id for output_audio_buffer.cleared, if still due
+
+
+# For a session's first event, before a call is answered (:func:`first_event`).
+FIRST_EVENT_TIMEOUT_S = 10.0
 
 
 class Call:
@@ -493,6 +498,35 @@ class Call:
             if task is not current:
                 task.cancel()
         log.info("call %s ended", self.id)
+
+
+async def first_event(upstream: Upstream) -> str | bytes | None:
+    """The session's first event, read before a call is answered (WebRTC or SIP):
+    ``session.created``, which goes to the call first (``Call(first=...)``); or an
+    ``error`` (the transceiver refused the session's configuration, say a prompt it does
+    not have), raised as an ``ApiError`` 400: once answered, a WebRTC caller's data channel
+    is not open yet, and a phone has none, so the error would be lost with the call.
+    ``None`` if nothing came within ``FIRST_EVENT_TIMEOUT_S`` (the call goes on)."""
+    try:
+        async with asyncio.timeout(FIRST_EVENT_TIMEOUT_S):
+            frame = await upstream.recv()
+    except TimeoutError:
+        return None
+    except ConnectionClosed:
+        raise ApiError(
+            502, "The session ended before the call could start.", "session_failed"
+        ) from None
+    event = json_object(frame if isinstance(frame, str) else frame.decode("utf-8", "replace"))
+    if event is not None and event.get("type") == "error":
+        given = event.get("error")
+        error: dict[str, Any] = given if isinstance(given, dict) else {}
+        raise ApiError(
+            400,
+            str(error.get("message") or "The session was refused."),
+            str(error.get("code") or "invalid_value"),
+            param=error.get("param") if isinstance(error.get("param"), str) else None,
+        )
+    return frame
 
 
 def json_object(text: str) -> dict[str, Any] | None:

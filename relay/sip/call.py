@@ -56,6 +56,7 @@ class SipCall(Call):
         rtp_timeout_s: float,
         max_pending_audio_s: float,
         rates: SessionRates | None = None,
+        first: str | bytes | None = None,
     ) -> None:
         # No peer connection: the media methods that use one are overridden below.
         super().__init__(
@@ -66,6 +67,7 @@ class SipCall(Call):
             rtp_timeout_s,
             max_pending_audio_s,
             rates,
+            first,
         )
         self.dialog_id = dialog_id  # the SIP Call-ID
         self.offer = offer

@@ -36,7 +36,7 @@ from relay.sip.media import NoRtpPort, local_address_towards, open_rtp, parse_po
 from relay.sip.message import SipMessage, is_number, response_to
 from relay.sip.transport import Peer, SipTransports
 from relay.sip.webhook import WebhookError, incoming_event, post_event
-from relay.webrtc import Call
+from relay.webrtc import Call, first_event
 from transceiver.observability import log_event
 from transceiver.protocol.audio import AudioFormatType
 from transceiver.protocol.contract import Transport
@@ -402,10 +402,16 @@ class SipEndpoint:
         except (Refused, ApiError) as exc:
             self._refuse(pending, 486 if exc.status == 429 else 503, "Busy Here")
             raise
+        try:  # a session the transceiver refuses: a 400, and the call keeps waiting
+            first = await first_event(admission.upstream)
+        except ApiError:
+            pending.accepting = False
+            await admission.close()
+            raise
         if pending.dialog.state is not DialogState.PENDING:  # the caller gave up meanwhile
             await admission.close()
             raise _hung_up(call_id)
-        call = self._new_call(pending, admission)
+        call = self._new_call(pending, admission, first)
         try:
             await open_rtp(self.host, self.rtp_ports, call.rtp)
         except (NoRtpPort, OSError) as exc:
@@ -427,7 +433,9 @@ class SipEndpoint:
         self._spawn(self._confirm(dialog, call))
         return call
 
-    def _new_call(self, pending: Pending, admission: Admission) -> SipCall:
+    def _new_call(
+        self, pending: Pending, admission: Admission, first: str | bytes | None
+    ) -> SipCall:
         dialog = pending.dialog
 
         def closed(call: Call) -> None:
@@ -447,6 +455,7 @@ class SipEndpoint:
             self.settings.sip_rtp_timeout_s,
             self.settings.webrtc_max_pending_audio_s,
             admission.rates,
+            first,
         )
 
         async def close_for_drain() -> None:

@@ -23,7 +23,12 @@ from relay.sip.message import parse
 from relay.sip.rtp import RtpPacket
 from relay.sip.transport import MAX_TCP_UNSENT_BYTES
 from tests.e2e.sip_client import SipPhone
-from tests.relay.inprocess import RunningRelay, fake_transceiver, running_relay
+from tests.relay.inprocess import (
+    REFUSED_INSTRUCTIONS,
+    RunningRelay,
+    fake_transceiver,
+    running_relay,
+)
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -85,6 +90,24 @@ async def test_a_cancel_while_the_rtp_port_opens_ends_the_call(
             go_on.set()
             await eventually(lambda: not sip._tasks, what="the accept's end")
             assert dialog.final is not None and dialog.final.status == 487
+            assert not sip.calls and not sip.pending
+            await relay.idle()
+        finally:
+            phone.close()
+
+
+async def test_a_session_the_transceiver_refuses_is_no_call() -> None:
+    """Accepted with a session the transceiver refuses (the fake's, for these
+    instructions), the INVITE gets a final error: before, a 200 OK and then a BYE at once,
+    with the session's error lost (a phone has no data channel)."""
+    async with sip_endpoint(sip_session=json.dumps({"instructions": REFUSED_INSTRUCTIONS})) as (
+        relay,
+        sip,
+    ):
+        phone = await SipPhone(sip.port).open()
+        try:
+            _, final = await phone.invite()
+            assert final.status == 500
             assert not sip.calls and not sip.pending
             await relay.idle()
         finally:
