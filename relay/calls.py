@@ -339,6 +339,8 @@ async def create_call(
     call: Call | None = None
     try:
         first = await first_event(admission.upstream)
+        if edge.live.draining:  # began while the session started: it ends with the rest
+            raise draining()
         call = _start_call(edge, pc, admission, first)
         await pc.setLocalDescription(await pc.createAnswer())
     except BaseException as exc:

@@ -29,9 +29,10 @@ from transceiver.protocol.contract import SessionKind
 from transceiver.protocol.errors import ClientError, check_known_fields, shown_value
 
 MIN_SECONDS, MAX_SECONDS, DEFAULT_SECONDS = 10, 7200, 600
-# A key's characters, at most: it goes in one header (``Authorization: Bearer`` or the
-# browser's subprotocol), and the WebSocket handshake takes lines of at most 8,192 bytes.
-MAX_KEY_CHARS = 8000
+# A key goes in one header (``Authorization: Bearer`` or the browser's subprotocol): at
+# most the relay's header bound (``--client-max-header-bytes``) less this, for the request
+# line and the other headers.
+KEY_HEADER_ROOM = 2048
 _EXPIRES_AFTER = frozenset({"anchor", "seconds"})
 
 
@@ -65,9 +66,11 @@ class KeySigner:
         seconds: int,
         now: float | None = None,
         owner: str | None = None,
+        max_chars: int | None = None,
     ) -> str:
         """A key for ``session``; ``owner`` names the API key that minted it, so the keys it
-        mints share its session limit."""
+        mints share its session limit. ``ClientError`` where the key would be longer than
+        ``max_chars``."""
         expires_at = int((now if now is not None else time.time()) + seconds)
         claims: dict[str, Any] = {"exp": expires_at, "session": session}
         if owner is not None:
@@ -77,13 +80,12 @@ class KeySigner:
         payload = _b64(packed)
         signature = _b64(hmac.new(self._secret, payload.encode(), hashlib.sha256).digest())
         key = f"ek_{payload}.{signature}"
-        if len(key) > MAX_KEY_CHARS:
+        if max_chars is not None and len(key) > max_chars:
             raise ClientError(
                 f"This session makes a client secret of {len(key)} characters, and one may "
-                f"have at most {MAX_KEY_CHARS}: it travels in one header of the connection "
-                "(a WebSocket handshake's line is at most 8 KiB). Mint the key with less "
-                "(long instructions or many tools) and send the rest in a session.update "
-                "once connected.",
+                f"have at most {max_chars} here: it travels in one header of the "
+                "connection. Mint the key with less (long instructions or many tools) and "
+                "send the rest in a session.update once connected.",
                 code="session_too_large",
                 param="session",
             )

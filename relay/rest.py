@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from relay.auth import ApiKeyAuth, Credentials, MintingAuth
 from relay.bodies import JsonObject
 from relay.edge import Edge, EdgeDep
-from relay.ephemeral import expiry_seconds, validate_session
+from relay.ephemeral import KEY_HEADER_ROOM, expiry_seconds, validate_session
 from relay.errors import ApiError
 from transceiver.observability import CONTENT_TYPE
 from transceiver.protocol.beta import BetaDialect
@@ -102,7 +102,8 @@ def _mint(
     edge: Edge, credentials: Credentials, session: dict[str, Any], seconds: int
 ) -> tuple[str, int]:
     """A new key for ``session``, counted against the minting key's limit, and its expiry."""
-    value = edge.signer.mint(session, seconds, owner=credentials.holder)
+    room = edge.settings.client_max_header_bytes - KEY_HEADER_ROOM
+    value = edge.signer.mint(session, seconds, owner=credentials.holder, max_chars=room)
     return value, edge.signer.verify(value).expires_at
 
 

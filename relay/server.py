@@ -50,6 +50,7 @@ from typing import Any, cast
 
 import httptools
 import uvicorn
+import websockets.http11
 from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
@@ -94,7 +95,17 @@ def server_config(app: Any, settings: RelaySettings, **overrides: Any) -> RelayC
         "ssl_keyfile": settings.ssl_keyfile,
     }
     options.update(overrides)
+    allow_header_lines(settings.client_max_header_bytes)
     return RelayConfig(app, settings, **options)
+
+
+def allow_header_lines(max_header_bytes: int) -> None:
+    """Let a WebSocket handshake's header lines be as long as the relay's whole header
+    bound (``--client-max-header-bytes``, counted as they arrive): websockets stops a line
+    at 8 KiB (``WEBSOCKETS_MAX_LINE_LENGTH``, read once at its import), where an ephemeral
+    key, which carries its session, may be longer, and the HTTP routes take it. The
+    process's one setting, as the bound is."""
+    websockets.http11.MAX_LINE_LENGTH = max(websockets.http11.MAX_LINE_LENGTH, max_header_bytes)
 
 
 def raise_fd_limit(needed: int) -> None:

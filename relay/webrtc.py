@@ -520,10 +520,12 @@ async def first_event(upstream: Upstream) -> str | bytes | None:
     if event is not None and event.get("type") == "error":
         given = event.get("error")
         error: dict[str, Any] = given if isinstance(given, dict) else {}
+        kind = str(error.get("type") or "invalid_request_error")
         raise ApiError(
-            400,
+            400 if kind == "invalid_request_error" else 503,  # a draining transceiver, say
             str(error.get("message") or "The session was refused."),
             str(error.get("code") or "invalid_value"),
+            type=kind,
             param=error.get("param") if isinstance(error.get("param"), str) else None,
         )
     return frame

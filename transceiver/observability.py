@@ -96,7 +96,11 @@ class TextFormatter(logging.Formatter):
         return one_line(super().formatMessage(record))
 
 
-_CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F) if code != 0x09}
+_CONTROL = {
+    code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    for code in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
+    if code != 0x09
+}
 _CONTROL.update({0x0A: "\\n", 0x0D: "\\r"})
 
 

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve, unix_serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
@@ -458,6 +458,8 @@ class _RefusedRequests(logging.Filter):
         if record.msg != "opening handshake failed" or not record.exc_info:
             return True
         exc = record.exc_info[1]
+        if not isinstance(exc, InvalidHandshake):  # a bug (process_request raised): as is
+            return True
         record.msg, record.args = (
             "refused a request that is no WebSocket handshake: %s",
             (exc.__cause__ or exc if exc is not None else None,),

@@ -27,7 +27,7 @@ from relay.admission import Admission, Refused
 from relay.drain import SHUTDOWN_MESSAGE
 from relay.edge import Edge
 from relay.ephemeral import call_id_for
-from relay.errors import ApiError
+from relay.errors import ApiError, draining
 from relay.phone import admit_call, call_spec, phone_session
 from relay.sip import sdp
 from relay.sip.call import SipCall
@@ -404,9 +404,12 @@ class SipEndpoint:
             raise
         try:  # a session the transceiver refuses: a 400, and the call keeps waiting
             first = await first_event(admission.upstream)
-        except ApiError:
+            if self.edge.live.draining:  # began while the session started
+                raise draining()
+        except BaseException:
             pending.accepting = False
-            await admission.close()
+            with contextlib.suppress(Exception):
+                await admission.close()
             raise
         if pending.dialog.state is not DialogState.PENDING:  # the caller gave up meanwhile
             await admission.close()

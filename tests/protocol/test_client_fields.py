@@ -14,6 +14,7 @@ from tests.protocol.conftest import b64
 from tests.protocol.test_items import spoken_response
 from transceiver.protocol.audio import AudioFormatType
 from transceiver.protocol.conversation import Conversation
+from transceiver.protocol.items import text_size
 from transceiver.protocol.session import MAX_OUT_OF_BAND_RESPONSES
 
 
@@ -75,6 +76,11 @@ def test_an_events_unknown_field_is_an_error(make_session, kit, event, param) ->
             "unknown_parameter",
         ),
         (_user(_TEXT, status="exploded"), "item.status", "invalid_value"),
+        (
+            _user({"type": "input_audio", "transcript": [""] * 1000}),
+            "item.content[0].transcript",
+            "invalid_value",
+        ),
         (_user(_TEXT, id=12345), "item.id", "invalid_value"),
         (_user(_TEXT, id="x" * 65), "item.id", "invalid_value"),
     ],
@@ -108,6 +114,8 @@ def test_conversation_text_is_bounded() -> None:
     assert getattr(refused.value, "code", None) == "conversation_full"
     conversation.delete("a")
     conversation.add({**item, "id": "b"})  # room again
+    # Every element holds memory, strings or not: an array of empty strings counts.
+    assert text_size({"content": [""] * 5000}) > 5000
 
 
 def test_response_input_audio_is_in_the_sessions_format_and_bounded(make_session, kit) -> None:

@@ -46,6 +46,7 @@ class FakeTransceiver:
         self.refusing = refusing
         self.link = link
         self.specs: list[SessionSpec] = []
+        self.starting_slowly, self.go_on = asyncio.Event(), asyncio.Event()  # SLOW_INSTRUCTIONS
         self.connections: set[ServerConnection | LinkSession] = set()  # its sessions
         self.carriers: set[ServerConnection] = set()  # sessions' WebSockets and links
         self._tasks: set[asyncio.Task[None]] = set()
@@ -143,6 +144,9 @@ class FakeTransceiver:
             await connection.send(json.dumps(error))
             await connection.close(1008, "invalid session configuration")
             return
+        if (spec.overrides or {}).get("instructions") == SLOW_INSTRUCTIONS:
+            self.starting_slowly.set()
+            await self.go_on.wait()  # as an upstream (the proxy's) takes its time
         created = {"type": "session.created", "conn": spec.conn, "model": spec.model}
         await connection.send(json.dumps(created))
         async for frame in connection:
@@ -165,6 +169,8 @@ class FakeTransceiver:
 # A session whose ``instructions`` are these is refused by the fake, as a transceiver
 # refuses a configuration it cannot run (an error event, then 1008).
 REFUSED_INSTRUCTIONS = "refuse this session"
+# One whose instructions are these starts (sends session.created) once ``go_on`` is set.
+SLOW_INSTRUCTIONS = "start this session when told"
 
 
 def burst(event: dict[str, Any]) -> list[str]:

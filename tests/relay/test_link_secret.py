@@ -229,3 +229,28 @@ async def test_a_transceiver_without_a_secret_does_not_start() -> None:
     said = stderr.decode()
     assert "RELAY_LINK_SECRET" in said and "--insecure-no-link-secret" in said
     assert "Traceback" not in said
+
+
+async def test_only_unparsable_handshakes_are_quietened() -> None:
+    """The filter turns websockets' ERROR for a request it could not parse into one INFO
+    line; a failure of the transceiver's own code (process_request raising) stays an ERROR
+    with its traceback."""
+    from websockets.exceptions import InvalidMessage
+
+    from transceiver.server import _RefusedRequests
+
+    def record(exc: Exception) -> logging.LogRecord:
+        try:
+            raise exc
+        except Exception:
+            info = sys.exc_info()
+        return logging.LogRecord(
+            "t", logging.ERROR, __file__, 1, "opening handshake failed", (), info
+        )
+
+    quiet = record(InvalidMessage("did not receive a valid HTTP request"))
+    _RefusedRequests().filter(quiet)
+    assert (quiet.levelno, quiet.exc_info) == (logging.INFO, None)
+    bug = record(RuntimeError("a bug"))
+    _RefusedRequests().filter(bug)
+    assert bug.levelno == logging.ERROR and bug.exc_info is not None

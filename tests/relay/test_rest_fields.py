@@ -6,6 +6,7 @@ refusal is OpenAI's JSON envelope with a 4xx, never a 500."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import AsyncIterator
@@ -15,9 +16,10 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from relay.ephemeral import MAX_KEY_CHARS, call_id_for
+from relay.ephemeral import KEY_HEADER_ROOM, call_id_for
 from tests.relay.inprocess import (
     REFUSED_INSTRUCTIONS,
+    SLOW_INSTRUCTIONS,
     FakeTransceiver,
     RunningRelay,
     fake_transceiver,
@@ -185,6 +187,21 @@ async def test_a_call_whose_session_the_transceiver_refuses_is_a_400(
         await assert_no_call(running, http)
 
 
+async def test_a_drain_while_a_call_starts_refuses_it(relay: Any, offer: str) -> None:
+    """A drain that begins while the relay waits for a call's first event: the call is
+    refused (503), not answered after the drain has finished without it."""
+    running, fake = relay
+    part = json.dumps({"instructions": SLOW_INSTRUCTIONS})
+    placing = asyncio.create_task(_call(running, offer, ("session", part)))
+    await asyncio.wait_for(fake.starting_slowly.wait(), 10)
+    await running.edge.live.drain(0)
+    fake.go_on.set()
+    assert_envelope(await placing, 503, "server_shutting_down")
+    async with running.http() as http:
+        await running.idle()
+        await assert_no_call(running, http)
+
+
 async def test_a_hangup_is_forwarded_once_at_most(relay: Any) -> None:
     """A call id naming an alias of this relay (a stale id after --peer-url changed) went
     round until the connections ran out."""
@@ -209,20 +226,22 @@ async def test_a_refused_cors_preflight_is_json(relay: Any) -> None:
 
 
 async def test_a_key_with_long_instructions_works_and_one_too_large_is_refused(
-    relay: Any,
+    relay: Any, offer: str
 ) -> None:
-    """The key carries its session, compressed; it must fit the one header it travels in
-    (a WebSocket handshake's line is at most 8 KiB)."""
+    """The key carries its session, compressed; it must fit the one header it travels in,
+    within the relay's header bound (64 KiB by default). Past 8 KiB a WebSocket handshake's
+    line was refused (431) where the calls route took the key."""
     running, _ = relay
-    long = " ".join(["Answer in the voice of a patient teacher."] * 150)  # about 6 KB
+    long = secrets.token_urlsafe(15_000)  # 20,000 characters that do not compress
     key = await _mint(running, {"instructions": long})
-    assert len(key) <= MAX_KEY_CHARS
-    async with connect(
-        running.ws_url + "?model=gpt-realtime",
-        additional_headers={"Authorization": f"Bearer {key}"},
-    ) as ws:
+    assert 20_000 < len(key) <= 65536 - KEY_HEADER_ROOM
+    headers = {"Authorization": f"Bearer {key}"}
+    async with connect(running.ws_url + "?model=gpt-realtime", additional_headers=headers) as ws:
         assert "session.created" in str(await ws.recv())
-    noise = secrets.token_urlsafe(9000)  # 12,000 characters that do not compress
+    reply = await _call(running, offer, key=key)
+    assert reply.status_code == 201, reply.text
+    await _hang_up(running, reply)
+    noise = secrets.token_urlsafe(60_000)  # 80,000 characters
     async with running.http() as http:
         reply = await http.post(
             "/v1/realtime/client_secrets", json={"session": {"instructions": noise}}, headers=AUTH

@@ -50,7 +50,8 @@ def _temperature(value: Any, param: str) -> float | None:
 def _format_to_ga(value: Any, param: str) -> dict[str, Any]:
     if not isinstance(value, str) or value not in _FORMAT_TO_GA:
         raise ClientError(
-            f"Invalid value: '{value}'. Supported values are: 'pcm16', 'g711_ulaw', and "
+            f"Invalid value: '{shown_value(value)}'. Supported values are: 'pcm16', "
+            "'g711_ulaw', and "
             "'g711_alaw'.",
             param=param,
         )

@@ -289,15 +289,15 @@ def check_tool_choice(choice: ToolChoice, tools: list[Any], param: str) -> None:
         names = [t.name for t in tools if isinstance(t, FunctionTool)]
         if choice.name not in names:
             raise ClientError(
-                f"Invalid value: '{choice.name}'. Tool choice 'function' names no function "
-                "in 'tools'.",
+                f"Invalid value: '{shown_value(choice.name)}'. Tool choice 'function' names "
+                "no function in 'tools'.",
                 param=f"{param}.name",
             )
     elif isinstance(choice, ToolChoiceMcp):
         if not any(isinstance(t, McpTool) and t.server_label == choice.server_label for t in tools):
             raise ClientError(
-                f"Invalid value: '{choice.server_label}'. Tool choice 'mcp' names no MCP "
-                "server in 'tools'.",
+                f"Invalid value: '{shown_value(choice.server_label)}'. Tool choice 'mcp' "
+                "names no MCP server in 'tools'.",
                 param=f"{param}.server_label",
             )
 
@@ -464,8 +464,8 @@ def _updated(current: dict[str, Any], update: Any) -> SessionConfig:
     requested = kind if update.get("type") is None else update["type"]
     if requested != kind:
         raise ClientError(
-            f"Invalid value: '{requested}'. This is a {kind} session; "
-            f"its type cannot change to '{requested}'.",
+            f"Invalid value: '{shown_value(requested)}'. This is a {kind} session; "
+            f"its type cannot change to '{shown_value(requested)}'.",
             param="session.type",
         )
     given = drop_nulls({k: v for k, v in update.items() if k not in _READ_ONLY})

@@ -10,7 +10,7 @@ from typing import Any
 
 from transceiver.protocol.audio import AudioFormatType
 from transceiver.protocol.conversation import Conversation
-from transceiver.protocol.errors import ClientError
+from transceiver.protocol.errors import ClientError, shown_value
 from transceiver.protocol.ids import IdFactory
 from transceiver.protocol.items import copy_item, normalize_item
 from transceiver.protocol.responses import Response
@@ -112,7 +112,7 @@ class SessionItems:
             )
         if content_index != 0:
             raise ClientError(
-                f"Invalid value: '{content_index}'. The item has one content part.",
+                f"Invalid value: '{shown_value(content_index)}'. The item has one content part.",
                 param="content_index",
             )
         if isinstance(audio_end_ms, bool) or not isinstance(audio_end_ms, int) or audio_end_ms < 0:

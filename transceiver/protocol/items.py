@@ -69,7 +69,7 @@ def normalize_item(raw: Any, param: str = "item") -> tuple[dict[str, Any], bytes
     check_depth(raw, f"'{param}'", code="invalid_value", param=param)  # before the deepcopy
     item = copy.deepcopy(raw)
     item_type = item.get("type")
-    if item_type in _ITEM_FIELDS:
+    if isinstance(item_type, str) and item_type in _ITEM_FIELDS:
         check_known_fields(item, _ITEM_FIELDS[item_type], f"{param}.")
         _check_id_and_status(item, param)
     item.pop("object", None)
@@ -89,7 +89,7 @@ def normalize_item(raw: Any, param: str = "item") -> tuple[dict[str, Any], bytes
         return item, None
     if item_type != "message":
         raise ClientError(
-            f"Invalid value: '{item_type}'. Supported values are: 'message', "
+            f"Invalid value: '{shown_value(item_type)}'. Supported values are: 'message', "
             "'function_call', and 'function_call_output'.",
             param=f"{param}.type",
         )
@@ -102,7 +102,8 @@ def _normalize_message(item: dict[str, Any], param: str) -> bytes | None:
     allowed = _CONTENT_BY_ROLE.get(role) if isinstance(role, str) else None
     if allowed is None:
         raise ClientError(
-            f"Invalid value: '{role}'. Supported values are: 'system', 'user', and 'assistant'.",
+            f"Invalid value: '{shown_value(role)}'. Supported values are: 'system', 'user', "
+            "and 'assistant'.",
             param=f"{param}.role",
         )
     content = item.get("content")
@@ -114,9 +115,8 @@ def _normalize_message(item: dict[str, Any], param: str) -> bytes | None:
         ptype = part.get("type") if isinstance(part, dict) else None
         if not isinstance(ptype, str) or ptype not in allowed:
             raise ClientError(
-                f"Invalid value: '{ptype}'. Supported values for a {role} message are: "
-                + ", ".join(f"'{t}'" for t in sorted(allowed))
-                + ".",
+                f"Invalid value: '{shown_value(ptype)}'. Supported values for a {role} message "
+                "are: " + ", ".join(f"'{t}'" for t in sorted(allowed)) + ".",
                 param=f"{part_param}.type",
             )
         assert isinstance(part, dict)
@@ -126,7 +126,12 @@ def _normalize_message(item: dict[str, Any], param: str) -> bytes | None:
         elif ptype == "input_audio":
             if "audio" in part and part["audio"] is not None:
                 audio = (audio or b"") + decode_base64(part.pop("audio"), f"{part_param}.audio")
-            part.setdefault("transcript", None)
+            transcript = part.setdefault("transcript", None)
+            if transcript is not None and not isinstance(transcript, str):
+                raise ClientError(
+                    f"'{part_param}.transcript' must be a string.",
+                    param=f"{part_param}.transcript",
+                )
         elif ptype == "input_image":
             _check_image(part, part_param)
         elif ptype == "output_audio":
@@ -177,7 +182,7 @@ def _check_image(part: dict[str, Any], param: str) -> None:
     detail = part.get("detail")
     if detail is not None and detail not in ("auto", "low", "high"):
         raise ClientError(
-            f"Invalid value: '{str(detail)[:64]}'. Supported values are: 'auto', 'low', and "
+            f"Invalid value: '{shown_value(detail)}'. Supported values are: 'auto', 'low', and "
             "'high'.",
             param=f"{param}.detail",
         )
@@ -196,15 +201,16 @@ def item_text(item: dict[str, Any]) -> str:
 
 
 def text_size(value: Any) -> int:
-    """The characters of every string in an item (keys too), however nested: what holding
-    it costs, text, image URLs and arguments alike."""
+    """What holding an item costs, in characters: those of every string in it (keys too),
+    however nested (text, image URLs and arguments alike), and one for anything else (a
+    number, a null, each element of an array), which holds memory too."""
     if isinstance(value, str):
         return len(value)
     if isinstance(value, dict):
-        return sum(len(key) + text_size(inner) for key, inner in value.items())
+        return len(value) + sum(len(key) + text_size(inner) for key, inner in value.items())
     if isinstance(value, list):
-        return sum(text_size(inner) for inner in value)
-    return 0
+        return len(value) + sum(text_size(inner) for inner in value)
+    return 1
 
 
 def copy_item(item: dict[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from transceiver.protocol.config import (
 )
 from transceiver.protocol.conversation import Conversation, StoredItem
 from transceiver.protocol.effects import ContextItem, ResponseRequest
-from transceiver.protocol.errors import ClientError
+from transceiver.protocol.errors import ClientError, shown_value
 from transceiver.protocol.ids import IdFactory
 from transceiver.protocol.input_audio import INPUT_AUDIO_MAX_MS, check_audio_duration
 from transceiver.protocol.items import item_text, normalize_item
@@ -137,7 +137,8 @@ def parse_response_params(params: Any, conversation_id: str) -> ResponseParams:
         raise error_to_client_error(first, "response", params) from None
     if parsed.conversation not in ("auto", "none", conversation_id):
         raise ClientError(
-            f"Invalid value: '{parsed.conversation}'. Supported values are: 'auto' and 'none'.",
+            f"Invalid value: '{shown_value(parsed.conversation)}'. Supported values are: "
+            "'auto' and 'none'.",
             param="response.conversation",
         )
     return parsed

@@ -31,7 +31,7 @@ from transceiver.protocol.effects import (
     ResponseRequest,
     StartResponse,
 )
-from transceiver.protocol.errors import ClientError, check_known_fields
+from transceiver.protocol.errors import ClientError, check_known_fields, shown_value
 from transceiver.protocol.ids import IdFactory
 from transceiver.protocol.input_audio import INPUT_AUDIO_MAX_MS, InputBuffer, SessionInput
 from transceiver.protocol.item_events import SessionItems
@@ -248,7 +248,7 @@ class RealtimeSession(SessionInput, SessionResults, SessionItems):
             handler = _HANDLERS.get(event["type"]) if isinstance(event["type"], str) else None
             if handler is None:
                 raise ClientError(
-                    f"Invalid value: '{event['type']}'. Supported values are: "
+                    f"Invalid value: '{shown_value(event['type'])}'. Supported values are: "
                     + ", ".join(f"'{name}'" for name in _HANDLERS)
                     + ".",
                     param="type",
